@@ -1,0 +1,108 @@
+// `shm`: ranks on a node exchange through one shared segment, in rounds small enough to
+// stay in the shared cache. Per round each rank publishes the parts of its block that the
+// others reduce, reduces its own 1/n slice (its own part read straight from its buffer),
+// and copies the other reduced slices out: per rank one read and one write of the buffer
+// in DRAM, like a memcpy. Two barriers per round; rounds alternate between two staging
+// areas so the next round's publish never waits for readers of the last one.
+// Across nodes, each local rank allreduces its slice with the same local rank elsewhere.
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
+#include "comm_state.hpp"
+
+namespace mpirt {
+namespace {
+
+constexpr size_t kStreamBytes = 8u << 20;
+
+void plain_copy(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
+
+// memcpy with non-temporal stores where the ISA has them (SSE2 on x86-64).
+void stream_copy(void* dst_v, const void* src_v, size_t bytes) {
+#if defined(__SSE2__)
+  char* dst = static_cast<char*>(dst_v);
+  const char* src = static_cast<const char*>(src_v);
+  const size_t head = std::min(bytes, (16 - reinterpret_cast<uintptr_t>(dst) % 16) % 16);
+  std::memcpy(dst, src, head);
+  size_t i = head;
+  for (; i + 64 <= bytes; i += 64) {
+    const __m128i a = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
+    const __m128i b = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 16));
+    const __m128i c = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 32));
+    const __m128i d = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i + 48));
+    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i), a);
+    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 16), b);
+    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 32), c);
+    _mm_stream_si128(reinterpret_cast<__m128i*>(dst + i + 48), d);
+  }
+  std::memcpy(dst + i, src + i, bytes - i);
+#else
+  std::memcpy(dst_v, src_v, bytes);
+#endif
+}
+
+void stream_fence() {
+#if defined(__SSE2__)
+  _mm_sfence();  // streaming stores are weakly ordered: publish them before returning
+#endif
+}
+
+}  // namespace
+
+void allreduce_shm(const Call& c) {
+  CommState& st = comm_state(c.comm);
+  const NodeLayout& L = st.layout;
+  ShmSegment& seg = shm_segment(st);
+  const int n = L.local_size, r = L.local_rank;
+  int world;
+  MPI_Comm_size(c.comm, &world);
+  const size_t es = dtype_size(c.dtype);
+  const size_t block = seg.chunk_bytes / es;
+  const bool cross = L.node_count > 1;
+  MPI_Datatype type = MPI_DATATYPE_NULL;
+  MPI_Op op = MPI_OP_NULL;
+  if (cross) mpi_type_op(c.dtype, c.op, &type, &op);
+
+  thread_local std::vector<const void*> srcs;
+  srcs.resize(n);
+  const char* send = static_cast<const char*>(c.send);
+  char* recv = static_cast<char*>(c.recv);
+  // Large outputs bypass the cache on the way out: no read-for-ownership of the destination.
+  const auto copy_out = c.count * es >= kStreamBytes ? stream_copy : plain_copy;
+  int parity = 0;
+  for (size_t off = 0; off < c.count; off += block, parity ^= 1) {
+    const size_t m = std::min(block, c.count - off);
+    const size_t base = m / n, rem = m % n;
+    auto lo = [&](int j) { return (j * base + std::min<size_t>(j, rem)) * es; };  // bytes
+    const char* in = send + off * es;
+    char* out = recv + off * es;
+    char* mine = seg.input(parity, r, n);
+    for (int j = 0; j < n; ++j)
+      if (j != r) plain_copy(mine + lo(j), in + lo(j), lo(j + 1) - lo(j));
+    seg.barrier->wait(n);
+
+    const size_t bytes = lo(r + 1) - lo(r);
+    if (bytes > 0) {
+      srcs[0] = in + lo(r);  // own contribution first: reduce_n allows dst to alias it
+      for (int j = 0, k = 1; j < n; ++j)
+        if (j != r) srcs[k++] = seg.input(parity, j, n) + lo(r);
+      char* res = seg.result(parity, n) + lo(r);
+      reduce_n(res, srcs.data(), n, bytes / es, c.dtype, c.op);
+      if (cross) MPI_Allreduce(MPI_IN_PLACE, res, static_cast<int>(bytes / es), type, op, st.cross_comm);
+      if (c.op == Op::avg) scale_avg(res, bytes / es, c.dtype, world);
+      copy_out(out + lo(r), res, bytes);
+    }
+    seg.barrier->wait(n);
+    const char* result = seg.result(parity, n);
+    for (int j = 0; j < n; ++j)
+      if (j != r) copy_out(out + lo(j), result + lo(j), lo(j + 1) - lo(j));
+  }
+  stream_fence();
+}
+
+}  // namespace mpirt

@@ -1,0 +1,183 @@
+// The algorithm table, `auto`'s choice, and the device policy: CUDA buffers go straight to a
+// CUDA-aware MPI (mpi, ring with CUDA reduction kernels) or are staged through pinned host
+// memory and reduced there by the host algorithm.
+#include "allreduce.hpp"
+
+#if __has_include(<mpi-ext.h>)
+#include <mpi-ext.h>  // after mpi.h: Open MPI's MPIX_Query_cuda_support
+#endif
+
+#include <cstdlib>
+#include <cstring>
+#include <stdexcept>
+#include <vector>
+
+#include "comm_state.hpp"
+#include "memops.hpp"
+
+namespace mpirt {
+
+void allreduce_ring_with(const Call& c, const MemOps& mem, std::vector<char>& scratch_host,
+                         char* scratch);
+
+namespace {
+
+void allreduce_auto(const Call& c) { algorithm(choose_algorithm(c)).run(c); }
+
+size_t env_bytes(const char* name, size_t fallback) {
+  const char* v = std::getenv(name);
+  if (v == nullptr || *v == '\0') return fallback;
+  char* end = nullptr;
+  unsigned long long x = std::strtoull(v, &end, 10);
+  if (*end != '\0')
+    throw std::invalid_argument(std::string(name) + "=" + v + " is not a byte count; unset it");
+  return static_cast<size_t>(x);
+}
+
+// Pinned staging for device buffers when the MPI cannot take them, grown on demand.
+struct Pinned {
+  void* ptr = nullptr;
+  size_t bytes = 0;
+  void* get(size_t want) {
+    if (want > bytes) {
+      if (ptr) cuda::free_pinned(ptr);
+      ptr = cuda::alloc_pinned(want);
+      bytes = want;
+    }
+    return ptr;
+  }
+};
+
+struct DeviceScratch {
+  void* ptr = nullptr;
+  size_t bytes = 0;
+  char* get(size_t want) {
+    if (want > bytes) {
+      if (ptr) cuda::free_device(ptr);
+      ptr = cuda::alloc_device(want);
+      bytes = want;
+    }
+    return static_cast<char*>(ptr);
+  }
+};
+
+Algo run_on_device(const Call& c, Algo chosen) {
+  if (!cuda::available())
+    throw std::runtime_error("CUDA buffers were given but " + cuda::describe() +
+                             "; use --device cpu or run on a machine with a GPU");
+  const size_t bytes = c.count * dtype_size(c.dtype);
+  const bool half = c.dtype == DType::f16 || c.dtype == DType::bf16;  // host user op in MPI
+  if (mpi_cuda_aware() && (chosen == Algo::ring || (chosen == Algo::mpi && !half))) {
+    int n;
+    MPI_Comm_size(c.comm, &n);
+    if (chosen == Algo::ring) {
+      static DeviceScratch scratch;
+      static std::vector<char> unused;
+      allreduce_ring_with(c, cuda::device_ops(), unused, scratch.get(bytes / n + 64));
+    } else {
+      MPI_Datatype type;
+      MPI_Op op;
+      mpi_type_op(c.dtype, c.op, &type, &op);
+      MPI_Allreduce(c.send == c.recv ? MPI_IN_PLACE : c.send, c.recv, static_cast<int>(c.count),
+                    type, op, c.comm);
+      if (c.op == Op::avg) cuda::device_ops().scale_avg(c.recv, c.count, c.dtype, n);
+    }
+    cuda::synchronize();
+    return chosen;
+  }
+  static Pinned staging;
+  void* host = staging.get(bytes);
+  cuda::to_host(host, c.send, bytes);
+  Call staged = c;
+  staged.send = host;
+  staged.recv = host;
+  algorithm(chosen).run(staged);
+  cuda::to_device(c.recv, host, bytes);
+  return chosen;
+}
+
+}  // namespace
+
+const std::vector<AlgoPlugin>& algorithms() {
+  static const std::vector<AlgoPlugin> table = {
+      {Algo::mpi, "mpi", "MPI_Allreduce (the baseline)", allreduce_mpi},
+      {Algo::ring, "ring", "pipelined ring reduce-scatter + allgather over point-to-point",
+       allreduce_ring},
+      {Algo::shm, "shm", "node-local shared-memory reduction, cache-sized rounds", allreduce_shm},
+      {Algo::automatic, "auto", "per size and layout: shm on one node for large buffers, else mpi",
+       allreduce_auto},
+  };
+  return table;
+}
+
+const AlgoPlugin& algorithm(Algo a) { return algorithms().at(static_cast<size_t>(a)); }
+
+bool parse_algo(const std::string& s, Algo* out) {
+  for (const auto& p : algorithms())
+    if (s == p.name) {
+      *out = p.id;
+      return true;
+    }
+  return false;
+}
+
+Algo choose_algorithm(const Call& c) {
+  // Thresholds come from benchmarks/results (see docs/allreduce.md); override to re-tune.
+  static const size_t shm_min = env_bytes("MPIRT_AUTO_SHM_MIN_BYTES", 64 * 1024);
+  const NodeLayout& L = node_layout(c.comm);
+  const size_t bytes = c.count * dtype_size(c.dtype);
+  if (L.node_count == 1 && L.local_size > 1 && bytes >= shm_min) return Algo::shm;
+  return Algo::mpi;
+}
+
+const NodeLayout& node_layout(MPI_Comm comm) { return comm_state(comm).layout; }
+
+Algo allreduce(const Call& c, Algo algo, Device device) {
+  int initialized = 0, finalized = 0;
+  MPI_Initialized(&initialized);
+  MPI_Finalized(&finalized);
+  if (!initialized || finalized)
+    throw std::runtime_error("MPI is not initialised: import mpi4py.MPI (or call MPI_Init) first");
+  if (c.count > 0 && (c.send == nullptr || c.recv == nullptr))
+    throw std::invalid_argument("allreduce got a null buffer");
+  Algo chosen = algo == Algo::automatic ? choose_algorithm(c) : algo;
+  if (chosen == Algo::shm && !node_layout(c.comm).uniform)
+    throw std::invalid_argument(
+        "algorithm shm needs the same number of ranks on every node; use ring, mpi or auto");
+  if (c.count == 0) return chosen;
+  if (device == Device::cuda) return run_on_device(c, chosen);
+  algorithm(chosen).run(c);
+  return chosen;
+}
+
+bool mpi_cuda_aware() {
+#if defined(MPIX_CUDA_AWARE_SUPPORT) && MPIX_CUDA_AWARE_SUPPORT
+  return MPIX_Query_cuda_support() == 1;
+#elif defined(MPICH_NUMVERSION) && MPICH_NUMVERSION >= 40000000
+  int supported = 0;
+  MPIX_GPU_query_support(MPIX_GPU_SUPPORT_CUDA, &supported);
+  return supported != 0;
+#else
+  return false;
+#endif
+}
+
+std::string mpi_library_version() {
+  char buf[MPI_MAX_LIBRARY_VERSION_STRING];
+  int len = 0;
+  MPI_Get_library_version(buf, &len);
+  std::string s(buf, static_cast<size_t>(len));
+  while (!s.empty() && (s.back() == '\n' || s.back() == '\0' || s.back() == ' ')) s.pop_back();
+  return s;
+}
+
+const MemOps& host_ops() {
+  static const MemOps ops = {
+      [](void* d, const void* s, size_t b) {
+        if (b) std::memcpy(d, s, b);
+      },
+      reduce_into, scale_avg};
+  return ops;
+}
+
+}  // namespace mpirt

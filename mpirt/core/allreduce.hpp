@@ -1,0 +1,68 @@
+// The core allreduce: one entry point, a table of algorithm plug-ins behind it.
+//
+// Each plug-in sees host memory only; device buffers are handled in allreduce.cpp, which
+// hands CUDA pointers straight to a CUDA-aware MPI or stages them through pinned memory.
+#pragma once
+
+#include <mpi.h>
+
+#include <cstddef>
+#include <string>
+#include <vector>
+
+#include "dtype.hpp"
+
+namespace mpirt {
+
+enum class Algo : int { mpi = 0, ring = 1, shm = 2, automatic = 3 };
+enum class Device : int { cpu = 0, cuda = 1 };
+
+struct Call {
+  const void* send;  // equal to recv for in-place
+  void* recv;
+  size_t count;
+  DType dtype;
+  Op op;
+  MPI_Comm comm;
+};
+
+// One algorithm: run() must leave the full reduction (avg already divided) in call.recv.
+struct AlgoPlugin {
+  Algo id;
+  const char* name;
+  const char* summary;
+  void (*run)(const Call& call);
+};
+
+const std::vector<AlgoPlugin>& algorithms();  // mpi, ring, shm, auto (in that order)
+const AlgoPlugin& algorithm(Algo a);
+bool parse_algo(const std::string& s, Algo* out);
+
+// What `auto` resolves to for this call: decided from size, world and node layout only,
+// so every rank makes the same choice without communicating.
+Algo choose_algorithm(const Call& call);
+
+// Runs one allreduce and returns the algorithm that actually ran (auto resolved).
+// Throws std::invalid_argument / std::runtime_error with a message meant for users.
+Algo allreduce(const Call& call, Algo algo, Device device);
+
+// Plug-in entry points (one file each).
+void allreduce_mpi(const Call& call);
+void allreduce_ring(const Call& call);
+void allreduce_shm(const Call& call);
+
+// Node layout of a communicator, computed once per communicator and cached on it.
+struct NodeLayout {
+  int local_rank, local_size, node_count;
+  bool uniform;  // every node holds local_size ranks
+};
+const NodeLayout& node_layout(MPI_Comm comm);
+
+// MPI datatype for (dtype, op), creating the user op 16-bit floats need; plain MPI otherwise.
+void mpi_type_op(DType t, Op o, MPI_Datatype* type, MPI_Op* op);
+
+// Whether this MPI can take CUDA device pointers (MPIX_Query_cuda_support or equivalent).
+bool mpi_cuda_aware();
+std::string mpi_library_version();
+
+}  // namespace mpirt

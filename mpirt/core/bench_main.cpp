@@ -1,0 +1,482 @@
+// mpirt-allreduce-perf: the nccl-tests-style timing harness over every core algorithm.
+//
+// Results are data first (JSON/CSV carry every figure); the table on rank 0 is a view.
+// Per size, algorithm and mode: each iteration is timed alone after a barrier (excluded,
+// as in OSU), time avg/min/max are across ranks of each rank's mean, p50/p99 are over
+// iterations of the slowest rank's time, algbw = bytes/avg, busbw = algbw * 2(n-1)/n.
+#include <mpi.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <ctime>
+#include <fstream>
+#include <map>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "allreduce.hpp"
+#include "bench_options.hpp"
+#include "memops.hpp"
+
+#ifndef MPIRT_VERSION
+#define MPIRT_VERSION "0.0.0"
+#endif
+
+namespace mpirt {
+namespace {
+
+struct Stats {
+  double avg = 0, min = 0, max = 0, p50 = 0, p99 = 0;  // seconds
+};
+
+struct Row {
+  size_t bytes, count;
+  std::string algo, algo_used;  // algo_used: what `auto` resolved to
+  Mode mode;
+  int iters, warmup;
+  Stats t;
+  double algbw, busbw;
+  long long wrong;  // -1: not checked
+};
+
+struct World {
+  MPI_Comm comm = MPI_COMM_WORLD;
+  int rank = 0, size = 1;
+  NodeLayout layout{};
+};
+
+// Seeded integer-valued inputs: sums stay exact in every dtype up to 64 ranks, so a check
+// can demand bit-exact results (avg aside), as nccl-tests' verifiable inputs do.
+double input_value(int rank, size_t i, int seed) {
+  return static_cast<double>(static_cast<long long>((i * 7 + static_cast<size_t>(rank) * 13 +
+                                                     static_cast<size_t>(seed) * 5) % 9)) - 4.0;
+}
+
+void store(void* buf, size_t i, DType t, double v) {
+  switch (t) {
+    case DType::f32: static_cast<float*>(buf)[i] = static_cast<float>(v); break;
+    case DType::f64: static_cast<double*>(buf)[i] = v; break;
+    case DType::f16: static_cast<uint16_t*>(buf)[i] = float_to_half(static_cast<float>(v)); break;
+    case DType::bf16: static_cast<uint16_t*>(buf)[i] = float_to_bf16(static_cast<float>(v)); break;
+    case DType::i32: static_cast<int32_t*>(buf)[i] = static_cast<int32_t>(v); break;
+  }
+}
+
+double load(const void* buf, size_t i, DType t) {
+  switch (t) {
+    case DType::f32: return static_cast<const float*>(buf)[i];
+    case DType::f64: return static_cast<const double*>(buf)[i];
+    case DType::f16: return half_to_float(static_cast<const uint16_t*>(buf)[i]);
+    case DType::bf16: return bf16_to_float(static_cast<const uint16_t*>(buf)[i]);
+    case DType::i32: return static_cast<const int32_t*>(buf)[i];
+  }
+  return 0;
+}
+
+double expected_value(size_t i, int seed, int nranks, DType t, Op o) {
+  double acc = input_value(0, i, seed);
+  for (int r = 1; r < nranks; ++r) {
+    const double v = input_value(r, i, seed);
+    acc = o == Op::min ? std::min(acc, v) : o == Op::max ? std::max(acc, v) : acc + v;
+  }
+  if (o != Op::avg) return acc;
+  return t == DType::i32 ? std::trunc(acc / nranks) : acc / nranks;
+}
+
+double tolerance(DType t, Op o, double expected) {
+  if (o != Op::avg || t == DType::i32) return 0.0;  // exact
+  const double eps = t == DType::f64 ? 2.2e-16 : t == DType::f32 ? 1.2e-7 : t == DType::f16 ? 9.8e-4 : 7.9e-3;
+  return 2 * eps * std::max(1.0, std::fabs(expected));  // 2 ulp, as nccl-tests allows for avg
+}
+
+struct Buffers {
+  Device dev;
+  size_t bytes;
+  void* send = nullptr;
+  void* recv = nullptr;
+  std::vector<char> host;  // host image for filling and checking device buffers
+
+  Buffers(Device d, size_t b) : dev(d), bytes(b) {
+    if (dev == Device::cuda) {
+      send = cuda::alloc_device(bytes);
+      recv = cuda::alloc_device(bytes);
+    } else {
+      if (posix_memalign(&send, 4096, bytes ? bytes : 1) || posix_memalign(&recv, 4096, bytes ? bytes : 1))
+        throw std::runtime_error("out of memory allocating " + std::to_string(bytes) + "-byte buffers; lower -e");
+    }
+    host.resize(bytes);
+  }
+  ~Buffers() {
+    if (dev == Device::cuda) {
+      cuda::free_device(send);
+      cuda::free_device(recv);
+    } else {
+      std::free(send);
+      std::free(recv);
+    }
+  }
+  void fill(void* dst, int rank, size_t count, DType t, int seed) {
+    for (size_t i = 0; i < count; ++i) store(host.data(), i, t, input_value(rank, i, seed));
+    upload(dst, count * dtype_size(t));
+  }
+  void upload(void* dst, size_t n) {
+    if (dev == Device::cuda) cuda::to_device(dst, host.data(), n);
+    else std::memcpy(dst, host.data(), n);
+  }
+  const void* download(const void* src, size_t n) {
+    if (dev != Device::cuda) return src;
+    cuda::to_host(host.data(), src, n);
+    return host.data();
+  }
+};
+
+Stats reduce_times(const World& w, std::vector<double>& times) {
+  Stats s;
+  double mean = 0;
+  for (double t : times) mean += t;
+  mean /= static_cast<double>(times.size());
+  double v[3] = {mean, mean, -mean};
+  MPI_Allreduce(MPI_IN_PLACE, v, 1, MPI_DOUBLE, MPI_SUM, w.comm);
+  MPI_Allreduce(MPI_IN_PLACE, v + 1, 2, MPI_DOUBLE, MPI_MIN, w.comm);
+  s.avg = v[0] / w.size;
+  s.min = v[1];
+  s.max = -v[2];
+  MPI_Allreduce(MPI_IN_PLACE, times.data(), static_cast<int>(times.size()), MPI_DOUBLE, MPI_MAX, w.comm);
+  std::sort(times.begin(), times.end());
+  auto pct = [&](double p) {  // nearest rank
+    size_t k = static_cast<size_t>(std::ceil(p / 100.0 * times.size()));
+    return times[std::min(times.size() - 1, k > 0 ? k - 1 : 0)];
+  };
+  s.p50 = pct(50);
+  s.p99 = pct(99);
+  return s;
+}
+
+class Bench {
+ public:
+  Bench(const BenchOptions& o, const World& w, const std::vector<std::string>& argv)
+      : o_(o), w_(w), argv_(argv) {}
+
+  int run();
+
+ private:
+  Row measure(Buffers& b, size_t bytes, Algo algo, Mode mode);
+  Row measure_memcpy(Buffers& b, size_t bytes);
+  long long check(Buffers& b, size_t count, Algo algo, Mode mode);
+  void print_header() const;
+  void print_row(const Row& oop, const Row* ip) const;
+  void write_json(const std::map<std::string, double>& avg_busbw, long long wrong, bool passed,
+                  const std::vector<std::string>& failures) const;
+  void write_csv() const;
+
+  const BenchOptions& o_;
+  World w_;
+  std::vector<std::string> argv_;
+  std::vector<Row> rows_, memcpy_rows_;
+  std::string timestamp_;
+};
+
+Row Bench::measure(Buffers& b, size_t bytes, Algo algo, Mode mode) {
+  const size_t count = bytes / dtype_size(o_.dtype);
+  Row row{bytes, count, algorithm(algo).name, "", mode, iters_for(o_, bytes), warmup_for(o_, bytes), {}, 0, 0, -1};
+  b.fill(b.send, w_.rank, count, o_.dtype, 0);
+  if (mode == Mode::in_place) b.fill(b.recv, w_.rank, count, o_.dtype, 0);
+  Call call{mode == Mode::in_place ? b.recv : b.send, b.recv, count, o_.dtype, o_.op, w_.comm};
+  Algo used = algo;
+  for (int i = 0; i < row.warmup; ++i) used = allreduce(call, algo, o_.device);
+  std::vector<double> times(static_cast<size_t>(row.iters));
+  for (int i = 0; i < row.iters; ++i) {
+    MPI_Barrier(w_.comm);
+    const double t0 = MPI_Wtime();
+    used = allreduce(call, algo, o_.device);
+    times[static_cast<size_t>(i)] = MPI_Wtime() - t0;
+  }
+  row.algo_used = algorithm(used).name;
+  row.t = reduce_times(w_, times);
+  row.algbw = static_cast<double>(bytes) / 1e9 / row.t.avg;
+  row.busbw = row.algbw * 2.0 * (w_.size - 1) / w_.size;
+  if (o_.check > 0) row.wrong = check(b, count, algo, mode);
+  return row;
+}
+
+long long Bench::check(Buffers& b, size_t count, Algo algo, Mode mode) {
+  long long wrong = 0;
+  for (int c = 0; c < o_.check; ++c) {
+    const int seed = c + 1;
+    b.fill(mode == Mode::in_place ? b.recv : b.send, w_.rank, count, o_.dtype, seed);
+    Call call{mode == Mode::in_place ? b.recv : b.send, b.recv, count, o_.dtype, o_.op, w_.comm};
+    allreduce(call, algo, o_.device);
+    const void* got = b.download(b.recv, count * dtype_size(o_.dtype));
+    if (o_.corrupt && w_.rank == 0 && count > 0) {
+      b.host.assign(static_cast<const char*>(got), static_cast<const char*>(got) + count * dtype_size(o_.dtype));
+      store(b.host.data(), 0, o_.dtype, load(b.host.data(), 0, o_.dtype) + 100);
+      got = b.host.data();
+    }
+    for (size_t i = 0; i < count; ++i) {
+      const double want = expected_value(i, seed, w_.size, o_.dtype, o_.op);
+      const double have = load(got, i, o_.dtype);
+      if (!(std::fabs(have - want) <= tolerance(o_.dtype, o_.op, want))) ++wrong;
+    }
+  }
+  MPI_Allreduce(MPI_IN_PLACE, &wrong, 1, MPI_LONG_LONG, MPI_SUM, w_.comm);
+  return wrong;
+}
+
+Row Bench::measure_memcpy(Buffers& b, size_t bytes) {
+  Row row{bytes, bytes / dtype_size(o_.dtype), "memcpy", "memcpy", Mode::out_of_place,
+          iters_for(o_, bytes), warmup_for(o_, bytes), {}, 0, 0, -1};
+  const MemOps& mem = o_.device == Device::cuda ? cuda::device_ops() : host_ops();
+  for (int i = 0; i < row.warmup; ++i) mem.copy(b.recv, b.send, bytes);
+  std::vector<double> times(static_cast<size_t>(row.iters));
+  for (int i = 0; i < row.iters; ++i) {
+    MPI_Barrier(w_.comm);  // every rank copies at once: the bandwidth each gets when all are busy
+    const double t0 = MPI_Wtime();
+    mem.copy(b.recv, b.send, bytes);
+    if (o_.device == Device::cuda) cuda::synchronize();
+    times[static_cast<size_t>(i)] = MPI_Wtime() - t0;
+  }
+  row.t = reduce_times(w_, times);
+  row.algbw = static_cast<double>(bytes) / 1e9 / row.t.avg;
+  row.busbw = row.algbw;
+  return row;
+}
+
+std::string fmt_num(double v, int width) {
+  char buf[32];
+  for (int prec = 2; prec >= 0; --prec) {
+    std::snprintf(buf, sizeof buf, "%.*f", prec, v);
+    if (static_cast<int>(std::strlen(buf)) <= width) return buf;
+  }
+  std::snprintf(buf, sizeof buf, "%.0e", v);
+  return buf;
+}
+
+std::string first_line(const std::string& s) { return s.substr(0, s.find('\n')); }
+
+std::string staging_note(Device d) {
+  if (d != Device::cuda) return "none (host buffers)";
+  return mpi_cuda_aware() ? "none: device buffers go to the CUDA-aware MPI (mpi, ring)"
+                          : "pinned host memory (this MPI is not CUDA-aware)";
+}
+
+void Bench::print_header() const {
+  std::printf("# mpirt-allreduce-perf %s\n", MPIRT_VERSION);
+  std::printf("# Collective test starting: allreduce\n");
+  std::printf("# MPI: %s\n", first_line(mpi_library_version()).c_str());
+  std::printf("# CUDA-aware MPI: %s | core built with CUDA: %s | device: %s\n", mpi_cuda_aware() ? "yes" : "no",
+              cuda::built() ? "yes" : "no",
+              o_.device == Device::cuda ? ("cuda (" + cuda::describe() + ")").c_str() : "cpu");
+  std::printf("# staging: %s\n", staging_note(o_.device).c_str());
+  std::printf("# world size %d on %d node(s), %d rank(s) on this node | dtype %s | op %s | check %d\n", w_.size,
+              w_.layout.node_count, w_.layout.local_size, dtype_name(o_.dtype), op_name(o_.op), o_.check);
+  std::string algos;
+  for (Algo a : o_.algos) algos += std::string(algos.empty() ? "" : " ") + algorithm(a).name;
+  std::printf("# algorithms: %s | sizes %zu..%zu B factor %g | iters %s warmup %s\n", algos.c_str(), o_.minbytes,
+              o_.maxbytes, o_.factor, o_.iters > 0 ? std::to_string(o_.iters).c_str() : "by size",
+              o_.warmup >= 0 ? std::to_string(o_.warmup).c_str() : "iters/10");
+  std::printf("#\n");
+  const char* half = "     time      p99   algbw   busbw  #wrong";
+  std::printf("# %10s %12s %9s %5s %10s  %s  %s\n", "", "", "", "", "", "out-of-place / memcpy      ", "   in-place");
+  std::printf("# %10s %12s %9s %5s %10s %s %s\n", "size", "count", "type", "redop", "algo", half, half);
+  std::printf("# %10s %12s %9s %5s %10s %s %s\n", "(B)", "(elements)", "", "", "",
+              "     (us)     (us)  (GB/s)  (GB/s)        ", "     (us)     (us)  (GB/s)  (GB/s)");
+  std::fflush(stdout);
+}
+
+void Bench::print_row(const Row& a, const Row* b) const {
+  std::string algo = a.algo == a.algo_used ? a.algo : a.algo + ">" + a.algo_used;
+  auto cells = [](const Row& r) {
+    char buf[128];
+    std::snprintf(buf, sizeof buf, " %8s %8s %7s %7s %7s", fmt_num(r.t.avg * 1e6, 8).c_str(),
+                  fmt_num(r.t.p99 * 1e6, 8).c_str(), fmt_num(r.algbw, 7).c_str(),
+                  r.algo == "memcpy" ? "-" : fmt_num(r.busbw, 7).c_str(),
+                  r.wrong < 0 ? "N/A" : std::to_string(r.wrong).c_str());
+    return std::string(buf);
+  };
+  std::printf("  %10zu %12zu %9s %5s %10s%s%s\n", a.bytes, a.count, dtype_name(o_.dtype), op_name(o_.op),
+              algo.c_str(), cells(a).c_str(), b ? cells(*b).c_str() : "");
+  std::fflush(stdout);
+}
+
+std::string json_str(const std::string& s) {
+  std::string out = "\"";
+  for (char c : s) {
+    if (c == '"' || c == '\\') out += '\\', out += c;
+    else if (static_cast<unsigned char>(c) < 0x20) {
+      char buf[8];
+      std::snprintf(buf, sizeof buf, "\\u%04x", c);
+      out += buf;
+    } else out += c;
+  }
+  return out + "\"";
+}
+
+std::string json_num(double v) {
+  if (!std::isfinite(v)) return "null";
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%.6g", v);
+  return buf;
+}
+
+std::string row_json(const Row& r) {
+  std::ostringstream s;
+  s << "{\"size\": " << r.bytes << ", \"count\": " << r.count << ", \"algo\": " << json_str(r.algo)
+    << ", \"algo_used\": " << json_str(r.algo_used)
+    << ", \"mode\": " << json_str(r.mode == Mode::in_place ? "in-place" : "out-of-place") << ", \"iters\": " << r.iters
+    << ", \"warmup\": " << r.warmup << ", \"time_us\": {\"avg\": " << json_num(r.t.avg * 1e6)
+    << ", \"min\": " << json_num(r.t.min * 1e6) << ", \"max\": " << json_num(r.t.max * 1e6)
+    << ", \"p50\": " << json_num(r.t.p50 * 1e6) << ", \"p99\": " << json_num(r.t.p99 * 1e6)
+    << "}, \"algbw_gbs\": " << json_num(r.algbw) << ", \"busbw_gbs\": "
+    << (r.algo == "memcpy" ? "null" : json_num(r.busbw)) << ", \"wrong\": "
+    << (r.wrong < 0 ? "null" : std::to_string(r.wrong)) << "}";
+  return s.str();
+}
+
+// Written to FILE.tmp and renamed, so a reader never sees half a result file.
+void write_atomically(const std::string& path, const std::string& text) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream f(tmp, std::ios::trunc);
+    if (!f) throw std::runtime_error("cannot write " + path + ": check the directory exists and is writable");
+    f << text;
+    if (!f.flush()) throw std::runtime_error("cannot write " + path + ": disk full?");
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) throw std::runtime_error("cannot rename " + tmp + " to " + path);
+}
+
+void Bench::write_json(const std::map<std::string, double>& avg_busbw, long long wrong, bool passed,
+                       const std::vector<std::string>& failures) const {
+  std::ostringstream s;
+  std::string cmd;
+  for (const auto& a : argv_) cmd += (cmd.empty() ? "" : " ") + a;
+  char host[256] = "";
+  gethostname(host, sizeof host - 1);
+  s << "{\n  \"schema\": \"mpirt.bench.allreduce/1\",\n  \"tool\": \"mpirt-allreduce-perf\",\n"
+    << "  \"version\": " << json_str(MPIRT_VERSION) << ",\n  \"timestamp\": " << json_str(timestamp_) << ",\n"
+    << "  \"command\": " << json_str(cmd) << ",\n  \"host\": " << json_str(host) << ",\n"
+    << "  \"mpi\": {\"library\": " << json_str(first_line(mpi_library_version()))
+    << ", \"cuda_aware\": " << (mpi_cuda_aware() ? "true" : "false") << "},\n"
+    << "  \"core\": {\"cuda_built\": " << (cuda::built() ? "true" : "false") << "},\n"
+    << "  \"device\": " << json_str(o_.device == Device::cuda ? "cuda" : "cpu")
+    << ",\n  \"staging\": " << json_str(staging_note(o_.device)) << ",\n"
+    << "  \"world\": {\"size\": " << w_.size << ", \"nodes\": " << w_.layout.node_count
+    << ", \"ranks_per_node\": " << w_.layout.local_size << "},\n"
+    << "  \"config\": {\"dtype\": " << json_str(dtype_name(o_.dtype)) << ", \"op\": " << json_str(op_name(o_.op))
+    << ", \"minbytes\": " << o_.minbytes << ", \"maxbytes\": " << o_.maxbytes << ", \"factor\": " << json_num(o_.factor)
+    << ", \"iters\": " << (o_.iters > 0 ? std::to_string(o_.iters) : "null")
+    << ", \"warmup\": " << (o_.warmup >= 0 ? std::to_string(o_.warmup) : "null") << ", \"check\": " << o_.check
+    << ", \"min_busbw_gbs\": " << json_num(o_.min_busbw) << "},\n  \"results\": [";
+  for (size_t i = 0; i < rows_.size(); ++i) s << (i ? ",\n    " : "\n    ") << row_json(rows_[i]);
+  s << "\n  ],\n  \"memcpy\": [";
+  for (size_t i = 0; i < memcpy_rows_.size(); ++i) s << (i ? ",\n    " : "\n    ") << row_json(memcpy_rows_[i]);
+  s << "\n  ],\n  \"summary\": {\"avg_busbw_gbs\": {";
+  bool first = true;
+  for (const auto& [k, v] : avg_busbw) s << (first ? "" : ", ") << json_str(k) << ": " << json_num(v), first = false;
+  s << "}, \"wrong\": " << wrong << ", \"passed\": " << (passed ? "true" : "false") << ", \"failures\": [";
+  for (size_t i = 0; i < failures.size(); ++i) s << (i ? ", " : "") << json_str(failures[i]);
+  s << "]}\n}\n";
+  write_atomically(o_.json, s.str());
+}
+
+void Bench::write_csv() const {
+  std::ostringstream s;
+  s << "size,count,dtype,op,algo,algo_used,mode,iters,time_avg_us,time_min_us,time_max_us,time_p50_us,"
+       "time_p99_us,algbw_gbs,busbw_gbs,wrong\n";
+  for (const auto* set : {&rows_, &memcpy_rows_})
+    for (const Row& r : *set)
+      s << r.bytes << ',' << r.count << ',' << dtype_name(o_.dtype) << ',' << op_name(o_.op) << ',' << r.algo << ','
+        << r.algo_used << ',' << (r.mode == Mode::in_place ? "in-place" : "out-of-place") << ',' << r.iters << ','
+        << json_num(r.t.avg * 1e6) << ',' << json_num(r.t.min * 1e6) << ',' << json_num(r.t.max * 1e6) << ','
+        << json_num(r.t.p50 * 1e6) << ',' << json_num(r.t.p99 * 1e6) << ',' << json_num(r.algbw) << ','
+        << (r.algo == "memcpy" ? "" : json_num(r.busbw)) << ',' << (r.wrong < 0 ? "" : std::to_string(r.wrong))
+        << '\n';
+  write_atomically(o_.csv, s.str());
+}
+
+int Bench::run() {
+  std::time_t now = std::time(nullptr);
+  char ts[32];
+  std::strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
+  timestamp_ = ts;
+  if (o_.device == Device::cuda) cuda::set_device(w_.layout.local_rank % cuda::device_count());
+  Buffers b(o_.device, o_.maxbytes);
+  if (w_.rank == 0) print_header();
+  for (size_t bytes : sizes(o_)) {
+    if (o_.memcpy_baseline) {
+      memcpy_rows_.push_back(measure_memcpy(b, bytes));
+      if (w_.rank == 0) print_row(memcpy_rows_.back(), nullptr);
+    }
+    for (Algo a : o_.algos) {
+      std::vector<Row> pair;
+      for (Mode m : o_.modes) pair.push_back(measure(b, bytes, a, m));
+      for (const Row& r : pair) rows_.push_back(r);
+      if (w_.rank == 0) print_row(pair[0], pair.size() > 1 ? &pair[1] : nullptr);
+    }
+  }
+  std::map<std::string, std::pair<double, int>> sums;
+  long long wrong = 0;
+  for (const Row& r : rows_) {
+    sums[r.algo].first += r.busbw;
+    sums[r.algo].second += 1;
+    wrong += std::max(0LL, r.wrong);
+  }
+  std::map<std::string, double> avg_busbw;
+  std::vector<std::string> failures;
+  if (wrong > 0) failures.push_back(std::to_string(wrong) + " wrong values");
+  for (const auto& [algo, sc] : sums) {
+    avg_busbw[algo] = sc.first / sc.second;
+    if (o_.min_busbw > 0 && avg_busbw[algo] < o_.min_busbw)
+      failures.push_back(algo + " average busbw " + fmt_num(avg_busbw[algo], 9) + " GB/s is below --min-busbw " +
+                         fmt_num(o_.min_busbw, 9));
+  }
+  const bool passed = failures.empty();
+  if (w_.rank == 0) {
+    std::printf("# Out of bounds values : %lld %s\n", wrong, wrong ? "FAILED" : (o_.check ? "OK" : "N/A"));
+    for (const auto& [algo, v] : avg_busbw) std::printf("# Avg bus bandwidth    : %s %s GB/s\n", algo.c_str(), fmt_num(v, 9).c_str());
+    for (const auto& f : failures) std::printf("# FAILED: %s\n", f.c_str());
+    std::printf("#\n# Collective test concluded: allreduce\n");
+    std::fflush(stdout);
+    if (!o_.json.empty()) write_json(avg_busbw, wrong, passed, failures);
+    if (!o_.csv.empty()) write_csv();
+  }
+  return passed ? 0 : 1;
+}
+
+}  // namespace
+}  // namespace mpirt
+
+int main(int argc, char** argv) {
+  using namespace mpirt;
+  MPI_Init(&argc, &argv);
+  World w;
+  MPI_Comm_rank(w.comm, &w.rank);
+  MPI_Comm_size(w.comm, &w.size);
+  int rc = 0;
+  try {
+    BenchOptions o = parse_options(argc, argv);
+    if (o.help || o.version) {
+      if (w.rank == 0) std::fputs(o.help ? usage() : "mpirt-allreduce-perf " MPIRT_VERSION "\n", stdout);
+    } else {
+      w.layout = node_layout(w.comm);
+      Bench bench(o, w, std::vector<std::string>(argv, argv + argc));
+      rc = bench.run();
+    }
+  } catch (const UsageError& e) {
+    if (w.rank == 0) std::fprintf(stderr, "mpirt-allreduce-perf: error: %s\n", e.what());
+    rc = 2;
+  } catch (const std::invalid_argument& e) {
+    if (w.rank == 0) std::fprintf(stderr, "mpirt-allreduce-perf: error: %s\n", e.what());
+    rc = 2;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "mpirt-allreduce-perf: rank %d: error: %s\n", w.rank, e.what());
+    std::fflush(stderr);
+    MPI_Abort(w.comm, 1);
+  }
+  MPI_Finalize();
+  return rc;
+}

@@ -1,0 +1,144 @@
+#include "comm_state.hpp"
+
+#include <sched.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define MPIRT_PAUSE() _mm_pause()
+#elif defined(__aarch64__)
+#define MPIRT_PAUSE() asm volatile("yield")
+#else
+#define MPIRT_PAUSE() ((void)0)
+#endif
+
+namespace mpirt {
+namespace {
+
+int g_keyval = MPI_KEYVAL_INVALID;
+std::vector<CommState*> g_live;  // in creation order, identical on every rank
+
+void destroy(CommState* st) {
+  g_live.erase(std::remove(g_live.begin(), g_live.end(), st), g_live.end());
+  if (st->shm.win != MPI_WIN_NULL) MPI_Win_free(&st->shm.win);
+  if (st->cross_comm != MPI_COMM_NULL) MPI_Comm_free(&st->cross_comm);
+  if (st->ring_comm != MPI_COMM_NULL) MPI_Comm_free(&st->ring_comm);
+  if (st->node_comm != MPI_COMM_NULL) MPI_Comm_free(&st->node_comm);
+  delete st;
+}
+
+int on_comm_free(MPI_Comm, int, void* attr, void*) {
+  auto* st = static_cast<CommState*>(attr);  // may already be gone if freed at finalize
+  if (std::find(g_live.begin(), g_live.end(), st) != g_live.end()) destroy(st);
+  return MPI_SUCCESS;
+}
+
+// MPI deletes MPI_COMM_SELF's attributes first in MPI_Finalize, while MPI still works:
+// free everything still cached (MPI_COMM_WORLD's state included) there.
+int on_finalize(MPI_Comm, int, void*, void*) {
+  while (!g_live.empty()) destroy(g_live.back());
+  return MPI_SUCCESS;
+}
+
+void install_keyvals() {
+  MPI_Comm_create_keyval(MPI_COMM_NULL_COPY_FN, on_comm_free, &g_keyval, nullptr);
+  int finalize_key;
+  MPI_Comm_create_keyval(MPI_COMM_NULL_COPY_FN, on_finalize, &finalize_key, nullptr);
+  MPI_Comm_set_attr(MPI_COMM_SELF, finalize_key, nullptr);
+}
+
+size_t shm_chunk_bytes() {
+  // Per-rank staging per round: small enough that the whole pipeline stays in cache.
+  size_t bytes = 256 * 1024;
+  if (const char* env = std::getenv("MPIRT_SHM_CHUNK")) {
+    char* end = nullptr;
+    unsigned long long v = std::strtoull(env, &end, 10);
+    if (end == env || *end != '\0' || v < 4096 || v > (1ull << 30))
+      throw std::invalid_argument(std::string("MPIRT_SHM_CHUNK=") + env +
+                                  " is not a byte count between 4096 and 1073741824; unset it or "
+                                  "give e.g. 262144");
+    bytes = static_cast<size_t>(v);
+  }
+  return bytes / 64 * 64;
+}
+
+}  // namespace
+
+void ShmBarrier::wait(int nranks) {
+  const uint32_t gen = generation.load(std::memory_order_acquire);
+  if (arrived.fetch_add(1, std::memory_order_acq_rel) == static_cast<uint32_t>(nranks - 1)) {
+    arrived.store(0, std::memory_order_relaxed);
+    generation.store(gen + 1, std::memory_order_release);
+    return;
+  }
+  for (int spins = 0; generation.load(std::memory_order_acquire) == gen; ++spins) {
+    if (spins < 2000)
+      MPIRT_PAUSE();
+    else
+      sched_yield();
+  }
+}
+
+CommState& comm_state(MPI_Comm comm) {
+  if (g_keyval == MPI_KEYVAL_INVALID) install_keyvals();
+  void* attr = nullptr;
+  int found = 0;
+  MPI_Comm_get_attr(comm, g_keyval, &attr, &found);
+  if (found) return *static_cast<CommState*>(attr);
+
+  auto* st = new CommState();
+  int rank, size;
+  MPI_Comm_rank(comm, &rank);
+  MPI_Comm_size(comm, &size);
+  MPI_Comm_split_type(comm, MPI_COMM_TYPE_SHARED, rank, MPI_INFO_NULL, &st->node_comm);
+  MPI_Comm_rank(st->node_comm, &st->layout.local_rank);
+  MPI_Comm_size(st->node_comm, &st->layout.local_size);
+  MPI_Comm_split(comm, st->layout.local_rank, rank, &st->cross_comm);
+  MPI_Comm_dup(comm, &st->ring_comm);
+  int leaders = st->layout.local_rank == 0 ? 1 : 0;
+  MPI_Allreduce(MPI_IN_PLACE, &leaders, 1, MPI_INT, MPI_SUM, comm);
+  st->layout.node_count = leaders;
+  int minmax[2] = {-st->layout.local_size, st->layout.local_size};
+  MPI_Allreduce(MPI_IN_PLACE, minmax, 2, MPI_INT, MPI_MAX, comm);
+  st->layout.uniform = -minmax[0] == minmax[1];
+  g_live.push_back(st);
+  MPI_Comm_set_attr(comm, g_keyval, st);
+  return *st;
+}
+
+ShmSegment& shm_segment(CommState& st) {
+  ShmSegment& seg = st.shm;
+  if (seg.win != MPI_WIN_NULL) return seg;
+  const int n = st.layout.local_size;
+  seg.chunk_bytes = shm_chunk_bytes();
+  const size_t bytes = sizeof(ShmBarrier) + 2 * static_cast<size_t>(n + 1) * seg.chunk_bytes;
+  char* mine = nullptr;
+  MPI_Info info;
+  MPI_Info_create(&info);
+  MPI_Info_set(info, "alloc_shared_noncontig", "false");
+  const MPI_Aint local_bytes = st.layout.local_rank == 0 ? static_cast<MPI_Aint>(bytes) : 0;
+  int err = MPI_Win_allocate_shared(local_bytes, 1, info, st.node_comm, &mine, &seg.win);
+  MPI_Info_free(&info);
+  if (err != MPI_SUCCESS)
+    throw std::runtime_error("MPI_Win_allocate_shared failed: is /dev/shm large enough? (" +
+                             std::to_string(bytes) + " bytes needed per node)");
+  MPI_Aint got;
+  int disp;
+  char* base = nullptr;
+  MPI_Win_shared_query(seg.win, 0, &got, &disp, &base);
+  seg.barrier = reinterpret_cast<ShmBarrier*>(base);
+  seg.base = base + sizeof(ShmBarrier);
+  if (st.layout.local_rank == 0) {
+    new (seg.barrier) ShmBarrier();
+    seg.barrier->arrived.store(0);
+    seg.barrier->generation.store(0);
+  }
+  MPI_Barrier(st.node_comm);
+  return seg;
+}
+
+}  // namespace mpirt

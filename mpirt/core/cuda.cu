@@ -1,0 +1,172 @@
+// Device side of the core: reduction kernels (16-bit floats accumulate in fp32) and the
+// allocation/copy helpers used for device buffers and pinned staging.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "memops.hpp"
+
+namespace mpirt::cuda {
+namespace {
+
+void check(cudaError_t err, const char* what) {
+  if (err != cudaSuccess)
+    throw std::runtime_error(std::string(what) + " failed: " + cudaGetErrorString(err));
+}
+
+template <class T>
+struct Conv {
+  __device__ static float load(T v) { return static_cast<float>(v); }
+  __device__ static T store(float a) { return static_cast<T>(a); }
+};
+template <>
+struct Conv<__half> {
+  __device__ static float load(__half v) { return __half2float(v); }
+  __device__ static __half store(float a) { return __float2half_rn(a); }
+};
+template <>
+struct Conv<__nv_bfloat16> {
+  __device__ static float load(__nv_bfloat16 v) { return __bfloat162float(v); }
+  __device__ static __nv_bfloat16 store(float a) { return __float2bfloat16_rn(a); }
+};
+
+template <class T, class Acc>
+__device__ Acc apply(Acc a, Acc b, int op) {
+  if (op == 1) return b < a ? b : a;
+  if (op == 2) return b > a ? b : a;
+  return a + b;  // sum and avg
+}
+
+template <class T, class Acc>
+__global__ void reduce_kernel(T* dst, const T* src, size_t n, int op) {
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    if constexpr (std::is_same_v<T, double> || std::is_same_v<T, int32_t>)
+      dst[i] = apply<T, T>(dst[i], src[i], op);
+    else
+      dst[i] = Conv<T>::store(apply<T, Acc>(Conv<T>::load(dst[i]), Conv<T>::load(src[i]), op));
+  }
+}
+
+template <class T>
+__global__ void scale_kernel(T* buf, size_t n, int div) {
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    if constexpr (std::is_same_v<T, int32_t>)
+      buf[i] = buf[i] / div;
+    else if constexpr (std::is_same_v<T, double>)
+      buf[i] = buf[i] / div;
+    else
+      buf[i] = Conv<T>::store(Conv<T>::load(buf[i]) / static_cast<float>(div));
+  }
+}
+
+dim3 grid_for(size_t n) {
+  size_t blocks = (n + 255) / 256;
+  return dim3(static_cast<unsigned>(blocks > 4096 ? 4096 : (blocks ? blocks : 1)));
+}
+
+void device_reduce_into(void* dst, const void* src, size_t n, DType t, Op o) {
+  if (n == 0) return;
+  const int op = static_cast<int>(o);
+  switch (t) {
+    case DType::f32:
+      reduce_kernel<float, float><<<grid_for(n), 256>>>(static_cast<float*>(dst), static_cast<const float*>(src), n, op);
+      break;
+    case DType::f64:
+      reduce_kernel<double, double><<<grid_for(n), 256>>>(static_cast<double*>(dst), static_cast<const double*>(src), n, op);
+      break;
+    case DType::f16:
+      reduce_kernel<__half, float><<<grid_for(n), 256>>>(static_cast<__half*>(dst), static_cast<const __half*>(src), n, op);
+      break;
+    case DType::bf16:
+      reduce_kernel<__nv_bfloat16, float><<<grid_for(n), 256>>>(static_cast<__nv_bfloat16*>(dst), static_cast<const __nv_bfloat16*>(src), n, op);
+      break;
+    case DType::i32:
+      reduce_kernel<int32_t, int32_t><<<grid_for(n), 256>>>(static_cast<int32_t*>(dst), static_cast<const int32_t*>(src), n, op);
+      break;
+  }
+  check(cudaGetLastError(), "reduce kernel launch");
+  // The next MPI call reads this memory from the host side of the library: finish first.
+  check(cudaDeviceSynchronize(), "reduce kernel");
+}
+
+void device_scale(void* buf, size_t n, DType t, int div) {
+  if (n == 0 || div == 1) return;
+  switch (t) {
+    case DType::f32: scale_kernel<float><<<grid_for(n), 256>>>(static_cast<float*>(buf), n, div); break;
+    case DType::f64: scale_kernel<double><<<grid_for(n), 256>>>(static_cast<double*>(buf), n, div); break;
+    case DType::f16: scale_kernel<__half><<<grid_for(n), 256>>>(static_cast<__half*>(buf), n, div); break;
+    case DType::bf16: scale_kernel<__nv_bfloat16><<<grid_for(n), 256>>>(static_cast<__nv_bfloat16*>(buf), n, div); break;
+    case DType::i32: scale_kernel<int32_t><<<grid_for(n), 256>>>(static_cast<int32_t*>(buf), n, div); break;
+  }
+  check(cudaGetLastError(), "scale kernel launch");
+  check(cudaDeviceSynchronize(), "scale kernel");
+}
+
+void device_copy(void* dst, const void* src, size_t bytes) {
+  if (bytes) check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice), "cudaMemcpy D2D");
+}
+
+}  // namespace
+
+bool built() { return true; }
+
+int device_count() {
+  int n = 0;
+  return cudaGetDeviceCount(&n) == cudaSuccess ? n : 0;
+}
+
+bool available() { return device_count() > 0; }
+
+std::string describe() {
+  int n = 0;
+  cudaError_t err = cudaGetDeviceCount(&n);
+  if (err != cudaSuccess) return std::string("no usable CUDA device (") + cudaGetErrorString(err) + ")";
+  if (n == 0) return "no CUDA device is visible";
+  int dev = 0;
+  cudaGetDevice(&dev);
+  cudaDeviceProp prop{};
+  cudaGetDeviceProperties(&prop, dev);
+  return std::string(prop.name);
+}
+
+const MemOps& device_ops() {
+  static const MemOps ops = {device_copy, device_reduce_into, device_scale};
+  return ops;
+}
+
+bool is_device_pointer(const void* p) {
+  cudaPointerAttributes attr{};
+  if (cudaPointerGetAttributes(&attr, p) != cudaSuccess) {
+    cudaGetLastError();
+    return false;
+  }
+  return attr.type == cudaMemoryTypeDevice || attr.type == cudaMemoryTypeManaged;
+}
+
+void* alloc_device(size_t bytes) {
+  void* p = nullptr;
+  check(cudaMalloc(&p, bytes ? bytes : 1), "cudaMalloc");
+  return p;
+}
+void free_device(void* p) { cudaFree(p); }
+void* alloc_pinned(size_t bytes) {
+  void* p = nullptr;
+  check(cudaMallocHost(&p, bytes ? bytes : 1), "cudaMallocHost");
+  return p;
+}
+void free_pinned(void* p) { cudaFreeHost(p); }
+void to_host(void* dst, const void* src, size_t bytes) {
+  if (bytes) check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy D2H");
+}
+void to_device(void* dst, const void* src, size_t bytes) {
+  if (bytes) check(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "cudaMemcpy H2D");
+}
+void synchronize() { check(cudaDeviceSynchronize(), "cudaDeviceSynchronize"); }
+void set_device(int index) { check(cudaSetDevice(index), "cudaSetDevice"); }
+
+}  // namespace mpirt::cuda

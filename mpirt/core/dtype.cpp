@@ -1,0 +1,182 @@
+// Host reduction kernels: written as tiles over an accumulator type so the compiler
+// vectorises them and 16-bit inputs are converted once per element, not once per hop.
+#include "dtype.hpp"
+
+#include <algorithm>
+#include <stdexcept>
+
+namespace mpirt {
+namespace {
+
+struct F32 {
+  using T = float;
+  using Acc = float;
+  static Acc load(T v) { return v; }
+  static T store(Acc a) { return a; }
+};
+struct F64 {
+  using T = double;
+  using Acc = double;
+  static Acc load(T v) { return v; }
+  static T store(Acc a) { return a; }
+};
+struct F16 {
+  using T = uint16_t;
+  using Acc = float;
+  static Acc load(T v) { return half_to_float(v); }
+  static T store(Acc a) { return float_to_half(a); }
+};
+struct BF16 {
+  using T = uint16_t;
+  using Acc = float;
+  static Acc load(T v) { return bf16_to_float(v); }
+  static T store(Acc a) { return float_to_bf16(a); }
+};
+struct I32 {
+  using T = int32_t;
+  using Acc = uint32_t;  // wrapping sum without undefined behaviour
+  static Acc load(T v) { return static_cast<uint32_t>(v); }
+  static T store(Acc a) { return static_cast<int32_t>(a); }
+};
+
+template <class D>
+struct Sum {
+  static typename D::Acc apply(typename D::Acc a, typename D::Acc b) { return a + b; }
+};
+template <class D>
+struct Min {
+  static typename D::Acc apply(typename D::Acc a, typename D::Acc b) {
+    if constexpr (std::is_same_v<D, I32>)
+      return static_cast<int32_t>(b) < static_cast<int32_t>(a) ? b : a;
+    else
+      return b < a ? b : a;
+  }
+};
+template <class D>
+struct Max {
+  static typename D::Acc apply(typename D::Acc a, typename D::Acc b) {
+    if constexpr (std::is_same_v<D, I32>)
+      return static_cast<int32_t>(b) > static_cast<int32_t>(a) ? b : a;
+    else
+      return b > a ? b : a;
+  }
+};
+
+constexpr size_t kTile = 1024;
+
+template <class D, template <class> class O>
+void reduce_tiles(void* dst_v, const void* const* srcs_v, int nsrc, size_t count) {
+  using T = typename D::T;
+  using Acc = typename D::Acc;
+  T* dst = static_cast<T*>(dst_v);
+  Acc acc[kTile];
+  for (size_t base = 0; base < count; base += kTile) {
+    const size_t m = std::min(kTile, count - base);
+    const T* s0 = static_cast<const T*>(srcs_v[0]) + base;
+    for (size_t i = 0; i < m; ++i) acc[i] = D::load(s0[i]);
+    for (int j = 1; j < nsrc; ++j) {
+      const T* s = static_cast<const T*>(srcs_v[j]) + base;
+      for (size_t i = 0; i < m; ++i) acc[i] = O<D>::apply(acc[i], D::load(s[i]));
+    }
+    for (size_t i = 0; i < m; ++i) dst[base + i] = D::store(acc[i]);
+  }
+}
+
+template <class D>
+void reduce_dispatch_op(void* dst, const void* const* srcs, int nsrc, size_t count, Op o) {
+  switch (o) {
+    case Op::sum:
+    case Op::avg: return reduce_tiles<D, Sum>(dst, srcs, nsrc, count);
+    case Op::min: return reduce_tiles<D, Min>(dst, srcs, nsrc, count);
+    case Op::max: return reduce_tiles<D, Max>(dst, srcs, nsrc, count);
+  }
+}
+
+template <class D>
+void scale_tiles(void* buf_v, size_t count, int n) {
+  using T = typename D::T;
+  T* buf = static_cast<T*>(buf_v);
+  if constexpr (std::is_same_v<D, I32>) {
+    for (size_t i = 0; i < count; ++i) buf[i] = buf[i] / n;
+  } else {
+    const typename D::Acc inv = static_cast<typename D::Acc>(1) / static_cast<typename D::Acc>(n);
+    for (size_t i = 0; i < count; ++i) buf[i] = D::store(D::load(buf[i]) * inv);
+  }
+}
+
+}  // namespace
+
+size_t dtype_size(DType t) {
+  switch (t) {
+    case DType::f32: return 4;
+    case DType::f64: return 8;
+    case DType::f16: return 2;
+    case DType::bf16: return 2;
+    case DType::i32: return 4;
+  }
+  throw std::invalid_argument("unknown dtype");
+}
+
+const char* dtype_name(DType t) {
+  static const char* names[] = {"float32", "float64", "float16", "bfloat16", "int32"};
+  return names[static_cast<int>(t)];
+}
+
+const char* op_name(Op o) {
+  static const char* names[] = {"sum", "min", "max", "avg"};
+  return names[static_cast<int>(o)];
+}
+
+bool parse_dtype(const std::string& s, DType* out) {
+  static const struct {
+    const char* name;
+    DType t;
+  } table[] = {{"float32", DType::f32}, {"float", DType::f32},   {"f32", DType::f32},
+               {"float64", DType::f64}, {"double", DType::f64},  {"f64", DType::f64},
+               {"float16", DType::f16}, {"half", DType::f16},    {"f16", DType::f16},
+               {"bfloat16", DType::bf16}, {"bf16", DType::bf16}, {"int32", DType::i32},
+               {"int", DType::i32},     {"i32", DType::i32}};
+  for (const auto& e : table)
+    if (s == e.name) {
+      *out = e.t;
+      return true;
+    }
+  return false;
+}
+
+bool parse_op(const std::string& s, Op* out) {
+  for (int i = 0; i < kNumOps; ++i)
+    if (s == op_name(static_cast<Op>(i))) {
+      *out = static_cast<Op>(i);
+      return true;
+    }
+  return false;
+}
+
+void reduce_n(void* dst, const void* const* srcs, int nsrc, size_t count, DType t, Op o) {
+  switch (t) {
+    case DType::f32: return reduce_dispatch_op<F32>(dst, srcs, nsrc, count, o);
+    case DType::f64: return reduce_dispatch_op<F64>(dst, srcs, nsrc, count, o);
+    case DType::f16: return reduce_dispatch_op<F16>(dst, srcs, nsrc, count, o);
+    case DType::bf16: return reduce_dispatch_op<BF16>(dst, srcs, nsrc, count, o);
+    case DType::i32: return reduce_dispatch_op<I32>(dst, srcs, nsrc, count, o);
+  }
+}
+
+void reduce_into(void* dst, const void* src, size_t count, DType t, Op o) {
+  const void* srcs[2] = {dst, src};
+  reduce_n(dst, srcs, 2, count, t, o);
+}
+
+void scale_avg(void* buf, size_t count, DType t, int n) {
+  if (n == 1) return;
+  switch (t) {
+    case DType::f32: return scale_tiles<F32>(buf, count, n);
+    case DType::f64: return scale_tiles<F64>(buf, count, n);
+    case DType::f16: return scale_tiles<F16>(buf, count, n);
+    case DType::bf16: return scale_tiles<BF16>(buf, count, n);
+    case DType::i32: return scale_tiles<I32>(buf, count, n);
+  }
+}
+
+}  // namespace mpirt

@@ -1,0 +1,83 @@
+// mpirt._core: the Python face of the core. It takes raw addresses and a Fortran
+// communicator handle (mpi4py's Comm.py2f()) so it needs neither numpy nor mpi4py headers;
+// mpirt/core.py turns arrays and tensors into those arguments.
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <stdexcept>
+#include <string>
+
+#include "allreduce.hpp"
+#include "memops.hpp"
+
+namespace {
+
+using namespace mpirt;
+
+PyObject* py_allreduce(PyObject*, PyObject* args) {
+  long long fcomm;
+  unsigned long long send, recv, count;
+  const char *dtype_s, *op_s, *algo_s, *device_s;
+  if (!PyArg_ParseTuple(args, "LKKKssss", &fcomm, &send, &recv, &count, &dtype_s, &op_s, &algo_s, &device_s))
+    return nullptr;
+  DType dtype;
+  Op op;
+  Algo algo;
+  if (!parse_dtype(dtype_s, &dtype))
+    return PyErr_Format(PyExc_ValueError, "unknown dtype '%s': use float32, float64, float16, bfloat16 or int32", dtype_s);
+  if (!parse_op(op_s, &op)) return PyErr_Format(PyExc_ValueError, "unknown op '%s': use sum, min, max or avg", op_s);
+  if (!parse_algo(algo_s, &algo))
+    return PyErr_Format(PyExc_ValueError, "unknown algorithm '%s': use mpi, ring, shm or auto", algo_s);
+  const std::string dev(device_s);
+  if (dev != "cpu" && dev != "cuda") return PyErr_Format(PyExc_ValueError, "unknown device '%s'", device_s);
+  Call call{reinterpret_cast<const void*>(send), reinterpret_cast<void*>(recv), static_cast<size_t>(count), dtype, op,
+            MPI_COMM_NULL};
+  std::string error;
+  bool invalid = false;
+  Algo used = algo;
+  Py_BEGIN_ALLOW_THREADS;
+  try {
+    call.comm = MPI_Comm_f2c(static_cast<MPI_Fint>(fcomm));
+    used = allreduce(call, algo, dev == "cuda" ? Device::cuda : Device::cpu);
+  } catch (const std::invalid_argument& e) {
+    error = e.what();
+    invalid = true;
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  Py_END_ALLOW_THREADS;
+  if (!error.empty()) {
+    PyErr_SetString(invalid ? PyExc_ValueError : PyExc_RuntimeError, error.c_str());
+    return nullptr;
+  }
+  return PyUnicode_FromString(algorithm(used).name);
+}
+
+PyObject* py_info(PyObject*, PyObject*) {
+  int initialized = 0;
+  MPI_Initialized(&initialized);
+  PyObject* algos = PyList_New(0);
+  for (const auto& p : algorithms()) {
+    PyObject* name = PyUnicode_FromString(p.name);
+    PyList_Append(algos, name);
+    Py_DECREF(name);
+  }
+  PyObject* d = Py_BuildValue("{s:s,s:O,s:O,s:N}", "mpi_library",
+                              initialized ? mpi_library_version().c_str() : "", "cuda_aware",
+                              initialized && mpi_cuda_aware() ? Py_True : Py_False, "cuda_built",
+                              cuda::built() ? Py_True : Py_False, "algorithms", algos);
+  return d;
+}
+
+PyMethodDef methods[] = {
+    {"allreduce", py_allreduce, METH_VARARGS,
+     "allreduce(fcomm, send_addr, recv_addr, count, dtype, op, algo, device) -> algorithm used"},
+    {"info", py_info, METH_NOARGS, "build and MPI facts of the core"},
+    {nullptr, nullptr, 0, nullptr}};
+
+PyModuleDef module = {PyModuleDef_HEAD_INIT, "_core", "mpirt compiled collective core", -1, methods,
+                      nullptr, nullptr, nullptr, nullptr};
+
+}  // namespace
+
+PyMODINIT_FUNC PyInit__core() { return PyModule_Create(&module); }
