@@ -1,0 +1,1 @@
+"""Benchmarks: results are JSON first; tables and plots are views."""

@@ -1,0 +1,43 @@
+"""`mpirt bench allreduce`: the compiled harness, started on local ranks when asked.
+
+The options are the executable's own (``mpirt-allreduce-perf --help``), passed through
+untouched, so both spellings of the benchmark can never drift apart.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+
+from launcher.mpi import MpiError, detect, find_mpirun, local_argv_here
+
+EXECUTABLE = "mpirt-allreduce-perf"
+
+
+@dataclass(frozen=True)
+class AllreduceBenchConfig:
+    np: int | None  # None: run in the current MPI job (under mpirun) or as one rank
+    mpirun: str | None
+    args: tuple[str, ...]
+
+
+def executable() -> str:
+    here = Path(sysconfig.get_path("scripts")) / EXECUTABLE
+    found = str(here) if here.exists() else shutil.which(EXECUTABLE)
+    if not found:
+        raise MpiError(f"{EXECUTABLE} is not installed; reinstall mpirt (pip install .)")
+    return found
+
+
+def build_argv(config: AllreduceBenchConfig) -> list[str]:
+    argv = [executable(), *config.args]
+    if config.np is None:
+        return argv
+    return local_argv_here(detect(find_mpirun(config.mpirun)), config.np) + argv
+
+
+def run(config: AllreduceBenchConfig) -> int:
+    return subprocess.run(build_argv(config), check=False).returncode

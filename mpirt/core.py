@@ -1,0 +1,79 @@
+"""Python entry to the compiled allreduce: numpy arrays and torch tensors, CPU or CUDA.
+
+The extension takes raw addresses; this module checks everything that would make an
+address unsafe (layout, dtype, size, device, writability) and turns it into a message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mpirt.comm import MPI, core
+
+OPS = ("sum", "min", "max", "avg")
+ALGOS = ("mpi", "ring", "shm", "auto")
+
+
+@dataclass(frozen=True)
+class Buffer:
+    addr: int
+    count: int
+    dtype: str
+    device: str  # "cpu" or "cuda"
+    writable: bool
+
+
+_NUMPY_DTYPES = {"float32": "float32", "float64": "float64", "float16": "float16", "int32": "int32"}
+_TORCH_DTYPES = {"float32", "float64", "float16", "bfloat16", "int32"}
+
+
+def describe(buf) -> Buffer:
+    """Address, element count, dtype and device of a contiguous numpy array or torch tensor."""
+    module = type(buf).__module__
+    if module.startswith("torch"):
+        name = str(buf.dtype).removeprefix("torch.")
+        if name not in _TORCH_DTYPES:
+            raise TypeError(f"tensor dtype {buf.dtype} is not supported; use one of {sorted(_TORCH_DTYPES)}")
+        if not buf.is_contiguous():
+            raise ValueError("tensor is not contiguous; pass tensor.contiguous()")
+        device = buf.device.type
+        if device not in ("cpu", "cuda"):
+            raise ValueError(f"tensor on device {buf.device} is not supported; use a CPU or CUDA tensor")
+        return Buffer(buf.data_ptr(), buf.numel(), name, device, True)
+    if module.startswith("numpy"):
+        name = _NUMPY_DTYPES.get(buf.dtype.name)
+        if name is None:
+            raise TypeError(
+                f"array dtype {buf.dtype} is not supported; use float32, float64, float16 or int32 "
+                "(bfloat16 through a torch tensor)"
+            )
+        if not buf.flags.c_contiguous:
+            raise ValueError("array is not C-contiguous; pass numpy.ascontiguousarray(a)")
+        return Buffer(buf.ctypes.data, buf.size, name, "cpu", bool(buf.flags.writeable))
+    raise TypeError(f"allreduce takes a numpy array or a torch tensor, not {type(buf).__name__}")
+
+
+def allreduce(send, recv=None, op: str = "sum", algo: str = "auto", comm=None):
+    """Reduce ``send`` across ``comm`` (default COMM_WORLD) into ``recv``, or in place when
+    ``recv`` is None; returns the buffer holding the result. ``op``: sum, min, max, avg
+    (16-bit floats accumulate in fp32). ``algo``: mpi, ring, shm or auto."""
+    if op not in OPS:
+        raise ValueError(f"unknown op {op!r}; use one of {', '.join(OPS)}")
+    if algo not in ALGOS:
+        raise ValueError(f"unknown algorithm {algo!r}; use one of {', '.join(ALGOS)}")
+    comm = MPI.COMM_WORLD if comm is None else comm
+    src = describe(send)
+    dst = src if recv is None else describe(recv)
+    if recv is not None and (dst.count, dst.dtype, dst.device) != (src.count, src.dtype, src.device):
+        raise ValueError(
+            f"recv ({dst.count} x {dst.dtype} on {dst.device}) does not match send "
+            f"({src.count} x {src.dtype} on {src.device}); allocate recv like send"
+        )
+    if not dst.writable:
+        raise ValueError("the result buffer is read-only; pass a writable array (a.copy())")
+    if src.device == "cuda":
+        import torch
+
+        torch.cuda.current_stream().synchronize()  # the core works on the device's default stream
+    core().allreduce(comm.py2f(), src.addr, dst.addr, src.count, src.dtype, op, algo, src.device)
+    return send if recv is None else recv

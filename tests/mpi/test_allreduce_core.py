@@ -1,0 +1,32 @@
+"""The compiled core against numpy at 1, 2 and 4 ranks (4 oversubscribes 2 cores)."""
+
+import pytest
+
+from conftest import last_json
+
+pytestmark = pytest.mark.mpi
+
+ALGOS, DTYPES, OPS, COUNTS, MODES = 4, 5, 4, 5, 2
+
+
+@pytest.mark.parametrize("np_", [1, 2, 4])
+def test_every_algorithm_dtype_op_matches_numpy(mpiexec, np_):
+    report = last_json(mpiexec.python(np_, "allreduce_matrix.py", timeout=600).stdout)
+    assert report["size"] == np_
+    assert report["cases"] == ALGOS * DTYPES * OPS * COUNTS * MODES + ALGOS
+    assert report["n_failures"] == 0, "\n".join(report["failures"])
+
+
+def test_bad_buffers_are_refused_with_the_fix(mpiexec):
+    out = mpiexec.python(1, "allreduce_errors.py").stdout
+    report = last_json(out)
+    assert report == {
+        "noncontiguous": "array is not C-contiguous; pass numpy.ascontiguousarray(a)",
+        "mismatch": "recv (3 x float32 on cpu) does not match send (4 x float32 on cpu); allocate recv like send",
+        "dtype": "array dtype int64 is not supported; use float32, float64, float16 or int32 "
+                 "(bfloat16 through a torch tensor)",
+        "op": "unknown op 'prod'; use one of sum, min, max, avg",
+        "algo": "unknown algorithm 'tree'; use one of mpi, ring, shm, auto",
+        "readonly": "the result buffer is read-only; pass a writable array (a.copy())",
+        "cuda": "CUDA buffers were given but",
+    }
