@@ -84,7 +84,7 @@ void allreduce_shm(const Call& c) {
     char* mine = seg.input(parity, r, n);
     for (int j = 0; j < n; ++j)
       if (j != r) plain_copy(mine + lo(j), in + lo(j), lo(j + 1) - lo(j));
-    seg.barrier->wait(n);
+    seg.barrier->wait(n, seg.spin_limit);
 
     const size_t bytes = lo(r + 1) - lo(r);
     if (bytes > 0) {
@@ -97,7 +97,7 @@ void allreduce_shm(const Call& c) {
       if (c.op == Op::avg) scale_avg(res, bytes / es, c.dtype, world);
       copy_out(out + lo(r), res, bytes);
     }
-    seg.barrier->wait(n);
+    seg.barrier->wait(n, seg.spin_limit);
     const char* result = seg.result(parity, n);
     for (int j = 0; j < n; ++j)
       if (j != r) copy_out(out + lo(j), result + lo(j), lo(j + 1) - lo(j));

@@ -104,7 +104,7 @@ const std::vector<AlgoPlugin>& algorithms() {
       {Algo::ring, "ring", "pipelined ring reduce-scatter + allgather over point-to-point",
        allreduce_ring},
       {Algo::shm, "shm", "node-local shared-memory reduction, cache-sized rounds", allreduce_shm},
-      {Algo::automatic, "auto", "per size and layout: shm on one node for large buffers, else mpi",
+      {Algo::automatic, "auto", "per size and layout: shm within one node, mpi across nodes",
        allreduce_auto},
   };
   return table;
@@ -122,11 +122,16 @@ bool parse_algo(const std::string& s, Algo* out) {
 }
 
 Algo choose_algorithm(const Call& c) {
-  // Thresholds come from benchmarks/results (see docs/allreduce.md); override to re-tune.
-  static const size_t shm_min = env_bytes("MPIRT_AUTO_SHM_MIN_BYTES", 64 * 1024);
+  // From benchmarks/results (docs/allreduce.md): on one node shm overtakes MPI_Allreduce from
+  // about 2 KiB while each rank has a core (below, Open MPI's tuned small-message path is as
+  // fast or faster); oversubscribed, shm's barriers cost a scheduler round trip and pay off from
+  // 4 KiB. Across nodes MPI's own tuned algorithms stay in charge.
+  static const size_t shm_min = env_bytes("MPIRT_AUTO_SHM_MIN_BYTES", 2048);
+  static const size_t shm_min_oversubscribed = env_bytes("MPIRT_AUTO_SHM_MIN_BYTES_OVERSUBSCRIBED", 4096);
   const NodeLayout& L = node_layout(c.comm);
   const size_t bytes = c.count * dtype_size(c.dtype);
-  if (L.node_count == 1 && L.local_size > 1 && bytes >= shm_min) return Algo::shm;
+  if (L.node_count == 1 && L.local_size > 1 && bytes >= (L.oversubscribed ? shm_min_oversubscribed : shm_min))
+    return Algo::shm;
   return Algo::mpi;
 }
 

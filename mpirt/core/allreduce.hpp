@@ -54,7 +54,8 @@ void allreduce_shm(const Call& call);
 // Node layout of a communicator, computed once per communicator and cached on it.
 struct NodeLayout {
   int local_rank, local_size, node_count;
-  bool uniform;  // every node holds local_size ranks
+  bool uniform;         // every node holds local_size ranks
+  bool oversubscribed;  // more ranks on this node than online cores
 };
 const NodeLayout& node_layout(MPI_Comm comm);
 

@@ -1,6 +1,7 @@
 #include "comm_state.hpp"
 
 #include <sched.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -68,7 +69,7 @@ size_t shm_chunk_bytes() {
 
 }  // namespace
 
-void ShmBarrier::wait(int nranks) {
+void ShmBarrier::wait(int nranks, int spin_limit) {
   const uint32_t gen = generation.load(std::memory_order_acquire);
   if (arrived.fetch_add(1, std::memory_order_acq_rel) == static_cast<uint32_t>(nranks - 1)) {
     arrived.store(0, std::memory_order_relaxed);
@@ -76,7 +77,7 @@ void ShmBarrier::wait(int nranks) {
     return;
   }
   for (int spins = 0; generation.load(std::memory_order_acquire) == gen; ++spins) {
-    if (spins < 2000)
+    if (spins < spin_limit)
       MPIRT_PAUSE();
     else
       sched_yield();
@@ -105,6 +106,7 @@ CommState& comm_state(MPI_Comm comm) {
   int minmax[2] = {-st->layout.local_size, st->layout.local_size};
   MPI_Allreduce(MPI_IN_PLACE, minmax, 2, MPI_INT, MPI_MAX, comm);
   st->layout.uniform = -minmax[0] == minmax[1];
+  st->layout.oversubscribed = st->layout.local_size > sysconf(_SC_NPROCESSORS_ONLN);
   g_live.push_back(st);
   MPI_Comm_set_attr(comm, g_keyval, st);
   return *st;
@@ -115,6 +117,7 @@ ShmSegment& shm_segment(CommState& st) {
   if (seg.win != MPI_WIN_NULL) return seg;
   const int n = st.layout.local_size;
   seg.chunk_bytes = shm_chunk_bytes();
+  seg.spin_limit = st.layout.oversubscribed ? 0 : 2000;
   const size_t bytes = sizeof(ShmBarrier) + 2 * static_cast<size_t>(n + 1) * seg.chunk_bytes;
   char* mine = nullptr;
   MPI_Info info;

@@ -19,7 +19,7 @@ struct alignas(64) ShmBarrier {
   char pad0[60];
   std::atomic<uint32_t> generation;
   char pad1[60];
-  void wait(int nranks);
+  void wait(int nranks, int spin_limit);
 };
 
 struct ShmSegment {
@@ -27,6 +27,7 @@ struct ShmSegment {
   ShmBarrier* barrier = nullptr;
   char* base = nullptr;      // first staging byte, after the barrier
   size_t chunk_bytes = 0;    // staging bytes per rank per round
+  int spin_limit = 0;        // pauses before yielding: none when ranks outnumber cores
   // Staging for round parity p: inputs of each local rank, then the reduced block.
   char* input(int parity, int local_rank, int local_size) const {
     return base + (static_cast<size_t>(parity) * (local_size + 1) + local_rank) * chunk_bytes;

@@ -1,0 +1,118 @@
+"""mpirt-allreduce-perf end to end: real ranks, its JSON/CSV, the checker and the gates."""
+
+import csv
+import json
+import subprocess
+
+import pytest
+
+pytestmark = pytest.mark.mpi
+
+PERF = "mpirt-allreduce-perf"
+
+
+def run_bench(mpiexec, np_, *args, check=True):
+    return mpiexec(np_, [PERF, *args], check=check)
+
+
+@pytest.mark.parametrize("np_", [1, 2, 4])
+def test_json_rows_follow_the_nccl_tests_formulas(mpiexec, np_, tmp_path):
+    out = tmp_path / "r.json"
+    run_bench(mpiexec, np_, "-b", "8", "-e", "64K", "-f", "8", "-n", "5", "-w", "1", "-a", "all", "--memcpy",
+              "-J", str(out))
+    doc = json.loads(out.read_text())
+    assert doc["schema"] == "mpirt.bench.allreduce/1"
+    assert doc["world"]["size"] == np_
+    sizes = sorted({r["size"] for r in doc["results"]})
+    assert sizes == [8, 64, 512, 4096, 32768]
+    assert {(r["algo"], r["mode"]) for r in doc["results"]} == {
+        (a, m) for a in ("mpi", "ring", "shm", "auto") for m in ("out-of-place", "in-place")}
+    for r in doc["results"]:
+        t = r["time_us"]
+        assert 0 < t["min"] <= t["avg"] <= t["max"]
+        assert t["p50"] <= t["p99"]
+        assert r["count"] == r["size"] // 4
+        assert r["algbw_gbs"] == pytest.approx(r["size"] / (t["avg"] * 1e-6) / 1e9, rel=1e-3)
+        assert r["busbw_gbs"] == pytest.approx(r["algbw_gbs"] * 2 * (np_ - 1) / np_, rel=1e-3, abs=1e-9)
+        assert r["wrong"] == 0
+        assert r["algo_used"] in ("mpi", "ring", "shm")
+    assert len(doc["memcpy"]) == len(sizes)
+    assert doc["summary"]["passed"] is True
+
+
+def test_csv_has_one_row_per_measurement(mpiexec, tmp_path):
+    out = tmp_path / "r.csv"
+    run_bench(mpiexec, 2, "-b", "1K", "-e", "4K", "-a", "shm,mpi", "-m", "in-place", "-d", "bfloat16",
+              "-o", "max", "--csv", str(out))
+    rows = list(csv.DictReader(out.open()))
+    assert [(r["size"], r["algo"], r["mode"], r["dtype"], r["op"]) for r in rows] == [
+        (s, a, "in-place", "bfloat16", "max") for s in ("1024", "2048", "4096") for a in ("shm", "mpi")]
+    assert all(r["wrong"] == "0" for r in rows)
+
+
+@pytest.mark.parametrize("dtype,op", [("float16", "avg"), ("int32", "min"), ("float64", "sum")])
+def test_check_passes_for_other_types(mpiexec, dtype, op):
+    proc = run_bench(mpiexec, 4, "-b", "8", "-e", "1M", "-f", "16", "-n", "2", "-w", "1", "-d", dtype, "-o", op)
+    assert "# Out of bounds values : 0 OK" in proc.stdout
+
+
+def test_a_corrupted_result_is_counted_wrong_and_fails_the_run(mpiexec, tmp_path):
+    out = tmp_path / "r.json"
+    proc = run_bench(mpiexec, 2, "-b", "64", "-e", "64", "-a", "shm", "-m", "out-of-place", "--corrupt",
+                     "-J", str(out), check=False)
+    assert proc.returncode != 0
+    doc = json.loads(out.read_text())
+    assert doc["results"][0]["wrong"] == 1  # one element on rank 0, one check iteration
+    assert doc["summary"]["passed"] is False
+    assert "FAILED" in proc.stdout
+
+
+def test_min_busbw_gate(mpiexec, tmp_path):
+    out = tmp_path / "r.json"
+    proc = run_bench(mpiexec, 2, "-b", "1K", "-e", "1K", "-a", "mpi", "--min-busbw", "100000", "-J", str(out),
+                     check=False)
+    assert proc.returncode != 0
+    assert "below --min-busbw" in json.loads(out.read_text())["summary"]["failures"][0]
+    ok = run_bench(mpiexec, 2, "-b", "1K", "-e", "1K", "-a", "mpi", "--min-busbw", "0.000001")
+    assert ok.returncode == 0
+
+
+def test_only_rank_0_prints(mpiexec):
+    proc = run_bench(mpiexec, 4, "-b", "8", "-e", "8", "-a", "mpi")
+    assert proc.stdout.count("# Collective test starting") == 1
+
+
+@pytest.mark.parametrize("args,message", [
+    (["-b", "8X"], "unknown size suffix 'X'"),
+    (["-b", "1M", "-e", "1K"], "is larger than -e/--maxbytes"),
+    (["-b", "6", "-e", "6"], "not a multiple of the float32 element size"),
+    (["-d", "complex64"], "unknown type; use float32"),
+    (["-o", "prod"], "unknown op; use sum, min, max or avg"),
+    (["-a", "tree"], "unknown algorithm; use mpi, ring, shm, auto or all"),
+    (["-D", "cuda"], "; use --device cpu"),
+    (["-f", "1"], "must be greater than 1"),
+    (["--bogus"], "unknown option --bogus"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, message):
+    # Run as a single rank (MPI singleton): what a user typing the command sees.
+    proc = subprocess.run([PERF, *args], capture_output=True, text=True, timeout=60)
+    if args == ["-D", "cuda"] and proc.returncode == 0:
+        pytest.skip("a CUDA device is present, so --device cuda is valid here")
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mpirt-allreduce-perf: error: ")
+    assert message in lines[0]
+
+
+def test_cli_wrapper_starts_local_ranks(tmp_path):
+    out = tmp_path / "r.json"
+    proc = subprocess.run(["mpirt", "bench", "allreduce", "--np", "2", "-b", "4K", "-e", "4K", "-a", "auto",
+                           "-J", str(out)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(out.read_text())["world"]["size"] == 2
+
+
+def test_cli_wrapper_passes_bad_input_through():
+    proc = subprocess.run(["mpirt", "bench", "allreduce", "-e", "12Q"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "unknown size suffix 'Q'" in proc.stderr

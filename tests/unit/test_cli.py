@@ -1,0 +1,31 @@
+"""The `mpirt` command line, without MPI: version, help, and the launcher's import boundary."""
+
+import subprocess
+import sys
+
+from mpirt import __version__
+
+
+def run(*args):
+    return subprocess.run(["mpirt", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_version():
+    proc = run("--version")
+    assert proc.returncode == 0
+    assert proc.stdout.strip() == f"mpirt, version {__version__}"
+
+
+def test_bench_allreduce_help_comes_from_the_executable():
+    proc = run("bench", "allreduce", "--help")
+    assert proc.returncode == 0
+    for option in ("--minbytes", "--maxbytes", "--stepfactor", "--check", "--min-busbw", "--json", "--csv",
+                   "--device", "--algo"):
+        assert option in proc.stdout
+
+
+def test_cli_never_loads_mpi():
+    code = ("import sys; from launcher.cli import main; import mpirt.bench.allreduce, launcher.mpi; "
+            "print('mpi4py.MPI' in sys.modules, any('_core' in m for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False False"

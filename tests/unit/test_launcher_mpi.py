@@ -1,0 +1,45 @@
+"""The mpirun table: detection from real --version texts, argv as literal lists."""
+
+import pytest
+
+from launcher.mpi import MpiError, MpiImpl, local_argv, parse_version_output
+
+OMPI4 = "mpirun (Open MPI) 4.1.4\n\nReport bugs to http://www.open-mpi.org/community/help/\n"
+OMPI5 = "mpirun (Open MPI) 5.0.11\n\nReport bugs to https://www.open-mpi.org/community/help/\n"
+MPICH = "HYDRA build details:\n    Version:                                 4.0.2\n    Release Date: ...\n"
+INTEL = "Intel(R) MPI Library for Linux* OS, Version 2021.13 Build 20240701 (id: 0)\nCopyright 2003-2024\n"
+
+
+@pytest.mark.parametrize("text,family,version", [
+    (OMPI4, "openmpi", (4, 1, 4)), (OMPI5, "openmpi", (5, 0, 11)),
+    (MPICH, "mpich", (4, 0, 2)), (INTEL, "intel", (2021, 13)),
+])
+def test_detects_implementation_and_version(text, family, version):
+    impl = parse_version_output(text, "/usr/bin/mpirun")
+    assert (impl.family, impl.version) == (family, version)
+
+
+def test_unknown_mpirun_names_the_fix():
+    with pytest.raises(MpiError, match="not Open MPI, MPICH or Intel MPI; point --mpirun"):
+        parse_version_output("srun 23.02\n", "srun")
+
+
+def test_openmpi_argv_as_root_oversubscribed():
+    impl = MpiImpl("openmpi", (4, 1, 4), "/usr/bin/mpirun")
+    assert local_argv(impl, 4, cores=2, uid=0) == [
+        "/usr/bin/mpirun", "-np", "4", "--oversubscribe", "--allow-run-as-root"]
+
+
+def test_openmpi_argv_as_user_within_cores():
+    impl = MpiImpl("openmpi", (5, 0, 11), "mpirun")
+    assert local_argv(impl, 2, cores=2, uid=1000) == ["mpirun", "-np", "2"]
+
+
+def test_mpich_needs_no_extra_flags():
+    impl = MpiImpl("mpich", (4, 0, 2), "mpiexec")
+    assert local_argv(impl, 8, cores=2, uid=0) == ["mpiexec", "-n", "8"]
+
+
+def test_zero_ranks_is_refused():
+    with pytest.raises(ValueError, match="need at least one rank"):
+        local_argv(MpiImpl("mpich", (4,), "mpiexec"), 0, cores=2, uid=0)
