@@ -45,7 +45,7 @@ const char* usage() {
          "  -b, --minbytes SIZE     smallest buffer per rank (K/M/G suffixes, binary)   [8]\n"
          "  -e, --maxbytes SIZE     largest buffer per rank                             [64M]\n"
          "  -f, --stepfactor F      multiply the size by F each step (> 1)               [2]\n"
-         "  -n, --iters N           timed iterations per size      [200 <=64K, 50 <=16M, 20 above]\n"
+         "  -n, --iters N           timed iterations per size      [1000 <=64K, 50 <=16M, 20 above]\n"
          "  -w, --warmup N          untimed iterations per size    [iters/10, at least 2]\n"
          "  -d, --datatype T        float32|float64|float16|bfloat16|int32          [float32]\n"
          "  -o, --op OP             sum|min|max|avg                                  [sum]\n"
@@ -190,7 +190,7 @@ std::vector<size_t> sizes(const BenchOptions& o) {
 
 int iters_for(const BenchOptions& o, size_t bytes) {
   if (o.iters > 0) return o.iters;
-  return bytes <= (64u << 10) ? 200 : bytes <= (16u << 20) ? 50 : 20;
+  return bytes <= (64u << 10) ? 1000 : bytes <= (16u << 20) ? 50 : 20;
 }
 
 int warmup_for(const BenchOptions& o, size_t bytes) {
