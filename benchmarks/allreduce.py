@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -83,7 +84,7 @@ def main() -> int:
         path = Path(args.summarize)
     else:
         RESULTS.mkdir(exist_ok=True)
-        path = RESULTS / f"allreduce-cpu-np{args.np}.json"
+        path = Path(os.path.relpath(RESULTS / f"allreduce-cpu-np{args.np}.json"))  # recorded in the JSON
         cmd = ["mpirt", "bench", "allreduce", "--np", str(args.np), "-b", args.min, "-e", args.max, "-f", "2",
                "-a", "all", "--memcpy", "-J", str(path)]
         rc = subprocess.run(cmd, check=False).returncode

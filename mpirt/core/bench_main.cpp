@@ -352,8 +352,8 @@ void write_atomically(const std::string& path, const std::string& text) {
 void Bench::write_json(const std::map<std::string, double>& avg_busbw, long long wrong, bool passed,
                        const std::vector<std::string>& failures) const {
   std::ostringstream s;
-  std::string cmd;
-  for (const auto& a : argv_) cmd += (cmd.empty() ? "" : " ") + a;
+  std::string cmd = "mpirt-allreduce-perf";  // argv[0] without the install path
+  for (size_t i = 1; i < argv_.size(); ++i) cmd += " " + argv_[i];
   char host[256] = "";
   gethostname(host, sizeof host - 1);
   s << "{\n  \"schema\": \"mpirt.bench.allreduce/1\",\n  \"tool\": \"mpirt-allreduce-perf\",\n"
