@@ -15,7 +15,6 @@ bool built() { return false; }
 bool available() { return false; }
 std::string describe() { return "this mpirt core was built without CUDA"; }
 const MemOps& device_ops() { unavailable(); }
-bool is_device_pointer(const void*) { return false; }
 void* alloc_device(size_t) { unavailable(); }
 void free_device(void*) {}
 void* alloc_pinned(size_t) { unavailable(); }

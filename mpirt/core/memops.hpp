@@ -23,7 +23,6 @@ bool built();
 bool available();  // built and at least one device visible
 std::string describe();  // device name or why CUDA is unavailable
 const MemOps& device_ops();
-bool is_device_pointer(const void* p);
 void* alloc_device(size_t bytes);
 void free_device(void* p);
 void* alloc_pinned(size_t bytes);
