@@ -32,8 +32,8 @@ void post_segments(char* buf, size_t bytes, size_t seg, int peer, MPI_Comm comm,
 
 }  // namespace
 
-void allreduce_ring_with(const Call& c, const MemOps& mem, std::vector<char>& scratch_host,
-                         char* scratch) {
+// `scratch` holds one chunk: at least ring_scratch_bytes(call) bytes, in the buffers' memory.
+void allreduce_ring_with(const Call& c, const MemOps& mem, char* scratch) {
   CommState& st = comm_state(c.comm);
   int n, r;
   MPI_Comm_size(c.comm, &n);
@@ -45,10 +45,6 @@ void allreduce_ring_with(const Call& c, const MemOps& mem, std::vector<char>& sc
 
   const Chunks ch{c.count / n, c.count % n};
   const size_t seg = std::max(es, kSegmentBytes / es * es);
-  if (scratch == nullptr) {
-    scratch_host.resize(std::max(scratch_host.size(), ch.len(0) * es));
-    scratch = scratch_host.data();
-  }
   const int right = (r + 1) % n, left = (r + n - 1) % n;
   std::vector<MPI_Request> sends, recvs;
 
@@ -78,8 +74,16 @@ void allreduce_ring_with(const Call& c, const MemOps& mem, std::vector<char>& sc
   }
 }
 
+size_t ring_scratch_bytes(const Call& c) {
+  int n;
+  MPI_Comm_size(c.comm, &n);
+  return (c.count / n + 1) * dtype_size(c.dtype);
+}
+
 void allreduce_ring(const Call& c) {
-  allreduce_ring_with(c, host_ops(), comm_state(c.comm).scratch, nullptr);
+  std::vector<char>& scratch = comm_state(c.comm).scratch;
+  scratch.resize(std::max(scratch.size(), ring_scratch_bytes(c)));
+  allreduce_ring_with(c, host_ops(), scratch.data());
 }
 
 }  // namespace mpirt

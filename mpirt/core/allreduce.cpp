@@ -17,8 +17,8 @@
 
 namespace mpirt {
 
-void allreduce_ring_with(const Call& c, const MemOps& mem, std::vector<char>& scratch_host,
-                         char* scratch);
+void allreduce_ring_with(const Call& c, const MemOps& mem, char* scratch);
+size_t ring_scratch_bytes(const Call& c);
 
 namespace {
 
@@ -72,8 +72,7 @@ Algo run_on_device(const Call& c, Algo chosen) {
     MPI_Comm_size(c.comm, &n);
     if (chosen == Algo::ring) {
       static DeviceScratch scratch;
-      static std::vector<char> unused;
-      allreduce_ring_with(c, cuda::device_ops(), unused, scratch.get(bytes / n + 64));
+      allreduce_ring_with(c, cuda::device_ops(), scratch.get(ring_scratch_bytes(c)));
     } else {
       MPI_Datatype type;
       MPI_Op op;
