@@ -50,5 +50,88 @@ def bench_allreduce(np_: int | None, mpirun: str | None, args: tuple[str, ...]) 
         raise CliError(str(e)) from e
 
 
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.option("-np", "--np", "np_", type=click.IntRange(min=1), default=1, show_default=True, envvar="MPIRT_NP",
+              help="Ranks to start on this machine.")
+@click.option("--mpirun", envvar="MPIRT_MPIRUN", help="mpirun to use (default: the one matching mpi4py's MPI).")
+@click.option("--dry-run", is_flag=True, envvar="MPIRT_DRY_RUN", help="Print the mpirun argv and env as JSON; run nothing.")
+@click.option("--grace", "grace_s", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              envvar="MPIRT_GRACE_S", help="Seconds between forwarding SIGTERM/SIGINT and killing every rank.")
+@click.option("--tag-output/--no-tag-output", default=True, envvar="MPIRT_TAG_OUTPUT",
+              help="Prefix each output line with its rank.")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def launch(np_: int, mpirun: str | None, dry_run: bool, grace_s: float, tag_output: bool,
+           command: tuple[str, ...]) -> None:
+    """Run COMMAND on MPI ranks and report the root cause if it fails.
+
+    \b
+    mpirt launch -np 2 -- mpirt train --model mlp --steps 200"""
+    from launcher.launch import LaunchConfig, run
+    from launcher.mpi import MpiError
+
+    try:
+        sys.exit(run(LaunchConfig(np=np_, command=command, mpirun=mpirun, dry_run=dry_run, grace_s=grace_s,
+                                  tag_output=tag_output)))
+    except (MpiError, ValueError) as e:
+        raise CliError(str(e)) from e
+
+
+@main.command()
+@click.option("--model", type=click.Choice(["mlp", "transformer"]), default="mlp", show_default=True,
+              envvar="MPIRT_TRAIN_MODEL")
+@click.option("--steps", type=int, default=200, show_default=True, envvar="MPIRT_TRAIN_STEPS")
+@click.option("--batch-size", type=int, default=64, show_default=True, envvar="MPIRT_TRAIN_BATCH_SIZE",
+              help="Global batch, split across ranks.")
+@click.option("--lr", type=float, default=3e-3, show_default=True, envvar="MPIRT_TRAIN_LR")
+@click.option("--optimizer", type=click.Choice(["adam", "sgd"]), default="adam", show_default=True,
+              envvar="MPIRT_TRAIN_OPTIMIZER")
+@click.option("--seed", type=int, default=0, show_default=True, envvar="MPIRT_TRAIN_SEED")
+@click.option("--samples", type=int, default=8192, show_default=True, envvar="MPIRT_TRAIN_SAMPLES",
+              help="Size of the synthetic dataset.")
+@click.option("--hidden", type=click.IntRange(min=1), envvar="MPIRT_TRAIN_HIDDEN", help="Model width.")
+@click.option("--layers", type=click.IntRange(min=1), envvar="MPIRT_TRAIN_LAYERS", help="Model depth.")
+@click.option("--out", default="mpirt-train", show_default=True, envvar="MPIRT_TRAIN_OUT",
+              help="Directory for metrics.jsonl, summary.json and checkpoints/.")
+@click.option("--checkpoint-every", type=int, default=50, show_default=True, envvar="MPIRT_TRAIN_CHECKPOINT_EVERY",
+              help="Checkpoint every K steps (0: only at the end and on SIGTERM).")
+@click.option("--keep", type=int, default=3, show_default=True, envvar="MPIRT_TRAIN_KEEP",
+              help="Complete checkpoints to keep.")
+@click.option("--resume", is_flag=True, envvar="MPIRT_TRAIN_RESUME",
+              help="Continue from the newest complete checkpoint in --out.")
+@click.option("--bucket-mb", type=float, default=25.0, show_default=True, envvar="MPIRT_BUCKET_MB")
+@click.option("--first-bucket-mb", type=float, default=1.0, show_default=True, envvar="MPIRT_FIRST_BUCKET_MB")
+@click.option("--compression", type=click.Choice(["none", "fp16", "bf16"]), default="none", show_default=True,
+              envvar="MPIRT_COMPRESSION", help="Gradient dtype on the wire.")
+@click.option("--algo", type=click.Choice(["auto", "mpi", "ring", "shm", "mpi4py"]), default="auto",
+              show_default=True, envvar="MPIRT_ALGO", help="Allreduce algorithm of the core (mpi4py: no core).")
+@click.option("--overlap/--no-overlap", default=True, envvar="MPIRT_OVERLAP",
+              help="Reduce buckets on a communication thread during backward.")
+@click.option("--threads", type=click.IntRange(min=1), envvar="MPIRT_TRAIN_THREADS",
+              help="torch intra-op threads per rank (default: cores / local ranks).")
+@click.option("--verify-every", type=int, default=0, show_default=True, envvar="MPIRT_TRAIN_VERIFY_EVERY",
+              help="Check every K steps that all ranks hold identical weights (0: never).")
+@click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True, envvar="MPIRT_TRAIN_LOG_EVERY")
+def train(**options) -> None:
+    """Train a built-in model on synthetic data, data-parallel over the ranks of this job.
+
+    Start it under mpirun or `mpirt launch`; alone it runs as one rank. An uncaught error on
+    any rank stops every rank and leaves an error record for the launcher."""
+    from mpirt.train import TrainConfig
+
+    config = TrainConfig(**options)
+    try:
+        config.check()
+    except ValueError as e:
+        raise CliError(str(e)) from e
+    from mpirt.errors import abort_on_exception
+    from mpirt.train import run
+
+    try:
+        code = run(config)
+    except Exception as e:  # noqa: BLE001 - one failing rank stops the job
+        abort_on_exception(e)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
     main()

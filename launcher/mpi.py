@@ -39,13 +39,16 @@ class Flags:
     np: tuple[str, ...]
     oversubscribe: tuple[str, ...]
     as_root: tuple[str, ...]
+    tag_output: tuple[str, ...]  # prefix every output line with the rank
 
 
 TABLE: dict[str, Flags] = {
-    "openmpi": Flags(np=("-np", "{n}"), oversubscribe=("--oversubscribe",), as_root=("--allow-run-as-root",)),
+    # Open MPI 5 (PRRTE) still takes --tag-output as the spelling of --output tag.
+    "openmpi": Flags(np=("-np", "{n}"), oversubscribe=("--oversubscribe",), as_root=("--allow-run-as-root",),
+                     tag_output=("--tag-output",)),
     # Hydra runs any number of ranks per host and as any user without being asked.
-    "mpich": Flags(np=("-n", "{n}"), oversubscribe=(), as_root=()),
-    "intel": Flags(np=("-n", "{n}"), oversubscribe=(), as_root=()),
+    "mpich": Flags(np=("-n", "{n}"), oversubscribe=(), as_root=(), tag_output=("-l",)),
+    "intel": Flags(np=("-n", "{n}"), oversubscribe=(), as_root=(), tag_output=("-l",)),
 }
 
 _VERSION_PATTERNS = (
@@ -114,6 +117,16 @@ def local_argv(impl: MpiImpl, n: int, *, cores: int, uid: int) -> list[str]:
     if uid == 0:
         argv += flags.as_root
     return argv
+
+
+def launch_argv(impl: MpiImpl, n: int, command: list[str], *, cores: int, uid: int, tag_output: bool) -> list[str]:
+    """mpirun argv that starts ``command`` on ``n`` local ranks."""
+    if not command:
+        raise ValueError("no command to run: put it after --, e.g. mpirt launch -np 2 -- mpirt train")
+    argv = local_argv(impl, n, cores=cores, uid=uid)
+    if tag_output:
+        argv += TABLE[impl.family].tag_output
+    return argv + list(command)
 
 
 def local_argv_here(impl: MpiImpl, n: int) -> list[str]:

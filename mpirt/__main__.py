@@ -1,0 +1,44 @@
+"""``python -m mpirt script.py [args]`` / ``-m module`` / ``-c code``: run a program on a rank so
+that an uncaught exception on any rank stops the whole job (instead of leaving the others
+hanging in a collective) after writing that rank's error record for the launcher."""
+
+from __future__ import annotations
+
+import runpy
+import sys
+
+USAGE = "usage: python -m mpirt (SCRIPT | -m MODULE | -c CODE) [ARGS...]"
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE, file=sys.stdout if argv else sys.stderr)
+        return 0 if argv else 2
+    if argv[0] in ("-m", "-c") and len(argv) < 2:
+        print(f"python -m mpirt: {argv[0]} needs an argument\n{USAGE}", file=sys.stderr)
+        return 2
+    from mpirt.errors import abort_on_exception
+
+    try:
+        if argv[0] == "-m":
+            sys.argv = [argv[1], *argv[2:]]
+            runpy.run_module(argv[1], run_name="__main__", alter_sys=True)
+        elif argv[0] == "-c":
+            sys.argv = ["-c", *argv[2:]]
+            exec(compile(argv[1], "<string>", "exec"), {"__name__": "__main__"})
+        else:
+            sys.argv = list(argv)
+            runpy.run_path(argv[0], run_name="__main__")
+    except SystemExit as e:
+        if e.code in (None, 0):
+            return 0
+        if isinstance(e.code, int):
+            abort_on_exception(e, code=e.code)
+        abort_on_exception(e)
+    except BaseException as e:  # noqa: BLE001 - any escape must stop every rank
+        abort_on_exception(e)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,459 @@
+"""Data-parallel training over MPI: gradient buckets reduced while backward still runs.
+
+``dp = mpirt.data_parallel(model, optimizer)`` is the whole API. It
+
+- checks that every rank built the same model (names, shapes, dtypes, bucket layout) before
+  any collective, and names the first differing parameter and the ranks that differ;
+- broadcasts parameters, buffers and optimizer state from rank 0;
+- packs gradients into flat buckets in reverse parameter order (the order backward produces
+  them; a small first bucket so communication starts early), and from a per-parameter
+  post-accumulate hook hands each full bucket to one communication thread, which averages it
+  with the compiled core while backward goes on. Buckets are always reduced in index order,
+  so every rank issues the same collectives in the same order;
+- waits for all buckets in a step pre-hook on the optimizer (or an explicit ``synchronize()``,
+  e.g. before gradient clipping);
+- skips communication under ``no_sync()`` (gradient accumulation), optionally sends fp16/bf16
+  on the wire, and handles parameters that get no gradient (zero contribution; with
+  ``find_unused_parameters`` a parameter unused on every rank keeps ``grad = None``).
+
+The communication thread is the only thread that calls MPI during a step; a stall inspector
+(``mpirt.stall``) watches it.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import hashlib
+import os
+import queue
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from mpirt.comm import MPI
+from mpirt.stall import StallInspector
+
+COMPRESSION = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+ALGOS = ("auto", "mpi", "ring", "shm", "mpi4py")
+DEFAULT_BUCKET_MB = 25.0
+DEFAULT_FIRST_BUCKET_MB = 1.0
+
+
+class ModelMismatchError(RuntimeError):
+    """Ranks built different models; raised on every rank before any gradient collective."""
+
+
+@dataclass(frozen=True)
+class StepStats:
+    step: int
+    comm_s: float  # time the communication thread spent reducing this step's buckets
+    exposed_s: float  # time the optimizer step waited for them
+    buckets: int
+
+    @property
+    def overlapped_s(self) -> float:
+        return max(0.0, self.comm_s - self.exposed_s)
+
+
+@dataclass
+class _Bucket:
+    index: int
+    names: list[str]
+    params: list[torch.Tensor]
+    flat: torch.Tensor
+    views: list[torch.Tensor]
+    wire: torch.Tensor | None
+    fired: list[bool] = field(default_factory=list)
+    pending: int = 0
+    ready: bool = False
+    launched: bool = False
+    event: object = None
+
+    def reset(self) -> None:
+        self.fired = [False] * len(self.params)
+        self.pending = len(self.params)
+        self.ready = self.launched = False
+        self.event = None
+
+
+class _CommThread:
+    """Runs reductions one at a time in submission order; inline when MPI cannot take a
+    second thread. Records busy time and the first error."""
+
+    def __init__(self, threaded: bool):
+        self.threaded = threaded
+        self.busy_s = 0.0
+        self._error: BaseException | None = None
+        self._outstanding = 0
+        self._cv = threading.Condition()
+        self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = None
+        if threaded:
+            self._thread = threading.Thread(target=self._loop, name="mpirt-comm", daemon=True)
+            self._thread.start()
+
+    def _run(self, job) -> None:
+        t0 = time.perf_counter()
+        try:
+            if self._error is None:
+                job()
+        except BaseException as e:  # noqa: BLE001 - handed to the training thread
+            self._error = e
+        self.busy_s += time.perf_counter() - t0
+
+    def _loop(self) -> None:
+        while True:
+            job = self._q.get()
+            if job is None:
+                return
+            self._run(job)
+            with self._cv:
+                self._outstanding -= 1
+                self._cv.notify_all()
+
+    def submit(self, job) -> None:
+        if not self.threaded:
+            self._run(job)
+            return
+        with self._cv:
+            self._outstanding += 1
+        self._q.put(job)
+
+    def drain(self) -> None:
+        with self._cv:
+            self._cv.wait_for(lambda: self._outstanding == 0)
+        if self._error is not None:
+            e, self._error = self._error, None
+            raise RuntimeError(f"gradient allreduce failed: {e}") from e
+
+    def close(self) -> None:
+        if self._thread is not None:
+            self._q.put(None)
+            self._thread.join()
+            self._thread = None
+
+
+def _env_float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"{name}={raw!r} is not a number of seconds") from None
+
+
+class DataParallel:
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
+                 bucket_mb: float = DEFAULT_BUCKET_MB, first_bucket_mb: float = DEFAULT_FIRST_BUCKET_MB,
+                 compression: str = "none", find_unused_parameters: bool = False, algo: str = "auto",
+                 overlap: bool = True, comm=None, stall_warn_s: float | None = None,
+                 stall_abort_s: float | None = None):
+        if compression not in COMPRESSION:
+            raise ValueError(f"compression {compression!r}: use one of {', '.join(COMPRESSION)}")
+        if algo not in ALGOS:
+            raise ValueError(f"algo {algo!r}: use one of {', '.join(ALGOS)}")
+        if not bucket_mb > 0 or not first_bucket_mb > 0:
+            raise ValueError(f"bucket sizes must be positive (bucket_mb={bucket_mb}, first_bucket_mb={first_bucket_mb})")
+        self.model, self.optimizer = model, optimizer
+        self.compression, self.algo, self.find_unused = compression, algo, find_unused_parameters
+        self._comm = (comm or MPI.COMM_WORLD).Dup()
+        self.rank, self.size = self._comm.Get_rank(), self._comm.Get_size()
+        self.step = 0
+        self.last_stats: StepStats | None = None
+        self._sync = True
+        self._presynced = False
+        self._core = self._load_core()
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self._buckets = self._make_buckets(named, int(bucket_mb * 2**20), int(first_bucket_mb * 2**20))
+        self._slot = {id(p): (b.index, i) for b in self._buckets for i, p in enumerate(b.params)}
+        self._check_same_model(named, (bucket_mb, first_bucket_mb, compression, algo, find_unused_parameters))
+        self._broadcast_state()
+        self._next = 0
+        for b in self._buckets:
+            b.reset()
+        threaded = overlap and MPI.Query_thread() >= MPI.THREAD_SERIALIZED
+        self._worker = _CommThread(threaded)
+        self.inspector = StallInspector(
+            self._comm,
+            _env_float("MPIRT_STALL_WARN_S", 60.0) if stall_warn_s is None else stall_warn_s,
+            _env_float("MPIRT_STALL_ABORT_S", 0.0) if stall_abort_s is None else stall_abort_s)
+        self._hooks = [p.register_post_accumulate_grad_hook(self._on_grad) for _, p in named]
+        if optimizer is not None:
+            self._hooks.append(optimizer.register_step_pre_hook(self._before_step))
+        atexit.register(self.close)
+
+    # Construction.
+    def _load_core(self):
+        if self.algo == "mpi4py":
+            return None
+        try:
+            from mpirt.comm import core
+
+            return core()
+        except (ImportError, RuntimeError) as e:
+            if self.rank == 0:
+                print(f"mpirt: compiled core unavailable ({e}); reducing with mpi4py instead", file=sys.stderr)
+            return None
+
+    def _make_buckets(self, named, cap: int, first_cap: int) -> list[_Bucket]:
+        groups: list[list[tuple[str, torch.Tensor]]] = []
+        sizes: list[int] = []
+        open_group: dict[tuple, int] = {}  # (dtype, device) -> the group being filled
+        first_group: dict[tuple, int] = {}
+        for name, p in reversed(named):
+            kind = (p.dtype, p.device)
+            nbytes = p.numel() * p.element_size()
+            g = open_group.get(kind)
+            if g is not None and sizes[g] + nbytes > (first_cap if first_group[kind] == g else cap):
+                g = None
+            if g is None:
+                g = open_group[kind] = len(groups)
+                first_group.setdefault(kind, g)
+                groups.append([])
+                sizes.append(0)
+            groups[g].append((name, p))
+            sizes[g] += nbytes
+        wire_dtype = COMPRESSION[self.compression]
+        buckets = []
+        for i, members in enumerate(groups):
+            p0 = members[0][1]
+            flat = torch.zeros(sum(p.numel() for _, p in members), dtype=p0.dtype, device=p0.device)
+            views, off = [], 0
+            for _, p in members:
+                views.append(flat[off:off + p.numel()].view_as(p))
+                off += p.numel()
+            wire = None
+            if wire_dtype is not None and p0.dtype in (torch.float32, torch.float64):
+                wire = torch.empty(flat.numel(), dtype=wire_dtype, device=p0.device)
+            buckets.append(_Bucket(i, [n for n, _ in members], [p for _, p in members], flat, views, wire))
+        return buckets
+
+    def _signature(self, named, config) -> list[tuple]:
+        sig = [("config", repr(config))]
+        sig += [(f"parameter {n!r}", f"{str(p.dtype).removeprefix('torch.')}{list(p.shape)} ({p.device.type})")
+                for n, p in named]
+        sig += [(f"buffer {n!r}", f"{str(t.dtype).removeprefix('torch.')}{list(t.shape)}")
+                for n, t in self.model.named_buffers()]
+        return sig
+
+    def _check_same_model(self, named, config) -> None:
+        sig = self._signature(named, config)
+        digest = hashlib.sha256(repr(sig).encode()).hexdigest()
+        if len(set(self._comm.allgather(digest))) == 1:
+            return
+        sigs = self._comm.allgather(sig)
+        raise ModelMismatchError(describe_mismatch(sigs))
+
+    def _broadcast_state(self) -> None:
+        if self.size == 1:
+            return
+        tensors = [p.data for p in self.model.parameters()] + list(self.model.buffers())
+        if tensors:
+            with torch.no_grad():
+                flat = torch.cat([t.detach().reshape(-1).cpu().view(torch.uint8) for t in tensors])
+                arr = flat.numpy()
+                chunk = 1 << 30
+                for start in range(0, arr.size, chunk):
+                    self._comm.Bcast(arr[start:start + chunk], root=0)
+                off = 0
+                for t in tensors:
+                    n = t.numel() * t.element_size()
+                    t.copy_(flat[off:off + n].view(t.dtype).view(t.shape))
+                    off += n
+        if self.optimizer is not None:
+            state = self._comm.bcast(self.optimizer.state_dict() if self.rank == 0 else None, root=0)
+            if self.rank != 0 and state["state"]:
+                self.optimizer.load_state_dict(state)
+
+    # Reduction.
+    def _allreduce(self, t: torch.Tensor, op: str) -> None:
+        if self._core is not None:
+            self._core.allreduce(self._comm.py2f(), t.data_ptr(), t.data_ptr(), t.numel(),
+                                 str(t.dtype).removeprefix("torch."), op, self.algo, t.device.type)
+            return
+        host = t if t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64, torch.int32) else \
+            t.to("cpu", torch.float32 if t.is_floating_point() else t.dtype)
+        mpi_op = {"sum": MPI.SUM, "avg": MPI.SUM, "max": MPI.MAX}[op]
+        self._comm.Allreduce(MPI.IN_PLACE, host.numpy(), op=mpi_op)
+        if op == "avg":
+            host.div_(self.size)
+        if host is not t:
+            t.copy_(host)
+
+    def _reduce_bucket(self, b: _Bucket, step: int) -> None:
+        self.inspector.enter(step, "gradient allreduce", b.index, len(self._buckets))
+        if b.event is not None:
+            b.event.synchronize()
+        if b.wire is not None:
+            torch.mul(b.flat, 1.0 / self.size, out=b.wire)
+            self._allreduce(b.wire, "sum")
+            b.flat.copy_(b.wire)
+        else:
+            self._allreduce(b.flat, "avg")
+        self.inspector.leave(step)
+
+    def _launch(self, b: _Bucket) -> None:
+        b.launched = True
+        if self.size == 1:
+            return
+        if b.flat.device.type == "cuda":
+            b.event = torch.cuda.Event()
+            b.event.record()
+        self._worker.submit(lambda b=b, s=self.step: self._reduce_bucket(b, s))
+
+    def _mark_ready(self, b: _Bucket) -> None:
+        b.ready = True
+        while self._next < len(self._buckets) and self._buckets[self._next].ready:
+            self._launch(self._buckets[self._next])
+            self._next += 1
+
+    def _absorb(self, b: _Bucket, i: int) -> None:
+        p, view = b.params[i], b.views[i]
+        g = p.grad
+        if g is None:
+            view.zero_()
+        elif g.is_sparse:
+            raise RuntimeError(f"parameter {b.names[i]!r} has a sparse gradient, which mpirt does not reduce; "
+                               "use a dense embedding (sparse=False)")
+        elif g.data_ptr() != view.data_ptr():
+            view.copy_(g)
+        p.grad = view
+
+    def _on_grad(self, p: torch.Tensor) -> None:
+        if not self._sync:
+            return
+        b_idx, i = self._slot[id(p)]
+        b = self._buckets[b_idx]
+        if b.fired[i] or b.launched:
+            raise RuntimeError(
+                f"parameter {b.names[i]!r} got a second gradient before the optimizer step; for gradient "
+                "accumulation run the extra backward passes inside `with dp.no_sync():`")
+        self._absorb(b, i)
+        b.fired[i] = True
+        b.pending -= 1
+        if b.pending == 0:
+            self._mark_ready(b)
+
+    def _before_step(self, *_args) -> None:
+        if self._presynced:
+            self._presynced = False
+            return
+        self._finish_step()
+
+    def synchronize(self) -> StepStats:
+        """Wait until every gradient is averaged (e.g. before clipping); the next optimizer
+        step then does not communicate again."""
+        stats = self._finish_step()
+        self._presynced = self.optimizer is not None
+        return stats
+
+    def _finish_step(self) -> StepStats:
+        if not self._sync:
+            raise RuntimeError("optimizer.step() inside dp.no_sync(): gradients were never averaged across ranks; "
+                               "leave the no_sync() block for the last backward before the step")
+        t0 = time.perf_counter()
+        used = []
+        for b in self._buckets:
+            for i, p in enumerate(b.params):
+                used.append(b.fired[i] or p.grad is not None)
+                if not b.fired[i]:
+                    self._absorb(b, i)
+            if not b.ready:
+                self._mark_ready(b)
+        mask = None
+        if self.find_unused:  # every rank, every step: whether a rank has unused parameters is not shared
+            mask = torch.tensor(used, dtype=torch.int32)
+            if self.size > 1:
+                self._worker.submit(lambda: self._allreduce_mask(mask))
+        self._worker.drain()
+        exposed = time.perf_counter() - t0
+        if mask is not None:
+            flags = iter(mask.tolist())
+            for b in self._buckets:
+                for p in b.params:
+                    if not next(flags):
+                        p.grad = None
+        stats = StepStats(self.step, self._worker.busy_s, exposed, len(self._buckets))
+        self._worker.busy_s = 0.0
+        self.last_stats = stats
+        self.step += 1
+        self._next = 0
+        for b in self._buckets:
+            b.reset()
+        return stats
+
+    def _allreduce_mask(self, mask: torch.Tensor) -> None:
+        self.inspector.enter(self.step, "unused-parameter mask allreduce", 0, 1)
+        self._allreduce(mask, "max")
+        self.inspector.leave(self.step)
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        """Backward passes inside accumulate gradients locally, with no communication."""
+        previous, self._sync = self._sync, False
+        try:
+            yield
+        finally:
+            self._sync = previous
+
+    @property
+    def buckets(self) -> list[list[str]]:
+        """Parameter names per bucket, in reduction order."""
+        return [list(b.names) for b in self._buckets]
+
+    def close(self) -> None:
+        """Remove the hooks and stop the threads (also run at interpreter exit)."""
+        if self._worker is None:
+            return
+        for h in self._hooks:
+            h.remove()
+        self._worker.close()
+        self._worker = None
+        self.inspector.close()
+        if not MPI.Is_finalized():
+            self._comm.Free()
+        atexit.unregister(self.close)
+
+
+def describe_mismatch(sigs: list[list[tuple]]) -> str:
+    """The first entry where some rank differs from rank 0, and which ranks differ there."""
+    ref = sigs[0]
+    first, ranks = None, []
+    for r, sig in enumerate(sigs[1:], start=1):
+        if sig == ref:
+            continue
+        i = next((k for k, (a, b) in enumerate(zip(ref, sig)) if a != b), min(len(ref), len(sig)))
+        if first is None or i < first:
+            first, ranks = i, [r]
+        elif i == first:
+            ranks.append(r)
+    r = ranks[0]
+    theirs, mine = sigs[r], ref
+    who = f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}"
+    if first >= len(mine) or first >= len(theirs):
+        longer, extra = (theirs, "has extra") if len(theirs) > len(mine) else (mine, "lacks")
+        what = f"{longer[first][0]}" if first < len(longer) else "entries"
+        detail = f"{who} {extra} {what} ({len(theirs) - 1} vs {len(mine) - 1} entries on rank 0)"
+    elif mine[first][0] == "config":
+        detail = f"data_parallel options differ: rank 0 {mine[first][1]}, {who} {theirs[first][1]}"
+    elif mine[first][0] != theirs[first][0]:
+        detail = f"rank 0 has {mine[first][0]} where {who} has {theirs[first][0]}"
+    else:
+        detail = f"{mine[first][0]} is {mine[first][1]} on rank 0 but {theirs[first][1]} on {who}"
+    return (f"model differs across ranks: {detail}. Every rank must build the same model with the same "
+            "data_parallel options (check rank-dependent code, a different config or checkpoint per rank)")
+
+
+def data_parallel(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None, **options) -> DataParallel:
+    """Make ``model`` and ``optimizer`` data-parallel across MPI ranks; see the module docstring.
+
+    Options: bucket_mb, first_bucket_mb, compression ("none", "fp16", "bf16"),
+    find_unused_parameters, algo ("auto", "mpi", "ring", "shm", "mpi4py"), overlap, comm,
+    stall_warn_s / stall_abort_s (default $MPIRT_STALL_WARN_S or 60 s / $MPIRT_STALL_ABORT_S or never).
+    """
+    return DataParallel(model, optimizer, **options)

@@ -1,0 +1,211 @@
+"""`mpirt train`: a complete data-parallel job on a built-in model and synthetic data.
+
+Run on every rank (``mpirt launch -np 2 -- mpirt train``). Rank 0 prints the falling loss,
+writes ``metrics.jsonl`` and checkpoints under ``--out``; ``--resume`` continues from the
+newest complete checkpoint with the same data order, optimizer state and RNG states, so a
+killed and resumed run ends with the weights of an uninterrupted one. SIGTERM (pod
+deletion) makes every rank stop after the current step, checkpoint, and exit 143.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mpirt import checkpoint
+from mpirt.comm import MPI
+from mpirt.data_parallel import DEFAULT_BUCKET_MB, DEFAULT_FIRST_BUCKET_MB, data_parallel
+from mpirt.metrics import Metrics
+from mpirt.models import build
+from mpirt.sampler import DistributedSampler
+from mpirt.world import export_torch_env, world
+
+OPTIMIZERS = ("adam", "sgd")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str = "mlp"
+    steps: int = 200
+    batch_size: int = 64  # global, split across ranks
+    lr: float = 3e-3
+    optimizer: str = "adam"
+    seed: int = 0
+    samples: int = 8192
+    hidden: int | None = None
+    layers: int | None = None
+    out: str = "mpirt-train"
+    checkpoint_every: int = 50
+    keep: int = 3
+    resume: bool = False
+    bucket_mb: float = DEFAULT_BUCKET_MB
+    first_bucket_mb: float = DEFAULT_FIRST_BUCKET_MB
+    compression: str = "none"
+    algo: str = "auto"
+    overlap: bool = True
+    threads: int | None = None
+    verify_every: int = 0
+    log_every: int = 10
+
+    def check(self) -> None:
+        for name in ("steps", "batch_size", "samples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(self, name)})")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"--optimizer {self.optimizer!r}: use one of {', '.join(OPTIMIZERS)}")
+        if not self.lr > 0:
+            raise ValueError(f"--lr must be positive (got {self.lr})")
+        if self.checkpoint_every < 0 or self.verify_every < 0 or self.keep < 1:
+            raise ValueError("--checkpoint-every and --verify-every must be >= 0 and --keep >= 1")
+
+
+class _Stop:
+    """SIGTERM/SIGINT ask for a stop at the next step boundary (all ranks agree on which)."""
+
+    def __init__(self):
+        self.requested = 0
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handler)
+
+    def _handler(self, signum, _frame):
+        self.requested = signum
+
+
+def _rng_state() -> dict:
+    return {"torch": torch.get_rng_state(), "python": random.getstate()}
+
+
+def _set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(state["python"])
+
+
+def _digest(model: torch.nn.Module) -> str:
+    h = hashlib.sha256()
+    for t in model.state_dict().values():
+        h.update(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def run(cfg: TrainConfig) -> int:
+    cfg.check()
+    w = world()
+    export_torch_env(w)
+    comm = MPI.COMM_WORLD
+    torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // w.local_size))
+    if cfg.batch_size < w.size and w.rank == 0:
+        print(f"mpirt: warning: global batch {cfg.batch_size} < {w.size} ranks: some ranks get no samples",
+              file=sys.stderr)
+    out = Path(cfg.out)
+    ckpt_dir = out / "checkpoints"
+    task = build(cfg.model, cfg.samples, cfg.seed, cfg.hidden, cfg.layers)
+    model = task.model
+    opt = (torch.optim.Adam(model.parameters(), lr=cfg.lr) if cfg.optimizer == "adam"
+           else torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9))
+    sampler = DistributedSampler(cfg.samples, cfg.batch_size, w.rank, w.size, cfg.seed)
+    start = _resume(cfg, comm, w, model, opt, sampler, ckpt_dir) if cfg.resume else 0
+    dp = data_parallel(model, opt, bucket_mb=cfg.bucket_mb, first_bucket_mb=cfg.first_bucket_mb,
+                       compression=cfg.compression, algo=cfg.algo, overlap=cfg.overlap)
+    metrics = Metrics(out / "metrics.jsonl", cfg.steps, enabled=w.rank == 0, every=cfg.log_every)
+    if w.rank == 0:
+        params = sum(p.numel() for p in model.parameters())
+        print(f"mpirt train: {cfg.model} ({params / 1e6:.2f} M parameters, {len(dp.buckets)} buckets) on {w.size} "
+              f"rank{'s' if w.size > 1 else ''} / {w.nodes} node{'s' if w.nodes > 1 else ''}, global batch "
+              f"{cfg.batch_size}, steps {start + 1}..{cfg.steps}", flush=True)
+    stop = _Stop()
+    step, loss_value, rates = start, float("nan"), []
+    t_begin = time.perf_counter()
+    try:
+        while step < cfg.steps:
+            step += 1
+            shard = sampler.next()
+            t0 = time.perf_counter()
+            opt.zero_grad(set_to_none=True)
+            local = 0.0
+            if len(shard.indices):
+                loss = task.loss(shard.indices)
+                (loss * shard.weight(w.size)).backward()
+                local = loss.item() * len(shard.indices)
+            opt.step()
+            step_time = time.perf_counter() - t0
+            both = np.array([local, float(stop.requested != 0)])
+            comm.Allreduce(MPI.IN_PLACE, both, op=MPI.SUM)  # global loss, and whether any rank must stop
+            loss_value, stopping = both[0] / shard.global_size, bool(both[1])
+            st = dp.last_stats
+            rates.append(shard.global_size / step_time)
+            metrics.log({"step": step, "epoch": shard.epoch, "loss": loss_value, "samples": shard.global_size,
+                         "samples_per_s": rates[-1], "step_time_s": step_time, "comm_s": st.comm_s,
+                         "exposed_comm_s": st.exposed_s,
+                         "overlap": st.overlapped_s / st.comm_s if st.comm_s > 0 else 0.0})
+            if cfg.verify_every and step % cfg.verify_every == 0:
+                _verify_replicas(comm, model, step)
+            last = step == cfg.steps or stopping
+            if last or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0):
+                _save(cfg, comm, w, model, opt, sampler, step, ckpt_dir)
+            if stopping:
+                if w.rank == 0:
+                    print(f"mpirt train: stopped by signal after step {step}; checkpoint written, continue with "
+                          "--resume", file=sys.stderr, flush=True)
+                return 143
+    finally:
+        metrics.close()
+        dp.close()
+    if w.rank == 0:
+        summary = {"model": cfg.model, "ranks": w.size, "steps": step, "final_loss": loss_value,
+                   "samples_per_s_median": sorted(rates)[len(rates) // 2] if rates else 0.0,
+                   "wall_s": time.perf_counter() - t_begin, "config": asdict(cfg)}
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        print(f"mpirt train: done: {step} steps, final loss {loss_value:.4f}, output in {out}/", flush=True)
+    return 0
+
+
+def _verify_replicas(comm, model, step: int) -> None:
+    digests = comm.allgather(_digest(model))
+    bad = [r for r, d in enumerate(digests) if d != digests[0]]
+    if bad:
+        raise RuntimeError(f"replicas diverged at step {step}: weights on rank(s) {bad} differ from rank 0")
+
+
+def _save(cfg, comm, w, model, opt, sampler, step: int, ckpt_dir: Path) -> None:
+    rngs = comm.gather(_rng_state(), root=0)
+    if w.rank == 0:
+        checkpoint.save(ckpt_dir, step, {
+            "step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
+            "sampler": sampler.state_dict(), "rng": rngs, "world_size": w.size, "config": asdict(cfg)}, keep=cfg.keep)
+
+
+def _resume(cfg, comm, w, model, opt, sampler, ckpt_dir: Path) -> int:
+    """Load the newest complete checkpoint on rank 0 and share what every rank needs; the
+    weights and optimizer state reach the others through data_parallel's broadcast."""
+    meta = None
+    if w.rank == 0:
+        found = checkpoint.load_latest(ckpt_dir)
+        if found is None:
+            print(f"mpirt train: --resume: no complete checkpoint in {ckpt_dir}; starting from step 0",
+                  file=sys.stderr, flush=True)
+        else:
+            step, state = found
+            model.load_state_dict(state["model"])
+            opt.load_state_dict(state["optimizer"])
+            meta = {"step": step, "sampler": state["sampler"], "rng": state["rng"], "world_size": state["world_size"]}
+            print(f"mpirt train: resuming from step {step} ({checkpoint.path_for(ckpt_dir, step)})", flush=True)
+    meta = comm.bcast(meta, root=0)
+    if meta is None:
+        return 0
+    sampler.load_state_dict(meta["sampler"])
+    if meta["world_size"] == w.size:
+        _set_rng_state(meta["rng"][w.rank])
+    elif w.rank == 0:
+        print(f"mpirt train: checkpoint was written by {meta['world_size']} ranks, this run has {w.size}: "
+              "RNG states are not restored", file=sys.stderr)
+    return meta["step"]

@@ -1,0 +1,208 @@
+"""Data-parallel gradients at any world size against references computed without any
+communication (every rank recomputes the whole global batch on a private copy of the model).
+Prints one JSON line on rank 0 with what was checked; any wrong value raises."""
+
+import copy
+import json
+import sys
+
+import torch
+from torch import nn
+
+from mpirt.comm import MPI
+from mpirt.data_parallel import data_parallel
+from mpirt.sampler import DistributedSampler
+
+comm = MPI.COMM_WORLD
+rank, size = comm.Get_rank(), comm.Get_size()
+torch.set_num_threads(1)
+checked = []
+
+
+def make_model(dtype=torch.float64):
+    torch.manual_seed(1234 + rank)  # different on every rank: the broadcast must fix it
+    return nn.Sequential(nn.Linear(6, 24), nn.Tanh(), nn.Linear(24, 24), nn.Tanh(), nn.Linear(24, 3)).to(dtype)
+
+
+def data(n, dtype=torch.float64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 6, generator=g, dtype=dtype), torch.randn(n, 3, generator=g, dtype=dtype)
+
+
+def loss_fn(model, x, y):
+    return ((model(x) - y) ** 2).mean()
+
+
+def reference_grads(model, batches):
+    """Gradient of the sum over ``batches`` of the global-batch mean loss, on one process."""
+    ref = copy.deepcopy(model)
+    for x, y in batches:
+        loss_fn(ref, x, y).backward()
+    return {n: p.grad.clone() for n, p in ref.named_parameters()}
+
+
+def same_on_all_ranks(tensors, what):
+    flat = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in tensors]).numpy()
+    gathered = comm.allgather(flat.tobytes())
+    if any(g != gathered[0] for g in gathered):
+        raise AssertionError(f"{what}: ranks hold different values")
+
+
+def compare(model, ref, what, rtol, atol):
+    for n, p in model.named_parameters():
+        if not torch.allclose(p.grad, ref[n], rtol=rtol, atol=atol):
+            err = (p.grad - ref[n]).abs().max().item()
+            raise AssertionError(f"{what}: gradient of {n} differs from the reference by {err:g}")
+    same_on_all_ranks([p.grad for p in model.parameters()], what)
+    checked.append(what)
+
+
+def local_step(model, x, y, shard, global_n):
+    """This rank's part of a global batch: its rows, loss weighted to its share."""
+    idx = shard
+    if len(idx):
+        (loss_fn(model, x[idx], y[idx]) * (len(idx) * size / global_n)).backward()
+
+
+def split(n):
+    s = DistributedSampler(n, n, rank, size, shuffle=False)
+    return s.next().indices
+
+
+# 1. Equivalence with one big batch, every algorithm, tiny buckets (many, reduced in order),
+#    an uneven split (global batch 10), with and without the communication thread.
+for algo in ("auto", "mpi", "ring", "shm", "mpi4py"):
+    for overlap in (True, False):
+        model = make_model()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        dp = data_parallel(model, opt, bucket_mb=0.002, first_bucket_mb=0.0005, algo=algo, overlap=overlap)
+        assert len(dp.buckets) > 2, dp.buckets
+        x, y = data(10)
+        ref = reference_grads(model, [(x, y)])
+        local_step(model, x, y, split(10), 10)
+        dp.synchronize()
+        compare(model, ref, f"equivalence algo={algo} overlap={overlap}", 1e-12, 1e-12)
+        before = [p.detach().clone() for p in model.parameters()]
+        opt.step()  # pre-synchronized: must not reduce again, must still update
+        if all(torch.equal(a, p) for a, p in zip(before, model.parameters())):
+            raise AssertionError("optimizer.step() after synchronize() did not update the weights")
+        same_on_all_ranks(list(model.parameters()), f"weights after step algo={algo}")
+        dp.close()
+
+# 2. The broadcast: different initial weights on every rank become rank 0's.
+model = make_model()
+dp = data_parallel(model, None)
+same_on_all_ranks(list(model.parameters()), "broadcast of initial weights")
+checked.append("broadcast")
+dp.close()
+
+# 3. Several training steps through optimizer.step() (the pre-step hook), weights identical
+#    on every rank after every step and equal to single-process training on the global batch.
+model = make_model()
+dp_opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+dp = data_parallel(model, dp_opt, bucket_mb=0.003)
+single = copy.deepcopy(model)
+single_opt = torch.optim.SGD(single.parameters(), lr=0.05, momentum=0.9)
+for step in range(5):
+    x, y = data(8, seed=step)
+    dp_opt.zero_grad()
+    local_step(model, x, y, split(8), 8)
+    dp_opt.step()
+    single_opt.zero_grad()
+    loss_fn(single, x, y).backward()
+    single_opt.step()
+    same_on_all_ranks(list(model.parameters()), f"weights after step {step}")
+    for a, b in zip(model.parameters(), single.parameters()):
+        if not torch.allclose(a, b, rtol=1e-10, atol=1e-12):
+            raise AssertionError(f"step {step}: data-parallel weights differ from single-process training")
+checked.append("5 steps == single process")
+dp.close()
+
+# 4. Gradient accumulation: two backward passes under no_sync, the third synchronised.
+model = make_model()
+dp = data_parallel(model, None, bucket_mb=0.002)
+batches = [data(8, seed=10 + k) for k in range(3)]
+ref = reference_grads(model, batches)
+with dp.no_sync():
+    for x, y in batches[:2]:
+        local_step(model, x, y, split(8), 8)
+local_step(model, *batches[2], split(8), 8)
+dp.synchronize()
+compare(model, ref, "accumulation (no_sync x2 + sync)", 1e-12, 1e-12)
+dp.close()
+
+# 5. Compression: fp16 / bf16 on the wire, fp32 model.
+for comp, tol in (("fp16", 2e-3), ("bf16", 2e-2)):
+    model = make_model(torch.float32)
+    dp = data_parallel(model, None, compression=comp, bucket_mb=0.002)
+    x, y = data(16, torch.float32)
+    ref = reference_grads(model, [(x, y)])
+    local_step(model, x, y, split(16), 16)
+    dp.synchronize()
+    compare(model, ref, f"compression {comp}", tol, tol)
+    dp.close()
+
+
+# 6. Unused parameters: head `a` is used on even ranks only, head `b` on no rank.
+class TwoHeads(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Linear(6, 8, dtype=torch.float64)
+        self.a = nn.Linear(8, 3, dtype=torch.float64)
+        self.b = nn.Linear(8, 3, dtype=torch.float64)
+
+    def forward(self, x, use_a):
+        h = torch.tanh(self.body(x))
+        return self.a(h) if use_a else h[:, :3]
+
+
+for find_unused in (True, False):
+    model = TwoHeads()
+    dp = data_parallel(model, None, find_unused_parameters=find_unused, bucket_mb=0.0005)
+    x, y = data(4 * size)
+    ref_model = copy.deepcopy(model)
+    for r in range(size):  # reference: every rank's contribution, averaged, on one process
+        rows = slice(4 * r, 4 * r + 4)
+        (((ref_model(x[rows], r % 2 == 0) - y[rows]) ** 2).mean() / size).backward()
+    rows = slice(4 * rank, 4 * rank + 4)
+    ((model(x[rows], rank % 2 == 0) - y[rows]) ** 2).mean().backward()
+    dp.synchronize()
+    for n, p in model.named_parameters():
+        expect = dict(ref_model.named_parameters())[n].grad
+        if expect is None:  # unused on every rank
+            if find_unused and p.grad is not None:
+                raise AssertionError(f"find_unused: {n} is unused everywhere but got a gradient")
+            if not find_unused and (p.grad is None or p.grad.abs().max() != 0):
+                raise AssertionError(f"{n} is unused everywhere: expected a zero gradient")
+        elif p.grad is None or not torch.allclose(p.grad, expect, rtol=1e-12, atol=1e-14):
+            raise AssertionError(f"unused-parameter case (find_unused={find_unused}): gradient of {n} is wrong")
+    checked.append(f"unused parameters find_unused={find_unused}")
+    dp.close()
+
+# 7. Misuse gets a message, not a hang: a second backward before the step, a step in no_sync.
+model = make_model()
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+dp = data_parallel(model, opt)
+x, y = data(4)
+loss_fn(model, x, y).backward()
+try:
+    loss_fn(model, x, y).backward()
+    raise AssertionError("a second backward before step was accepted")
+except RuntimeError as e:
+    if "no_sync" not in str(e):
+        raise
+dp.synchronize()
+opt.step()
+with dp.no_sync():
+    try:
+        opt.step()
+        raise AssertionError("optimizer.step() inside no_sync() was accepted")
+    except RuntimeError as e:
+        if "no_sync" not in str(e):
+            raise
+checked.append("misuse errors")
+dp.close()
+
+if rank == 0:
+    print(json.dumps({"ranks": size, "checked": checked}))
+sys.stdout.flush()
