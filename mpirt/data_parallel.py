@@ -27,7 +27,6 @@ import contextlib
 import hashlib
 import os
 import queue
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mpirt.comm import MPI
+from mpirt.console import say
 from mpirt.stall import StallInspector
 
 COMPRESSION = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -197,7 +197,7 @@ class DataParallel:
             return core()
         except (ImportError, RuntimeError) as e:
             if self.rank == 0:
-                print(f"mpirt: compiled core unavailable ({e}); reducing with mpi4py instead", file=sys.stderr)
+                say(f"mpirt: compiled core unavailable ({e}); reducing with mpi4py instead", err=True)
             return None
 
     def _make_buckets(self, named, cap: int, first_cap: int) -> list[_Bucket]:
@@ -382,6 +382,7 @@ class DataParallel:
         self._worker.busy_s = 0.0
         self.last_stats = stats
         self.step += 1
+        self.inspector.leave(self.step)
         self._next = 0
         for b in self._buckets:
             b.reset()

@@ -33,9 +33,15 @@ def record(kind: str, exc_type: str, message: str, tb: str, rank: int | None = N
     }
 
 
+def _own_frame(frame: traceback.FrameSummary) -> bool:
+    """Frames of the runner itself (``python -m mpirt``), which only hide the user's."""
+    return frame.filename.startswith("<frozen runpy") or frame.filename.endswith(os.path.join("mpirt", "__main__.py"))
+
+
 def record_exception(exc: BaseException, kind: str = "exception") -> dict:
-    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return record(kind, type(exc).__name__, str(exc), tb)
+    te = traceback.TracebackException.from_exception(exc)
+    te.stack = traceback.StackSummary.from_list([f for f in te.stack if not _own_frame(f)])
+    return record(kind, type(exc).__name__, str(exc), "".join(te.format()))
 
 
 def write(rec: dict, directory: str | None = None) -> Path | None:

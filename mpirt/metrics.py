@@ -41,7 +41,8 @@ class Metrics:
                 self.stream.write("\n")
             self.stream.flush()
         elif step % self.every == 0 or step == self.total or step == 1:
-            print(text, file=self.stream, flush=True)
+            self.stream.write(text + "\n")
+            self.stream.flush()
 
     def close(self) -> None:
         if self._file:

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 import threading
 import time
 from dataclasses import asdict, dataclass
 
 from mpirt import errors
 from mpirt.comm import MPI
+from mpirt.console import say
 
 _QUERY, _REPLY = 7101, 7102
 
@@ -57,7 +57,7 @@ class StallInspector:
         self.reports: list[str] = []
         self.enabled = warn_s > 0 and self.size > 1 and MPI.Query_thread() == MPI.THREAD_MULTIPLE
         if warn_s > 0 and self.size > 1 and not self.enabled and self.rank == 0:
-            print("mpirt: stall inspector off: MPI was not initialised with MPI_THREAD_MULTIPLE", file=sys.stderr)
+            say("mpirt: stall inspector off: MPI was not initialised with MPI_THREAD_MULTIPLE", err=True)
         self._comm = comm.Dup() if self.enabled else None
         self._thread = None
         if self.enabled:
@@ -141,11 +141,11 @@ class StallInspector:
                 text = self._report(mine, self._survey(mine))
                 if text:
                     self.reports.append(text)
-                    print(text, file=sys.stderr, flush=True)
+                    say(text, err=True)
             if self.abort_s and mine.age >= self.abort_s:
                 msg = (f"stalled {mine.age:.0f} s in {mine.what} of step {mine.step}, bucket {mine.bucket + 1}; "
                        f"aborting (MPIRT_STALL_ABORT_S={self.abort_s:g})")
-                print(f"mpirt: rank {self.rank}: {msg}", file=sys.stderr, flush=True)
+                say(f"mpirt: rank {self.rank}: {msg}", err=True)
                 errors.write(errors.record("stall", "Stall", msg, "\n".join(self.reports), rank=self.rank))
                 MPI.COMM_WORLD.Abort(1)
                 os._exit(1)

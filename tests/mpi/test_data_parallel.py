@@ -1,0 +1,72 @@
+"""The data-parallel runtime with real ranks: gradients against no-communication references,
+and the failure modes (an exception, a stall, a model mismatch) ending the job with a name."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import RANKS
+
+pytestmark = pytest.mark.mpi
+
+
+@pytest.mark.parametrize("np_", [1, 2, 4])
+def test_gradients_match_references(mpiexec, np_):
+    proc = mpiexec.python(np_, "dp_cases.py", timeout=240)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    report = json.loads(lines[-1])
+    assert report["ranks"] == np_
+    for case in ("equivalence algo=shm overlap=True", "equivalence algo=mpi4py overlap=False", "broadcast",
+                 "5 steps == single process", "accumulation (no_sync x2 + sync)", "compression fp16",
+                 "compression bf16", "unused parameters find_unused=True", "unused parameters find_unused=False",
+                 "misuse errors"):
+        assert case in report["checked"]
+
+
+def launch(np_, *args, env=None, timeout=120):
+    cmd = ["mpirt", "launch", "-np", str(np_), "--", sys.executable, "-m", "mpirt", str(RANKS / "dp_faults.py"),
+           *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def test_exception_on_one_rank_stops_the_job_and_names_it(tmp_path):
+    proc = launch(2, "raise", env={"MPIRT_ERROR_DIR": str(tmp_path)})
+    ended = time.time()
+    assert proc.returncode != 0
+    assert "Root cause (first failure): rank 1 on " in proc.stderr
+    assert "ValueError: injected failure at step 3" in proc.stderr
+    record = json.loads((tmp_path / "rank-1.json").read_text())
+    assert record["exception"] == "ValueError" and record["rank"] == 1
+    assert ended - record["time"] < 10, "the job outlived the failing rank by 10 s or more"
+
+
+@pytest.mark.parametrize("np_", [2, 4])
+def test_stalled_rank_is_reported_by_rank_and_step(np_):
+    proc = launch(np_, "stall", "4", env={"MPIRT_STALL_WARN_S": "1"})
+    assert proc.returncode == 0, proc.stderr
+    missing = np_ - 1
+    assert f"missing ranks: {missing}\n" in proc.stderr
+    assert f"rank {missing} (" in proc.stderr and "at step 3, outside any collective" in proc.stderr
+    assert "in gradient allreduce of step 3" in proc.stderr
+    assert "waiting: ranks " + ", ".join(str(r) for r in range(missing)) in proc.stderr
+
+
+def test_stall_past_the_abort_threshold_ends_the_job(tmp_path):
+    started = time.time()
+    proc = launch(2, "stall", "120", env={"MPIRT_STALL_WARN_S": "1", "MPIRT_STALL_ABORT_S": "3",
+                                         "MPIRT_ERROR_DIR": str(tmp_path)})
+    assert proc.returncode != 0
+    assert time.time() - started < 60
+    assert "Root cause (first failure): rank 0 on " in proc.stderr and "Stall: stalled" in proc.stderr
+    assert json.loads((tmp_path / "rank-0.json").read_text())["kind"] == "stall"
+
+
+def test_model_mismatch_names_the_parameter_and_ranks():
+    proc = launch(2, "mismatch")
+    assert proc.returncode != 0
+    assert ("ModelMismatchError: model differs across ranks: parameter '0.weight' is float32[16, 4] (cpu) on "
+            "rank 0 but float32[20, 4] (cpu) on rank 1") in proc.stderr
