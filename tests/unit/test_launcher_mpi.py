@@ -2,7 +2,7 @@
 
 import pytest
 
-from launcher.mpi import MpiError, MpiImpl, local_argv, parse_version_output
+from launcher.mpi import MpiError, MpiImpl, launch_argv, local_argv, parse_version_output
 
 OMPI4 = "mpirun (Open MPI) 4.1.4\n\nReport bugs to http://www.open-mpi.org/community/help/\n"
 OMPI5 = "mpirun (Open MPI) 5.0.11\n\nReport bugs to https://www.open-mpi.org/community/help/\n"
@@ -43,3 +43,17 @@ def test_mpich_needs_no_extra_flags():
 def test_zero_ranks_is_refused():
     with pytest.raises(ValueError, match="need at least one rank"):
         local_argv(MpiImpl("mpich", (4,), "mpiexec"), 0, cores=2, uid=0)
+
+
+def test_launch_argv_tags_output_and_appends_the_command():
+    impl = MpiImpl("openmpi", (4, 1, 4), "/usr/bin/mpirun")
+    assert launch_argv(impl, 4, ["mpirt", "train"], cores=2, uid=0, tag_output=True) == [
+        "/usr/bin/mpirun", "-np", "4", "--oversubscribe", "--allow-run-as-root", "--tag-output", "mpirt", "train"]
+    mpich = MpiImpl("mpich", (4, 0, 2), "mpiexec")
+    assert launch_argv(mpich, 2, ["a.out"], cores=2, uid=1000, tag_output=True) == ["mpiexec", "-n", "2", "-l", "a.out"]
+    assert launch_argv(mpich, 2, ["a.out"], cores=2, uid=1000, tag_output=False) == ["mpiexec", "-n", "2", "a.out"]
+
+
+def test_launch_without_a_command_says_where_it_goes():
+    with pytest.raises(ValueError, match="put it after --"):
+        launch_argv(MpiImpl("mpich", (4,), "mpiexec"), 2, [], cores=2, uid=0, tag_output=True)

@@ -1,0 +1,136 @@
+"""`mpirt launch ... -- mpirt train` end to end: the README job, N ranks equal one rank,
+kill-and-resume equals an uninterrupted run, SIGTERM checkpoints and exits 143."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from mpirt import checkpoint
+
+pytestmark = [pytest.mark.e2e, pytest.mark.mpi]
+
+
+def train(np_, out, *args, timeout=240):
+    cmd = ["mpirt", "launch", "-np", str(np_), "--", "mpirt", "train", "--out", str(out), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"{cmd} exited {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def final_weights(out):
+    step, state = checkpoint.load_latest(out / "checkpoints")
+    return step, state["model"]
+
+
+@pytest.mark.parametrize("model", ["mlp", "transformer"])
+def test_readme_job_loss_falls(tmp_path, model):
+    proc = train(2, tmp_path, "--model", model, "--steps", "100" if model == "mlp" else "40", "--log-every", "20")
+    assert "on 2 ranks / 1 node" in proc.stdout
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, len(records) + 1))
+    first, last = records[0]["loss"], sum(r["loss"] for r in records[-5:]) / 5
+    assert last < 0.8 * first, f"loss did not fall: {first} -> {last}"
+    assert all(r["samples_per_s"] > 0 and 0 <= r["overlap"] <= 1 for r in records)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["ranks"] == 2 and summary["steps"] == len(records)
+
+
+SAME = ["--optimizer", "sgd", "--lr", "0.05", "--steps", "6", "--batch-size", "24", "--samples", "240",
+        "--checkpoint-every", "0", "--verify-every", "1", "--bucket-mb", "0.02"]
+
+
+@pytest.fixture(scope="module")
+def one_rank(tmp_path_factory):
+    out = tmp_path_factory.mktemp("np1")
+    train(1, out, *SAME)
+    return final_weights(out)
+
+
+@pytest.mark.parametrize("np_", [2, 4])
+def test_n_ranks_give_the_weights_of_one_rank(tmp_path, one_rank, np_):
+    train(np_, tmp_path, *SAME)
+    step, weights = final_weights(tmp_path)
+    assert step == one_rank[0] == 6
+    for name, w in weights.items():
+        # fp32, different summation order: a few ulps per step
+        assert torch.allclose(w, one_rank[1][name], rtol=1e-5, atol=1e-6), name
+
+
+def descendants(pid):
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = open(f"/proc/{entry}/stat").read()
+            except OSError:
+                continue
+            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+RESUME = ["--steps", "20", "--hidden", "1024", "--layers", "4", "--batch-size", "256", "--checkpoint-every", "1",
+          "--keep", "30", "--log-every", "1"]
+
+
+def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    train(2, full, *RESUME)
+    proc = subprocess.Popen(["mpirt", "launch", "-np", "2", "--", "mpirt", "train", "--out", str(cut), *RESUME],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and 10 not in checkpoint.list_steps(cut / "checkpoints"):
+        time.sleep(0.02)
+    tree = [proc.pid, *descendants(proc.pid)]  # launcher, mpirun and both ranks, at once
+    for pid in tree:
+        os.kill(pid, signal.SIGKILL)
+    proc.wait()
+    reached = checkpoint.list_steps(cut / "checkpoints")
+    assert 10 in reached and max(reached) < 20, f"not interrupted mid-run: {reached}"
+    out = train(2, cut, *RESUME, "--resume")
+    assert f"resuming from step {max(reached)}" in out.stdout
+    (s1, w1), (s2, w2) = final_weights(full), final_weights(cut)
+    assert s1 == s2 == 20
+    for name in w1:
+        assert torch.equal(w1[name], w2[name]), name
+
+
+def test_resume_skips_a_torn_newest_checkpoint(tmp_path):
+    train(1, tmp_path, "--steps", "4", "--checkpoint-every", "2")
+    newest = checkpoint.path_for(tmp_path / "checkpoints", 4)
+    newest.write_bytes(newest.read_bytes()[:100])
+    out = train(1, tmp_path, "--steps", "6", "--checkpoint-every", "2", "--resume")
+    assert "skipping checkpoint" in out.stdout + out.stderr and "resuming from step 2" in out.stdout
+
+
+def test_sigterm_checkpoints_and_exits_143(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "launcher.cli", "train", "--out", str(tmp_path), "--steps",
+                             "100000", "--checkpoint-every", "0"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    metrics = tmp_path / "metrics.jsonl"
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 5):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "stopped by signal after step" in err
+    step, state = checkpoint.load_latest(tmp_path / "checkpoints")
+    assert step >= 5 and state["step"] == step
+
+
+def test_bad_option_is_a_clear_error(tmp_path):
+    proc = subprocess.run(["mpirt", "train", "--steps", "0", "--out", str(tmp_path)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "--steps must be at least 1 (got 0)" in proc.stderr

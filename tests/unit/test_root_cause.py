@@ -1,0 +1,50 @@
+"""What the launcher says when a job fails: built from the ranks' error records."""
+
+import json
+import subprocess
+import sys
+
+from launcher.run import exit_code, root_cause
+from mpirt import errors
+
+
+def test_earliest_record_is_the_root_cause(tmp_path):
+    late = errors.record("exception", "RuntimeError", "peer gone", "Traceback...\nRuntimeError: peer gone\n", rank=0)
+    early = errors.record("exception", "ValueError", "bad batch", "Traceback...\n  File x.py\nValueError: bad batch\n",
+                          rank=3)
+    early["time"], late["time"] = 100.0, 105.0
+    errors.write(late, str(tmp_path))
+    errors.write(early, str(tmp_path))
+    text = root_cause(1, str(tmp_path))
+    assert text.startswith("mpirt: job failed (exit 1). Root cause (first failure): rank 3 on ")
+    assert "ValueError: bad batch" in text and "    ValueError: bad batch" in text
+    assert "later failures on rank(s) 0" in text
+
+
+def test_first_record_of_a_rank_wins_and_files_are_whole(tmp_path):
+    errors.write(errors.record("exception", "A", "first", "", rank=2), str(tmp_path))
+    errors.write(errors.record("exception", "B", "second", "", rank=2), str(tmp_path))
+    assert [r["exception"] for r in errors.read_all(tmp_path)] == ["A"]
+    assert [p.name for p in tmp_path.iterdir()] == ["rank-2.json"]
+
+
+def test_no_records_names_the_signal(tmp_path):
+    assert exit_code(-9) == 137
+    text = root_cause(137, str(tmp_path))
+    assert "mpirun exited 137 (SIGKILL); no rank left an error record" in text
+
+
+def test_dry_run_prints_argv_and_env_without_running(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "launcher.cli", "launch", "-np", "3", "--dry-run", "--",
+                           "python", "-c", "raise SystemExit(7)"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["argv"][-3:] == ["python", "-c", "raise SystemExit(7)"]
+    assert "-np" in doc["argv"] or "-n" in doc["argv"]
+    assert "MPIRT_ERROR_DIR" in doc["env"]
+
+
+def test_launch_without_command_is_a_usage_error():
+    proc = subprocess.run([sys.executable, "-m", "launcher.cli", "launch", "-np", "2"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2 and "put it after --" in proc.stderr
