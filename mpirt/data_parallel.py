@@ -35,16 +35,13 @@ import torch
 
 from mpirt.comm import MPI
 from mpirt.console import say
+from mpirt.signature import ModelMismatchError, describe_mismatch, signature
 from mpirt.stall import StallInspector
 
 COMPRESSION = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 ALGOS = ("auto", "mpi", "ring", "shm", "mpi4py")
 DEFAULT_BUCKET_MB = 25.0
 DEFAULT_FIRST_BUCKET_MB = 1.0
-
-
-class ModelMismatchError(RuntimeError):
-    """Ranks built different models; raised on every rank before any gradient collective."""
 
 
 @dataclass(frozen=True)
@@ -171,7 +168,9 @@ class DataParallel:
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self._buckets = self._make_buckets(named, int(bucket_mb * 2**20), int(first_bucket_mb * 2**20))
         self._slot = {id(p): (b.index, i) for b in self._buckets for i, p in enumerate(b.params)}
-        self._check_same_model(named, (bucket_mb, first_bucket_mb, compression, algo, find_unused_parameters))
+        self._check_same_model(named, {"bucket_mb": bucket_mb, "first_bucket_mb": first_bucket_mb,
+                                       "compression": compression, "algo": algo,
+                                       "find_unused_parameters": find_unused_parameters})
         self._broadcast_state()
         self._next = 0
         for b in self._buckets:
@@ -233,16 +232,8 @@ class DataParallel:
             buckets.append(_Bucket(i, [n for n, _ in members], [p for _, p in members], flat, views, wire))
         return buckets
 
-    def _signature(self, named, config) -> list[tuple]:
-        sig = [("config", repr(config))]
-        sig += [(f"parameter {n!r}", f"{str(p.dtype).removeprefix('torch.')}{list(p.shape)} ({p.device.type})")
-                for n, p in named]
-        sig += [(f"buffer {n!r}", f"{str(t.dtype).removeprefix('torch.')}{list(t.shape)}")
-                for n, t in self.model.named_buffers()]
-        return sig
-
     def _check_same_model(self, named, config) -> None:
-        sig = self._signature(named, config)
+        sig = signature(named, list(self.model.named_buffers()), config)
         digest = hashlib.sha256(repr(sig).encode()).hexdigest()
         if len(set(self._comm.allgather(digest))) == 1:
             return
@@ -419,35 +410,6 @@ class DataParallel:
         if not MPI.Is_finalized():
             self._comm.Free()
         atexit.unregister(self.close)
-
-
-def describe_mismatch(sigs: list[list[tuple]]) -> str:
-    """The first entry where some rank differs from rank 0, and which ranks differ there."""
-    ref = sigs[0]
-    first, ranks = None, []
-    for r, sig in enumerate(sigs[1:], start=1):
-        if sig == ref:
-            continue
-        i = next((k for k, (a, b) in enumerate(zip(ref, sig)) if a != b), min(len(ref), len(sig)))
-        if first is None or i < first:
-            first, ranks = i, [r]
-        elif i == first:
-            ranks.append(r)
-    r = ranks[0]
-    theirs, mine = sigs[r], ref
-    who = f"rank{'s' if len(ranks) > 1 else ''} {', '.join(map(str, ranks))}"
-    if first >= len(mine) or first >= len(theirs):
-        longer, extra = (theirs, "has extra") if len(theirs) > len(mine) else (mine, "lacks")
-        what = f"{longer[first][0]}" if first < len(longer) else "entries"
-        detail = f"{who} {extra} {what} ({len(theirs) - 1} vs {len(mine) - 1} entries on rank 0)"
-    elif mine[first][0] == "config":
-        detail = f"data_parallel options differ: rank 0 {mine[first][1]}, {who} {theirs[first][1]}"
-    elif mine[first][0] != theirs[first][0]:
-        detail = f"rank 0 has {mine[first][0]} where {who} has {theirs[first][0]}"
-    else:
-        detail = f"{mine[first][0]} is {mine[first][1]} on rank 0 but {theirs[first][1]} on {who}"
-    return (f"model differs across ranks: {detail}. Every rank must build the same model with the same "
-            "data_parallel options (check rank-dependent code, a different config or checkpoint per rank)")
 
 
 def data_parallel(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None, **options) -> DataParallel:

@@ -18,3 +18,10 @@ def test_device_buffers_every_algorithm(mpiexec, np_, tmp_path):
     doc = json.loads(out.read_text())
     assert doc["device"] == "cuda"
     assert all(r["wrong"] == 0 for r in doc["results"])
+
+
+@pytest.mark.parametrize("np_", [1, 2])
+def test_data_parallel_on_cuda_matches_reference(mpiexec, np_):
+    proc = mpiexec.python(np_, "dp_cuda.py")
+    report = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
+    assert report == {"ranks": np_, "checked": ["none", "bf16"]}
