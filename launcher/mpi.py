@@ -6,6 +6,7 @@ literal lists. The full launcher (hosts, ssh, env forwarding) extends this same 
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -50,6 +51,11 @@ TABLE: dict[str, Flags] = {
     "mpich": Flags(np=("-n", "{n}"), oversubscribe=(), as_root=(), tag_output=("-l",)),
     "intel": Flags(np=("-n", "{n}"), oversubscribe=(), as_root=(), tag_output=("-l",)),
 }
+
+# How long mpirun lets ranks live once it is told to stop. Open MPI 4 waits this many seconds
+# (default 1), sends the ranks SIGTERM, waits as long again, then SIGKILL (measured here): half
+# the grace period each way gives a rank grace/2 seconds to checkpoint before the kill at grace.
+GRACE_ENV: dict[tuple[str, int], str] = {("openmpi", 4): "OMPI_MCA_odls_base_sigkill_timeout"}
 
 _VERSION_PATTERNS = (
     ("openmpi", re.compile(r"\(Open MPI\)\s+(\d+(?:\.\d+)*)")),
@@ -127,6 +133,11 @@ def launch_argv(impl: MpiImpl, n: int, command: list[str], *, cores: int, uid: i
     if tag_output:
         argv += TABLE[impl.family].tag_output
     return argv + list(command)
+
+
+def grace_env(impl: MpiImpl, seconds: float) -> dict[str, str]:
+    name = GRACE_ENV.get((impl.family, impl.version[0]))
+    return {name: str(max(1, math.ceil(seconds / 2)))} if name else {}
 
 
 def local_argv_here(impl: MpiImpl, n: int) -> list[str]:

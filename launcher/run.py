@@ -18,21 +18,27 @@ def exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-def supervise(argv: list[str], env: dict[str, str], grace_s: float) -> int:
+def supervise(argv: list[str], env: dict[str, str], grace_s: float) -> tuple[int, int]:
+    """Run ``argv``; returns (exit code, the signal that asked us to stop or 0)."""
     proc = subprocess.Popen(argv, env=env, start_new_session=True)
     stopping = threading.Event()
+    stopped_by = 0
 
     def forward(signum, _frame):
+        nonlocal stopped_by
         if proc.poll() is not None:
             return
         proc.send_signal(signum)
         if not stopping.is_set():
             stopping.set()
-            threading.Timer(grace_s, _kill_group, args=(proc,)).start()
+            stopped_by = signum
+            # mpirun stops its ranks within the grace period itself; this is the backstop
+            threading.Timer(grace_s + 2, _kill_group, args=(proc,)).start()
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        return exit_code(proc.wait())
+        code = exit_code(proc.wait())
+        return code, stopped_by
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
@@ -73,6 +79,12 @@ def root_cause(code: int, error_dir: str, tail: int = 12) -> str:
     return "\n".join(text)
 
 
-def report(code: int, error_dir: str) -> None:
+def report(code: int, error_dir: str, stopped_by: int = 0) -> int:
+    """Say how the job ended; returns the launcher's exit status (128 + signal when stopped)."""
+    if stopped_by:
+        name = signal.Signals(stopped_by).name
+        print(f"mpirt: stopped by {name} (forwarded to the ranks); mpirun exited {code}", file=sys.stderr, flush=True)
+        return 128 + stopped_by
     if code != 0:
         print(root_cause(code, error_dir), file=sys.stderr, flush=True)
+    return code

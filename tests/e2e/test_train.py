@@ -5,7 +5,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
@@ -113,9 +112,9 @@ def test_resume_skips_a_torn_newest_checkpoint(tmp_path):
     assert "skipping checkpoint" in out.stdout + out.stderr and "resuming from step 2" in out.stdout
 
 
-def test_sigterm_checkpoints_and_exits_143(tmp_path):
-    proc = subprocess.Popen([sys.executable, "-m", "launcher.cli", "train", "--out", str(tmp_path), "--steps",
-                             "100000", "--checkpoint-every", "0"],
+def test_sigterm_to_the_launcher_checkpoints_and_exits_143(tmp_path):
+    proc = subprocess.Popen(["mpirt", "launch", "-np", "2", "--grace", "6", "--", "mpirt", "train", "--out",
+                             str(tmp_path), "--steps", "100000", "--checkpoint-every", "0"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
     metrics = tmp_path / "metrics.jsonl"
@@ -124,9 +123,10 @@ def test_sigterm_checkpoints_and_exits_143(tmp_path):
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err
-    assert "stopped by signal after step" in err
+    assert "stopped by signal after step" in err and "mpirt: stopped by SIGTERM" in err
     step, state = checkpoint.load_latest(tmp_path / "checkpoints")
-    assert step >= 5 and state["step"] == step
+    last_logged = json.loads(metrics.read_text().splitlines()[-1])["step"]
+    assert step == state["step"] == last_logged >= 5
 
 
 def test_bad_option_is_a_clear_error(tmp_path):

@@ -2,7 +2,7 @@
 
 import pytest
 
-from launcher.mpi import MpiError, MpiImpl, launch_argv, local_argv, parse_version_output
+from launcher.mpi import MpiError, MpiImpl, grace_env, launch_argv, local_argv, parse_version_output
 
 OMPI4 = "mpirun (Open MPI) 4.1.4\n\nReport bugs to http://www.open-mpi.org/community/help/\n"
 OMPI5 = "mpirun (Open MPI) 5.0.11\n\nReport bugs to https://www.open-mpi.org/community/help/\n"
@@ -57,3 +57,10 @@ def test_launch_argv_tags_output_and_appends_the_command():
 def test_launch_without_a_command_says_where_it_goes():
     with pytest.raises(ValueError, match="put it after --"):
         launch_argv(MpiImpl("mpich", (4,), "mpiexec"), 2, [], cores=2, uid=0, tag_output=True)
+
+
+def test_grace_period_reaches_open_mpi_4_only_where_known():
+    assert grace_env(MpiImpl("openmpi", (4, 1, 4), "mpirun"), 10) == {"OMPI_MCA_odls_base_sigkill_timeout": "5"}
+    assert grace_env(MpiImpl("openmpi", (4, 1, 4), "mpirun"), 7) == {"OMPI_MCA_odls_base_sigkill_timeout": "4"}
+    assert grace_env(MpiImpl("openmpi", (4, 1, 4), "mpirun"), 0) == {"OMPI_MCA_odls_base_sigkill_timeout": "1"}
+    assert grace_env(MpiImpl("mpich", (4, 0, 2), "mpiexec"), 10) == {}
