@@ -77,6 +77,27 @@ def launch(np_: int, mpirun: str | None, dry_run: bool, grace_s: float, tag_outp
 
 
 @main.command()
+@click.option("--port", type=int, default=2222, show_default=True, envvar="MPIRT_SSH_PORT", help="Port sshd listens on.")
+@click.option("--ssh-dir", default="/root/.ssh", show_default=True, envvar="MPIRT_SSH_DIR",
+              help="Where the job's ssh Secret is mounted (authorized_keys; optional ssh_host_*_key).")
+@click.option("--state-dir", default="", envvar="MPIRT_STATE_DIR",
+              help="Private writable directory for sshd's files (default /tmp/mpirt-sshd-<uid>).")
+@click.option("--listen", default="0.0.0.0", show_default=True, envvar="MPIRT_SSH_LISTEN")
+@click.option("--sshd", default="/usr/sbin/sshd", show_default=True, envvar="MPIRT_SSHD")
+@click.option("--check", "check_only", is_flag=True, help="Write the config, validate it with sshd -t, exit.")
+def worker(port: int, ssh_dir: str, state_dir: str, listen: str, sshd: str, check_only: bool) -> None:
+    """Run a hardened sshd in the foreground (the worker pod's command), as root or any UID."""
+    from launcher.ssh import SshSetupError
+    from launcher.sshd import WorkerConfig, run
+
+    try:
+        sys.exit(run(WorkerConfig(port=port, ssh_dir=ssh_dir, state_dir=state_dir, listen=listen, sshd=sshd,
+                                  check_only=check_only)))
+    except SshSetupError as e:
+        raise CliError(str(e)) from e
+
+
+@main.command()
 @click.option("--model", type=click.Choice(["mlp", "transformer"]), default="mlp", show_default=True,
               envvar="MPIRT_TRAIN_MODEL")
 @click.option("--steps", type=int, default=200, show_default=True, envvar="MPIRT_TRAIN_STEPS")

@@ -1,0 +1,197 @@
+"""`mpirt worker`: a hardened sshd in the foreground, as root or as any UID.
+
+Everything sshd needs lives in a private state directory of our own, so read-only Secret
+mounts, missing /etc/ssh host keys and odd file modes do not matter:
+- our sshd_config: public-key authentication only, no forwarding of any kind, only the
+  mounted authorized_keys (copied), no PAM (so it runs without root), a PidFile we can write;
+- host keys from the Secret (``ssh_host_*_key``) so the launcher can pin them, else generated
+  once (kept across restarts of the container);
+- a UID with no passwd entry (OpenShift) gets one through nss_wrapper: a passwd and group
+  file in the state directory, preloaded into sshd and, through SetEnv, into every session;
+- sessions get this container's PATH and LD_LIBRARY_PATH, so ``orted``/``hydra_pmi_proxy``
+  and Python are found over non-interactive ssh.
+sshd runs as our child: we reap orphans (we may be PID 1), forward SIGTERM/SIGINT, and
+restart sshd if it dies on its own.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from launcher.ssh import SshSetupError, write_private, private_dir
+
+PRIVSEP_DIR = "/run/sshd"
+NSS_WRAPPER_PATHS = ("/usr/lib/x86_64-linux-gnu/libnss_wrapper.so", "/usr/lib/aarch64-linux-gnu/libnss_wrapper.so",
+                     "/usr/lib64/libnss_wrapper.so", "/usr/lib/libnss_wrapper.so")
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    port: int = 2222
+    ssh_dir: str = "/root/.ssh"
+    state_dir: str = ""  # default: /tmp/mpirt-sshd-<uid>
+    listen: str = "0.0.0.0"
+    sshd: str = "/usr/sbin/sshd"
+    check_only: bool = False  # write everything, run `sshd -t`, exit
+
+
+def state_path(cfg: WorkerConfig) -> Path:
+    return Path(cfg.state_dir or f"/tmp/mpirt-sshd-{os.getuid()}")
+
+
+def _host_keys(ssh_dir: Path, state: Path, env: dict[str, str]) -> list[Path]:
+    keys = []
+    for src in sorted(ssh_dir.glob("ssh_host_*_key")):
+        dst = state / src.name
+        write_private(dst, src.read_bytes())
+        keys.append(dst)
+    if keys:
+        return keys
+    generated = state / "ssh_host_ed25519_key"
+    if not generated.exists():
+        made = subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "mpirt-worker", "-f",
+                               str(generated)], capture_output=True, text=True, env=env)
+        if made.returncode != 0:
+            raise SshSetupError(f"ssh-keygen could not make a host key in {state}: {made.stderr.strip()}")
+    return [generated]
+
+
+def nss_wrapper_env(state: Path) -> dict[str, str]:
+    """Variables that give this UID a passwd entry, when it has none; {} when it has one."""
+    uid, gid = os.getuid(), os.getgid()
+    try:
+        pwd.getpwuid(uid)
+        return {}
+    except KeyError:
+        pass
+    lib = next((p for p in NSS_WRAPPER_PATHS if Path(p).exists()), None)
+    if lib is None:
+        raise SshSetupError(f"uid {uid} has no passwd entry and nss_wrapper is not installed; install libnss-wrapper "
+                            "in the image (or run with a uid that /etc/passwd lists)")
+    home = os.environ.get("HOME") or str(state)
+    passwd = state / "passwd"
+    group = state / "group"
+    base = Path("/etc/passwd").read_text() if Path("/etc/passwd").exists() else ""
+    write_private(passwd, (base + f"mpirt:x:{uid}:{gid}:mpirt worker:{home}:/bin/sh\n").encode())
+    base_g = Path("/etc/group").read_text() if Path("/etc/group").exists() else ""
+    write_private(group, (base_g + f"mpirt:x:{gid}:\n").encode())
+    os.chmod(passwd, 0o644)
+    os.chmod(group, 0o644)
+    return {"LD_PRELOAD": lib, "NSS_WRAPPER_PASSWD": str(passwd), "NSS_WRAPPER_GROUP": str(group)}
+
+
+def write_config(cfg: WorkerConfig, env: dict[str, str]) -> tuple[Path, dict[str, str]]:
+    """Write the state directory; returns (sshd_config path, extra environment for sshd)."""
+    if not 0 < cfg.port < 65536:
+        raise SshSetupError(f"--port {cfg.port} is not a TCP port")
+    ssh_dir = Path(cfg.ssh_dir)
+    auth = ssh_dir / "authorized_keys"
+    if not auth.is_file():
+        raise SshSetupError(f"{auth} not found: mount the job's ssh Secret at {ssh_dir} (sshAuthMountPath) or "
+                            "point --ssh-dir (MPIRT_SSH_DIR) at it")
+    state = private_dir(state_path(cfg))
+    keys_copy = state / "authorized_keys"
+    write_private(keys_copy, auth.read_bytes())
+    nss = nss_wrapper_env(state)
+    host_keys = _host_keys(ssh_dir, state, {**env, **nss})
+    session_env = {k: env[k] for k in ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH") if env.get(k)}
+    session_env.update({k: v for k, v in nss.items()})
+    for k, v in session_env.items():
+        if any(c.isspace() or c == '"' for c in v):
+            raise SshSetupError(f"{k} contains whitespace or quotes ({v!r}); sshd's SetEnv cannot carry it")
+    lines = [
+        "# written by mpirt worker",
+        f"Port {cfg.port}",
+        f"ListenAddress {cfg.listen}",
+        *(f"HostKey {k}" for k in host_keys),
+        f"PidFile {state / 'sshd.pid'}",
+        f"AuthorizedKeysFile {keys_copy}",
+        "PubkeyAuthentication yes",
+        "PasswordAuthentication no",
+        "KbdInteractiveAuthentication no",
+        "HostbasedAuthentication no",
+        "PermitEmptyPasswords no",
+        "PermitRootLogin prohibit-password",
+        "UsePAM no",
+        "StrictModes no",
+        "AllowTcpForwarding no",
+        "AllowAgentForwarding no",
+        "AllowStreamLocalForwarding no",
+        "X11Forwarding no",
+        "PermitTunnel no",
+        "GatewayPorts no",
+        "PermitUserEnvironment no",
+        "PrintMotd no",
+        "PrintLastLog no",
+        "MaxStartups 200:30:1000",
+        "MaxSessions 200",
+        "ClientAliveInterval 5",
+        "ClientAliveCountMax 3",
+        "LogLevel INFO",
+    ]
+    if session_env:
+        lines.append("SetEnv " + " ".join(f"{k}={v}" for k, v in session_env.items()))
+    config = state / "sshd_config"
+    write_private(config, ("\n".join(lines) + "\n").encode())
+    return config, nss
+
+
+def run(cfg: WorkerConfig) -> int:
+    sshd = shutil.which(cfg.sshd) if not os.path.isabs(cfg.sshd) else cfg.sshd
+    if not sshd or not os.access(sshd, os.X_OK):
+        raise SshSetupError(f"sshd not found at {cfg.sshd!r}; install openssh-server or give --sshd")
+    if os.getuid() == 0 and not os.path.isdir(PRIVSEP_DIR):
+        try:  # a root sshd insists on its (empty) privilege separation directory
+            os.makedirs(PRIVSEP_DIR, mode=0o755, exist_ok=True)
+        except OSError as e:
+            raise SshSetupError(f"sshd as root needs {PRIVSEP_DIR} and it cannot be created ({e.strerror}); "
+                                "make /run writable in the image") from e
+    config, extra = write_config(cfg, dict(os.environ))
+    env = {**os.environ, **extra}
+    test = subprocess.run([sshd, "-t", "-f", str(config)], capture_output=True, text=True, env=env)
+    if test.returncode != 0:
+        raise SshSetupError(f"sshd rejected the generated config {config}: {test.stderr.strip()}")
+    if cfg.check_only:
+        print(f"mpirt worker: {config} is valid (port {cfg.port})")
+        return 0
+    stopping = False
+
+    def stop(signum, _frame):
+        nonlocal stopping
+        stopping = True
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+
+    print(f"mpirt worker: sshd on port {cfg.port}, uid {os.getuid()}, config {config}", file=sys.stderr, flush=True)
+    proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], env=env)
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    restarts: list[float] = []
+    while True:
+        try:
+            pid, status = os.wait()  # also reaps orphans reparented to us
+        except ChildProcessError:
+            return 0
+        except InterruptedError:
+            continue
+        if pid != proc.pid:
+            continue
+        code = os.waitstatus_to_exitcode(status)
+        if stopping:
+            return 0
+        now = time.monotonic()
+        restarts = [t for t in restarts if now - t < 60] + [now]
+        if len(restarts) > 5:
+            print(f"mpirt worker: sshd exited {code} six times in a minute; giving up", file=sys.stderr, flush=True)
+            return 1
+        print(f"mpirt worker: sshd exited {code}; restarting it", file=sys.stderr, flush=True)
+        time.sleep(1)
+        proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], env=env)
