@@ -1,0 +1,207 @@
+"""`mpirt worker` (a real sshd on a loopback port) and the launcher's ssh setup and readiness
+check against it: modes of mounted keys, arbitrary UIDs, pinned host keys, late and missing
+workers. Skips only where there is no sshd."""
+
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from launcher.ready import report, wait_ready
+from launcher.ssh import prepare
+
+pytestmark = [pytest.mark.e2e,
+              pytest.mark.skipif(not Path("/usr/sbin/sshd").exists(), reason="no /usr/sbin/sshd (openssh-server)")]
+
+WORKER = [sys.executable, "-m", "launcher.cli", "worker"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def keygen(path: Path, kind=("-t", "ecdsa", "-b", "521", "-m", "PEM")) -> None:
+    subprocess.run(["ssh-keygen", "-q", *kind, "-N", "", "-f", str(path)], check=True)
+
+
+@pytest.fixture
+def secret(tmp_path):
+    """A job Secret as mpi-operator mounts it: id_rsa (ECDSA P-521 PEM), id_rsa.pub, authorized_keys."""
+    d = tmp_path / "secret"
+    d.mkdir()
+    keygen(d / "id_rsa")
+    shutil.copy(d / "id_rsa.pub", d / "authorized_keys")
+    return d
+
+
+class Worker:
+    def __init__(self, secret: Path, state: Path, port: int, prefix=(), env=None):
+        self.port = port
+        self.proc = subprocess.Popen([*prefix, *WORKER, "--port", str(port), "--ssh-dir", str(secret),
+                                      "--state-dir", str(state), "--listen", "127.0.0.1"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                     env={**os.environ, **(env or {})})
+
+    def wait_listening(self, timeout=20.0):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                pytest.fail(f"mpirt worker exited {self.proc.returncode}:\n{self.proc.stdout.read()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return self
+            except OSError:
+                time.sleep(0.05)
+        pytest.fail("mpirt worker never listened")
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                return self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        return self.proc.wait()
+
+
+@pytest.fixture
+def start_worker(tmp_path):
+    started = []
+
+    def start(secret, port=None, **kw):
+        w = Worker(secret, tmp_path / f"state-{len(started)}", port or free_port(), **kw)
+        started.append(w)
+        return w
+
+    yield start
+    for w in started:
+        w.stop()
+
+
+def ssh(setup, *cmd, user=None):
+    argv = ["ssh", *setup.ssh_args(), *(["-l", user] if user else []), "127.0.0.1", *cmd]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30)
+
+
+def test_job_runs_over_our_ssh_with_a_0640_key_in_a_read_only_dir(secret, start_worker, tmp_path):
+    w = start_worker(secret).wait_listening()
+    os.chmod(secret / "id_rsa", 0o640)
+    os.chmod(secret, 0o555)
+    before = (secret / "id_rsa").read_bytes()
+    setup = prepare(secret, tmp_path / "client", w.port)
+    assert stat.S_IMODE(setup.key.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "client").stat().st_mode) == 0o700
+    assert (secret / "id_rsa").read_bytes() == before and stat.S_IMODE((secret / "id_rsa").stat().st_mode) == 0o640
+    out = ssh(setup, "echo", "ok", "$PATH")
+    assert out.returncode == 0, out.stderr
+    word, path = out.stdout.split()
+    assert word == "ok" and os.path.dirname(sys.executable) in path.split(":")  # PATH reached the session
+    assert [r.stage for r in wait_ready(["127.0.0.1", "localhost"], setup, 10)] == ["ready", "ready"]
+
+
+def test_worker_config_is_hardened(secret, start_worker):
+    w = start_worker(secret).wait_listening()
+    state = Path(w.proc.args[w.proc.args.index("--state-dir") + 1])
+    effective = subprocess.run(["/usr/sbin/sshd", "-T", "-f", str(state / "sshd_config")], capture_output=True,
+                               text=True, check=True).stdout
+    for line in ("passwordauthentication no", "kbdinteractiveauthentication no", "allowtcpforwarding no",
+                 "allowagentforwarding no", "x11forwarding no", "permittunnel no", f"port {w.port}",
+                 f"authorizedkeysfile {state / 'authorized_keys'}", f"pidfile {state / 'sshd.pid'}"):
+        assert line in effective, line
+    assert w.stop() == 0
+
+
+def test_worker_under_a_uid_without_passwd_entry(secret, tmp_path):
+    uid = 43210
+    probe = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", sys.executable, "-c",
+                            "import launcher"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"this Python is not usable by another uid here: {probe.stderr.strip()[-200:]}")
+    base = Path(tempfile.mkdtemp(prefix="mpirt-uid-"))  # pytest's own tmp is private to root
+    mounted = shutil.copytree(secret, base / "secret")
+    for p in (base, mounted, *mounted.iterdir()):
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)
+    os.chown(base, uid, uid)
+    w = Worker(mounted, base / "state", free_port(),
+               prefix=("setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups"), env={"HOME": "/tmp"})
+    try:
+        w.wait_listening()
+        check_uid_session(w, secret, tmp_path, uid)
+    finally:
+        w.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def check_uid_session(w, secret, tmp_path, uid):
+    setup = prepare(secret, tmp_path / "client", w.port)
+    out = ssh(setup, "id", "-u", ";", "whoami", user="mpirt")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == [str(uid), "mpirt"]
+    assert wait_ready(["127.0.0.1"], setup, 10, user="mpirt")[0].stage == "ready"
+
+
+def test_pinned_host_keys_are_checked(secret, start_worker, tmp_path):
+    keygen(secret / "ssh_host_ed25519_key", ("-t", "ed25519"))
+    w = start_worker(secret).wait_listening()
+    setup = prepare(secret, tmp_path / "client", w.port)
+    assert setup.known_hosts is not None and "StrictHostKeyChecking yes" in setup.config.read_text()
+    assert ssh(setup, "true").returncode == 0
+    assert wait_ready(["127.0.0.1"], setup, 10)[0].stage == "ready"
+    keygen(tmp_path / "other", ("-t", "ed25519"))  # the Secret pins a key the worker does not serve
+    shutil.copy(tmp_path / "other.pub", secret / "ssh_host_ed25519_key.pub")
+    wrong = prepare(secret, tmp_path / "client2", w.port)
+    assert ssh(wrong, "true").returncode != 0
+    r = wait_ready(["127.0.0.1"], wrong, 1.5)[0]
+    assert r.stage == "auth" and "not the pinned one" in r.detail
+
+
+def test_late_worker_becomes_ready_within_the_deadline(secret, start_worker, tmp_path):
+    port = free_port()
+    setup = prepare(secret, tmp_path / "client", port)
+    progress = []
+    t0 = time.time()
+    timer = threading.Timer(4, lambda: start_worker(secret, port=port))  # sshd starts 4 s late
+    timer.start()
+    results = wait_ready(["127.0.0.1"], setup, 30, on_progress=lambda n, total: progress.append((n, total)))
+    timer.join()
+    assert results[0].stage == "ready" and progress == [(1, 1)]
+    assert 4 <= time.time() - t0 < 30
+
+
+def test_not_ready_hosts_are_named_with_their_stage_and_cause(secret, start_worker, tmp_path):
+    w = start_worker(secret).wait_listening()
+    stranger = tmp_path / "stranger"
+    stranger.mkdir()
+    keygen(stranger / "id_rsa")
+    setup_ok = prepare(secret, tmp_path / "client", w.port)
+    setup_wrong_key = prepare(stranger, tmp_path / "client2", w.port)
+    t0 = time.time()
+    results = wait_ready(["worker-9.job.invalid", "127.0.0.1"], setup_wrong_key, 2)
+    closed = wait_ready(["127.0.0.1"], prepare(secret, tmp_path / "client3", free_port()), 2)
+    assert time.time() - t0 < 8
+    assert [r.stage for r in results] == ["dns", "auth"] and closed[0].stage == "tcp"
+    text = report(results + closed, 2)
+    assert "3 of 3 hosts not ready after 2 s" in text
+    assert "worker-9.job.invalid" in text and "no DNS record" in text
+    assert "public key refused for user" in text and "connection refused" in text
+    for cause in ("pod is not scheduled yet", "sshd is not started", "public key in authorized_keys"):
+        assert cause in text
+    assert wait_ready(["127.0.0.1"], setup_ok, 5)[0].stage == "ready"
+
+
+def test_missing_secret_is_a_clear_error(tmp_path):
+    proc = subprocess.run([*WORKER, "--ssh-dir", str(tmp_path / "nowhere"), "--state-dir", str(tmp_path / "s")],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert "authorized_keys not found: mount the job's ssh Secret" in proc.stderr
