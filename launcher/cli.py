@@ -51,8 +51,20 @@ def bench_allreduce(np_: int | None, mpirun: str | None, args: tuple[str, ...]) 
 
 
 @main.command(context_settings={"ignore_unknown_options": True})
-@click.option("-np", "--np", "np_", type=click.IntRange(min=1), default=1, show_default=True, envvar="MPIRT_NP",
-              help="Ranks to start on this machine.")
+@click.option("-np", "--np", "np_", type=click.IntRange(min=1), envvar="MPIRT_NP",
+              help="Ranks to start (default: 1 locally, every slot on remote hosts).")
+@click.option("--hostfile", envvar="MPIRT_HOSTFILE", help="Hostfile ('host slots=N' or 'host:N' lines).")
+@click.option("-H", "--hosts", envvar="MPIRT_HOSTS", help="Comma-separated hosts, e.g. w0:2,w1:2.")
+@click.option("--slots", default="auto", show_default=True, envvar="MPIRT_SLOTS",
+              help="Slots for hosts that do not say: a number, or auto (operator variable, GPUs, 1).")
+@click.option("--ssh-dir", default="/root/.ssh", show_default=True, envvar="MPIRT_SSH_DIR",
+              help="Where the job's ssh Secret is mounted.")
+@click.option("--ssh-port", type=int, default=2222, show_default=True, envvar="MPIRT_SSH_PORT")
+@click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=300.0, show_default=True,
+              envvar="MPIRT_WAIT_S", help="Seconds to wait for every host (DNS, TCP, ssh) before giving up.")
+@click.option("--state-dir", default="", envvar="MPIRT_STATE_DIR",
+              help="Private directory for the hostfile and ssh files (default /tmp/mpirt-launch-<uid>).")
+@click.option("--log-dir", envvar="MPIRT_LOG_DIR", help="Write each rank's output to LOG_DIR/rank-<r>.log too.")
 @click.option("--mpirun", envvar="MPIRT_MPIRUN", help="mpirun to use (default: the one matching mpi4py's MPI).")
 @click.option("--dry-run", is_flag=True, envvar="MPIRT_DRY_RUN", help="Print the mpirun argv and env as JSON; run nothing.")
 @click.option("--grace", "grace_s", type=click.FloatRange(min=0), default=10.0, show_default=True,
@@ -60,19 +72,26 @@ def bench_allreduce(np_: int | None, mpirun: str | None, args: tuple[str, ...]) 
 @click.option("--tag-output/--no-tag-output", default=True, envvar="MPIRT_TAG_OUTPUT",
               help="Prefix each output line with its rank.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
-def launch(np_: int, mpirun: str | None, dry_run: bool, grace_s: float, tag_output: bool,
-           command: tuple[str, ...]) -> None:
+def launch(np_, hostfile, hosts, slots, ssh_dir, ssh_port, wait_s, state_dir, log_dir, mpirun, dry_run, grace_s,
+           tag_output, command) -> None:
     """Run COMMAND on MPI ranks and report the root cause if it fails.
+
+    Hosts come from --hostfile / -H, else from the pod (mpi-operator, Kubeflow Trainer,
+    Volcano); with none, ranks run on this machine without ssh.
 
     \b
     mpirt launch -np 2 -- mpirt train --model mlp --steps 200"""
+    from launcher.hosts import HostError
     from launcher.launch import LaunchConfig, run
     from launcher.mpi import MpiError
+    from launcher.ssh import SshSetupError
 
     try:
-        sys.exit(run(LaunchConfig(np=np_, command=command, mpirun=mpirun, dry_run=dry_run, grace_s=grace_s,
-                                  tag_output=tag_output)))
-    except (MpiError, ValueError) as e:
+        sys.exit(run(LaunchConfig(command=command, np=np_, mpirun=mpirun, dry_run=dry_run, grace_s=grace_s,
+                                  tag_output=tag_output, hostfile=hostfile, hosts=hosts, slots=slots,
+                                  ssh_dir=ssh_dir, ssh_port=ssh_port, wait_s=wait_s, state_dir=state_dir,
+                                  log_dir=log_dir)))
+    except (MpiError, HostError, SshSetupError, ValueError) as e:
         raise CliError(str(e)) from e
 
 

@@ -1,48 +1,133 @@
 """`mpirt launch`: start a command on MPI ranks and report how it ended.
 
-This is the local role: N ranks on this machine, no ssh (the default outside a cluster).
-Every rank gets ``MPIRT_ERROR_DIR`` so a failing rank's record reaches the root-cause report,
-and mpirun is told to give ranks the grace period between SIGTERM and SIGKILL (so a stopped
-`mpirt train` can checkpoint).
+Two roles. Local: N ranks on this machine, no ssh (no hosts given and no cluster detected).
+Launcher: hosts from --hostfile / -H or from the pod (mpi-operator, Trainer V2, Volcano;
+launcher.roles), then: our own hostfile in the MPI's dialect, the ssh setup from the mounted
+key, a readiness wait for every host under one deadline, and mpirun from the table. Every
+rank gets ``MPIRT_ERROR_DIR`` so a failing rank's record reaches the root-cause report, and
+mpirun is told the grace period between SIGTERM and SIGKILL.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
+import socket
+import sys
 import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
+from launcher import hosts as hostlib
 from launcher import mpi
+from launcher.ready import report as readiness_report
+from launcher.ready import wait_ready
+from launcher.roles import detect as detect_role
 from launcher.run import report, supervise
+from launcher.ssh import prepare
+from launcher.sshd import nss_wrapper_env
 
 
 @dataclass(frozen=True)
 class LaunchConfig:
-    np: int
     command: tuple[str, ...]
+    np: int | None = None  # default: 1 locally, every slot on remote hosts
     mpirun: str | None = None
     dry_run: bool = False
     grace_s: float = 10.0
     tag_output: bool = True
+    hostfile: str | None = None
+    hosts: str | None = None  # -H h1:2,h2
+    slots: str = "auto"
+    ssh_dir: str = "/root/.ssh"
+    ssh_port: int = 2222
+    wait_s: float = 300.0
+    state_dir: str = ""
+    log_dir: str | None = None
 
 
-def run(config: LaunchConfig) -> int:
-    impl = mpi.detect(mpi.find_mpirun(config.mpirun))
-    argv = mpi.launch_argv(impl, config.np, list(config.command), cores=os.cpu_count() or 1, uid=os.getuid(),
-                           tag_output=config.tag_output)
-    own_dir = "MPIRT_ERROR_DIR" not in os.environ
-    error_dir = os.environ.get("MPIRT_ERROR_DIR") or tempfile.mkdtemp(prefix="mpirt-errors-")
+def gpu_count(dev: Path = Path("/dev")) -> int:
+    """GPUs visible to this container, counted from the device nodes (no driver call)."""
+    return len(glob.glob(str(dev / "nvidia[0-9]*")))
+
+
+def resolve_hosts(cfg: LaunchConfig, env, root: Path = Path("/")) -> tuple[list[hostlib.Host], str]:
+    """(hosts, where they came from); no hosts means the local role."""
+    slots, _why = hostlib.default_slots(cfg.slots, env, gpu_count)
+    if cfg.hostfile:
+        try:
+            text = Path(cfg.hostfile).read_text()
+        except OSError as e:
+            raise hostlib.HostError(f"--hostfile {cfg.hostfile}: {e.strerror}") from e
+        return hostlib.parse_hostfile(text, cfg.hostfile, slots), f"--hostfile {cfg.hostfile}"
+    if cfg.hosts:
+        return hostlib.parse_list(cfg.hosts, "-H", slots), "-H"
+    role = detect_role(env, root, socket.gethostname(), slots)
+    if role.kind == "worker":
+        raise hostlib.HostError(f"this pod is a worker ({role.reason}); its command is `mpirt worker`, "
+                                "and `mpirt launch` belongs in the launcher")
+    if role.kind == "local":
+        return [], "local"
+    if role.hostfile:
+        try:
+            text = Path(role.hostfile).read_text()
+        except OSError as e:
+            raise hostlib.HostError(f"{role.hostfile} ({role.reason}): {e.strerror}") from e
+        return hostlib.parse_hostfile(text, role.hostfile, slots), f"{role.system}: {role.reason}"
+    return list(role.hosts), f"{role.system}: {role.reason}"
+
+
+def _progress(ready: int, total: int) -> None:
+    end = "\n" if ready == total or not sys.stderr.isatty() else "\r"
+    sys.stderr.write(f"mpirt: hosts ready {ready}/{total}{end}")
+    sys.stderr.flush()
+
+
+def run(cfg: LaunchConfig) -> int:
+    impl = mpi.detect(mpi.find_mpirun(cfg.mpirun))
+    env = dict(os.environ)
+    hosts, source = resolve_hosts(cfg, env)
+    own_dir = "MPIRT_ERROR_DIR" not in env
+    error_dir = env.get("MPIRT_ERROR_DIR") or tempfile.mkdtemp(prefix="mpirt-errors-")
     added = {"MPIRT_ERROR_DIR": error_dir}
-    added.update({k: v for k, v in mpi.grace_env(impl, config.grace_s).items() if k not in os.environ})
-    if config.dry_run:
-        print(json.dumps({"mpi": impl.label, "argv": argv, "env": added}, indent=1))
+    added.update({k: v for k, v in mpi.grace_env(impl, cfg.grace_s).items() if k not in env})
+    info: dict = {"mpi": impl.label, "hosts_from": source}
+    if not hosts:
+        argv = mpi.launch_argv(impl, cfg.np or 1, list(cfg.command), cores=os.cpu_count() or 1, uid=os.getuid(),
+                               tag_output=cfg.tag_output)
+    else:
+        total = sum(h.slots for h in hosts)
+        np_ = cfg.np or total
+        if np_ > total:
+            raise hostlib.HostError(f"-np {np_} is more than the {total} slots on {len(hosts)} hosts ({source}); "
+                                    "lower -np or give hosts more slots (--slots, slots=N)")
+        state = Path(cfg.state_dir or f"/tmp/mpirt-launch-{os.getuid()}")
+        state.mkdir(parents=True, exist_ok=True)
+        hostfile = state / "hostfile"
+        hostfile.write_text(hostlib.render(hosts, mpi.TABLE[impl.key].dialect))
+        setup = prepare(Path(cfg.ssh_dir), state / "ssh", cfg.ssh_port)
+        added.update(nss_wrapper_env(state))
+        added.update(mpi.ssh_env(impl, setup.ssh_args()))
+        export = mpi.forwarded({**env, **added}, also=added)
+        argv = mpi.build_argv(impl, np_, str(hostfile), list(cfg.command), uid=os.getuid(),
+                              tag_output=cfg.tag_output, export=export)
+        info["hostfile"] = hostfile.read_text()
+        if not cfg.dry_run:
+            results = wait_ready([h.name for h in hosts], setup, cfg.wait_s, _progress)
+            text = readiness_report(results, cfg.wait_s)
+            if text:
+                print(text, file=sys.stderr, flush=True)
+                return 1
+    if cfg.dry_run:
+        print(json.dumps({**info, "argv": argv, "env": added}, indent=1))
         if own_dir:
             shutil.rmtree(error_dir, ignore_errors=True)
         return 0
-    code, stopped_by = supervise(argv, {**os.environ, **added}, config.grace_s)
-    code = report(code, error_dir, stopped_by)
+    code, stopped_by, tail = supervise(argv, {**env, **added}, cfg.grace_s, log_dir=cfg.log_dir)
+    code = report(code, error_dir, stopped_by, tail)
     if own_dir and code == 0:
         shutil.rmtree(error_dir, ignore_errors=True)
     return code
+

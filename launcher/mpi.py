@@ -15,6 +15,7 @@ import sys
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from typing import Iterable, Mapping
 
 
 class MpiError(RuntimeError):
@@ -32,6 +33,13 @@ class MpiImpl:
         names = {"openmpi": "Open MPI", "mpich": "MPICH", "intel": "Intel MPI"}
         return f"{names[self.family]} {'.'.join(map(str, self.version))}"
 
+    @property
+    def key(self) -> str:
+        """The row of TABLE: Open MPI 4 (ORTE) and 5 (PRRTE) read different variables."""
+        if self.family == "openmpi":
+            return "openmpi5" if self.version[0] >= 5 else "openmpi4"
+        return self.family
+
 
 @dataclass(frozen=True)
 class Flags:
@@ -41,16 +49,32 @@ class Flags:
     oversubscribe: tuple[str, ...]
     as_root: tuple[str, ...]
     tag_output: tuple[str, ...]  # prefix every output line with the rank
+    hostfile: tuple[str, ...]
+    dialect: str  # hostfile format (launcher.hosts.render)
+    export: tuple[str, ...]  # forward one variable to remote ranks ({name}); () where all are forwarded
+    ssh_args_env: tuple[str, ...]  # variables that hand extra arguments to the ssh it starts
 
+
+_OMPI = dict(np=("-np", "{n}"), oversubscribe=("--oversubscribe",), as_root=("--allow-run-as-root",),
+             hostfile=("--hostfile", "{hostfile}"), dialect="openmpi", export=("-x", "{name}"))
+_HYDRA = dict(np=("-n", "{n}"), oversubscribe=(), as_root=(), tag_output=("-l",), hostfile=("-f", "{hostfile}"),
+              export=())  # Hydra forwards the whole environment by default
 
 TABLE: dict[str, Flags] = {
-    # Open MPI 5 (PRRTE) still takes --tag-output as the spelling of --output tag.
-    "openmpi": Flags(np=("-np", "{n}"), oversubscribe=("--oversubscribe",), as_root=("--allow-run-as-root",),
-                     tag_output=("--tag-output",)),
+    "openmpi4": Flags(**_OMPI, tag_output=("--tag-output",), ssh_args_env=("OMPI_MCA_plm_rsh_args",)),
+    # Open MPI 5 (PRRTE) still takes --tag-output as the spelling of --output tag; its launcher
+    # reads PRTE_MCA_* and silently ignores the ORTE names the operators set.
+    "openmpi5": Flags(**_OMPI, tag_output=("--tag-output",), ssh_args_env=("PRTE_MCA_plm_ssh_args",)),
     # Hydra runs any number of ranks per host and as any user without being asked.
-    "mpich": Flags(np=("-n", "{n}"), oversubscribe=(), as_root=(), tag_output=("-l",)),
-    "intel": Flags(np=("-n", "{n}"), oversubscribe=(), as_root=(), tag_output=("-l",)),
+    "mpich": Flags(**_HYDRA, dialect="mpich", ssh_args_env=("HYDRA_LAUNCH_EXTRA_ARGS",)),
+    "intel": Flags(**_HYDRA, dialect="intel", ssh_args_env=("I_MPI_HYDRA_BOOTSTRAP_EXEC_EXTRA_ARGS",)),
 }
+
+# Variables a job needs on every rank, and those that must never travel.
+FORWARD_NAMES = ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH")
+FORWARD_PREFIXES = ("MPIRT_", "NCCL_", "UCX_", "TORCH_", "PYTORCH_", "OMP_", "MKL_")
+_SECRET = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|PRIVATE|(^|_)KEY($|_))", re.I)
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 # How long mpirun lets ranks live once it is told to stop. Open MPI 4 waits this many seconds
 # (default 1), sends the ranks SIGTERM, waits as long again, then SIGKILL (measured here): half
@@ -116,7 +140,7 @@ def local_argv(impl: MpiImpl, n: int, *, cores: int, uid: int) -> list[str]:
     """mpirun argv for ``n`` ranks on this machine (no hostfile, no ssh)."""
     if n < 1:
         raise ValueError(f"-np {n}: need at least one rank")
-    flags = TABLE[impl.family]
+    flags = TABLE[impl.key]
     argv = [impl.mpirun, *(a.format(n=n) for a in flags.np)]
     if n > cores:
         argv += flags.oversubscribe
@@ -131,8 +155,43 @@ def launch_argv(impl: MpiImpl, n: int, command: list[str], *, cores: int, uid: i
         raise ValueError("no command to run: put it after --, e.g. mpirt launch -np 2 -- mpirt train")
     argv = local_argv(impl, n, cores=cores, uid=uid)
     if tag_output:
-        argv += TABLE[impl.family].tag_output
+        argv += TABLE[impl.key].tag_output
     return argv + list(command)
+
+
+def forwarded(env: Mapping[str, str], also: Iterable[str] = ()) -> list[str]:
+    """Names to forward to remote ranks: PATH-like ones, our prefixes, and ``also`` (the
+    defaults we set); never BASH_FUNC_*, CUDA_VISIBLE_DEVICES, or anything named like a secret."""
+    names = {n for n in env if n in FORWARD_NAMES or n.startswith(FORWARD_PREFIXES)} | set(also)
+    return sorted(n for n in names if n in env and _NAME.match(n) and not n.startswith("BASH_FUNC_")
+                  and n != "CUDA_VISIBLE_DEVICES" and not _SECRET.search(n))
+
+
+def build_argv(impl: MpiImpl, np: int, hostfile: str, command: list[str], *, uid: int, tag_output: bool,
+               export: list[str]) -> list[str]:
+    """mpirun argv for ``np`` ranks over the hosts in ``hostfile`` (already in the right dialect)."""
+    if not command:
+        raise ValueError("no command to run: put it after --, e.g. mpirt launch -- mpirt train")
+    if np < 1:
+        raise ValueError(f"-np {np}: need at least one rank")
+    f = TABLE[impl.key]
+    argv = [impl.mpirun, *(a.format(n=np) for a in f.np), *(a.format(hostfile=hostfile) for a in f.hostfile)]
+    if uid == 0:
+        argv += f.as_root
+    if tag_output:
+        argv += f.tag_output
+    if f.export:
+        for name in export:
+            argv += [a.format(name=name) for a in f.export]
+    return argv + list(command)
+
+
+def ssh_env(impl: MpiImpl, ssh_args: list[str]) -> dict[str, str]:
+    """The variables that make mpirun's ssh use our config (``ssh -F ...``)."""
+    for a in ssh_args:
+        if any(c.isspace() or c in "'\"\\$`;|&<>" for c in a):
+            raise ValueError(f"ssh argument {a!r} has whitespace or shell characters; use a plain path")
+    return {name: " ".join(ssh_args) for name in TABLE[impl.key].ssh_args_env}
 
 
 def grace_env(impl: MpiImpl, seconds: float) -> dict[str, str]:

@@ -1,16 +1,34 @@
-"""Run mpirun and stay in charge of it: forward SIGTERM/SIGINT, stop the whole process tree
-after a grace period, return its exit code, and explain a failure from the ranks' error
-records (``mpirt.errors``): the earliest failing rank, its host, exception and last lines."""
+"""Run mpirun and stay in charge of it: relay its output (split per rank into --log-dir),
+forward SIGTERM/SIGINT, stop the whole process tree after a grace period, return its exit
+code, and explain a failure: the earliest rank error record (``mpirt.errors``) when there is
+one, else what mpirun itself said (which rank, host, exit code or signal; a lost host)."""
 
 from __future__ import annotations
 
+import collections
 import os
+import re
 import signal
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 from mpirt import errors
+
+_TAG = re.compile(rb"^\[(?:\d+,)?(\d+)\](?:<(?:stdout|stderr)>:|\s)")
+_PATTERNS = (
+    (re.compile(r"process rank (\d+) with PID \d+ on node (\S+) exited on signal (\d+)"),
+     lambda m: f"rank {m[1]} on {m[2]} was killed by signal {m[3]}{_signame(int(m[3]))}"),
+    (re.compile(r"Remote daemon:.*? on node (\S+)"),
+     lambda m: f"host {m[1]} stopped answering (its pod died, was evicted or lost the network)"),
+    (re.compile(r"ssh: Could not resolve hostname ([^:\s]+)"),
+     lambda m: f"host {m[1]} has no DNS record (ssh could not resolve it)"),
+    (re.compile(r"ssh: connect to host (\S+) port (\d+): (.+)"),
+     lambda m: f"ssh to {m[1]} port {m[2]} failed: {m[3]}"),
+    (re.compile(r"Process name: \[\[\d+,\d+\],(\d+)\]\s*\n\s*Exit code:\s+(\d+)"),
+     lambda m: f"rank {m[1]} exited with code {m[2]}"),
+)
 
 
 def exit_code(returncode: int) -> int:
@@ -18,9 +36,50 @@ def exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
-def supervise(argv: list[str], env: dict[str, str], grace_s: float) -> tuple[int, int]:
-    """Run ``argv``; returns (exit code, the signal that asked us to stop or 0)."""
-    proc = subprocess.Popen(argv, env=env, start_new_session=True)
+def _signame(num: int) -> str:
+    try:
+        return f" ({signal.Signals(num).name})"
+    except ValueError:
+        return ""
+
+
+class _Relay(threading.Thread):
+    """Copies one of mpirun's streams to ours, keeps the last lines, splits lines per rank."""
+
+    def __init__(self, src, dst, tail: collections.deque, logs: dict, lock: threading.Lock, log_dir: Path | None):
+        super().__init__(daemon=True)
+        self.src, self.dst, self.tail, self.logs, self.lock, self.log_dir = src, dst, tail, logs, lock, log_dir
+
+    def run(self) -> None:
+        for line in iter(self.src.readline, b""):
+            self.dst.write(line)
+            self.dst.flush()
+            with self.lock:
+                self.tail.append(line.decode(errors="replace"))
+                if self.log_dir is not None:
+                    m = _TAG.match(line)
+                    rank = m.group(1).decode() if m else "launcher"
+                    f = self.logs.get(rank)
+                    if f is None:
+                        f = self.logs[rank] = open(self.log_dir / f"rank-{rank}.log", "ab")
+                    f.write(line[m.end():] if m else line)
+                    f.flush()
+
+
+def supervise(argv: list[str], env: dict[str, str], grace_s: float,
+              log_dir: str | None = None) -> tuple[int, int, list[str]]:
+    """Run ``argv``; returns (exit code, the signal that asked us to stop or 0, last output lines)."""
+    logs_path = Path(log_dir) if log_dir else None
+    if logs_path:
+        logs_path.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(argv, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    tail: collections.deque = collections.deque(maxlen=300)
+    logs: dict = {}
+    lock = threading.Lock()
+    relays = [_Relay(proc.stdout, sys.stdout.buffer, tail, logs, lock, logs_path),
+              _Relay(proc.stderr, sys.stderr.buffer, tail, logs, lock, logs_path)]
+    for r in relays:
+        r.start()
     stopping = threading.Event()
     stopped_by = 0
 
@@ -38,12 +97,16 @@ def supervise(argv: list[str], env: dict[str, str], grace_s: float) -> tuple[int
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
         code = exit_code(proc.wait())
-        return code, stopped_by
+        for r in relays:
+            r.join(timeout=5)
+        return code, stopped_by, list(tail)
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
         if proc.poll() is None:
             _kill_group(proc)
+        for f in logs.values():
+            f.close()
 
 
 def _kill_group(proc: subprocess.Popen) -> None:
@@ -53,38 +116,47 @@ def _kill_group(proc: subprocess.Popen) -> None:
         pass
 
 
-def _signal_name(code: int) -> str:
-    if code > 128:
-        try:
-            return f" ({signal.Signals(code - 128).name})"
-        except ValueError:
-            return ""
-    return ""
+def from_output(tail: list[str]) -> list[str]:
+    """What mpirun's own messages say went wrong, most specific first, without repeats."""
+    text = "".join(tail)
+    found: list[str] = []
+    for pattern, say in _PATTERNS:
+        for m in pattern.finditer(text):
+            line = say(m)
+            if line not in found:
+                found.append(line)
+    return found
 
 
-def root_cause(code: int, error_dir: str, tail: int = 12) -> str:
+def root_cause(code: int, error_dir: str, tail: list[str] = (), lines: int = 12) -> str:
     """What to tell the user when the job exited with ``code``."""
     records = errors.read_all(error_dir)
     if not records:
-        return (f"mpirt: job failed: mpirun exited {code}{_signal_name(code)}; no rank left an error record "
-                "(a rank was killed by a signal or exited without a Python exception; see its output above)")
+        clues = from_output(list(tail))
+        text = f"mpirt: job failed: mpirun exited {code}{_signame(code - 128) if code > 128 else ''}"
+        if clues:
+            return text + ". Root cause (from mpirun's output): " + clues[0] + "".join(
+                f"\n  also: {c}" for c in clues[1:4])
+        return text + ("; no rank left an error record (a rank was killed by a signal or exited without a "
+                       "Python exception; see its output above)")
     first = records[0]
-    lines = first.get("traceback", "").rstrip().splitlines()[-tail:]
+    tb = first.get("traceback", "").rstrip().splitlines()[-lines:]
     others = [r["rank"] for r in records[1:]]
-    text = [f"mpirt: job failed (exit {code}{_signal_name(code)}). Root cause (first failure): rank {first['rank']} "
-            f"on {first['host']} (pid {first['pid']}): {first['exception']}: {first['message']}"]
-    text += ["    " + line for line in lines]
+    out = [f"mpirt: job failed (exit {code}{_signame(code - 128) if code > 128 else ''}). Root cause (first "
+           f"failure): rank {first['rank']} on {first['host']} (pid {first['pid']}): {first['exception']}: "
+           f"{first['message']}"]
+    out += ["    " + line for line in tb]
     if others:
-        text.append(f"  later failures on rank(s) {', '.join(map(str, others))}; records in {error_dir}")
-    return "\n".join(text)
+        out.append(f"  later failures on rank(s) {', '.join(map(str, others))}; records in {error_dir}")
+    return "\n".join(out)
 
 
-def report(code: int, error_dir: str, stopped_by: int = 0) -> int:
+def report(code: int, error_dir: str, stopped_by: int = 0, tail: list[str] = ()) -> int:
     """Say how the job ended; returns the launcher's exit status (128 + signal when stopped)."""
     if stopped_by:
-        name = signal.Signals(stopped_by).name
-        print(f"mpirt: stopped by {name} (forwarded to the ranks); mpirun exited {code}", file=sys.stderr, flush=True)
+        print(f"mpirt: stopped by {signal.Signals(stopped_by).name} (forwarded to the ranks); mpirun exited {code}",
+              file=sys.stderr, flush=True)
         return 128 + stopped_by
     if code != 0:
-        print(root_cause(code, error_dir), file=sys.stderr, flush=True)
+        print(root_cause(code, error_dir, tail), file=sys.stderr, flush=True)
     return code

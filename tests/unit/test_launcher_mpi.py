@@ -2,7 +2,8 @@
 
 import pytest
 
-from launcher.mpi import MpiError, MpiImpl, grace_env, launch_argv, local_argv, parse_version_output
+from launcher.mpi import (MpiError, MpiImpl, build_argv, forwarded, grace_env, launch_argv, local_argv,
+                          parse_version_output, ssh_env)
 
 OMPI4 = "mpirun (Open MPI) 4.1.4\n\nReport bugs to http://www.open-mpi.org/community/help/\n"
 OMPI5 = "mpirun (Open MPI) 5.0.11\n\nReport bugs to https://www.open-mpi.org/community/help/\n"
@@ -64,3 +65,36 @@ def test_grace_period_reaches_open_mpi_4_only_where_known():
     assert grace_env(MpiImpl("openmpi", (4, 1, 4), "mpirun"), 7) == {"OMPI_MCA_odls_base_sigkill_timeout": "4"}
     assert grace_env(MpiImpl("openmpi", (4, 1, 4), "mpirun"), 0) == {"OMPI_MCA_odls_base_sigkill_timeout": "1"}
     assert grace_env(MpiImpl("mpich", (4, 0, 2), "mpiexec"), 10) == {}
+
+
+def test_multi_host_argv_per_implementation():
+    ompi4 = MpiImpl("openmpi", (4, 1, 4), "/usr/bin/mpirun")
+    assert build_argv(ompi4, 6, "/s/hostfile", ["python", "t.py"], uid=0, tag_output=True,
+                      export=["PATH", "MPIRT_ERROR_DIR"]) == [
+        "/usr/bin/mpirun", "-np", "6", "--hostfile", "/s/hostfile", "--allow-run-as-root", "--tag-output",
+        "-x", "PATH", "-x", "MPIRT_ERROR_DIR", "python", "t.py"]
+    ompi5 = MpiImpl("openmpi", (5, 0, 7), "mpirun")
+    assert build_argv(ompi5, 2, "hf", ["a"], uid=1000, tag_output=False, export=[]) == [
+        "mpirun", "-np", "2", "--hostfile", "hf", "a"]
+    mpich = MpiImpl("mpich", (4, 0, 2), "mpiexec")
+    assert build_argv(mpich, 4, "hf", ["a"], uid=0, tag_output=True, export=["PATH"]) == [
+        "mpiexec", "-n", "4", "-f", "hf", "-l", "a"]
+
+
+def test_ssh_arguments_reach_each_implementation_by_its_own_variable():
+    args = ["-F", "/tmp/s/ssh_config"]
+    assert ssh_env(MpiImpl("openmpi", (4, 1, 4), "m"), args) == {"OMPI_MCA_plm_rsh_args": "-F /tmp/s/ssh_config"}
+    assert ssh_env(MpiImpl("openmpi", (5, 0, 7), "m"), args) == {"PRTE_MCA_plm_ssh_args": "-F /tmp/s/ssh_config"}
+    assert ssh_env(MpiImpl("mpich", (4,), "m"), args) == {"HYDRA_LAUNCH_EXTRA_ARGS": "-F /tmp/s/ssh_config"}
+    assert ssh_env(MpiImpl("intel", (2021,), "m"), args) == {
+        "I_MPI_HYDRA_BOOTSTRAP_EXEC_EXTRA_ARGS": "-F /tmp/s/ssh_config"}
+    with pytest.raises(ValueError, match="shell characters"):
+        ssh_env(MpiImpl("mpich", (4,), "m"), ["-F", "/tmp/x;rm -rf /"])
+
+
+def test_forwarded_environment_never_carries_secrets():
+    env = {"PATH": "/bin", "LD_LIBRARY_PATH": "/l", "MPIRT_ERROR_DIR": "/e", "NCCL_IB_HCA": "mlx5",
+           "HOME": "/root", "BASH_FUNC_x%%": "() {}", "CUDA_VISIBLE_DEVICES": "0", "AWS_SECRET_ACCESS_KEY": "s",
+           "HF_TOKEN": "t", "MPIRT_API_KEY": "k", "NCCL_DEBUG": "INFO", "bad name": "x"}
+    assert forwarded(env, also=["HOME", "HF_TOKEN", "NOT_SET"]) == [
+        "HOME", "LD_LIBRARY_PATH", "MPIRT_ERROR_DIR", "NCCL_DEBUG", "NCCL_IB_HCA", "PATH"]
