@@ -22,6 +22,8 @@ _PATTERNS = (
      lambda m: f"rank {m[1]} on {m[2]} was killed by signal {m[3]}{_signame(int(m[3]))}"),
     (re.compile(r"Remote daemon:.*? on node (\S+)"),
      lambda m: f"host {m[1]} stopped answering (its pod died, was evicted or lost the network)"),
+    (re.compile(r"Connection to (\S+) closed by remote host"),
+     lambda m: f"host {m[1]} dropped its ssh connection (its pod died or its sshd was stopped)"),
     (re.compile(r"ssh: Could not resolve hostname ([^:\s]+)"),
      lambda m: f"host {m[1]} has no DNS record (ssh could not resolve it)"),
     (re.compile(r"ssh: connect to host (\S+) port (\d+): (.+)"),

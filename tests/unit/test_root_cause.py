@@ -48,3 +48,28 @@ def test_launch_without_command_is_a_usage_error():
     proc = subprocess.run([sys.executable, "-m", "launcher.cli", "launch", "-np", "2"], capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 2 and "put it after --" in proc.stderr
+
+
+OMPI_LOST = """Connection to w1 closed by remote host.
+--------------------------------------------------------------------------
+ORTE has lost communication with a remote daemon.
+  HNP daemon   : [[47643,0],0] on node launcher
+  Remote daemon: [[47643,0],2] on node w1
+"""
+OMPI_SIGNAL = "mpirun noticed that process rank 1 with PID 0 on node w1 exited on signal 9 (Killed).\n"
+OMPI_EXIT = """mpirun detected that one or more processes exited with non-zero status, thus causing
+the job to be terminated. The first process to do so was:
+
+  Process name: [[8196,1],2]
+  Exit code:    3
+"""
+
+
+def test_mpirun_messages_become_the_root_cause_when_no_rank_left_a_record(tmp_path):
+    text = root_cause(205, str(tmp_path), OMPI_LOST.splitlines(keepends=True))
+    assert "Root cause (from mpirun's output): host w1 stopped answering" in text
+    assert "also: host w1 dropped its ssh connection" in text
+    assert "rank 1 on w1 was killed by signal 9 (SIGKILL)" in root_cause(137, str(tmp_path), [OMPI_SIGNAL])
+    assert "rank 2 exited with code 3" in root_cause(3, str(tmp_path), [OMPI_EXIT])
+    assert "ssh to w3 port 2222 failed: Connection refused" in root_cause(
+        255, str(tmp_path), ["ssh: connect to host w3 port 2222: Connection refused\n"])

@@ -1,0 +1,167 @@
+"""A small cluster on this machine: one network namespace per host (veth pair to a bridge,
+its own address, /etc/hosts and host name), each worker running `mpirt worker`, and a
+launcher namespace running `mpirt launch`. Only these namespace addresses are ever targets.
+Skips with the reason where namespaces cannot be made (not root, no iproute2)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+# Sets the UTS host name of a fresh UTS namespace, then becomes the real command (no shell).
+SETHOST = "import os, socket, sys; socket.sethostname(sys.argv[1]); os.execvp(sys.argv[2], sys.argv[2:])"
+# Waits, then becomes the command: a pod whose sshd starts late.
+LATER = "import os, sys, time; time.sleep(float(sys.argv[1])); os.execvp(sys.argv[2], sys.argv[2:])"
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)
+
+
+def namespaces_usable() -> str | None:
+    if os.geteuid() != 0:
+        return "network namespaces need root"
+    if not shutil.which("ip") or not shutil.which("unshare"):
+        return "iproute2/unshare not installed"
+    if not Path("/usr/sbin/sshd").exists():
+        return "no /usr/sbin/sshd (openssh-server)"
+    probe = f"mpirt-probe-{os.getpid()}"
+    try:
+        _ip("netns", "add", probe)
+        _ip("netns", "del", probe)
+    except subprocess.CalledProcessError as e:
+        return f"cannot create a network namespace here: {e.stderr.strip()}"
+    return None
+
+
+class Cluster:
+    def __init__(self, tmp: Path, workers: int):
+        self.tag = f"{os.getpid() % 10000}"
+        self.tmp = tmp
+        self.bridge = f"mbr{self.tag}"
+        self.subnet = f"10.{200 + os.getpid() % 50}.{os.getpid() % 250}"
+        self.names = ["launcher"] + [f"w{i}" for i in range(workers)]
+        self.addr = {n: f"{self.subnet}.{i + 1}" for i, n in enumerate(self.names)}
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.secret = self._secret()
+        _ip("link", "add", self.bridge, "type", "bridge")
+        _ip("link", "set", self.bridge, "up")
+        for i, name in enumerate(self.names):
+            ns, host_end, ns_end = self.ns(name), f"mv{self.tag}h{i}", f"mv{self.tag}n{i}"
+            _ip("netns", "add", ns)
+            _ip("link", "add", host_end, "type", "veth", "peer", "name", ns_end)
+            _ip("link", "set", host_end, "master", self.bridge)
+            _ip("link", "set", host_end, "up")
+            _ip("link", "set", ns_end, "netns", ns)
+            _ip("-n", ns, "addr", "add", f"{self.addr[name]}/24", "dev", ns_end)
+            _ip("-n", ns, "link", "set", ns_end, "up")
+            _ip("-n", ns, "link", "set", "lo", "up")
+            etc = Path("/etc/netns") / ns
+            etc.mkdir(parents=True, exist_ok=True)
+            (etc / "hosts").write_text("127.0.0.1 localhost\n" +
+                                       "".join(f"{self.addr[n]} {n}\n" for n in self.names))
+
+    def ns(self, name: str) -> str:
+        return f"mpirt{self.tag}-{name}"
+
+    def _secret(self) -> Path:
+        """The job Secret as mpi-operator mounts it, key 0640 as an fsGroup leaves it, directory read-only."""
+        d = self.tmp / "secret"
+        d.mkdir()
+        subprocess.run(["ssh-keygen", "-q", "-t", "ecdsa", "-b", "521", "-m", "PEM", "-N", "", "-f",
+                        str(d / "id_rsa")], check=True)
+        shutil.copy(d / "id_rsa.pub", d / "authorized_keys")
+        os.chmod(d / "id_rsa", 0o640)
+        os.chmod(d, 0o555)
+        return d
+
+    def run_in(self, name: str, argv: list[str], **kw) -> subprocess.Popen:
+        """Start ``argv`` in host ``name``'s network and UTS namespaces."""
+        cmd = ["ip", "netns", "exec", self.ns(name), "unshare", "--uts", sys.executable, "-c", SETHOST, name, *argv]
+        return subprocess.Popen(cmd, start_new_session=True, **kw)
+
+    def start_worker(self, name: str, delay: float = 0.0) -> None:
+        argv = [sys.executable, "-m", "launcher.cli", "worker", "--ssh-dir", str(self.secret), "--state-dir",
+                str(self.tmp / f"sshd-{name}")]
+        if delay:
+            argv = [sys.executable, "-c", LATER, str(delay), *argv]
+        self.procs[name] = self.run_in(name, argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def wait_listening(self, name: str, timeout: float = 20) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            probe = subprocess.run(["ip", "netns", "exec", self.ns("launcher"), sys.executable, "-c",
+                                    "import socket, sys; socket.create_connection((sys.argv[1], 2222), 1).close()",
+                                    self.addr[name]], capture_output=True)
+            if probe.returncode == 0:
+                return
+            time.sleep(0.2)
+        pytest.fail(f"worker {name} never listened on 2222")
+
+    def start_launch(self, hosts: list[str], command: list[str], *extra: str) -> subprocess.Popen:
+        hostfile = self.tmp / "hostfile"
+        hostfile.write_text("".join(f"{h} slots=1\n" for h in hosts))
+        argv = ["mpirt", "launch", "--hostfile", str(hostfile), "--ssh-dir", str(self.secret), "--state-dir",
+                str(self.tmp / "launch"), *extra, "--", *command]
+        return self.run_in("launcher", argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def launch(self, hosts: list[str], command: list[str], *extra: str,
+               timeout: float = 180) -> subprocess.CompletedProcess:
+        proc = self.start_launch(hosts, command, *extra)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, err = proc.communicate()
+            pytest.fail(f"mpirt launch hung past {timeout} s:\n{out}\n{err}")
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+    def kill_host(self, name: str) -> None:
+        """Every process in the host's network namespace dies at once, as when a pod is lost."""
+        pids = subprocess.run(["ip", "netns", "pids", self.ns(name)], capture_output=True, text=True).stdout.split()
+        for pid in pids:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def close(self) -> None:
+        for name in self.names:
+            self.kill_host(name)
+        for p in self.procs.values():
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
+        for i, name in enumerate(self.names):
+            subprocess.run(["ip", "netns", "del", self.ns(name)], capture_output=True)
+            subprocess.run(["ip", "link", "del", f"mv{self.tag}h{i}"], capture_output=True)
+            shutil.rmtree(Path("/etc/netns") / self.ns(name), ignore_errors=True)
+        subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
+        os.chmod(self.secret, 0o755)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    reason = namespaces_usable()
+    if reason:
+        pytest.skip(reason)
+    made = []
+
+    def make(workers: int = 3) -> Cluster:
+        c = Cluster(tmp_path, workers)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close()
+

@@ -1,0 +1,21 @@
+"""Every rank reports (rank, size, host name); rank 0 prints them as one JSON line. With an
+argument R: rank R exits with code 3 (through SystemExit, so `python -m mpirt` records it)."""
+
+import json
+import socket
+import sys
+import time
+
+from mpi4py import MPI
+
+comm = MPI.COMM_WORLD
+mine = {"rank": comm.Get_rank(), "size": comm.Get_size(), "host": socket.gethostname()}
+everyone = comm.gather(mine, root=0)
+if comm.Get_rank() == 0:
+    print(json.dumps(everyone), flush=True)
+if len(sys.argv) > 1 and sys.argv[1] == "sleep":
+    comm.Barrier()
+    time.sleep(float(sys.argv[2]))
+    comm.Barrier()
+elif len(sys.argv) > 1 and int(sys.argv[1]) == comm.Get_rank():
+    sys.exit(3)

@@ -1,0 +1,83 @@
+"""`mpirt launch` across network-namespace hosts running `mpirt worker`: real sshd, real
+mpirun (the system MPI), real ranks on every host."""
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.mpi]
+
+WHERE = str(Path(__file__).parent / "ranks" / "where.py")
+
+
+def ranks_report(stdout: str) -> list[dict]:
+    for line in stdout.splitlines():
+        payload = line.split(":", 1)[1] if line.startswith("[") and ">:" in line else line
+        if payload.startswith("[{"):
+            return json.loads(payload)
+    raise AssertionError(f"no rank report in:\n{stdout}")
+
+
+def test_three_hosts_every_rank_on_its_host(cluster):
+    c = cluster(3)
+    for w in ("w0", "w1", "w2"):
+        c.start_worker(w)
+    proc = c.launch(["w0", "w1", "w2"], [sys.executable, WHERE])
+    assert proc.returncode == 0, proc.stderr
+    assert ranks_report(proc.stdout) == [{"rank": r, "size": 3, "host": f"w{r}"} for r in range(3)]
+    assert "hosts ready 3/3" in proc.stderr
+
+
+def test_late_sshd_is_waited_for(cluster):
+    c = cluster(2)
+    c.start_worker("w0")
+    c.start_worker("w1", delay=15)
+    t0 = time.time()
+    proc = c.launch(["w0", "w1"], [sys.executable, WHERE], "--wait", "60")
+    assert proc.returncode == 0, proc.stderr
+    assert time.time() - t0 >= 15
+    assert [r["host"] for r in ranks_report(proc.stdout)] == ["w0", "w1"]
+
+
+def test_host_that_never_resolves_fails_before_the_deadline_naming_it(cluster):
+    c = cluster(1)
+    c.start_worker("w0")
+    t0 = time.time()
+    proc = c.launch(["w0", "w7"], [sys.executable, WHERE], "--wait", "5")
+    assert proc.returncode != 0
+    assert time.time() - t0 < 20
+    assert "1 of 2 hosts not ready after 5 s" in proc.stderr
+    assert "w7" in proc.stderr and "no DNS record" in proc.stderr and "w0 " not in proc.stderr.split("HOST")[1]
+
+
+def test_rank_exit_code_3_names_rank_and_host(cluster):
+    c = cluster(2)
+    c.start_worker("w0")
+    c.start_worker("w1")
+    proc = c.launch(["w0", "w1"], [sys.executable, "-m", "mpirt", WHERE, "1"])
+    assert proc.returncode == 3, proc.stderr
+    assert "Root cause (first failure): rank 1 on w1" in proc.stderr and "SystemExit: 3" in proc.stderr
+
+
+def test_worker_lost_mid_run_ends_the_job_naming_the_host(cluster):
+    c = cluster(2)
+    c.start_worker("w0")
+    c.start_worker("w1")
+    proc = c.start_launch(["w0", "w1"], [sys.executable, WHERE, "sleep", "120"])
+    try:
+        for line in proc.stdout:  # the job is running on both hosts once rank 0 reports
+            if '"host": "w1"' in line:
+                break
+        c.kill_host("w1")
+        t0 = time.time()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert time.time() - t0 < 30, "the launcher took 30 s or more to notice the lost host"
+    cause = err.split("Root cause (from mpirun's output): ", 1)[-1].splitlines()[0]
+    assert cause.startswith("host w1 "), err
