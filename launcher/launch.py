@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import socket
+import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -79,6 +80,21 @@ def resolve_hosts(cfg: LaunchConfig, env, root: Path = Path("/")) -> tuple[list[
     return list(role.hosts), f"{role.system}: {role.reason}"
 
 
+def is_this_host(name: str, hostname: str | None = None) -> bool:
+    """Whether a hostfile entry is this pod: the operators list the launcher by its FQDN
+    (``<job>-launcher.<job>.<ns>.svc``) while its host name is the first label."""
+    me = (hostname or socket.gethostname()).lower().rstrip(".")
+    entry = name.lower().rstrip(".")
+    return entry == me or entry.split(".")[0] == me.split(".")[0]
+
+
+def start_own_sshd(cfg: LaunchConfig, state: Path) -> subprocess.Popen:
+    """This pod is also a worker (runLauncherAsWorker / runLauncherAsNode): serve ssh here too."""
+    return subprocess.Popen([sys.executable, "-m", "launcher.cli", "worker", "--port", str(cfg.ssh_port),
+                             "--ssh-dir", cfg.ssh_dir, "--state-dir", str(state / "sshd")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
 def _progress(ready: int, total: int) -> None:
     end = "\n" if ready == total or not sys.stderr.isatty() else "\r"
     sys.stderr.write(f"mpirt: hosts ready {ready}/{total}{end}")
@@ -86,6 +102,16 @@ def _progress(ready: int, total: int) -> None:
 
 
 def run(cfg: LaunchConfig) -> int:
+    children: list[subprocess.Popen] = []
+    try:
+        return _run(cfg, children)
+    finally:
+        for child in children:
+            child.terminate()
+            child.wait()
+
+
+def _run(cfg: LaunchConfig, children: list) -> int:
     impl = mpi.detect(mpi.find_mpirun(cfg.mpirun))
     env = dict(os.environ)
     hosts, source = resolve_hosts(cfg, env)
@@ -115,6 +141,8 @@ def run(cfg: LaunchConfig) -> int:
                               tag_output=cfg.tag_output, export=export)
         info["hostfile"] = hostfile.read_text()
         if not cfg.dry_run:
+            if any(is_this_host(h.name) for h in hosts):
+                children.append(start_own_sshd(cfg, state))
             results = wait_ready([h.name for h in hosts], setup, cfg.wait_s, _progress)
             text = readiness_report(results, cfg.wait_s)
             if text:

@@ -81,3 +81,11 @@ def test_worker_lost_mid_run_ends_the_job_naming_the_host(cluster):
     assert time.time() - t0 < 30, "the launcher took 30 s or more to notice the lost host"
     cause = err.split("Root cause (from mpirun's output): ", 1)[-1].splitlines()[0]
     assert cause.startswith("host w1 "), err
+
+
+def test_launcher_listed_as_a_worker_serves_ssh_itself(cluster):
+    c = cluster(1)
+    c.start_worker("w0")
+    proc = c.launch(["launcher", "w0"], [sys.executable, WHERE])
+    assert proc.returncode == 0, proc.stderr
+    assert [r["host"] for r in ranks_report(proc.stdout)] == ["launcher", "w0"]

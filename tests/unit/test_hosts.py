@@ -75,3 +75,11 @@ def test_render_both_dialects():
     hosts = [Host("a", 2, "x"), Host("b", 1, "y")]
     assert render(hosts, "openmpi") == "a slots=2\nb slots=1\n"
     assert render(hosts, "mpich") == render(hosts, "intel") == "a:2\nb:1\n"
+
+
+def test_this_host_matches_its_fqdn_entry():
+    from launcher.launch import is_this_host
+
+    assert is_this_host("job-launcher.job.default.svc", "job-launcher")
+    assert is_this_host("JOB-LAUNCHER-0-0.job.", "job-launcher-0-0")
+    assert not is_this_host("job-worker-0.job", "job-launcher")

@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""Launcher benchmarks (root, iproute2, openssh-server):
+
+1. Launch overhead: `mpirt launch` against a bare `mpirun` of the same hostfile and program on
+   4 network-namespace hosts running `mpirt worker` (the tests' cluster), alternating runs.
+   Overhead = median(mpirt launch) - median(bare mpirun); target <= 0.5 s.
+2. Readiness: `launcher.ready.wait_ready` over 64 hosts, each its own `mpirt worker` on its own
+   loopback address (127.0.1.1 .. 127.0.1.64); target <= 2 s.
+
+    python benchmarks/launch.py            # writes results/launch.{json,md}
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent / "tests" / "cluster"))
+
+from conftest import Cluster, namespaces_usable  # noqa: E402  (the tests' namespace cluster)
+
+from launcher.mpi import build_argv, detect, find_mpirun, ssh_env  # noqa: E402
+from launcher.ready import wait_ready  # noqa: E402
+from launcher.ssh import prepare  # noqa: E402
+
+SCHEMA = "mpirt.bench.launch/1"
+
+
+def timed(run) -> float:
+    t0 = time.perf_counter()
+    run()
+    return time.perf_counter() - t0
+
+
+def launch_overhead(tmp: Path, reps: int) -> dict:
+    c = Cluster(tmp, 4)
+    try:
+        names = [f"w{i}" for i in range(4)]
+        for n in names:
+            c.start_worker(n)
+        for n in names:
+            c.wait_listening(n)
+        program = [sys.executable, "-c", "from mpi4py import MPI; MPI.COMM_WORLD.Barrier()"]
+        impl = detect(find_mpirun())
+        state = tmp / "bare"
+        state.mkdir()
+        hostfile = tmp / "hostfile"
+        hostfile.write_text("".join(f"{n} slots=1\n" for n in names))
+        setup = prepare(c.secret, state / "ssh", 2222)
+        bare = build_argv(impl, 4, str(hostfile), program, uid=os.getuid(), tag_output=True, export=["PATH"])
+        bare_env = {**os.environ, **ssh_env(impl, setup.ssh_args())}
+
+        def run_bare():
+            p = c.run_in("launcher", bare, env=bare_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            if p.wait() != 0:
+                sys.exit("bare mpirun failed")
+
+        def run_mpirt():
+            p = c.start_launch(names, program)
+            out, err = p.communicate()
+            if p.returncode != 0:
+                sys.exit(f"mpirt launch failed:\n{err}")
+
+        samples = {"mpirun": [], "mpirt": []}
+        run_bare(), run_mpirt()  # warm caches (imports, host keys, DNS)
+        for i in range(reps):
+            order = [("mpirun", run_bare), ("mpirt", run_mpirt)]
+            for name, fn in (order if i % 2 == 0 else order[::-1]):
+                samples[name].append(timed(fn))
+        med = {k: statistics.median(v) for k, v in samples.items()}
+        return {"hosts": 4, "ranks": 4, "program": "mpi4py init + barrier + finalize", "reps": reps,
+                "seconds": samples, "median_s": med, "overhead_s": med["mpirt"] - med["mpirun"],
+                "ratio": med["mpirt"] / med["mpirun"], "target_overhead_s": 0.5,
+                "target_met": med["mpirt"] - med["mpirun"] <= 0.5}
+    finally:
+        c.close()
+
+
+def readiness(tmp: Path, n: int, reps: int) -> dict:
+    secret = tmp / "secret64"
+    secret.mkdir()
+    subprocess.run(["ssh-keygen", "-q", "-t", "ecdsa", "-b", "521", "-m", "PEM", "-N", "", "-f",
+                    str(secret / "id_rsa")], check=True)
+    (secret / "authorized_keys").write_bytes((secret / "id_rsa.pub").read_bytes())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    addrs = [f"127.0.1.{i}" for i in range(1, n + 1)]
+    workers = [subprocess.Popen([sys.executable, "-m", "launcher.cli", "worker", "--port", str(port), "--listen", a,
+                                 "--ssh-dir", str(secret), "--state-dir", str(tmp / f"w{i}")],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i, a in enumerate(addrs)]
+    try:
+        setup = prepare(secret, tmp / "client64", port)
+        first = wait_ready(addrs, setup, 120)  # also waits for the workers to start
+        if any(r.stage != "ready" for r in first):
+            sys.exit(f"workers did not come up: {[r for r in first if r.stage != 'ready'][:3]}")
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            results = wait_ready(addrs, setup, 30)
+            times.append(time.perf_counter() - t0)
+            assert all(r.stage == "ready" for r in results)
+        med = statistics.median(times)
+        return {"hosts": n, "check": "DNS + TCP + ssh public-key authentication (paramiko), all hosts in parallel",
+                "reps": reps, "seconds": times, "median_s": med, "target_s": 2.0, "target_met": med <= 2.0}
+    finally:
+        for w in workers:
+            w.terminate()
+        for w in workers:
+            w.wait()
+
+
+def markdown(doc: dict) -> str:
+    lo, rd = doc["launch_overhead"], doc["readiness"]
+    return "\n".join([
+        "# Launcher overhead and readiness on this machine", "",
+        f"{doc['machine']}; {doc['mpi']}; taken {doc['timestamp']}  ", f"Command: `{doc['command']}`", "",
+        "| measurement | mpirt | baseline | difference | ratio | target |", "|---|---:|---:|---:|---:|---|",
+        f"| launch, {lo['hosts']} namespace hosts, {lo['ranks']} ranks (median of {lo['reps']}) | "
+        f"{lo['median_s']['mpirt']:.2f} s | bare mpirun {lo['median_s']['mpirun']:.2f} s | "
+        f"{lo['overhead_s']:+.2f} s | {lo['ratio']:.2f}x | <= 0.5 s: {'met' if lo['target_met'] else 'NOT met'} |",
+        f"| readiness of {rd['hosts']} hosts (median of {rd['reps']}) | {rd['median_s']:.2f} s | | | | "
+        f"<= 2 s: {'met' if rd['target_met'] else 'NOT met'} |", "",
+        "The launch includes everything `mpirt launch` adds: Python start-up, MPI detection, the hostfile, the "
+        "ssh setup and the readiness check of every host, and the output relay.", ""])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reps", type=int, default=7)
+    ap.add_argument("--hosts", type=int, default=64)
+    ap.add_argument("--out", type=Path, default=ROOT / "results")
+    args = ap.parse_args()
+    reason = namespaces_usable()
+    if reason:
+        sys.exit(f"cannot run: {reason}")
+    with tempfile.TemporaryDirectory(prefix="mpirt-bench-launch-") as tmp:
+        lo = launch_overhead(Path(tmp), args.reps)
+        rd = readiness(Path(tmp), args.hosts, args.reps)
+    doc = {"schema": SCHEMA, "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+           "command": "python benchmarks/launch.py " + " ".join(sys.argv[1:]),
+           "machine": f"{platform.machine()}, {os.cpu_count()} cores", "mpi": detect(find_mpirun()).label,
+           "launch_overhead": lo, "readiness": rd}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "launch.json").write_text(json.dumps(doc, indent=1) + "\n")
+    (args.out / "launch.md").write_text(markdown(doc))
+    print(markdown(doc))
+    return 0 if lo["target_met"] and rd["target_met"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
