@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -42,9 +43,10 @@ def namespaces_usable() -> str | None:
 
 
 class Cluster:
-    def __init__(self, tmp: Path, workers: int):
+    def __init__(self, tmp: Path, workers: int, uid: int | None = None):
         self.tag = f"{os.getpid() % 10000}"
         self.tmp = tmp
+        self.uid = uid
         self.bridge = f"mbr{self.tag}"
         self.subnet = f"10.{200 + os.getpid() % 50}.{os.getpid() % 250}"
         self.names = ["launcher"] + [f"w{i}" for i in range(workers)]
@@ -78,13 +80,17 @@ class Cluster:
         subprocess.run(["ssh-keygen", "-q", "-t", "ecdsa", "-b", "521", "-m", "PEM", "-N", "", "-f",
                         str(d / "id_rsa")], check=True)
         shutil.copy(d / "id_rsa.pub", d / "authorized_keys")
-        os.chmod(d / "id_rsa", 0o640)
+        os.chmod(d / "id_rsa", 0o640 if self.uid is None else 0o644)  # fsGroup 0640; 0644 for other users
+        os.chmod(d / "authorized_keys", 0o644)
         os.chmod(d, 0o555)
         return d
 
     def run_in(self, name: str, argv: list[str], **kw) -> subprocess.Popen:
         """Start ``argv`` in host ``name``'s network and UTS namespaces."""
-        cmd = ["ip", "netns", "exec", self.ns(name), "unshare", "--uts", sys.executable, "-c", SETHOST, name, *argv]
+        as_user = [] if self.uid is None else ["setpriv", f"--reuid={self.uid}", f"--regid={self.uid}",
+                                               "--clear-groups"]
+        cmd = ["ip", "netns", "exec", self.ns(name), "unshare", "--uts", sys.executable, "-c", SETHOST, name,
+               *as_user, *argv]
         return subprocess.Popen(cmd, start_new_session=True, **kw)
 
     def start_worker(self, name: str, delay: float = 0.0) -> None:
@@ -156,12 +162,18 @@ def cluster(tmp_path):
         pytest.skip(reason)
     made = []
 
-    def make(workers: int = 3) -> Cluster:
-        c = Cluster(tmp_path, workers)
+    def make(workers: int = 3, uid: int | None = None) -> Cluster:
+        base = tmp_path
+        if uid is not None:  # a directory the unprivileged user can reach and write
+            base = Path(tempfile.mkdtemp(prefix="mpirt-cluster-"))
+            os.chown(base, uid, uid)
+        c = Cluster(base, workers, uid)
         made.append(c)
         return c
 
     yield make
     for c in made:
         c.close()
+        if c.uid is not None:
+            shutil.rmtree(c.tmp, ignore_errors=True)
 

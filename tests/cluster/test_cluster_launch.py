@@ -2,6 +2,7 @@
 mpirun (the system MPI), real ranks on every host."""
 
 import json
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -89,3 +90,19 @@ def test_launcher_listed_as_a_worker_serves_ssh_itself(cluster):
     proc = c.launch(["launcher", "w0"], [sys.executable, WHERE])
     assert proc.returncode == 0, proc.stderr
     assert [r["host"] for r in ranks_report(proc.stdout)] == ["launcher", "w0"]
+
+
+def test_job_under_a_uid_without_passwd_entry(cluster):
+    uid = 43210
+    probe = subprocess.run(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", sys.executable, "-c",
+                            "import launcher, mpi4py"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        pytest.skip(f"this Python is not usable by another uid here: {probe.stderr.strip()[-200:]}")
+    c = cluster(2, uid=uid)
+    c.start_worker("w0")
+    c.start_worker("w1")
+    proc = c.launch(["w0", "w1"], [sys.executable, "-c", "import os, socket; print('UID', os.getuid(), "
+                                   "socket.gethostname(), flush=True)"])
+    assert proc.returncode == 0, proc.stderr
+    seen = sorted(line.split("UID ", 1)[1] for line in proc.stdout.splitlines() if "UID " in line)
+    assert seen == [f"{uid} w0", f"{uid} w1"]
