@@ -15,10 +15,49 @@ class CliError(click.ClickException):
     exit_code = 2
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Entrypoint(click.Group):
+    """`mpirt CMD...` where CMD is not one of ours: the image entrypoint form (ENTRYPOINT
+    ["mpirt"], the pod's args are the job), which goes to `mpirt pod`."""
+
+    def resolve_command(self, ctx, args):
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["pod", "--", *args]
+        return super().resolve_command(ctx, args)
+
+
+@click.group(cls=_Entrypoint, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "-V", "--version", prog_name="mpirt")
 def main() -> None:
-    """MPI training runtime and launcher for Kubernetes MPIJobs."""
+    """MPI training runtime and launcher for Kubernetes MPIJobs.
+
+    As an image entrypoint, `mpirt COMMAND...` finds the pod's role: the launcher of an
+    mpi-operator MPIJob, Kubeflow Trainer job or Volcano job runs COMMAND on every host
+    (`mpirt launch`), a worker runs sshd (`mpirt worker`), elsewhere COMMAND runs on local
+    ranks."""
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+def pod(command: tuple[str, ...]) -> None:
+    """Act on the role this pod has (what `mpirt COMMAND...` does); options come from MPIRT_* variables."""
+    import os
+    import socket
+    from pathlib import Path
+
+    from launcher.hosts import HostError
+    from launcher.roles import detect
+
+    try:
+        role = detect(os.environ, Path("/"), socket.gethostname())
+    except HostError as e:
+        raise CliError(str(e)) from e
+    print(f"mpirt: role {role.kind} ({role.reason})", file=sys.stderr, flush=True)
+    if role.kind == "worker":
+        worker.main(args=[], prog_name="mpirt worker")
+    if not command:
+        raise CliError(f"this pod is the {role.kind}, and there is no command to run: give it as the container's "
+                       "args (e.g. python train.py)")
+    launch.main(args=["--", *command], prog_name="mpirt launch")
 
 
 @main.group()

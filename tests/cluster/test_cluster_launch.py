@@ -2,6 +2,7 @@
 mpirun (the system MPI), real ranks on every host."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -106,3 +107,25 @@ def test_job_under_a_uid_without_passwd_entry(cluster):
     assert proc.returncode == 0, proc.stderr
     seen = sorted(line.split("UID ", 1)[1] for line in proc.stdout.splitlines() if "UID " in line)
     assert seen == [f"{uid} w0", f"{uid} w1"]
+
+
+def test_mpijob_pods_with_the_same_entrypoint_and_args(cluster, tmp_path):
+    """mpi-operator's contract: one image, ENTRYPOINT mpirt, the same args on every replica;
+    K_MPI_JOB_ROLE and the launcher's hostfile variable decide what each pod does."""
+    c = cluster(2)
+    hostfile = tmp_path / "operator-hostfile"
+    hostfile.write_text("w0 slots=1\nw1 slots=1\n")
+    args = ["mpirt", sys.executable, WHERE]
+    common = {**os.environ, "MPIRT_SSH_DIR": str(c.secret)}
+    for w in ("w0", "w1"):
+        c.procs[w] = c.run_in(w, args, env={**common, "K_MPI_JOB_ROLE": "worker",
+                                            "MPIRT_STATE_DIR": str(tmp_path / f"state-{w}")},
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    launcher = c.run_in("launcher", args, env={**common, "K_MPI_JOB_ROLE": "launcher",
+                                               "OMPI_MCA_orte_default_hostfile": str(hostfile),
+                                               "MPIRT_STATE_DIR": str(tmp_path / "state-launcher")},
+                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    out, err = launcher.communicate(timeout=120)
+    assert launcher.returncode == 0, err
+    assert "role launcher (K_MPI_JOB_ROLE=launcher)" in err
+    assert [r["host"] for r in ranks_report(out)] == ["w0", "w1"]

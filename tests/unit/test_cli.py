@@ -29,3 +29,16 @@ def test_cli_never_loads_mpi():
             "print('mpi4py.MPI' in sys.modules, 'mpirt._core' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "False False"
+
+
+def test_entrypoint_form_routes_by_role():
+    import os
+
+    env = {**os.environ, "K_MPI_JOB_ROLE": "worker", "MPIRT_SSH_DIR": "/nonexistent-secret"}
+    proc = subprocess.run(["mpirt", "python", "train.py"], capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 2
+    assert "role worker (K_MPI_JOB_ROLE=worker)" in proc.stderr
+    assert "/nonexistent-secret/authorized_keys not found" in proc.stderr
+    env["K_MPI_JOB_ROLE"] = "launcher"
+    proc = subprocess.run(["mpirt", "pod"], capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 2 and "there is no command to run" in proc.stderr
