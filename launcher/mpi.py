@@ -66,7 +66,9 @@ TABLE: dict[str, Flags] = {
     # reads PRTE_MCA_* and silently ignores the ORTE names the operators set.
     "openmpi5": Flags(**_OMPI, tag_output=("--tag-output",), ssh_args_env=("PRTE_MCA_plm_ssh_args",)),
     # Hydra runs any number of ranks per host and as any user without being asked.
-    "mpich": Flags(**_HYDRA, dialect="mpich", ssh_args_env=("HYDRA_LAUNCH_EXTRA_ARGS",)),
+    # Hydra 4.0 reads HYDRA_LAUNCHER_EXTRA_ARGS (checked in its binary); mpi-operator sets
+    # HYDRA_LAUNCH_EXTRA_ARGS, so both are set.
+    "mpich": Flags(**_HYDRA, dialect="mpich", ssh_args_env=("HYDRA_LAUNCHER_EXTRA_ARGS", "HYDRA_LAUNCH_EXTRA_ARGS")),
     "intel": Flags(**_HYDRA, dialect="intel", ssh_args_env=("I_MPI_HYDRA_BOOTSTRAP_EXEC_EXTRA_ARGS",)),
 }
 

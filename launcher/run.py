@@ -16,6 +16,10 @@ from pathlib import Path
 
 from mpirt import errors
 
+# Lines after which an mpirun may wait forever (Hydra does when ssh to a host fails).
+_FATAL = re.compile(rb"ssh: connect to host|ssh: Could not resolve hostname|Permission denied \(publickey|"
+                    rb"Host key verification failed")
+FATAL_GRACE_S = 15.0
 _TAG = re.compile(rb"^\[(?:\d+,)?(\d+)\](?:<(?:stdout|stderr)>:|\s)")
 _PATTERNS = (
     (re.compile(r"process rank (\d+) with PID \d+ on node (\S+) exited on signal (\d+)"),
@@ -24,6 +28,10 @@ _PATTERNS = (
      lambda m: f"host {m[1]} stopped answering (its pod died, was evicted or lost the network)"),
     (re.compile(r"Connection to (\S+) closed by remote host"),
      lambda m: f"host {m[1]} dropped its ssh connection (its pod died or its sshd was stopped)"),
+    (re.compile(r"(\S+): Permission denied \(publickey"),
+     lambda m: f"ssh to {m[1]} was refused (the worker does not accept this job's key)"),
+    (re.compile(r"Host key verification failed"),
+     lambda m: "a worker's host key is not the one pinned in the Secret"),
     (re.compile(r"ssh: Could not resolve hostname ([^:\s]+)"),
      lambda m: f"host {m[1]} has no DNS record (ssh could not resolve it)"),
     (re.compile(r"ssh: connect to host (\S+) port (\d+): (.+)"),
@@ -48,14 +56,18 @@ def _signame(num: int) -> str:
 class _Relay(threading.Thread):
     """Copies one of mpirun's streams to ours, keeps the last lines, splits lines per rank."""
 
-    def __init__(self, src, dst, tail: collections.deque, logs: dict, lock: threading.Lock, log_dir: Path | None):
+    def __init__(self, src, dst, tail: collections.deque, logs: dict, lock: threading.Lock, log_dir: Path | None,
+                 on_fatal):
         super().__init__(daemon=True)
         self.src, self.dst, self.tail, self.logs, self.lock, self.log_dir = src, dst, tail, logs, lock, log_dir
+        self.on_fatal = on_fatal
 
     def run(self) -> None:
         for line in iter(self.src.readline, b""):
             self.dst.write(line)
             self.dst.flush()
+            if _FATAL.search(line):
+                self.on_fatal()
             with self.lock:
                 self.tail.append(line.decode(errors="replace"))
                 if self.log_dir is not None:
@@ -68,8 +80,8 @@ class _Relay(threading.Thread):
                     f.flush()
 
 
-def supervise(argv: list[str], env: dict[str, str], grace_s: float,
-              log_dir: str | None = None) -> tuple[int, int, list[str]]:
+def supervise(argv: list[str], env: dict[str, str], grace_s: float, log_dir: str | None = None,
+              fatal_grace_s: float = FATAL_GRACE_S) -> tuple[int, int, list[str]]:
     """Run ``argv``; returns (exit code, the signal that asked us to stop or 0, last output lines)."""
     logs_path = Path(log_dir) if log_dir else None
     if logs_path:
@@ -78,8 +90,15 @@ def supervise(argv: list[str], env: dict[str, str], grace_s: float,
     tail: collections.deque = collections.deque(maxlen=300)
     logs: dict = {}
     lock = threading.Lock()
-    relays = [_Relay(proc.stdout, sys.stdout.buffer, tail, logs, lock, logs_path),
-              _Relay(proc.stderr, sys.stderr.buffer, tail, logs, lock, logs_path)]
+    doomed = threading.Event()
+
+    def on_fatal():  # the job cannot start everywhere; some mpiruns would wait forever
+        if not doomed.is_set():
+            doomed.set()
+            threading.Timer(fatal_grace_s, _kill_group, args=(proc,)).start()
+
+    relays = [_Relay(proc.stdout, sys.stdout.buffer, tail, logs, lock, logs_path, on_fatal),
+              _Relay(proc.stderr, sys.stderr.buffer, tail, logs, lock, logs_path, on_fatal)]
     for r in relays:
         r.start()
     stopping = threading.Event()

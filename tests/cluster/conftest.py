@@ -111,16 +111,18 @@ class Cluster:
             time.sleep(0.2)
         pytest.fail(f"worker {name} never listened on 2222")
 
-    def start_launch(self, hosts: list[str], command: list[str], *extra: str) -> subprocess.Popen:
+    def start_launch(self, hosts: list[str], command: list[str], *extra: str,
+                     env: dict | None = None) -> subprocess.Popen:
         hostfile = self.tmp / "hostfile"
         hostfile.write_text("".join(f"{h} slots=1\n" for h in hosts))
         argv = ["mpirt", "launch", "--hostfile", str(hostfile), "--ssh-dir", str(self.secret), "--state-dir",
                 str(self.tmp / "launch"), *extra, "--", *command]
-        return self.run_in("launcher", argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return self.run_in("launcher", argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env={**os.environ, **(env or {})})
 
-    def launch(self, hosts: list[str], command: list[str], *extra: str,
-               timeout: float = 180) -> subprocess.CompletedProcess:
-        proc = self.start_launch(hosts, command, *extra)
+    def launch(self, hosts: list[str], command: list[str], *extra: str, timeout: float = 180,
+               env: dict | None = None) -> subprocess.CompletedProcess:
+        proc = self.start_launch(hosts, command, *extra, env=env)
         try:
             out, err = proc.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:

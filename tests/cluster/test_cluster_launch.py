@@ -3,6 +3,7 @@ mpirun (the system MPI), real ranks on every host."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -16,10 +17,9 @@ WHERE = str(Path(__file__).parent / "ranks" / "where.py")
 
 
 def ranks_report(stdout: str) -> list[dict]:
-    for line in stdout.splitlines():
-        payload = line.split(":", 1)[1] if line.startswith("[") and ">:" in line else line
-        if payload.startswith("[{"):
-            return json.loads(payload)
+    for line in stdout.splitlines():  # after the rank tag of any MPI ("[1,0]<stdout>:", "[0] ")
+        if "[{" in line:
+            return json.JSONDecoder().raw_decode(line[line.index("[{"):])[0]
     raise AssertionError(f"no rank report in:\n{stdout}")
 
 
@@ -31,6 +31,24 @@ def test_three_hosts_every_rank_on_its_host(cluster):
     assert proc.returncode == 0, proc.stderr
     assert ranks_report(proc.stdout) == [{"rank": r, "size": 3, "host": f"w{r}"} for r in range(3)]
     assert "hosts ready 3/3" in proc.stderr
+
+
+def test_three_hosts_with_mpich(cluster, tmp_path):
+    mpiexec = shutil.which("mpiexec.mpich")
+    libmpich = Path("/usr/lib/x86_64-linux-gnu/libmpich.so.12")
+    if not mpiexec or not libmpich.exists():
+        pytest.skip("MPICH is not installed (apt-get install mpich)")
+    abi = tmp_path / "mpich-abi"  # mpi4py's MPICH-ABI module wants the library by the name libmpi.so.12
+    abi.mkdir()
+    (abi / "libmpi.so.12").symlink_to(libmpich)
+    os.chmod(tmp_path, 0o755)
+    c = cluster(3)
+    for w in ("w0", "w1", "w2"):
+        c.start_worker(w)
+    proc = c.launch(["w0", "w1", "w2"], [sys.executable, WHERE], "--mpirun", mpiexec,
+                    env={"LD_LIBRARY_PATH": str(abi), "MPI4PY_LIBMPI": "libmpi.so.12"})
+    assert proc.returncode == 0, proc.stderr
+    assert ranks_report(proc.stdout) == [{"rank": r, "size": 3, "host": f"w{r}"} for r in range(3)]
 
 
 def test_late_sshd_is_waited_for(cluster):

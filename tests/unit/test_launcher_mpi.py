@@ -85,7 +85,8 @@ def test_ssh_arguments_reach_each_implementation_by_its_own_variable():
     args = ["-F", "/tmp/s/ssh_config"]
     assert ssh_env(MpiImpl("openmpi", (4, 1, 4), "m"), args) == {"OMPI_MCA_plm_rsh_args": "-F /tmp/s/ssh_config"}
     assert ssh_env(MpiImpl("openmpi", (5, 0, 7), "m"), args) == {"PRTE_MCA_plm_ssh_args": "-F /tmp/s/ssh_config"}
-    assert ssh_env(MpiImpl("mpich", (4,), "m"), args) == {"HYDRA_LAUNCH_EXTRA_ARGS": "-F /tmp/s/ssh_config"}
+    assert ssh_env(MpiImpl("mpich", (4,), "m"), args) == {"HYDRA_LAUNCHER_EXTRA_ARGS": "-F /tmp/s/ssh_config",
+                                                         "HYDRA_LAUNCH_EXTRA_ARGS": "-F /tmp/s/ssh_config"}
     assert ssh_env(MpiImpl("intel", (2021,), "m"), args) == {
         "I_MPI_HYDRA_BOOTSTRAP_EXEC_EXTRA_ARGS": "-F /tmp/s/ssh_config"}
     with pytest.raises(ValueError, match="shell characters"):

@@ -1,6 +1,7 @@
 """What the launcher says when a job fails: built from the ranks' error records."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -73,3 +74,19 @@ def test_mpirun_messages_become_the_root_cause_when_no_rank_left_a_record(tmp_pa
     assert "rank 2 exited with code 3" in root_cause(3, str(tmp_path), [OMPI_EXIT])
     assert "ssh to w3 port 2222 failed: Connection refused" in root_cause(
         255, str(tmp_path), ["ssh: connect to host w3 port 2222: Connection refused\n"])
+
+
+def test_an_mpirun_that_waits_forever_after_ssh_fails_is_stopped(tmp_path):
+    """Hydra keeps waiting when ssh to a host fails; the launcher must not."""
+    import time
+
+    from launcher.run import supervise
+
+    stuck = [sys.executable, "-c", "import sys, time; print('ssh: connect to host w9 port 2222: Connection refused', "
+             "file=sys.stderr, flush=True); time.sleep(600)"]
+    t0 = time.time()
+    code, stopped_by, tail = supervise(stuck, dict(os.environ), grace_s=5, log_dir=str(tmp_path),
+                                       fatal_grace_s=1)
+    assert time.time() - t0 < 10 and code == 137 and stopped_by == 0
+    assert "ssh to w9 port 2222 failed: Connection refused" in root_cause(code, str(tmp_path), tail)
+    assert (tmp_path / "rank-launcher.log").read_text().startswith("ssh: connect to host w9")
