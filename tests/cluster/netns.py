@@ -1,7 +1,8 @@
 """A small cluster on this machine: one network namespace per host (veth pair to a bridge,
 its own address, /etc/hosts and host name), each worker running `mpirt worker`, and a
 launcher namespace running `mpirt launch`. Only these namespace addresses are ever targets.
-Skips with the reason where namespaces cannot be made (not root, no iproute2)."""
+Used by tests/cluster and benchmarks/launch.py (a module, not a conftest, so that it never
+shadows tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -155,27 +155,3 @@ class Cluster:
             shutil.rmtree(Path("/etc/netns") / self.ns(name), ignore_errors=True)
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
         os.chmod(self.secret, 0o755)
-
-
-@pytest.fixture
-def cluster(tmp_path):
-    reason = namespaces_usable()
-    if reason:
-        pytest.skip(reason)
-    made = []
-
-    def make(workers: int = 3, uid: int | None = None) -> Cluster:
-        base = tmp_path
-        if uid is not None:  # a directory the unprivileged user can reach and write
-            base = Path(tempfile.mkdtemp(prefix="mpirt-cluster-"))
-            os.chown(base, uid, uid)
-        c = Cluster(base, workers, uid)
-        made.append(c)
-        return c
-
-    yield make
-    for c in made:
-        c.close()
-        if c.uid is not None:
-            shutil.rmtree(c.tmp, ignore_errors=True)
-
