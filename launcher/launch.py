@@ -54,15 +54,19 @@ def gpu_count(dev: Path = Path("/dev")) -> int:
     return len(glob.glob(str(dev / "nvidia[0-9]*")))
 
 
+def read_hostfile(path: str, why: str, slots: int) -> list[hostlib.Host]:
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise hostlib.HostError(f"{path} ({why}): {e.strerror}") from e
+    return hostlib.parse_hostfile(text, path, slots)
+
+
 def resolve_hosts(cfg: LaunchConfig, env, root: Path = Path("/")) -> tuple[list[hostlib.Host], str]:
     """(hosts, where they came from); no hosts means the local role."""
     slots, _why = hostlib.default_slots(cfg.slots, env, gpu_count)
     if cfg.hostfile:
-        try:
-            text = Path(cfg.hostfile).read_text()
-        except OSError as e:
-            raise hostlib.HostError(f"--hostfile {cfg.hostfile}: {e.strerror}") from e
-        return hostlib.parse_hostfile(text, cfg.hostfile, slots), f"--hostfile {cfg.hostfile}"
+        return read_hostfile(cfg.hostfile, "--hostfile", slots), f"--hostfile {cfg.hostfile}"
     if cfg.hosts:
         return hostlib.parse_list(cfg.hosts, "-H", slots), "-H"
     role = detect_role(env, root, socket.gethostname(), slots)
@@ -72,11 +76,7 @@ def resolve_hosts(cfg: LaunchConfig, env, root: Path = Path("/")) -> tuple[list[
     if role.kind == "local":
         return [], "local"
     if role.hostfile:
-        try:
-            text = Path(role.hostfile).read_text()
-        except OSError as e:
-            raise hostlib.HostError(f"{role.hostfile} ({role.reason}): {e.strerror}") from e
-        return hostlib.parse_hostfile(text, role.hostfile, slots), f"{role.system}: {role.reason}"
+        return read_hostfile(role.hostfile, role.reason, slots), f"{role.system}: {role.reason}"
     return list(role.hosts), f"{role.system}: {role.reason}"
 
 

@@ -55,3 +55,22 @@ def test_volcano_host_files(tmp_path):
 
 def test_nothing_means_local(tmp_path):
     assert detect({"HOME": "/root"}, tmp_path, "laptop").kind == "local"
+
+
+def test_launch_resolves_hosts_from_each_source(tmp_path):
+    from launcher.launch import LaunchConfig, resolve_hosts
+
+    hf = tmp_path / "hf"
+    hf.write_text("a slots=2\nb\n")
+    hosts, source = resolve_hosts(LaunchConfig(command=("x",), hostfile=str(hf), slots="3"), {}, tmp_path)
+    assert [(h.name, h.slots) for h in hosts] == [("a", 2), ("b", 3)] and source == f"--hostfile {hf}"
+    hosts, _ = resolve_hosts(LaunchConfig(command=("x",), hosts="c:4,d"), {}, tmp_path)
+    assert [(h.name, h.slots) for h in hosts] == [("c", 4), ("d", 1)]
+    root = tree(tmp_path / "pod", {"etc/mpi/hostfile": "w0.job slots=2\n"})
+    hosts, source = resolve_hosts(LaunchConfig(command=("x",)), {"K_MPI_JOB_ROLE": "launcher"}, root)
+    assert [h.name for h in hosts] == ["w0.job"] and source == "mpi-operator: K_MPI_JOB_ROLE=launcher"
+    assert resolve_hosts(LaunchConfig(command=("x",)), {}, tmp_path / "empty") == ([], "local")
+    with pytest.raises(HostError, match="this pod is a worker"):
+        resolve_hosts(LaunchConfig(command=("x",)), {"K_MPI_JOB_ROLE": "worker"}, tmp_path)
+    with pytest.raises(HostError, match="missing .--hostfile.: No such file"):
+        resolve_hosts(LaunchConfig(command=("x",), hostfile=str(tmp_path / "missing")), {}, tmp_path)
