@@ -134,6 +134,50 @@ def launch(np_, hostfile, hosts, slots, ssh_dir, ssh_port, wait_s, state_dir, lo
         raise CliError(str(e)) from e
 
 
+@main.command("env")
+@click.option("--profile", envvar="MPIRT_PROFILE", help="Algorithm profile: rl, debug, or one from MPIRT_PROFILES.")
+@click.option("--explain", is_flag=True, help="Show each value's source and reason.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document: the probe and the variables.")
+@click.option("--peer", envvar="MASTER_ADDR", help="An address of another host (picks the interface routing to it).")
+@click.option("--root", default="/", show_default=True, envvar="MPIRT_SYSFS_ROOT",
+              help="Root of the sysfs/dev/proc trees to read (a fixture tree in tests).")
+@click.option("--mpirun", envvar="MPIRT_MPIRUN", help="mpirun whose variables to include (default: the one found).")
+def env_cmd(profile, explain, as_json, peer, root, mpirun) -> None:
+    """The environment mpirt sets for this host: network tier, interface, NCCL/UCX/MPI defaults."""
+    import json
+    import os
+    from pathlib import Path
+
+    from launcher.detect.probe import probe
+    from launcher.envdefaults import EnvError, Topology, load_profiles, resolve
+    from launcher.mpi import MpiError, detect, find_mpirun
+
+    try:
+        found = probe(Path(root), peer)
+        libs = ["nccl", "ucx"]
+        try:
+            libs.append(detect(find_mpirun(mpirun)).key)
+        except MpiError:
+            pass
+        values = resolve(found.tier, libs, os.environ, iface=found.iface, hcas=found.hcas,
+                         topology=Topology(gpus=found.gpus, shm_bytes=found.shm_bytes or 1 << 40),
+                         profile=profile, profiles=load_profiles(os.environ.get("MPIRT_PROFILES")))
+    except (EnvError, ValueError) as e:
+        raise CliError(str(e)) from e
+    if as_json:
+        click.echo(json.dumps({"probe": found.to_json(), "profile": profile, "libraries": libs,
+                               "variables": [v.__dict__ for v in values]}, indent=1))
+        return
+    click.echo(f"# tier {found.tier}, interface {found.iface or 'unknown'}, profile {profile or 'none'}, "
+               f"{len(values)} variables", err=True)
+    for note in found.notes:
+        click.echo(f"# {note}", err=True)
+    width = max((len(f"{v.name}={v.value}") for v in values), default=0)
+    for v in values:
+        line = f"{v.name}={v.value}"
+        click.echo(f"{line.ljust(width)}  # {v.source}: {v.reason}" if explain else line)
+
+
 @main.command()
 @click.option("--port", type=int, default=2222, show_default=True, envvar="MPIRT_SSH_PORT", help="Port sshd listens on.")
 @click.option("--ssh-dir", default="/root/.ssh", show_default=True, envvar="MPIRT_SSH_DIR",

@@ -1,0 +1,1 @@
+"""Hardware detection as pure functions over a root path (sysfs and /dev trees are test fixtures)."""

@@ -1,0 +1,48 @@
+"""One host's detection result (``mpirt env`` shows it; the launcher will gather it from every
+host over ssh): tier, HCAs, bootstrap interface, memlock, /dev/shm, GPUs seen as device nodes."""
+
+from __future__ import annotations
+
+import glob
+import os
+import resource
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from launcher.detect.netif import bootstrap_interface
+from launcher.detect.rdma import classify, ports
+
+
+@dataclass(frozen=True)
+class Probe:
+    tier: str
+    hcas: tuple[str, ...]
+    iface: str | None
+    memlock: int
+    shm_bytes: int
+    gpus: int
+    notes: tuple[str, ...]
+    ports: tuple[dict, ...]
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def probe(root: Path, peer: str | None = None) -> Probe:
+    memlock = resource.getrlimit(resource.RLIMIT_MEMLOCK)[0]
+    memlock = -1 if memlock == resource.RLIM_INFINITY else memlock
+    found = ports(root)
+    tier = classify(found, memlock)
+    try:
+        route_text = (root / "proc/net/route").read_text()
+    except OSError:
+        route_text = ""
+    try:
+        st = os.statvfs(root / "dev/shm")
+        shm = st.f_frsize * st.f_blocks
+    except OSError:
+        shm = 0
+    return Probe(tier.tier, tier.hcas, bootstrap_interface(route_text, peer), memlock, shm,
+                 len(glob.glob(str(root / "dev/nvidia[0-9]*"))), tier.notes,
+                 tuple({"port": p.name, "link_layer": p.link_layer, "state": p.state, "rate": p.rate, "kind": p.kind,
+                        "why": p.why} for p in found))

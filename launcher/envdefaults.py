@@ -1,0 +1,159 @@
+"""Environment defaults for NCCL, UCX and each MPI, with where every value came from and why.
+
+Precedence: set by the user > profile > topology rule > tier default. The tables hold
+starting points from ../shared/reference/network-tier-and-env.md (section 5: per tier and
+library; section 6: topology; section 7: algorithm profiles). NCCL_ALGO and NCCL_PROTO are
+never set by default. Profiles beyond the built-in ``rl`` and ``debug`` come from a TOML file
+(``MPIRT_PROFILES``): ``[profile.NAME]`` tables of ``VAR = "value"`` and an optional
+``[profile.NAME.reasons]``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+LIBRARIES = ("nccl", "ucx", "openmpi4", "openmpi5", "mpich", "intel")
+
+
+class EnvError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class EnvVar:
+    name: str
+    value: str
+    source: str  # user | profile:<name> | topology | tier:<tier>
+    reason: str
+
+
+@dataclass(frozen=True)
+class Topology:
+    gpus: int = 0
+    p2p_ok: bool = True  # every visible GPU pair can read and write peer memory
+    mig: bool = False
+    shm_bytes: int = 1 << 40  # size of /dev/shm
+
+
+# (library, tiers) -> [(name, value, reason)]; {iface} and {hcas} are filled in, entries
+# needing an unknown value are left out.
+_RDMA = ("ib", "roce")
+TIER: list[tuple[str, tuple[str, ...], str, str, str]] = [
+    ("nccl", ("ib", "roce", "tcp"), "NCCL_SOCKET_IFNAME", "={iface}", "bootstrap traffic on the interface that routes to the other hosts"),
+    ("nccl", ("ib", "roce", "tcp"), "GLOO_SOCKET_IFNAME", "{iface}", "Gloo (torch.distributed CPU) on the same interface"),
+    ("nccl", ("ib", "roce", "tcp"), "NCCL_DEBUG", "WARN", "warnings only, so a failure says why without flooding the log"),
+    ("nccl", _RDMA, "NCCL_IB_DISABLE", "0", "usable RDMA ports were found"),
+    ("nccl", _RDMA, "NCCL_IB_HCA", "={hcas}", "exactly the active, injected ports of one link type"),
+    ("nccl", ("tcp",), "NCCL_IB_DISABLE", "1", "no usable RDMA port: sockets, and no phantom or unroutable HCA is tried"),
+    ("ucx", _RDMA, "UCX_NET_DEVICES", "{hcas}", "the usable RDMA ports"),
+    ("ucx", ("tcp",), "UCX_TLS", "tcp,sm,self", "no usable RDMA port: TCP between hosts, shared memory within"),
+    ("ucx", ("tcp",), "UCX_NET_DEVICES", "{iface}", "the interface that routes to the other hosts"),
+    ("openmpi4", _RDMA, "OMPI_MCA_pml", "ucx", "UCX drives InfiniBand/RoCE"),
+    ("openmpi4", _RDMA, "OMPI_MCA_osc", "ucx", "one-sided operations over UCX too"),
+    ("openmpi4", _RDMA, "OMPI_MCA_btl", "^openib", "the legacy openib BTL must not compete with UCX"),
+    ("openmpi4", ("tcp",), "OMPI_MCA_pml", "ob1", "no RDMA: the ob1 PML over BTLs"),
+    ("openmpi4", ("tcp",), "OMPI_MCA_btl", "self,vader,tcp", "shared memory within a host, TCP between hosts"),
+    ("openmpi4", ("ib", "roce", "tcp"), "OMPI_MCA_btl_tcp_if_include", "{iface}", "MPI TCP traffic on the routed interface"),
+    ("openmpi4", ("ib", "roce", "tcp"), "OMPI_MCA_oob_tcp_if_include", "{iface}", "mpirun's own traffic on the routed interface"),
+    ("openmpi5", _RDMA, "OMPI_MCA_pml", "ucx", "UCX drives InfiniBand/RoCE (openib is gone in 5.0)"),
+    ("openmpi5", _RDMA, "OMPI_MCA_osc", "ucx", "one-sided operations over UCX too"),
+    ("openmpi5", ("tcp",), "OMPI_MCA_pml", "ob1", "no RDMA: the ob1 PML over BTLs"),
+    ("openmpi5", ("tcp",), "OMPI_MCA_btl", "self,sm,tcp", "shared memory within a host, TCP between hosts"),
+    ("openmpi5", ("ib", "roce", "tcp"), "OMPI_MCA_btl_tcp_if_include", "{iface}", "MPI TCP traffic on the routed interface"),
+    ("openmpi5", ("ib", "roce", "tcp"), "PRTE_MCA_prte_if_include", "{iface}", "PRRTE's own traffic on the routed interface"),
+    ("mpich", _RDMA, "FI_PROVIDER", "verbs", "libfabric over verbs for InfiniBand/RoCE"),
+    ("mpich", ("tcp",), "FI_PROVIDER", "tcp", "no RDMA: libfabric over TCP"),
+    ("mpich", ("tcp",), "FI_TCP_IFACE", "{iface}", "libfabric TCP on the routed interface"),
+    ("mpich", ("ib", "roce", "tcp"), "HYDRA_IFACE", "{iface}", "Hydra's own traffic on the routed interface"),
+    ("intel", ("ib", "roce", "tcp"), "I_MPI_FABRICS", "shm:ofi", "shared memory within a host, OFI between hosts"),
+    ("intel", _RDMA, "I_MPI_OFI_PROVIDER", "mlx", "the mlx provider (UCX) for InfiniBand/RoCE"),
+    ("intel", ("tcp",), "I_MPI_OFI_PROVIDER", "tcp", "no RDMA: OFI over TCP"),
+    ("intel", ("tcp",), "FI_TCP_IFACE", "{iface}", "OFI TCP on the routed interface"),
+    ("intel", ("ib", "roce", "tcp"), "I_MPI_HYDRA_IFACE", "{iface}", "Hydra's own traffic on the routed interface"),
+]
+
+PROFILES: dict[str, dict[str, tuple[str, str]]] = {
+    "rl": {
+        "NCCL_IB_DISABLE": ("1", "RL weight sync between trainer and rollout processes hangs over IB/RoCE "
+                                 "groups created inside inference engines; sockets are reliable"),
+        "NCCL_P2P_DISABLE": ("1", "the weight-sync group and the engines must agree; P2P mismatches hang "
+                                  "(transport/p2p.cc 'invalid argument')"),
+        "NCCL_CUMEM_ENABLE": ("0", "kept identical in trainer and inference engine (vLLM/SGLang set 0); a mismatch "
+                                   "hangs weight sync"),
+        "NCCL_NVLS_ENABLE": ("0", "NVLink SHARP buffers cost memory colocated inference needs"),
+    },
+    "debug": {
+        "NCCL_DEBUG": ("INFO", "NCCL reports its choices"),
+        "NCCL_DEBUG_SUBSYS": ("INIT,NET,GRAPH,ENV", "init, network, topology and environment decisions"),
+        "UCX_LOG_LEVEL": ("info", "UCX reports transports and devices"),
+        "OMPI_MCA_pml_base_verbose": ("10", "Open MPI says which PML it selected"),
+        "OMPI_MCA_btl_base_verbose": ("30", "Open MPI says which BTLs it selected and why others failed"),
+        "MPIR_CVAR_DEBUG_SUMMARY": ("1", "MPICH prints its provider choice"),
+        "I_MPI_DEBUG": ("5", "Intel MPI prints fabric and pinning"),
+    },
+}
+
+
+def load_profiles(path: str | None) -> dict[str, dict[str, tuple[str, str]]]:
+    """Built-in profiles plus those in the TOML file at ``path``."""
+    profiles = {k: dict(v) for k, v in PROFILES.items()}
+    if not path:
+        return profiles
+    try:
+        doc = tomllib.loads(Path(path).read_text())
+    except OSError as e:
+        raise EnvError(f"profile file {path}: {e.strerror}; fix MPIRT_PROFILES") from e
+    except tomllib.TOMLDecodeError as e:
+        raise EnvError(f"profile file {path} is not valid TOML: {e}") from e
+    for name, table in doc.get("profile", {}).items():
+        if not isinstance(table, dict):
+            raise EnvError(f"{path}: [profile.{name}] must be a table of VAR = \"value\"")
+        reasons = table.get("reasons", {})
+        entries = {}
+        for var, value in table.items():
+            if var == "reasons":
+                continue
+            if not isinstance(value, str) or not var.replace("_", "").isalnum():
+                raise EnvError(f"{path}: in [profile.{name}], {var} = {value!r}: write VAR = \"value\" (a string)")
+            entries[var] = (value, str(reasons.get(var, f"from profile {name} in {path}")))
+        profiles[name] = entries
+    return profiles
+
+
+def resolve(tier: str, libraries: list[str], user_env: Mapping[str, str], *, iface: str | None = None,
+            hcas: tuple[str, ...] = (), topology: Topology = Topology(), profile: str | None = None,
+            profiles: Mapping[str, Mapping[str, tuple[str, str]]] = PROFILES) -> list[EnvVar]:
+    """The variables to set, each with its source and reason, in a stable order."""
+    if profile and profile not in profiles:
+        raise EnvError(f"unknown profile {profile!r}; known: {', '.join(sorted(profiles))} (add your own in the file "
+                       "named by MPIRT_PROFILES)")
+    chosen: dict[str, EnvVar] = {}
+    fill = {"iface": iface, "hcas": ",".join(hcas)}
+    for lib, tiers, name, template, reason in TIER:
+        if lib in libraries and tier in tiers:
+            needs = [k for k in fill if "{" + k + "}" in template]
+            if all(fill[k] for k in needs):
+                chosen[name] = EnvVar(name, template.format(**fill), f"tier:{tier}", reason)
+    if "nccl" in libraries:
+        if topology.gpus >= 2 and not topology.p2p_ok:
+            why = f"{topology.gpus} GPUs without peer-to-peer access between them (PCIe-only, VM or consumer GPUs)"
+            chosen["NCCL_P2P_DISABLE"] = EnvVar("NCCL_P2P_DISABLE", "1", "topology", why)
+            chosen["NCCL_SHM_DISABLE"] = EnvVar("NCCL_SHM_DISABLE", "1", "topology", why + ", on every process")
+        if topology.shm_bytes < 1 << 30:
+            chosen["NCCL_SHM_DISABLE"] = EnvVar("NCCL_SHM_DISABLE", "1", "topology",
+                                                f"/dev/shm is {topology.shm_bytes >> 20} MiB (< 1 GiB); better: "
+                                                "give the pod a larger /dev/shm")
+        if topology.mig:
+            chosen["NCCL_NVLS_ENABLE"] = EnvVar("NCCL_NVLS_ENABLE", "0", "topology",
+                                                "MIG instances have no NVLink between them")
+    if profile:
+        for name, (value, reason) in profiles[profile].items():
+            chosen[name] = EnvVar(name, value, f"profile:{profile}", reason)
+    for name in list(chosen):
+        if name in user_env:
+            chosen[name] = EnvVar(name, user_env[name], "user", f"set by you (mpirt would use {chosen[name].value!r}: "
+                                  f"{chosen[name].reason})")
+    return sorted(chosen.values(), key=lambda v: v.name)
