@@ -28,9 +28,21 @@ class Probe:
         return asdict(self)
 
 
+def memlock_limit(root: Path) -> int:
+    """The soft locked-memory limit in bytes (-1: unlimited), from ``proc/self/limits`` under root."""
+    try:
+        for line in (root / "proc/self/limits").read_text().splitlines():
+            if line.startswith("Max locked memory"):
+                soft = line[len("Max locked memory"):].split()[0]
+                return -1 if soft == "unlimited" else int(soft)
+    except (OSError, ValueError, IndexError):
+        pass
+    soft = resource.getrlimit(resource.RLIMIT_MEMLOCK)[0]
+    return -1 if soft == resource.RLIM_INFINITY else soft
+
+
 def probe(root: Path, peer: str | None = None) -> Probe:
-    memlock = resource.getrlimit(resource.RLIMIT_MEMLOCK)[0]
-    memlock = -1 if memlock == resource.RLIM_INFINITY else memlock
+    memlock = memlock_limit(root)
     found = ports(root)
     tier = classify(found, memlock)
     try:

@@ -107,20 +107,16 @@ def test_mpirt_env_over_a_fixture_tree(tmp_path):
     import os
     import subprocess
 
-    import resource
-
     from test_detect_rdma import hca, put  # the same fixture builder
 
-    def unlimited_memlock():  # RDMA needs it; this test machine's default is small
-        resource.setrlimit(resource.RLIMIT_MEMLOCK, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
-
+    put(tmp_path, "proc/self/limits", "Limit                     Soft Limit           Hard Limit           Units\n"
+        "Max locked memory         unlimited            unlimited            bytes")
     for i in range(2):
         hca(tmp_path, f"mlx5_{i}", "InfiniBand")
     put(tmp_path, "proc/net/route", ROUTES.rstrip())
     env = {k: v for k, v in os.environ.items() if not k.startswith(("NCCL_", "UCX_", "OMPI_MCA_"))}
     proc = subprocess.run(["mpirt", "env", "--root", str(tmp_path), "--json", "--profile", "debug"],
-                          capture_output=True, text=True, timeout=60, env={**env, "NCCL_DEBUG_SUBSYS": "ALL"},
-                          preexec_fn=unlimited_memlock)
+                          capture_output=True, text=True, timeout=60, env={**env, "NCCL_DEBUG_SUBSYS": "ALL"})
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert doc["probe"]["tier"] == "ib" and doc["probe"]["hcas"] == ["mlx5_0:1", "mlx5_1:1"]
@@ -129,24 +125,20 @@ def test_mpirt_env_over_a_fixture_tree(tmp_path):
     assert got["NCCL_IB_HCA"] == ("=mlx5_0:1,mlx5_1:1", "tier:ib")
     assert got["NCCL_DEBUG"] == ("INFO", "profile:debug") and got["NCCL_DEBUG_SUBSYS"] == ("ALL", "user")
     text = subprocess.run(["mpirt", "env", "--root", str(tmp_path), "--explain"], capture_output=True, text=True,
-                          timeout=60, env=env, preexec_fn=unlimited_memlock)
+                          timeout=60, env=env)
     assert "# tier ib, interface eth0" in text.stderr
     assert "NCCL_IB_DISABLE=0" in text.stdout and "# tier:ib: usable RDMA ports were found" in text.stdout
 
 
 def test_small_memlock_falls_back_to_tcp_and_says_so(tmp_path):
     import json
-    import resource
     import subprocess
 
-    from test_detect_rdma import hca
+    from test_detect_rdma import hca, put
 
     hca(tmp_path, "mlx5_0", "InfiniBand")
-
-    def small():
-        resource.setrlimit(resource.RLIMIT_MEMLOCK, (64 << 10, 64 << 10))
-
+    put(tmp_path, "proc/self/limits", "Max locked memory         65536                65536                bytes")
     proc = subprocess.run(["mpirt", "env", "--root", str(tmp_path), "--json"], capture_output=True, text=True,
-                          timeout=60, preexec_fn=small)
+                          timeout=60)
     doc = json.loads(proc.stdout)
     assert doc["probe"]["tier"] == "tcp" and "ulimit -l unlimited" in doc["probe"]["notes"][0]
