@@ -23,12 +23,8 @@ from pathlib import Path
 
 from launcher import hosts as hostlib
 from launcher import mpi
-from launcher.ready import report as readiness_report
-from launcher.ready import wait_ready
 from launcher.roles import detect as detect_role
 from launcher.run import report, supervise
-from launcher.ssh import prepare
-from launcher.sshd import nss_wrapper_env
 
 
 @dataclass(frozen=True)
@@ -129,6 +125,12 @@ def _run(cfg: LaunchConfig, children: list) -> int:
         if np_ > total:
             raise hostlib.HostError(f"-np {np_} is more than the {total} slots on {len(hosts)} hosts ({source}); "
                                     "lower -np or give hosts more slots (--slots, slots=N)")
+        # ssh and paramiko only where there are remote hosts: a local launch stays light
+        from launcher.ready import report as readiness_report
+        from launcher.ready import wait_ready
+        from launcher.ssh import prepare
+        from launcher.sshd import nss_wrapper_env
+
         state = Path(cfg.state_dir or f"/tmp/mpirt-launch-{os.getuid()}")
         state.mkdir(parents=True, exist_ok=True)
         hostfile = state / "hostfile"

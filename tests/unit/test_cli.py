@@ -42,3 +42,9 @@ def test_entrypoint_form_routes_by_role():
     env["K_MPI_JOB_ROLE"] = "launcher"
     proc = subprocess.run(["mpirt", "pod"], capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 2 and "there is no command to run" in proc.stderr
+
+
+def test_local_launch_path_does_not_load_ssh_libraries():
+    code = "import sys, launcher.launch; print('paramiko' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "False"
