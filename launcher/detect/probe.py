@@ -42,6 +42,9 @@ def memlock_limit(root: Path) -> int:
 
 
 def probe(root: Path, peer: str | None = None) -> Probe:
+    if not (root / "sys").is_dir():
+        raise ValueError(f"{root / 'sys'} is not a readable sysfs; mount /sys in the container or fix --root "
+                         "(MPIRT_SYSFS_ROOT)")
     memlock = memlock_limit(root)
     found = ports(root)
     tier = classify(found, memlock)

@@ -142,3 +142,11 @@ def test_small_memlock_falls_back_to_tcp_and_says_so(tmp_path):
                           timeout=60)
     doc = json.loads(proc.stdout)
     assert doc["probe"]["tier"] == "tcp" and "ulimit -l unlimited" in doc["probe"]["notes"][0]
+
+
+def test_unreadable_sysfs_is_a_clear_error(tmp_path):
+    import subprocess
+
+    proc = subprocess.run(["mpirt", "env", "--root", str(tmp_path / "nothing")], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2 and "is not a readable sysfs; mount /sys" in proc.stderr
