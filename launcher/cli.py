@@ -148,6 +148,7 @@ def env_cmd(profile, explain, as_json, peer, root, mpirun) -> None:
     import os
     from pathlib import Path
 
+    from launcher.detect.gpu import local as gpu_local
     from launcher.detect.probe import probe
     from launcher.envdefaults import EnvError, Topology, load_profiles, resolve
     from launcher.mpi import MpiError, detect, find_mpirun
@@ -159,8 +160,10 @@ def env_cmd(profile, explain, as_json, peer, root, mpirun) -> None:
             libs.append(detect(find_mpirun(mpirun)).key)
         except MpiError:
             pass
+        gpus = gpu_local()
         values = resolve(found.tier, libs, os.environ, iface=found.iface, hcas=found.hcas,
-                         topology=Topology(gpus=found.gpus, shm_bytes=found.shm_bytes or 1 << 40),
+                         topology=Topology(gpus=len(gpus.gpus), p2p_ok=gpus.p2p_ok, mig=gpus.mig,
+                                           shm_bytes=found.shm_bytes or 1 << 40),
                          profile=profile, profiles=load_profiles(os.environ.get("MPIRT_PROFILES")))
     except (EnvError, ValueError) as e:
         raise CliError(str(e)) from e
@@ -176,6 +179,40 @@ def env_cmd(profile, explain, as_json, peer, root, mpirun) -> None:
     for v in values:
         line = f"{v.name}={v.value}"
         click.echo(f"{line.ljust(width)}  # {v.source}: {v.reason}" if explain else line)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="GPUs, NICs and the matrix as JSON.")
+@click.option("--root", default="/", show_default=True, envvar="MPIRT_SYSFS_ROOT",
+              help="Root of the sysfs/dev trees to read (a fixture tree in tests).")
+def topo(as_json: bool, root: str) -> None:
+    """GPUs, RDMA NICs and their affinity matrix, in `nvidia-smi topo -m` notation."""
+    import json
+    from dataclasses import asdict
+    from pathlib import Path
+
+    from launcher.detect.gpu import local, pci_level
+    from launcher.detect.rdma import ports
+
+    gpus = local()
+    nics = sorted({p.dev for p in ports(Path(root))})
+    matrix = [list(row) + [pci_level(Path(root), g.bus_id, n) for n in nics] for g, row in zip(gpus.gpus, gpus.matrix)]
+    if as_json:
+        click.echo(json.dumps({"gpus": [asdict(g) for g in gpus.gpus], "nics": nics, "matrix": matrix,
+                               "p2p_ok": gpus.p2p_ok, "nvlink": gpus.nvlink_any, "mig": gpus.mig,
+                               "error": gpus.error}, indent=1))
+        return
+    if not gpus.gpus:
+        click.echo(f"no GPUs ({gpus.error or 'none visible'})")
+    else:
+        head = [f"GPU{g.index}" for g in gpus.gpus] + [f"NIC{i}" for i in range(len(nics))]
+        click.echo("\t" + "\t".join(head) + "\tCPU Affinity\tNUMA Affinity")
+        for g, row in zip(gpus.gpus, matrix):
+            click.echo(f"GPU{g.index}\t" + "\t".join(row) + f"\t{g.cpu_affinity}\t{g.numa_node}")
+        click.echo("\nLegend: X = self, NV# = # NVLinks, PIX = one PCIe switch, PXB = several switches, "
+                   "PHB = host bridge, NODE = same NUMA node, SYS = across sockets")
+    for i, n in enumerate(nics):
+        click.echo(f"NIC{i}: {n}")
 
 
 @main.command()
