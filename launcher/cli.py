@@ -182,6 +182,24 @@ def env_cmd(profile, explain, as_json, peer, root, mpirun) -> None:
 
 
 @main.command()
+@click.option("--hostfile", envvar="MPIRT_HOSTFILE", help="Also check that every host in it is ready for ssh.")
+@click.option("--ssh-dir", default="/root/.ssh", show_default=True, envvar="MPIRT_SSH_DIR")
+@click.option("--ssh-port", type=int, default=2222, show_default=True, envvar="MPIRT_SSH_PORT")
+@click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              help="Seconds to wait for the hosts.")
+@click.option("--root", default="/", show_default=True, envvar="MPIRT_SYSFS_ROOT",
+              help="Root of the sysfs/dev/proc trees to read (a fixture tree in tests).")
+@click.option("--mpirun", envvar="MPIRT_MPIRUN")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document (schema mpirt.doctor/1).")
+def doctor(hostfile, ssh_dir, ssh_port, wait_s, root, mpirun, as_json) -> None:
+    """Check everything a job depends on; each failure says what to do. Exit 1 on any failure."""
+    from launcher.doctor import DoctorConfig, run
+
+    sys.exit(run(DoctorConfig(hostfile=hostfile, ssh_dir=ssh_dir, ssh_port=ssh_port, wait_s=wait_s, root=root,
+                              mpirun=mpirun), as_json))
+
+
+@main.command()
 @click.option("--json", "as_json", is_flag=True, help="GPUs, NICs and the matrix as JSON.")
 @click.option("--root", default="/", show_default=True, envvar="MPIRT_SYSFS_ROOT",
               help="Root of the sysfs/dev trees to read (a fixture tree in tests).")

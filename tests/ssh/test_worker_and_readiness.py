@@ -205,3 +205,19 @@ def test_missing_secret_is_a_clear_error(tmp_path):
                           capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2
     assert "authorized_keys not found: mount the job's ssh Secret" in proc.stderr
+
+
+def test_doctor_checks_each_host(secret, start_worker, tmp_path):
+    import json
+
+    w = start_worker(secret).wait_listening()
+    hf = tmp_path / "hostfile"
+    hf.write_text("127.0.0.1 slots=1\nw9.invalid slots=1\n")
+    proc = subprocess.run(["mpirt", "doctor", "--json", "--hostfile", str(hf), "--ssh-dir", str(secret), "--ssh-port",
+                           str(w.port), "--wait", "2"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    checks = {c["name"]: c for c in json.loads(proc.stdout)["checks"]}
+    assert checks["host 127.0.0.1"]["status"] == "pass"
+    bad = checks["host w9.invalid"]
+    assert bad["status"] == "fail" and bad["detail"].startswith("dns: no DNS record")
+    assert "pod is not scheduled yet" in bad["fix"]

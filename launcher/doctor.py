@@ -1,0 +1,168 @@
+"""`mpirt doctor`: every check a job depends on, each pass / warn / fail with what to do.
+
+Runs without MPI in this process: what needs MPI (mpi4py's library, the compiled core) is
+asked of a child Python, the way a rank would see it.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from launcher import mpi
+
+SCHEMA = "mpirt.doctor/1"
+FAMILY_WORDS = {"openmpi": "Open MPI", "mpich": "MPICH", "intel": "Intel(R) MPI"}
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    status: str  # pass | warn | fail
+    detail: str
+    fix: str = ""
+
+
+@dataclass(frozen=True)
+class DoctorConfig:
+    hostfile: str | None = None
+    ssh_dir: str = "/root/.ssh"
+    ssh_port: int = 2222
+    wait_s: float = 10.0
+    root: str = "/"
+    mpirun: str | None = None
+
+
+_RANK_VIEW = (
+    "import json\n"
+    "from mpi4py import MPI\n"
+    "out = {'library': MPI.Get_library_version().replace(chr(0), '').strip().splitlines()[0]}\n"
+    "try:\n"
+    "    from mpirt.comm import core\n"
+    "    info = core().info()\n"
+    "    out.update(core='ok', cuda_aware=bool(info['cuda_aware']), cuda_built=bool(info['cuda_built']))\n"
+    "except Exception as e:\n"
+    "    out['core'] = f'{type(e).__name__}: {e}'\n"
+    "print(json.dumps(out))\n"
+)
+
+
+def _rank_view() -> dict:
+    # -P: the installed package, never a source tree in the current directory
+    proc = subprocess.run([sys.executable, "-P", "-c", _RANK_VIEW], capture_output=True, text=True, timeout=120)
+    if proc.returncode != 0:
+        return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def run_checks(cfg: DoctorConfig) -> list[Check]:
+    from launcher.detect.gpu import local as gpu_local
+    from launcher.detect.probe import probe
+
+    checks: list[Check] = []
+    impl = None
+    try:
+        impl = mpi.detect(mpi.find_mpirun(cfg.mpirun))
+        checks.append(Check("mpi", "pass", f"{impl.label} at {impl.mpirun}"))
+    except mpi.MpiError as e:
+        checks.append(Check("mpi", "fail", str(e), "install an MPI (apt-get install openmpi-bin) or set MPIRT_MPIRUN"))
+    view = _rank_view()
+    if "error" in view:
+        checks.append(Check("mpi4py", "fail", f"a rank cannot load MPI: {view['error']}",
+                            "pip install mpi4py in this environment, built for the MPI above"))
+    else:
+        same = impl is None or FAMILY_WORDS[impl.family] in view["library"]
+        checks.append(Check("mpi4py", "pass" if same else "fail", f"loads {view['library']}",
+                            "" if same else "mpi4py must load the MPI that mpirun belongs to: reinstall mpi4py, or "
+                            "point MPI4PY_LIBMPI at that MPI's libmpi"))
+        core = view.get("core")
+        checks.append(Check("core", "pass" if core == "ok" else "fail",
+                            "compiled allreduce core loads and matches mpi4py's MPI" if core == "ok" else core,
+                            "" if core == "ok" else "pip install --force-reinstall --no-deps . (rebuild the core)"))
+    gpus = gpu_local()
+    if gpus.gpus:
+        checks.append(Check("gpus", "pass", f"{len(gpus.gpus)} x {gpus.gpus[0].name}; P2P "
+                            f"{'ok' if gpus.p2p_ok else 'not available (NCCL P2P/SHM get disabled)'}"
+                            f"{'; NVLink' if gpus.nvlink_any else ''}{'; MIG' if gpus.mig else ''}"))
+        aware = view.get("cuda_aware")
+        checks.append(Check("cuda-aware mpi", "pass" if aware else "warn",
+                            "MPI takes device pointers" if aware else
+                            "MPI is not CUDA-aware: device buffers are staged through pinned host memory",
+                            "" if aware else "use an MPI built with CUDA (UCX with cuda) for GPU buffers"))
+    else:
+        devs = list(Path(cfg.root, "dev").glob("nvidia[0-9]*"))
+        checks.append(Check("gpus", "warn" if devs else "pass",
+                            f"no GPUs ({gpus.error or 'none visible'})" + (f" but {len(devs)} /dev/nvidia* devices"
+                                                                            if devs else ""),
+                            "install the driver's user-space libraries (libnvidia-ml) in the image" if devs else ""))
+    try:
+        found = probe(Path(cfg.root))
+        status = "warn" if found.notes else "pass"
+        checks.append(Check("network", status, f"tier {found.tier}, interface {found.iface or 'unknown'}, "
+                            f"RDMA ports {', '.join(found.hcas) or 'none'}" + "".join(f"; {n}" for n in found.notes)))
+        rdma_present = any(p["kind"] != "none" or "ACTIVE" in p["state"] for p in found.ports)
+        small = 0 <= found.memlock < 1 << 30
+        checks.append(Check("memlock", "fail" if small and rdma_present else "warn" if small else "pass",
+                            f"locked-memory limit {'unlimited' if found.memlock < 0 else found.memlock}",
+                            "run with `ulimit -l unlimited` (RDMA registers memory)" if small else ""))
+        shm_mib = found.shm_bytes >> 20
+        checks.append(Check("/dev/shm", "pass" if found.shm_bytes >= 1 << 30 else "warn", f"{shm_mib} MiB",
+                            "" if found.shm_bytes >= 1 << 30 else "give the pod a larger /dev/shm (an emptyDir with "
+                            "medium: Memory) — NCCL and the shm allreduce use it"))
+    except ValueError as e:
+        checks.append(Check("network", "fail", str(e)))
+    checks += _ssh_checks(cfg)
+    return checks
+
+
+def _ssh_checks(cfg: DoctorConfig) -> list[Check]:
+    from launcher.ssh import SshSetupError, find_key, prepare
+
+    needed = bool(cfg.hostfile)
+    try:
+        key = find_key(Path(cfg.ssh_dir))
+        key.read_bytes()
+    except (SshSetupError, OSError) as e:
+        msg = str(e) if isinstance(e, SshSetupError) else f"cannot read the key in {cfg.ssh_dir}: {e}"
+        if needed:
+            return [Check("ssh key", "fail", msg, "mount the job's ssh Secret or point --ssh-dir at it")]
+        return [Check("ssh key", "pass", f"no ssh key in {cfg.ssh_dir} (only jobs across hosts need one)")]
+    checks = [Check("ssh key", "pass", f"{key} is readable (a private 0600 copy is used)")]
+    if not cfg.hostfile:
+        return checks
+    from launcher.hosts import HostError
+    from launcher.launch import read_hostfile
+    from launcher.ready import report, wait_ready
+
+    try:
+        hosts = read_hostfile(cfg.hostfile, "--hostfile", 1)
+    except HostError as e:
+        return checks + [Check("hosts", "fail", str(e))]
+    with tempfile.TemporaryDirectory(prefix="mpirt-doctor-") as state:
+        setup = prepare(Path(cfg.ssh_dir), Path(state), cfg.ssh_port)
+        results = wait_ready([h.name for h in hosts], setup, cfg.wait_s)
+    for r in results:
+        checks.append(Check(f"host {r.host}", "pass" if r.stage == "ready" else "fail",
+                            f"ready in {r.seconds:.2f} s" if r.stage == "ready" else f"{r.stage}: {r.detail}",
+                            "" if r.stage == "ready" else report([r], cfg.wait_s).splitlines()[-1].strip()))
+    return checks
+
+
+def render(checks: list[Check]) -> str:
+    mark = {"pass": "ok  ", "warn": "WARN", "fail": "FAIL"}
+    lines = [f"{mark[c.status]}  {c.name}: {c.detail}" + (f"\n        fix: {c.fix}" if c.fix else "") for c in checks]
+    return "\n".join(lines)
+
+
+def run(cfg: DoctorConfig, as_json: bool) -> int:
+    checks = run_checks(cfg)
+    ok = all(c.status != "fail" for c in checks)
+    if as_json:
+        print(json.dumps({"schema": SCHEMA, "ok": ok, "checks": [asdict(c) for c in checks]}, indent=1))
+    else:
+        print(render(checks))
+    return 0 if ok else 1
