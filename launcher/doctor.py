@@ -60,6 +60,7 @@ def _rank_view() -> dict:
 
 
 def run_checks(cfg: DoctorConfig) -> list[Check]:
+    from launcher.detect.gpu import device_nodes
     from launcher.detect.gpu import local as gpu_local
     from launcher.detect.probe import probe
 
@@ -94,9 +95,9 @@ def run_checks(cfg: DoctorConfig) -> list[Check]:
                             "MPI is not CUDA-aware: device buffers are staged through pinned host memory",
                             "" if aware else "use an MPI built with CUDA (UCX with cuda) for GPU buffers"))
     else:
-        devs = list(Path(cfg.root, "dev").glob("nvidia[0-9]*"))
+        devs = device_nodes(Path(cfg.root))
         checks.append(Check("gpus", "warn" if devs else "pass",
-                            f"no GPUs ({gpus.error or 'none visible'})" + (f" but {len(devs)} /dev/nvidia* devices"
+                            f"no GPUs ({gpus.error or 'none visible'})" + (f" but {devs} /dev/nvidia* devices"
                                                                             if devs else ""),
                             "install the driver's user-space libraries (libnvidia-ml) in the image" if devs else ""))
     try:

@@ -10,7 +10,6 @@ mpirun is told the grace period between SIGTERM and SIGKILL.
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import shutil
@@ -23,6 +22,7 @@ from pathlib import Path
 
 from launcher import hosts as hostlib
 from launcher import mpi
+from launcher.detect.gpu import device_nodes
 from launcher.roles import detect as detect_role
 from launcher.run import report, supervise
 
@@ -45,11 +45,6 @@ class LaunchConfig:
     log_dir: str | None = None
 
 
-def gpu_count(dev: Path = Path("/dev")) -> int:
-    """GPUs visible to this container, counted from the device nodes (no driver call)."""
-    return len(glob.glob(str(dev / "nvidia[0-9]*")))
-
-
 def read_hostfile(path: str, why: str, slots: int) -> list[hostlib.Host]:
     try:
         text = Path(path).read_text()
@@ -60,7 +55,7 @@ def read_hostfile(path: str, why: str, slots: int) -> list[hostlib.Host]:
 
 def resolve_hosts(cfg: LaunchConfig, env, root: Path = Path("/")) -> tuple[list[hostlib.Host], str]:
     """(hosts, where they came from); no hosts means the local role."""
-    slots, _why = hostlib.default_slots(cfg.slots, env, gpu_count)
+    slots, _why = hostlib.default_slots(cfg.slots, env, lambda: device_nodes(root))
     if cfg.hostfile:
         return read_hostfile(cfg.hostfile, "--hostfile", slots), f"--hostfile {cfg.hostfile}"
     if cfg.hosts:
@@ -134,14 +129,15 @@ def _run(cfg: LaunchConfig, children: list) -> int:
         state = Path(cfg.state_dir or f"/tmp/mpirt-launch-{os.getuid()}")
         state.mkdir(parents=True, exist_ok=True)
         hostfile = state / "hostfile"
-        hostfile.write_text(hostlib.render(hosts, mpi.TABLE[impl.key].dialect))
+        hostfile_text = hostlib.render(hosts, mpi.TABLE[impl.key].dialect)
+        hostfile.write_text(hostfile_text)
         setup = prepare(Path(cfg.ssh_dir), state / "ssh", cfg.ssh_port)
         added.update(nss_wrapper_env(state))
         added.update(mpi.ssh_env(impl, setup.ssh_args()))
         export = mpi.forwarded({**env, **added}, also=added)
         argv = mpi.build_argv(impl, np_, str(hostfile), list(cfg.command), uid=os.getuid(),
                               tag_output=cfg.tag_output, export=export)
-        info["hostfile"] = hostfile.read_text()
+        info["hostfile"] = hostfile_text
         if not cfg.dry_run:
             if any(is_this_host(h.name) for h in hosts):
                 children.append(start_own_sshd(cfg, state))

@@ -103,7 +103,7 @@ def write_config(cfg: WorkerConfig, env: dict[str, str]) -> tuple[Path, dict[str
     nss = nss_wrapper_env(state)
     host_keys = _host_keys(ssh_dir, state, {**env, **nss})
     session_env = {k: env[k] for k in ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH") if env.get(k)}
-    session_env.update({k: v for k, v in nss.items()})
+    session_env.update(nss)
     for k, v in session_env.items():
         if any(c.isspace() or c == '"' for c in v):
             raise SshSetupError(f"{k} contains whitespace or quotes ({v!r}); sshd's SetEnv cannot carry it")

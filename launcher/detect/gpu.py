@@ -138,6 +138,11 @@ def _cpus(words: list[int]) -> str:
     return ",".join(ranges)
 
 
+def device_nodes(root: Path) -> int:
+    """GPUs this container can open, counted from /dev/nvidiaN under root (no driver call)."""
+    return len(list((root / "dev").glob("nvidia[0-9]*")))
+
+
 def local() -> GpuTopology:
     """This machine's GPUs; none (with the reason) when there is no driver or no GPU."""
     try:

@@ -3,12 +3,12 @@ host over ssh): tier, HCAs, bootstrap interface, memlock, /dev/shm, GPUs seen as
 
 from __future__ import annotations
 
-import glob
 import os
 import resource
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from launcher.detect.gpu import device_nodes
 from launcher.detect.netif import bootstrap_interface
 from launcher.detect.rdma import classify, ports
 
@@ -58,6 +58,6 @@ def probe(root: Path, peer: str | None = None) -> Probe:
     except OSError:
         shm = 0
     return Probe(tier.tier, tier.hcas, bootstrap_interface(route_text, peer), memlock, shm,
-                 len(glob.glob(str(root / "dev/nvidia[0-9]*"))), tier.notes,
+                 device_nodes(root), tier.notes,
                  tuple({"port": p.name, "link_layer": p.link_layer, "state": p.state, "rate": p.rate, "kind": p.kind,
                         "why": p.why} for p in found))

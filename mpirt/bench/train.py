@@ -21,6 +21,7 @@ from torch import nn
 
 from mpirt.comm import MPI
 from mpirt.data_parallel import DEFAULT_BUCKET_MB, data_parallel
+from mpirt.models import MLP
 
 # compute-bound: many FLOPs per gradient byte; communication-bound: the reverse.
 MODELS = {
@@ -31,11 +32,7 @@ MODELS = {
 
 def make_model(hidden: int, layers: int) -> nn.Module:
     torch.manual_seed(0)
-    dims = [256] + [hidden] * layers
-    blocks = []
-    for a, b in zip(dims, dims[1:]):
-        blocks += [nn.Linear(a, b), nn.ReLU()]
-    return nn.Sequential(*blocks, nn.Linear(hidden, 10))
+    return MLP(256, hidden, layers, 10)
 
 
 def _free_port() -> int:
