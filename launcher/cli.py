@@ -5,6 +5,7 @@ so `mpirt --help` stays fast and never loads MPI."""
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 import click
 
@@ -86,6 +87,102 @@ def bench_allreduce(np_: int | None, mpirun: str | None, args: tuple[str, ...]) 
     try:
         sys.exit(run(AllreduceBenchConfig(np=np_, mpirun=mpirun, args=args)))
     except MpiError as e:
+        raise CliError(str(e)) from e
+
+
+def _csv(value: str) -> tuple[str, ...]:
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+@bench.command("scaling")
+@click.option("--out", "-o", required=True, envvar="MPIRT_BENCH_OUT", help="Results file (mpirt.bench/1 JSON).")
+@click.option("--max-np", type=click.IntRange(min=1), envvar="MPIRT_BENCH_MAX_NP",
+              help="Largest world size; the sweep runs 1, 2, 4, ... up to it (default: every slot).")
+@click.option("--repeats", type=click.IntRange(min=1), default=5, show_default=True, envvar="MPIRT_BENCH_REPEATS",
+              help="Times each measurement is repeated (median, min, max; cv > 10% is flagged noisy).")
+@click.option("--parts", default="collective,train", show_default=True, envvar="MPIRT_BENCH_PARTS",
+              help="What to sweep: collective, train.")
+@click.option("-b", "--minbytes", default="1K", show_default=True, envvar="MPIRT_BENCH_MINBYTES")
+@click.option("-e", "--maxbytes", default="16M", show_default=True, envvar="MPIRT_BENCH_MAXBYTES")
+@click.option("-f", "--factor", type=click.IntRange(min=2), default=4, show_default=True, envvar="MPIRT_BENCH_FACTOR")
+@click.option("--algos", default="all", show_default=True, envvar="MPIRT_BENCH_ALGOS",
+              help="Core algorithms: comma list of mpi, ring, shm, auto, or all.")
+@click.option("-n", "--iters", type=click.IntRange(min=1), envvar="MPIRT_BENCH_ITERS",
+              help="Collective iterations per size (default: the harness's, by size).")
+@click.option("--model", type=click.Choice(["comm", "compute"]), default="comm", show_default=True,
+              envvar="MPIRT_BENCH_MODEL", help="comm: few FLOPs per gradient byte; compute: many.")
+@click.option("--scaling", default="weak,strong", show_default=True, envvar="MPIRT_BENCH_SCALING",
+              help="weak: fixed per-rank batch; strong: fixed global batch.")
+@click.option("--batch", type=click.IntRange(min=1), default=32, show_default=True, envvar="MPIRT_BENCH_BATCH",
+              help="Per-rank batch for weak scaling.")
+@click.option("--global-batch", type=click.IntRange(min=1), envvar="MPIRT_BENCH_GLOBAL_BATCH",
+              help="Global batch for strong scaling (default: batch x max-np).")
+@click.option("--steps", type=click.IntRange(min=1), default=10, show_default=True, envvar="MPIRT_BENCH_STEPS",
+              help="Timed training steps per repeat.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+              envvar="MPIRT_BENCH_DEVICE")
+@click.option("--hostfile", envvar="MPIRT_HOSTFILE", help="Hosts to run on (default: the pod's, else this machine).")
+@click.option("-H", "--hosts", envvar="MPIRT_HOSTS", help="Comma-separated hosts, e.g. w0:2,w1:2.")
+@click.option("--slots", default="auto", show_default=True, envvar="MPIRT_SLOTS",
+              help="Slots per host that does not say (on this machine: its cores).")
+@click.option("--oversubscribe", is_flag=True, envvar="MPIRT_BENCH_OVERSUBSCRIBE",
+              help="Allow more local ranks than cores (recorded in the results).")
+@click.option("--mpirun", envvar="MPIRT_MPIRUN", help="mpirun to use (default: the one matching mpi4py's MPI).")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=1800.0, show_default=True,
+              envvar="MPIRT_BENCH_TIMEOUT_S", help="Seconds one job of the sweep may take.")
+def bench_scaling(out, max_np, repeats, parts, minbytes, maxbytes, factor, algos, iters, model, scaling, batch,
+                  global_batch, steps, device, hostfile, hosts, slots, oversubscribe, mpirun, timeout_s) -> None:
+    """Collective sweep and training throughput (mpirt and torch DDP) at 1, 2, 4, ... ranks.
+
+    Every job starts through `mpirt launch` (ssh settings from MPIRT_SSH_DIR, MPIRT_SSH_PORT);
+    the results hold the environment that produced them. Then: `mpirt bench report`."""
+    from launcher.hosts import HostError
+    from launcher.mpi import MpiError
+    from mpirt.bench.report import summary
+    from mpirt.bench.scaling import ScalingConfig, ScalingError, run
+
+    cfg = ScalingConfig(out=out, max_np=max_np, repeats=repeats, parts=_csv(parts), minbytes=minbytes,
+                        maxbytes=maxbytes, factor=factor, algos=algos, iters=iters, model=model,
+                        scalings=_csv(scaling), batch=batch, global_batch=global_batch, steps=steps, device=device,
+                        hostfile=hostfile, hosts=hosts, slots=slots, oversubscribe=oversubscribe, mpirun=mpirun,
+                        timeout_s=timeout_s)
+    try:
+        doc = run(cfg)
+    except (ScalingError, HostError, MpiError) as e:
+        raise CliError(str(e)) from e
+    click.echo(summary([(Path(out).stem, doc)]))
+    click.echo(f"results: {out}  (plots: mpirt bench report {out} --out DIR)")
+
+
+@bench.command("report")
+@click.argument("results", nargs=-1, required=True)
+@click.option("--out", "-o", required=True, envvar="MPIRT_REPORT_OUT", help="Directory for the PNGs and summary.md.")
+def bench_report(results: tuple[str, ...], out: str) -> None:
+    """Plots (busbw per algorithm, efficiency, mpirt vs DDP) and a Markdown summary of RESULTS."""
+    from mpirt.bench.report import ReportConfig, ReportError, run
+    from mpirt.bench.schema import ResultsError
+
+    try:
+        for path in run(ReportConfig(results=results, out=out)):
+            click.echo(path)
+    except (ResultsError, ReportError) as e:
+        raise CliError(str(e)) from e
+
+
+@bench.command("compare")
+@click.argument("base")
+@click.argument("new")
+@click.option("--threshold", default="5%", show_default=True, envvar="MPIRT_COMPARE_THRESHOLD",
+              help="Slowdown that counts as a regression when it is also beyond the measured noise.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON document instead of the table.")
+def bench_compare(base: str, new: str, threshold: str, as_json: bool) -> None:
+    """Per-row ratios NEW/BASE; exit 1 on a regression beyond the threshold and the noise."""
+    from mpirt.bench.compare import CompareConfig, run
+    from mpirt.bench.schema import ResultsError
+
+    try:
+        sys.exit(run(CompareConfig(base=base, new=new, threshold=threshold, as_json=as_json)))
+    except (ResultsError, ValueError) as e:
         raise CliError(str(e)) from e
 
 

@@ -16,3 +16,15 @@ def allreduce(send, recv=None, op="sum", algo="auto", comm=None):
     from mpirt.core import allreduce as _allreduce
 
     return _allreduce(send, recv, op=op, algo=algo, comm=comm)
+
+
+def build_info() -> dict:
+    """How this install was built (commit, MPI, CUDA, compiler), read without loading MPI."""
+    try:
+        from mpirt import _build
+    except ImportError:  # a source tree that was never built
+        return {"git_commit": "unknown", "mpi_source": "unknown", "mpi_library": "", "cuda_built": False,
+                "cuda_architectures": "", "compiler": "", "build_type": ""}
+    return {"git_commit": _build.GIT_COMMIT, "mpi_source": _build.MPI_SOURCE, "mpi_library": _build.MPI_LIBRARY,
+            "cuda_built": _build.CUDA_BUILT, "cuda_architectures": _build.CUDA_ARCHITECTURES,
+            "compiler": _build.COMPILER, "build_type": _build.BUILD_TYPE}

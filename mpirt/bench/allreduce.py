@@ -24,11 +24,12 @@ class AllreduceBenchConfig:
     args: tuple[str, ...]
 
 
-def executable() -> str:
-    here = Path(sysconfig.get_path("scripts")) / EXECUTABLE
-    found = str(here) if here.exists() else shutil.which(EXECUTABLE)
+def executable(name: str = EXECUTABLE) -> str:
+    """An installed command of ours: next to this Python first, then on PATH."""
+    here = Path(sysconfig.get_path("scripts")) / name
+    found = str(here) if here.exists() else shutil.which(name)
     if not found:
-        raise MpiError(f"{EXECUTABLE} is not installed; reinstall mpirt (pip install .)")
+        raise MpiError(f"{name} is not installed; reinstall mpirt (pip install .)")
     return found
 
 

@@ -1,9 +1,13 @@
-"""Rank side of the training benchmark: the same model and per-rank batch trained by mpirt's
-data_parallel and by torch DDP (gloo), in one job, alternating rounds so both see the same
-machine state. Rank 0 prints one JSON document; ``benchmarks/ddp.py`` runs this at 1 and 2
-ranks and derives scaling efficiency and the mpirt/DDP ratio.
+"""Rank side of the training scaling benchmark (`mpirt bench scaling` starts it on N ranks).
 
-    mpirun -np 2 python -m mpirt.bench.train --model comm --steps 20
+In one job, the same model trains three ways: without communication ("compute-only": each
+rank on its own batch, the ideal), with mpirt's data_parallel, and with torch DDP (gloo on
+CPU, NCCL on GPU). The three take turns inside every repeat, so drift in the machine's state
+hits all of them alike. A step's time is the slowest rank's. Communication's share of a step
+is what it adds beyond compute-only: 1 - t_compute / t_step.
+
+Weak scaling keeps the per-rank batch; strong scaling keeps the global batch (split evenly).
+Rank 0 writes one JSON file (--json) that the driver turns into mpirt.bench/1 rows.
 """
 
 from __future__ import annotations
@@ -20,31 +24,36 @@ import torch
 from torch import nn
 
 from mpirt.comm import MPI
-from mpirt.data_parallel import DEFAULT_BUCKET_MB, data_parallel
+from mpirt.data_parallel import data_parallel
 from mpirt.models import MLP
+from mpirt.world import world
 
 # compute-bound: many FLOPs per gradient byte; communication-bound: the reverse.
 MODELS = {
-    "compute": {"hidden": 1024, "layers": 4, "batch": 256},
-    "comm": {"hidden": 2048, "layers": 4, "batch": 8},
+    "compute": {"hidden": 1024, "layers": 4},
+    "comm": {"hidden": 2048, "layers": 4},
 }
+SYSTEMS = ("compute-only", "mpirt", "ddp")
+D_IN, CLASSES = 256, 10
 
 
-def make_model(hidden: int, layers: int) -> nn.Module:
+def make_model(name: str, device: torch.device) -> nn.Module:
     torch.manual_seed(0)
-    return MLP(256, hidden, layers, 10)
+    spec = MODELS[name]
+    return MLP(D_IN, spec["hidden"], spec["layers"], CLASSES).to(device)
 
 
 def _free_port() -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind(("", 0))
         return s.getsockname()[1]
 
 
-def _steps(model, opt, batch: int, steps: int, warmup: int, comm) -> list[float]:
+def _time_steps(model, opt, batch: int, steps: int, warmup: int, device, comm, wait=None) -> float:
+    """Median over ``steps`` of the slowest rank's step time."""
     g = torch.Generator().manual_seed(comm.Get_rank())
-    x = torch.randn(batch, 256, generator=g)
-    y = torch.randint(0, 10, (batch,), generator=g)
+    x = torch.randn(batch, D_IN, generator=g).to(device)
+    y = torch.randint(0, CLASSES, (batch,), generator=g).to(device)
     loss_fn = nn.CrossEntropyLoss()
     times = []
     for i in range(warmup + steps):
@@ -53,74 +62,102 @@ def _steps(model, opt, batch: int, steps: int, warmup: int, comm) -> list[float]
         opt.zero_grad(set_to_none=True)
         loss_fn(model(x), y).backward()
         opt.step()
-        dt = time.perf_counter() - t0
-        # the step of the slowest rank is the step of the job
-        dt = comm.allreduce(dt, op=MPI.MAX)
+        if wait:
+            wait()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        dt = comm.allreduce(time.perf_counter() - t0, op=MPI.MAX)
         if i >= warmup:
             times.append(dt)
-    return times
+    return statistics.median(times)
 
 
-def run_mpirt(spec, steps, warmup, comm, bucket_mb) -> list[float]:
-    model = make_model(spec["hidden"], spec["layers"])
+def run_system(system: str, model_name: str, batch: int, args, device, comm) -> float:
+    model = make_model(model_name, device)
+    if system == "ddp":
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    dp = data_parallel(model, opt, bucket_mb=bucket_mb)
+    dp = data_parallel(model, opt) if system == "mpirt" else None
     try:
-        return _steps(model, opt, spec["batch"], steps, warmup, comm)
+        return _time_steps(model, opt, batch, args.steps, args.warmup, device, comm,
+                           wait=dp.synchronize if dp else None)
     finally:
-        dp.close()
+        if dp:
+            dp.close()
 
 
-def run_ddp(spec, steps, warmup, comm) -> list[float]:
-    from torch.nn.parallel import DistributedDataParallel as DDP
+def per_rank_batch(scaling: str, batch: int, global_batch: int, size: int) -> int:
+    if scaling == "weak":
+        return batch
+    if global_batch % size:
+        raise SystemExit(f"--global-batch {global_batch} does not split evenly over {size} ranks; "
+                         "give a multiple of every world size in the sweep")
+    return global_batch // size
 
-    model = DDP(make_model(spec["hidden"], spec["layers"]))
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    return _steps(model, opt, spec["batch"], steps, warmup, comm)
+
+def pick_device(choice: str, local_rank: int) -> torch.device:
+    if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise SystemExit("--device cuda: torch sees no CUDA device on this rank; use --device cpu")
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", choices=sorted(MODELS), action="append", help="default: all")
-    ap.add_argument("--steps", type=int, default=20)
-    ap.add_argument("--warmup", type=int, default=3)
-    ap.add_argument("--rounds", type=int, default=2, help="alternating mpirt/DDP rounds; the best round counts")
-    ap.add_argument("--bucket-mb", type=float, action="append",
-                    help="mpirt bucket sizes to try besides the default")
+    ap.add_argument("--json", required=True, help="rank 0 writes the measurements here (-: stdout)")
+    ap.add_argument("--model", choices=sorted(MODELS), default="comm")
+    ap.add_argument("--scaling", default="weak,strong", help="comma list of weak, strong")
+    ap.add_argument("--batch", type=int, default=32, help="per-rank batch (weak scaling)")
+    ap.add_argument("--global-batch", type=int, default=64, help="global batch (strong scaling)")
+    ap.add_argument("--steps", type=int, default=10, help="timed steps per repeat")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     args = ap.parse_args()
-    torch.set_num_threads(1)
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     comm = MPI.COMM_WORLD
-    rank, size = comm.Get_rank(), comm.Get_size()
+    w = world()
+    device = pick_device(args.device, w.local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
 
     import torch.distributed as dist
 
-    port = comm.bcast(_free_port() if rank == 0 else None, root=0)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=size,
+    port = comm.bcast(_free_port() if w.rank == 0 else None, root=0)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                            init_method=f"tcp://{w.master_addr}:{port}", rank=w.rank, world_size=w.size,
                             timeout=timedelta(seconds=120))
     results = []
-    for name in args.model or sorted(MODELS):
-        spec = MODELS[name]
-        params = sum(p.numel() for p in make_model(spec["hidden"], spec["layers"]).parameters())
-        for rnd in range(args.rounds):
-            buckets = sorted({DEFAULT_BUCKET_MB, *(args.bucket_mb or [])})
-            systems = [("mpirt", b) for b in buckets] + [("ddp", None)]
-            if rnd % 2:
-                systems.reverse()
-            for system, bucket in systems:
-                times = (run_mpirt(spec, args.steps, args.warmup, comm, bucket) if system == "mpirt"
-                         else run_ddp(spec, args.steps, args.warmup, comm))
-                med = statistics.median(times)
-                results.append({
-                    "model": name, "system": system, "bucket_mb": bucket if system == "mpirt" else 25.0,
-                    "ranks": size, "round": rnd, "params": params, "grad_bytes": params * 4,
-                    "batch_per_rank": spec["batch"], "step_s_median": med, "step_s_min": min(times),
-                    "step_s_max": max(times), "samples_per_s": spec["batch"] * size / med})
+    for scaling in args.scaling.split(","):
+        batch = per_rank_batch(scaling, args.batch, args.global_batch, w.size)
+        times: dict[str, list[float]] = {s: [] for s in SYSTEMS}
+        for r in range(args.repeats):
+            order = SYSTEMS[r % len(SYSTEMS):] + SYSTEMS[:r % len(SYSTEMS)]
+            for system in order:
+                times[system].append(run_system(system, args.model, batch, args, device, comm))
+        results += [{"scaling": scaling, "system": s, "per_rank_batch": batch, "global_batch": batch * w.size,
+                     "step_s": times[s]} for s in SYSTEMS]
     dist.destroy_process_group()
-    if rank == 0:
-        print(json.dumps({"ranks": size, "default_bucket_mb": DEFAULT_BUCKET_MB, "threads_per_rank": torch.get_num_threads(), "torch": torch.__version__,
-                          "mpi": MPI.Get_library_version().replace("\x00", "").strip().splitlines()[0],
-                          "host_cores": os.cpu_count(), "results": results}))
+    from mpirt.comm import core
 
+    view = {"mpi_library": MPI.Get_library_version().replace("\x00", "").strip().splitlines()[0],
+            "cuda_aware": bool(core().info()["cuda_aware"]),
+            "device": device.type, "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else "",
+            "nccl": ".".join(map(str, torch.cuda.nccl.version())) if device.type == "cuda" else "",
+            "threads_per_rank": torch.get_num_threads(), "nodes": w.nodes}
+    if w.rank == 0:
+        doc = {"ranks": w.size, "model": args.model, "rank_view": view, "results": results,
+               "params": sum(p.numel() for p in make_model(args.model, torch.device("cpu")).parameters())}
+        if args.json == "-":  # rank 0 may be on another host than the driver: stdout reaches it
+            print(json.dumps(doc), flush=True)
+        else:
+            tmp = args.json + ".tmp"
+            with open(tmp, "w") as f:
+                json.dump(doc, f)
+            os.replace(tmp, args.json)
 
 if __name__ == "__main__":
     main()

@@ -55,7 +55,7 @@ const char* usage() {
          "  -c, --check N           check N results against locally computed values  [1]\n"
          "      --min-busbw GBS     exit 1 if an algorithm's average busbw is lower\n"
          "      --memcpy            also time memcpy of each size on every rank at once (baseline)\n"
-         "  -J, --json FILE         write every measurement as JSON\n"
+         "  -J, --json FILE         write every measurement as JSON (- : to stdout, after the table)\n"
          "      --csv FILE          write one CSV row per measurement\n"
          "      --corrupt           damage one result element on rank 0 (proves the checker)\n"
          "  -h, --help              this text\n"
