@@ -277,7 +277,8 @@ def run(cfg: ScalingConfig) -> dict:
                 rank_view.setdefault("mpi_library", doc["mpi"]["library"])
                 rank_view.setdefault("cuda_aware", doc["mpi"]["cuda_aware"])
         if "train" in cfg.parts:
-            command = [sys.executable, "-m", "mpirt.bench.train", "--json", "-", "--model", cfg.model,
+            # -P: a source checkout in the working directory must not shadow the installed package
+            command = [sys.executable, "-P", "-m", "mpirt.bench.train", "--json", "-", "--model", cfg.model,
                        "--scaling", ",".join(cfg.scalings), "--batch", str(cfg.batch), "--global-batch", str(gb),
                        "--steps", str(cfg.steps), "--repeats", str(cfg.repeats), "--device", device]
             out = runner.run(n, command, f"training ({cfg.repeats} repeats)")
