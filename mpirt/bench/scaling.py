@@ -109,6 +109,8 @@ def check(cfg: ScalingConfig, where: Placement) -> tuple[int, list[int]]:
         raise ScalingError(f"--scaling {','.join(cfg.scalings)}: choose from weak, strong")
     if cfg.algos != "all" and set(cfg.algos.split(",")) - set(ALGOS):
         raise ScalingError(f"--algos {cfg.algos}: choose from {', '.join(ALGOS)} or all")
+    if parse_size(cfg.minbytes) > parse_size(cfg.maxbytes):
+        raise ScalingError(f"-b {cfg.minbytes} is larger than -e {cfg.maxbytes}")
     sizes = world_sizes(max_np)
     gb = cfg.global_batch or cfg.batch * max_np
     uneven = [n for n in sizes if gb % n]
@@ -241,6 +243,25 @@ def train_rows(runs: dict[int, dict], device: str) -> list[dict]:
     return rows
 
 
+def parse_size(text: str) -> int:
+    """'16M' -> 16 MiB, as the harness reads -b/-e (binary suffixes)."""
+    t = text.strip().upper()
+    shift = {"K": 10, "M": 20, "G": 30}.get(t[-1:], 0)
+    try:
+        value = int(t[:-1] if shift else t) << shift
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ScalingError(f"size {text!r}: give bytes with an optional K, M or G suffix, e.g. 1K or 16M")
+    return value
+
+
+def nccl_present() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_nccl_available()
+
+
 def _device(cfg: ScalingConfig) -> str:
     if cfg.device != "auto":
         return cfg.device
@@ -261,6 +282,7 @@ def run(cfg: ScalingConfig) -> dict:
     added = runner.launcher_env(max_np)
     gb = cfg.global_batch or cfg.batch * max_np
     coll: dict[int, list[dict]] = {}
+    nccl: dict[int, list[dict]] = {}  # torch.distributed NCCL, the GPU baseline users know
     train: dict[int, dict] = {}
     rank_view: dict = {}
     harness = executable(EXECUTABLE)
@@ -276,6 +298,13 @@ def run(cfg: ScalingConfig) -> dict:
                 coll.setdefault(n, []).append(doc)
                 rank_view.setdefault("mpi_library", doc["mpi"]["library"])
                 rank_view.setdefault("cuda_aware", doc["mpi"]["cuda_aware"])
+        if "collective" in cfg.parts and n >= 2 and device == "cuda" and nccl_present():
+            command = [sys.executable, "-P", "-m", "mpirt.bench.nccl", "--minbytes", str(parse_size(cfg.minbytes)),
+                       "--maxbytes", str(parse_size(cfg.maxbytes)), "--factor", str(cfg.factor),
+                       "--iters", str(cfg.iters or 20)]
+            for rep in range(cfg.repeats):
+                out = runner.run(n, command, f"NCCL baseline {rep + 1}/{cfg.repeats}")
+                nccl.setdefault(n, []).append(json_in(out, lambda d: d.get("schema") == "mpirt.bench.nccl/1"))
         if "train" in cfg.parts:
             # -P: a source checkout in the working directory must not shadow the installed package
             command = [sys.executable, "-P", "-m", "mpirt.bench.train", "--json", "-", "--model", cfg.model,
@@ -284,9 +313,12 @@ def run(cfg: ScalingConfig) -> dict:
             out = runner.run(n, command, f"training ({cfg.repeats} repeats)")
             train[n] = json_in(out, lambda d: "results" in d and "rank_view" in d)
             rank_view.update(train[n]["rank_view"])
-    rows = collective_rows(coll) + train_rows(train, device)
+        if n in train or n in coll:  # hosts the ranks really ran on (a launcher-only run is caught here)
+            rank_view["nodes"] = train[n]["rank_view"]["nodes"] if n in train else coll[n][-1]["world"]["nodes"]
+    both = {n: coll.get(n, []) + nccl.get(n, []) for n in {*coll, *nccl}}
+    rows = collective_rows(both) + train_rows(train, device)
     hosts = {"count": len(where.names), "slots": where.slots, "names": list(where.names), "from": where.source,
-             "oversubscribed": max_np > where.slots}
+             "oversubscribed": max_np > where.slots, "nodes_seen": rank_view.get("nodes")}
     env = environment.collect(impl=impl, hosts=hosts, launcher_added=added, rank_view=rank_view)
     config = {"world_sizes": sizes, "collective_world_sizes": [n for n in sizes if n >= 2] if "collective" in
               cfg.parts else [], "repeats": cfg.repeats, "parts": list(cfg.parts), "device": device,

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import time
 from datetime import timedelta
@@ -25,6 +24,7 @@ from torch import nn
 
 from mpirt.comm import MPI
 from mpirt.data_parallel import data_parallel
+from mpirt.bench.nccl import free_port
 from mpirt.models import MLP
 from mpirt.world import world
 
@@ -41,12 +41,6 @@ def make_model(name: str, device: torch.device) -> nn.Module:
     torch.manual_seed(0)
     spec = MODELS[name]
     return MLP(D_IN, spec["hidden"], spec["layers"], CLASSES).to(device)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
 
 
 def _time_steps(model, opt, batch: int, steps: int, warmup: int, device, comm, wait=None) -> float:
@@ -126,7 +120,7 @@ def main() -> None:
 
     import torch.distributed as dist
 
-    port = comm.bcast(_free_port() if w.rank == 0 else None, root=0)
+    port = comm.bcast(free_port() if w.rank == 0 else None, root=0)
     dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
                             init_method=f"tcp://{w.master_addr}:{port}", rank=w.rank, world_size=w.size,
                             timeout=timedelta(seconds=120))

@@ -25,3 +25,21 @@ def test_data_parallel_on_cuda_matches_reference(mpiexec, np_):
     proc = mpiexec.python(np_, "dp_cuda.py")
     report = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
     assert report == {"ranks": np_, "checked": ["none", "bf16"]}
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="the NCCL baseline needs two GPUs (NCCL refuses two ranks on one)")
+def test_scaling_on_gpus_has_nccl_beside_the_core(tmp_path):
+    import subprocess
+    import sys
+
+    from mpirt.bench import schema
+
+    out = tmp_path / "gpu.json"
+    proc = subprocess.run([sys.executable, "-m", "launcher.cli", "bench", "scaling", "--out", str(out), "--max-np", "2",
+                           "--device", "cuda", "--repeats", "2", "-b", "1K", "-e", "1M", "--steps", "3"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    d = schema.load(out)
+    algos = {r["key"]["algo"] for r in d["rows"] if r["kind"] == "collective"}
+    assert algos == {"mpi", "ring", "shm", "auto", "nccl"}
+    assert {r["key"]["device"] for r in d["rows"]} == {"cuda"} and d["env"]["gpus"]
