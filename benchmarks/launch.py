@@ -13,10 +13,7 @@
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -33,8 +30,8 @@ from netns import Cluster, namespaces_usable  # noqa: E402  (the tests' namespac
 from launcher.mpi import build_argv, detect, find_mpirun, ssh_env  # noqa: E402
 from launcher.ready import wait_ready  # noqa: E402
 from launcher.ssh import prepare  # noqa: E402
-
-SCHEMA = "mpirt.bench.launch/1"
+from mpirt.bench import environment, schema  # noqa: E402
+from mpirt.bench.schema import stat  # noqa: E402
 
 
 def timed(run) -> float:
@@ -79,10 +76,10 @@ def launch_overhead(tmp: Path, reps: int) -> dict:
             for name, fn in (order if i % 2 == 0 else order[::-1]):
                 samples[name].append(timed(fn))
         med = {k: statistics.median(v) for k, v in samples.items()}
-        return {"hosts": 4, "ranks": 4, "program": "mpi4py init + barrier + finalize", "reps": reps,
-                "seconds": samples, "median_s": med, "overhead_s": med["mpirt"] - med["mpirun"],
-                "ratio": med["mpirt"] / med["mpirun"], "target_overhead_s": 0.5,
-                "target_met": med["mpirt"] - med["mpirun"] <= 0.5}
+        key = {"case": "launch: mpi4py init + barrier + finalize", "hosts": 4, "ranks": 4}
+        return [{"kind": "launch", "key": {**key, "system": "mpirun"}, "metrics": {"seconds": stat(samples["mpirun"])}},
+                {"kind": "launch", "key": {**key, "system": "mpirt"}, "metrics": {"seconds": stat(samples["mpirt"])},
+                 "derived": {"overhead_s": med["mpirt"] - med["mpirun"], "vs_mpirun": med["mpirt"] / med["mpirun"]}}]
     finally:
         c.close()
 
@@ -111,9 +108,9 @@ def readiness(tmp: Path, n: int, reps: int) -> dict:
             results = wait_ready(addrs, setup, 30)
             times.append(time.perf_counter() - t0)
             assert all(r.stage == "ready" for r in results)
-        med = statistics.median(times)
-        return {"hosts": n, "check": "DNS + TCP + ssh public-key authentication (paramiko), all hosts in parallel",
-                "reps": reps, "seconds": times, "median_s": med, "target_s": 2.0, "target_met": med <= 2.0}
+        return [{"kind": "launch", "key": {"case": "readiness: DNS + TCP + ssh auth, all hosts in parallel",
+                                           "hosts": n, "ranks": 0, "system": "mpirt"},
+                 "metrics": {"seconds": stat(times)}}]
     finally:
         for w in workers:
             w.terminate()
@@ -122,16 +119,23 @@ def readiness(tmp: Path, n: int, reps: int) -> dict:
 
 
 def markdown(doc: dict) -> str:
-    lo, rd = doc["launch_overhead"], doc["readiness"]
+    rows = {(r["key"]["case"].split(":")[0], r["key"]["system"]): r for r in doc["rows"]}
+    bare, ours, ready = rows[("launch", "mpirun")], rows[("launch", "mpirt")], rows[("readiness", "mpirt")]
+    t = doc["config"]["targets"]
+    over = ours["derived"]["overhead_s"]
+    med = ready["metrics"]["seconds"]["median"]
+    env = doc["env"]
     return "\n".join([
         "# Launcher overhead and readiness on this machine", "",
-        f"{doc['machine']}; {doc['mpi']}; taken {doc['timestamp']}  ", f"Command: `{doc['command']}`", "",
+        f"{env['cpu']['model']}, {env['cpu']['cores']} cores; {env['mpi']['library']}; taken {env['timestamp']}  ",
+        f"Command: `{env['command']}`", "",
         "| measurement | mpirt | baseline | difference | ratio | target |", "|---|---:|---:|---:|---:|---|",
-        f"| launch, {lo['hosts']} namespace hosts, {lo['ranks']} ranks (median of {lo['reps']}) | "
-        f"{lo['median_s']['mpirt']:.2f} s | bare mpirun {lo['median_s']['mpirun']:.2f} s | "
-        f"{lo['overhead_s']:+.2f} s | {lo['ratio']:.2f}x | <= 0.5 s: {'met' if lo['target_met'] else 'NOT met'} |",
-        f"| readiness of {rd['hosts']} hosts (median of {rd['reps']}) | {rd['median_s']:.2f} s | | | | "
-        f"<= 2 s: {'met' if rd['target_met'] else 'NOT met'} |", "",
+        f"| launch, {ours['key']['hosts']} namespace hosts, {ours['key']['ranks']} ranks (median of "
+        f"{ours['metrics']['seconds']['n']}) | {ours['metrics']['seconds']['median']:.2f} s | bare mpirun "
+        f"{bare['metrics']['seconds']['median']:.2f} s | {over:+.2f} s | {ours['derived']['vs_mpirun']:.2f}x | "
+        f"<= {t['overhead_s']} s: {'met' if over <= t['overhead_s'] else 'NOT met'} |",
+        f"| readiness of {ready['key']['hosts']} hosts (median of {ready['metrics']['seconds']['n']}) | {med:.2f} s | | | | "
+        f"<= {t['readiness_s']} s: {'met' if med <= t['readiness_s'] else 'NOT met'} |", "",
         "The launch includes everything `mpirt launch` adds: Python start-up, MPI detection, the hostfile, the "
         "ssh setup and the readiness check of every host, and the output relay.", ""])
 
@@ -146,17 +150,20 @@ def main() -> int:
     if reason:
         sys.exit(f"cannot run: {reason}")
     with tempfile.TemporaryDirectory(prefix="mpirt-bench-launch-") as tmp:
-        lo = launch_overhead(Path(tmp), args.reps)
-        rd = readiness(Path(tmp), args.hosts, args.reps)
-    doc = {"schema": SCHEMA, "timestamp": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-           "command": "python benchmarks/launch.py " + " ".join(sys.argv[1:]),
-           "machine": f"{platform.machine()}, {os.cpu_count()} cores", "mpi": detect(find_mpirun()).label,
-           "launch_overhead": lo, "readiness": rd}
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "launch.json").write_text(json.dumps(doc, indent=1) + "\n")
+        rows = launch_overhead(Path(tmp), args.reps) + readiness(Path(tmp), args.hosts, args.reps)
+    impl = detect(find_mpirun())
+    hosts = {"count": 4, "slots": 4, "names": [f"w{i}" for i in range(4)], "oversubscribed": False, "nodes_seen": 4}
+    env = environment.collect(impl=impl, hosts=hosts, launcher_added={}, rank_view={"mpi_library": impl.label},
+                              argv=["python", "benchmarks/launch.py", *sys.argv[1:]])
+    targets = {"overhead_s": 0.5, "readiness_s": 2.0}
+    doc = schema.document("launch", env, {"reps": args.reps, "readiness_hosts": args.hosts, "targets": targets},
+                          rows)
+    schema.write(doc, args.out / "launch.json")
     (args.out / "launch.md").write_text(markdown(doc))
     print(markdown(doc))
-    return 0 if lo["target_met"] and rd["target_met"] else 1
+    met = rows[1]["derived"]["overhead_s"] <= targets["overhead_s"] and \
+        rows[2]["metrics"]["seconds"]["median"] <= targets["readiness_s"]
+    return 0 if met else 1
 
 
 if __name__ == "__main__":

@@ -28,8 +28,13 @@ def fmt_size(n: int) -> str:
     return f"{n} B"
 
 
-def _cell(s: dict, digits: int = 3) -> str:
-    text = f"{s['median']:.{digits}g} [{s['min']:.{digits}g}–{s['max']:.{digits}g}]"
+def _fmt(v: float) -> str:
+    """Three significant digits, without exponents for the magnitudes benchmarks produce."""
+    return f"{v:.0f}" if abs(v) >= 100 else f"{v:.3g}"
+
+
+def _cell(s: dict) -> str:
+    text = f"{_fmt(s['median'])} [{_fmt(s['min'])}–{_fmt(s['max'])}]"
     return text + (f" ⚠ cv {s['cv']:.0%}" if s["noisy"] else "")
 
 

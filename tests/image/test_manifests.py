@@ -1,0 +1,117 @@
+"""The example manifests agree with what the image and its entrypoint read: the port sshd
+listens on, where the ssh Secret is, the role each pod gets from what the operator adds, the
+commands the launcher is given, /dev/shm, and the non-root settings."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from launcher.cli import main as cli
+from launcher.roles import detect
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLES = ROOT / "images" / "examples"
+
+
+def containerfile_env() -> dict[str, str]:
+    text = (ROOT / "Containerfile").read_text().split("FROM ${BASE} AS runtime")[1]
+    block = re.search(r"^ENV (.*?)(?=^\S)", text, re.S | re.M).group(1)
+    return dict(re.findall(r"(\w+)=(\S+?)\s*\\?\s*$", block, re.M))
+
+
+def exposed_port() -> int:
+    return int(re.search(r"^EXPOSE (\d+)$", (ROOT / "Containerfile").read_text(), re.M).group(1))
+
+
+def load(name: str) -> list[dict]:
+    return list(yaml.safe_load_all((EXAMPLES / name).read_text()))
+
+
+def mpijob_pods(job: dict) -> dict[str, dict]:
+    return {role: spec["template"]["spec"] for role, spec in job["spec"]["mpiReplicaSpecs"].items()}
+
+
+def env_of(container: dict) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container.get("env", [])}
+
+
+def check_worker(pod: dict, container: dict) -> None:
+    port = exposed_port()
+    assert int(containerfile_env()["MPIRT_SSH_PORT"]) == port == 2222
+    assert {p["containerPort"] for p in container["ports"]} == {port}
+    assert container["readinessProbe"]["tcpSocket"]["port"] == port
+    shm = {m["name"] for m in container["volumeMounts"] if m["mountPath"] == "/dev/shm"}
+    assert [v["emptyDir"]["medium"] for v in pod["volumes"] if v["name"] in shm] == ["Memory"]
+
+
+def check_launcher_args(args: list[str]) -> None:
+    """The args parse as `mpirt launch -- COMMAND` with the image's entrypoint."""
+    assert args[:2] == ["launch", "--"] and len(args) > 2
+    assert cli.resolve_command(cli.make_context("mpirt", list(args), resilient_parsing=True), list(args))[0] == "launch"
+
+
+def ssh_dir(container: dict) -> str:
+    return env_of(container).get("MPIRT_SSH_DIR", "/root/.ssh")  # mpirt launch / worker default
+
+
+@pytest.mark.parametrize("name", ["mpijob-train.yaml", "mpijob-allreduce-nonroot.yaml"])
+def test_mpijob(name, tmp_path):
+    (job,) = load(name)
+    assert (job["apiVersion"], job["kind"]) == ("kubeflow.org/v2beta1", "MPIJob")
+    pods = mpijob_pods(job)
+    (launcher,), (worker,) = pods["Launcher"]["containers"], pods["Worker"]["containers"]
+    for c in (launcher, worker):
+        assert "command" not in c, "a command would replace the mpirt entrypoint"
+        assert ssh_dir(c) == job["spec"]["sshAuthMountPath"]
+    check_worker(pods["Worker"], worker)
+    check_launcher_args(launcher["args"])
+    assert "args" not in worker  # the image's CMD: act on the role
+    assert re.search(r'^CMD \["pod"\]$', (ROOT / "Containerfile").read_text(), re.M)
+    # what the operator adds makes the roles our entrypoint acts on
+    (tmp_path / "etc/mpi").mkdir(parents=True)
+    (tmp_path / "etc/mpi/hostfile").write_text(f"{job['metadata']['name']}-worker-0 slots={job['spec']['slotsPerWorker']}\n")
+    assert detect({"K_MPI_JOB_ROLE": "launcher", **env_of(launcher)}, tmp_path, "x-launcher").kind == "launcher"
+    assert detect({"K_MPI_JOB_ROLE": "worker", **env_of(worker)}, tmp_path, "x-worker-0").kind == "worker"
+
+
+def test_nonroot_mpijob_matches_the_restricted_scc():
+    (job,) = load("mpijob-allreduce-nonroot.yaml")
+    for pod in mpijob_pods(job).values():
+        sc = pod["securityContext"]
+        assert sc["runAsNonRoot"] is True and sc["runAsUser"] != 0 and sc["runAsGroup"] == 0
+        (c,) = pod["containers"]
+        assert c["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+    home = containerfile_env()["HOME"]
+    assert job["spec"]["sshAuthMountPath"].startswith(home + "/")  # inside the group-writable home
+    assert "chgrp -R 0 /home/mpirt" in (ROOT / "Containerfile").read_text() and home == "/home/mpirt"
+
+
+def test_trainer_runtime_and_trainjob(tmp_path):
+    runtime, trainjob = load("trainer-runtime.yaml")
+    assert runtime["kind"] == "ClusterTrainingRuntime" and trainjob["kind"] == "TrainJob"
+    assert runtime["apiVersion"] == trainjob["apiVersion"] == "trainer.kubeflow.org/v1alpha1"
+    assert trainjob["spec"]["runtimeRef"]["name"] == runtime["metadata"]["name"]
+    mpi = runtime["spec"]["mlPolicy"]["mpi"]
+    assert mpi["mpiImplementation"] == "OpenMPI"
+    jobs = {j["name"]: j for j in runtime["spec"]["template"]["spec"]["replicatedJobs"]}
+    node_pod = jobs["node"]["template"]["spec"]["template"]["spec"]
+    launcher_tpl = jobs["launcher"]["template"]["spec"]["template"]
+    # Trainer mounts the Secret and the hostfile only into containers named `node`
+    (node,), (launcher,) = node_pod["containers"], launcher_tpl["spec"]["containers"]
+    assert node["name"] == launcher["name"] == "node"
+    assert jobs["launcher"]["template"]["metadata"]["labels"]["trainer.kubeflow.org/trainjob-ancestor-step"] == "trainer"
+    assert jobs["launcher"]["dependsOn"] == [{"name": "node", "status": "Ready"}]
+    check_worker(node_pod, node)
+    assert node["args"] == ["worker"]
+    assert ssh_dir(node) == ssh_dir(launcher) == mpi["sshAuthMountPath"]
+    assert "command" not in trainjob["spec"]["trainer"]  # a command would replace the entrypoint
+    check_launcher_args(trainjob["spec"]["trainer"]["args"])
+    # what Trainer gives the launcher: the hostfile at /etc/mpi and its variable, no role variable
+    (tmp_path / "etc/mpi").mkdir(parents=True)
+    (tmp_path / "etc/mpi/hostfile").write_text("mpirt-train-node-0-0.mpirt-train slots=1\n")
+    role = detect({"OMPI_MCA_orte_default_hostfile": "/etc/mpi/hostfile"}, tmp_path, "mpirt-train-launcher-0-0")
+    assert (role.kind, role.system) == ("launcher", "trainer")
