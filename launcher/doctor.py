@@ -7,6 +7,7 @@ asked of a child Python, the way a rank would see it.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -82,8 +83,10 @@ def run_checks(cfg: DoctorConfig) -> list[Check]:
                             "point MPI4PY_LIBMPI at that MPI's libmpi"))
         core = view.get("core")
         checks.append(Check("core", "pass" if core == "ok" else "fail",
-                            "compiled allreduce core loads and matches mpi4py's MPI" if core == "ok" else core,
+                            "compiled allreduce core loads and matches mpi4py's MPI; MPI CUDA-aware: "
+                            f"{'yes' if view.get('cuda_aware') else 'no'}" if core == "ok" else core,
                             "" if core == "ok" else "pip install --force-reinstall --no-deps . (rebuild the core)"))
+    checks += _build_checks()
     gpus = gpu_local()
     if gpus.gpus:
         checks.append(Check("gpus", "pass", f"{len(gpus.gpus)} x {gpus.gpus[0].name}; P2P "
@@ -150,6 +153,21 @@ def _ssh_checks(cfg: DoctorConfig) -> list[Check]:
         checks.append(Check(f"host {r.host}", "pass" if r.stage == "ready" else "fail",
                             f"ready in {r.seconds:.2f} s" if r.stage == "ready" else f"{r.stage}: {r.detail}",
                             "" if r.stage == "ready" else report([r], cfg.wait_s).splitlines()[-1].strip()))
+    return checks
+
+
+def _build_checks() -> list[Check]:
+    """What this install is (image builders check it): the core's build options, and UCX."""
+    from mpirt import build_info
+
+    b = build_info()
+    cuda = f"CUDA built (sm {b['cuda_architectures']})" if b["cuda_built"] else "CPU only (no nvcc at build)"
+    checks = [Check("build", "pass", f"commit {b['git_commit']}, {cuda}, {b['compiler'] or 'compiler unknown'}, "
+                                     f"MPI from {b['mpi_source']} {b['mpi_library']}".rstrip())]
+    ucx = shutil.which("ucx_info")
+    version = subprocess.run([ucx, "-v"], capture_output=True, text=True, timeout=10).stdout if ucx else ""
+    line = next((x.strip("# ").strip() for x in version.splitlines() if "version" in x.lower()), "")
+    checks.append(Check("ucx", "pass", line or "not installed: MPI uses its own TCP and shared-memory transports"))
     return checks
 
 

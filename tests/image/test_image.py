@@ -120,7 +120,9 @@ def test_train_across_three_containers(pods):
 
 def test_allreduce_check_across_containers(pods):
     pods.start_workers()
-    proc = pods.launcher("launch", "--", "mpirt", "bench", "allreduce", "-b", "8", "-e", "1M", "-f", "16", "-c", "5")
+    # few iterations: three busy-polling ranks on two cores make every message wait for a core
+    proc = pods.launcher("launch", "--", "mpirt", "bench", "allreduce", "-b", "8", "-e", "1M", "-f", "16", "-c", "5",
+                         "-n", "10", "-w", "2")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "world size 3 on 3 node(s)" in proc.stdout
 
@@ -129,7 +131,7 @@ def test_doctor_reports_what_the_image_holds(image):
     proc = podman("run", "--rm", *LIMITS, image, "doctor", "--json", check=False, timeout=120)
     assert proc.stdout.lstrip().startswith("{"), proc.stdout + proc.stderr
     text = proc.stdout
-    for fact in ('"mpi4py"', "Open MPI", '"cuda_aware"'):
+    for fact in ('"mpi4py"', "Open MPI", "MPI CUDA-aware: no", "CPU only", "ucx"):
         assert fact in text, text[-3000:]
     labels = podman("image", "inspect", "--format", "{{json .Labels}}", image).stdout
     assert '"org.opencontainers.image.version":"0.1.0"' in labels.replace(" ", "")

@@ -15,7 +15,7 @@ def test_json_schema_on_this_machine():
     doc = json.loads(proc.stdout)
     assert doc["schema"] == "mpirt.doctor/1" and set(doc) == {"schema", "ok", "checks"}
     names = [c["name"] for c in doc["checks"]]
-    for name in ("mpi", "mpi4py", "core", "gpus", "network", "memlock", "/dev/shm", "ssh key"):
+    for name in ("mpi", "mpi4py", "core", "build", "ucx", "gpus", "network", "memlock", "/dev/shm", "ssh key"):
         assert name in names
     for c in doc["checks"]:
         assert set(c) == {"name", "status", "detail", "fix"} and c["status"] in STATUSES and c["detail"]
@@ -25,6 +25,8 @@ def test_json_schema_on_this_machine():
     assert proc.returncode == (0 if doc["ok"] else 1)
     by_name = {c["name"]: c for c in doc["checks"]}
     assert by_name["mpi4py"]["status"] == "pass" and by_name["core"]["status"] == "pass"
+    # the installed core's build options, as CMake recorded them
+    assert "compiler unknown" not in by_name["build"]["detail"] and "MPI from system" in by_name["build"]["detail"]
 
 
 def test_missing_mpirun_fails_with_the_fix():
