@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -155,3 +156,27 @@ class Cluster:
             shutil.rmtree(Path("/etc/netns") / self.ns(name), ignore_errors=True)
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
         os.chmod(self.secret, 0o755)
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    """Makes clusters of N worker hosts (optionally all under one UID); skips where namespaces cannot be made."""
+    reason = namespaces_usable()
+    if reason:
+        pytest.skip(reason)
+    made = []
+
+    def make(workers: int = 3, uid: int | None = None) -> Cluster:
+        base = tmp_path
+        if uid is not None:  # a directory the unprivileged user can reach and write
+            base = Path(tempfile.mkdtemp(prefix="mpirt-cluster-"))
+            os.chown(base, uid, uid)
+        c = Cluster(base, workers, uid)
+        made.append(c)
+        return c
+
+    yield make
+    for c in made:
+        c.close()
+        if c.uid is not None:
+            shutil.rmtree(c.tmp, ignore_errors=True)

@@ -5,6 +5,8 @@ import subprocess
 
 import pytest
 
+from netns import cluster  # noqa: F401  (the fixture)
+
 from mpirt.bench import schema
 
 pytestmark = [pytest.mark.e2e, pytest.mark.mpi]

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from netns import cluster  # noqa: F401  (the fixture)
+
 
 pytestmark = [pytest.mark.e2e, pytest.mark.mpi]
 

@@ -149,6 +149,31 @@ def test_missing_secret_says_what_to_mount(image, tmp_path):
         pods.close()
 
 
+def test_key_the_uid_cannot_read_says_what_to_set(image, tmp_path):
+    """A Secret mounted 0600 root-owned while the pod runs as another UID (no fsGroup)."""
+    pods = Pods(image, tmp_path, RANDOM_UID)
+    try:
+        for f in pods.secret.iterdir():
+            os.chmod(f, 0o600)
+        proc = podman("run", "--rm", *pods.args("w0", "worker"), image, check=False, timeout=60)
+        assert proc.returncode != 0
+        assert "authorized_keys" in proc.stderr and "fsGroup" in proc.stderr, proc.stderr
+        proc = podman("run", "--rm", *pods.args("launcher", "launcher"), "-v",
+                      f"{tmp_path / 'hostfile'}:/etc/mpi/hostfile:ro", image, "launch", "--", "true",
+                      check=False, timeout=60)
+        assert proc.returncode != 0
+        assert "cannot read the private key" in proc.stderr and "fsGroup" in proc.stderr, proc.stderr
+    finally:
+        pods.close()
+
+
+def test_unwritable_home_says_what_to_set(image):
+    """A UID whose group is not 0 cannot write the image's home: said at start, with the fix."""
+    proc = podman("run", "--rm", *LIMITS, "--user", "12345:12345", "--passwd=false", image, check=False, timeout=60)
+    assert proc.returncode != 0
+    assert "HOME=/home/mpirt is not writable" in proc.stderr and "runAsGroup: 0" in proc.stderr, proc.stderr
+
+
 def test_containerfile_lints_clean():
     hadolint = shutil.which("hadolint")
     if not hadolint:
