@@ -53,6 +53,11 @@ def pod(command: tuple[str, ...]) -> None:
     except HostError as e:
         raise CliError(str(e)) from e
     print(f"mpirt: role {role.kind} ({role.reason})", file=sys.stderr, flush=True)
+    home = os.environ.get("HOME", "")
+    if home and not os.access(home, os.W_OK):  # ranks and their tools write there (outputs, caches)
+        raise CliError(f"HOME={home} is not writable by uid {os.getuid()} gid {os.getgid()}: run the pod with group 0 "
+                       "(runAsGroup: 0; the image's home is group-0 writable) or set HOME to a writable directory "
+                       "(an emptyDir)")
     if role.kind == "worker":
         worker.main(args=[], prog_name="mpirt worker")
     if not command:

@@ -99,7 +99,12 @@ def write_config(cfg: WorkerConfig, env: dict[str, str]) -> tuple[Path, dict[str
                             "point --ssh-dir (MPIRT_SSH_DIR) at it")
     state = private_dir(state_path(cfg))
     keys_copy = state / "authorized_keys"
-    write_private(keys_copy, auth.read_bytes())
+    try:
+        keys = auth.read_bytes()
+    except OSError as e:
+        raise SshSetupError(f"cannot read {auth}: {e.strerror}; the pod's user (uid {os.getuid()}, gid {os.getgid()}) "
+                            "needs read access: set the pod's fsGroup, or mount the Secret 0640/0644") from e
+    write_private(keys_copy, keys)
     nss = nss_wrapper_env(state)
     host_keys = _host_keys(ssh_dir, state, {**env, **nss})
     session_env = {k: env[k] for k in ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH") if env.get(k)}
