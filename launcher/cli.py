@@ -212,9 +212,12 @@ def bench_compare(base: str, new: str, threshold: str, as_json: bool) -> None:
               envvar="MPIRT_GRACE_S", help="Seconds between forwarding SIGTERM/SIGINT and killing every rank.")
 @click.option("--tag-output/--no-tag-output", default=True, envvar="MPIRT_TAG_OUTPUT",
               help="Prefix each output line with its rank.")
+@click.option("--profile", envvar="MPIRT_PROFILE", help="Algorithm profile: rl, debug, or one from MPIRT_PROFILES.")
+@click.option("--env-defaults/--no-env-defaults", default=True, envvar="MPIRT_ENV_DEFAULTS",
+              help="Set NCCL/UCX/MPI defaults for the network tier found on every host (mpirt env --explain).")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def launch(np_, hostfile, hosts, slots, ssh_dir, ssh_port, wait_s, state_dir, log_dir, mpirun, dry_run, grace_s,
-           tag_output, command) -> None:
+           tag_output, profile, env_defaults, command) -> None:
     """Run COMMAND on MPI ranks and report the root cause if it fails.
 
     Hosts come from --hostfile / -H, else from the pod (mpi-operator, Kubeflow Trainer,
@@ -231,9 +234,31 @@ def launch(np_, hostfile, hosts, slots, ssh_dir, ssh_port, wait_s, state_dir, lo
         sys.exit(run(LaunchConfig(command=command, np=np_, mpirun=mpirun, dry_run=dry_run, grace_s=grace_s,
                                   tag_output=tag_output, hostfile=hostfile, hosts=hosts, slots=slots,
                                   ssh_dir=ssh_dir, ssh_port=ssh_port, wait_s=wait_s, state_dir=state_dir,
-                                  log_dir=log_dir)))
+                                  log_dir=log_dir, profile=profile, env_defaults=env_defaults)))
     except (MpiError, HostError, SshSetupError, ValueError) as e:
         raise CliError(str(e)) from e
+
+
+@main.command("probe", hidden=True)
+@click.option("--peer", help="An address or name of another host (picks the interface routing to it).")
+@click.option("--root", default="/", show_default=True, envvar="MPIRT_SYSFS_ROOT")
+def probe_cmd(peer, root) -> None:
+    """This host's detection result as JSON (`mpirt launch` runs it on every host over ssh)."""
+    import json
+    import socket
+    from pathlib import Path
+
+    from launcher import fleet
+
+    if peer:
+        try:
+            peer = socket.gethostbyname(peer)
+        except OSError as e:
+            raise CliError(f"--peer {peer}: cannot resolve it ({e})") from e
+    found = fleet.local(socket.gethostname(), Path(root), peer)
+    if found.probe is None:
+        raise CliError(found.error)
+    click.echo(json.dumps(fleet.to_json(found)))
 
 
 @main.command("env")

@@ -20,8 +20,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from launcher import fleet
 from launcher import hosts as hostlib
 from launcher import mpi
+from launcher.envdefaults import load_profiles, resolve
 from launcher.detect.gpu import device_nodes
 from launcher.roles import detect as detect_role
 from launcher.run import report, supervise
@@ -43,6 +45,8 @@ class LaunchConfig:
     wait_s: float = 300.0
     state_dir: str = ""
     log_dir: str | None = None
+    profile: str | None = None
+    env_defaults: bool = True
 
 
 def read_hostfile(path: str, why: str, slots: int) -> list[hostlib.Host]:
@@ -102,9 +106,31 @@ def run(cfg: LaunchConfig) -> int:
             child.wait()
 
 
+def env_defaults(cfg: LaunchConfig, impl: mpi.MpiImpl, env: dict, probes: list[fleet.HostProbe]) -> dict[str, str]:
+    """The tier defaults every rank gets (what the user set wins), with the one-line summary."""
+    if not cfg.env_defaults:
+        return {}
+    plan = fleet.combine(probes)
+    values = resolve(plan.tier, ["nccl", "ucx", impl.key], env, iface=plan.iface, hcas=plan.hcas,
+                     topology=plan.topology, profile=cfg.profile, profiles=load_profiles(env.get("MPIRT_PROFILES")))
+    chosen = {v.name: v.value for v in values if v.source != "user"}
+    print(fleet.summary(plan, probes, cfg.profile, len(chosen)), file=sys.stderr, flush=True)
+    return chosen
+
+
+def _peer(hosts: list[hostlib.Host]) -> str | None:
+    """An address of the first host: every host probes the interface that routes there."""
+    try:
+        return socket.gethostbyname(hosts[0].name)
+    except OSError:
+        return None
+
+
 def _run(cfg: LaunchConfig, children: list) -> int:
     impl = mpi.detect(mpi.find_mpirun(cfg.mpirun))
     env = dict(os.environ)
+    if cfg.profile:  # an unknown profile fails before anything starts
+        resolve("tcp", [], {}, profile=cfg.profile, profiles=load_profiles(env.get("MPIRT_PROFILES")))
     hosts, source = resolve_hosts(cfg, env)
     own_dir = "MPIRT_ERROR_DIR" not in env
     error_dir = env.get("MPIRT_ERROR_DIR") or tempfile.mkdtemp(prefix="mpirt-errors-")
@@ -112,6 +138,8 @@ def _run(cfg: LaunchConfig, children: list) -> int:
     added.update({k: v for k, v in mpi.grace_env(impl, cfg.grace_s).items() if k not in env})
     info: dict = {"mpi": impl.label, "hosts_from": source}
     if not hosts:
+        if cfg.env_defaults:
+            added.update(env_defaults(cfg, impl, env, [fleet.local("localhost")]))
         argv = mpi.launch_argv(impl, cfg.np or 1, list(cfg.command), cores=os.cpu_count() or 1, uid=os.getuid(),
                                tag_output=cfg.tag_output)
     else:
@@ -134,9 +162,6 @@ def _run(cfg: LaunchConfig, children: list) -> int:
         setup = prepare(Path(cfg.ssh_dir), state / "ssh", cfg.ssh_port)
         added.update(nss_wrapper_env(state))
         added.update(mpi.ssh_env(impl, setup.ssh_args()))
-        export = mpi.forwarded({**env, **added}, also=added)
-        argv = mpi.build_argv(impl, np_, str(hostfile), list(cfg.command), uid=os.getuid(),
-                              tag_output=cfg.tag_output, export=export)
         info["hostfile"] = hostfile_text
         if not cfg.dry_run:
             if any(is_this_host(h.name) for h in hosts):
@@ -146,6 +171,17 @@ def _run(cfg: LaunchConfig, children: list) -> int:
             if text:
                 print(text, file=sys.stderr, flush=True)
                 return 1
+        if cfg.env_defaults and cfg.dry_run:
+            info["env_defaults"] = "set at launch from every host's probe (mpirt probe over ssh)"
+        elif cfg.env_defaults:
+            peer = _peer(hosts)
+            probes = [fleet.local(f"{socket.gethostname()} (launcher)", peer=peer,
+                                  runs_ranks=any(is_this_host(h.name) for h in hosts))]
+            probes += fleet.gather([h.name for h in hosts if not is_this_host(h.name)], setup.ssh_args(), peer)
+            added.update(env_defaults(cfg, impl, env, probes))
+        export = mpi.forwarded({**env, **added}, also=added)
+        argv = mpi.build_argv(impl, np_, str(hostfile), list(cfg.command), uid=os.getuid(),
+                              tag_output=cfg.tag_output, export=export)
     if cfg.dry_run:
         print(json.dumps({**info, "argv": argv, "env": added}, indent=1))
         if own_dir:
@@ -156,4 +192,3 @@ def _run(cfg: LaunchConfig, children: list) -> int:
     if own_dir and code == 0:
         shutil.rmtree(error_dir, ignore_errors=True)
     return code
-

@@ -1,0 +1,130 @@
+"""The job's hosts seen as one network: each host's probe (`mpirt probe` over the ssh mesh),
+then what every rank can share: the lowest common tier, an interface and HCA list only when
+every host names the same ones, the weakest GPU topology. Hosts that pull the job down or
+disagree are named, so "why TCP on a RoCE cluster" has a one-line answer."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from launcher.detect.probe import Probe
+from launcher.envdefaults import Topology
+
+TIER_ORDER = {"tcp": 0, "roce": 1, "ib": 2}
+
+
+@dataclass(frozen=True)
+class HostProbe:
+    host: str
+    probe: Probe | None
+    topology: Topology | None
+    error: str = ""
+    runs_ranks: bool = True  # False: the launcher pod alone (its interface matters to mpirun, its tier does not)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the env defaults are computed from, for every rank alike."""
+
+    tier: str
+    iface: str | None
+    hcas: tuple[str, ...]
+    topology: Topology
+    notes: tuple[str, ...]
+
+
+def from_json(host: str, doc: dict) -> HostProbe:
+    p = doc["probe"]
+    probe = Probe(p["tier"], tuple(p["hcas"]), p["iface"], p["memlock"], p["shm_bytes"], p["gpus"], tuple(p["notes"]),
+                  tuple(p["ports"]))
+    g = doc["gpus"]
+    return HostProbe(host, probe, Topology(gpus=g["count"], p2p_ok=g["p2p_ok"], mig=g["mig"],
+                                           shm_bytes=probe.shm_bytes or 1 << 40))
+
+
+def _names(hosts: list[str], limit: int = 4) -> str:
+    return ", ".join(hosts[:limit]) + (f" and {len(hosts) - limit} more" if len(hosts) > limit else "")
+
+
+def combine(probes: list[HostProbe]) -> Plan:
+    """One plan for all hosts (pure)."""
+    ranks = [p for p in probes if p.runs_ranks]
+    notes = [f"{p.host}: no probe ({p.error}); counted as tcp" for p in ranks if p.probe is None]
+    tiers = {p.host: p.probe.tier if p.probe else "tcp" for p in ranks} or {"": "tcp"}
+    tier = min(tiers.values(), key=TIER_ORDER.__getitem__)
+    if len(set(tiers.values())) > 1:
+        low = [h for h, t in tiers.items() if t == tier]
+        others = sorted({t for t in tiers.values() if t != tier}, key=TIER_ORDER.__getitem__)
+        notes.append(f"tier {tier} because {_names(low)} {'has' if len(low) == 1 else 'have'} no better; "
+                     f"the other hosts have {', '.join(others)}")
+    seen = [p for p in probes if p.probe]
+    ifaces = {p.probe.iface for p in seen}
+    iface = ifaces.pop() if len(ifaces) == 1 else None
+    if len(ifaces) > 0:  # more than one name: a value for every rank cannot be chosen
+        notes.append("interfaces differ (" + _names([f"{p.host}: {p.probe.iface}" for p in seen]) +
+                     "): interface variables left to the libraries")
+    hca_sets = {p.probe.hcas for p in seen if p.runs_ranks and p.probe.tier == tier}
+    hcas = hca_sets.pop() if len(hca_sets) == 1 and tier != "tcp" else ()
+    if tier != "tcp" and len(hca_sets) > 0:
+        notes.append("HCA names differ between hosts: NCCL_IB_HCA left to NCCL")
+    tops = [p.topology for p in ranks if p.topology]
+    topology = Topology(gpus=min((t.gpus for t in tops), default=0), p2p_ok=all(t.p2p_ok for t in tops),
+                        mig=any(t.mig for t in tops), shm_bytes=min((t.shm_bytes for t in tops), default=1 << 40))
+    return Plan(tier, iface, hcas, topology, tuple(notes))
+
+
+def local(host: str, root: Path = Path("/"), peer: str | None = None, runs_ranks: bool = True) -> HostProbe:
+    """This host's probe and GPU topology (NVML; none is a normal answer)."""
+    from launcher.detect.gpu import local as gpu_local
+    from launcher.detect.probe import probe
+
+    try:
+        found = probe(root, peer)
+    except ValueError as e:
+        return HostProbe(host, None, None, str(e), runs_ranks)
+    g = gpu_local()
+    return HostProbe(host, found, Topology(gpus=len(g.gpus), p2p_ok=g.p2p_ok, mig=g.mig,
+                                           shm_bytes=found.shm_bytes or 1 << 40), runs_ranks=runs_ranks)
+
+
+def to_json(hp: HostProbe) -> dict:
+    """What `mpirt probe` prints; from_json reads it back on the launcher."""
+    t = hp.topology
+    return {"probe": hp.probe.to_json(), "gpus": {"count": t.gpus, "p2p_ok": t.p2p_ok, "mig": t.mig}}
+
+
+def probe_argv(host: str, ssh: list[str], peer: str | None) -> list[str]:
+    return ["ssh", *ssh, host, "mpirt", "probe", *(["--peer", peer] if peer else [])]
+
+
+def gather(hosts: list[str], ssh: list[str], peer: str | None, timeout: float = 30.0) -> list[HostProbe]:
+    """Every host's probe, in parallel over the ssh mesh (OpenSSH, the config `mpirt launch` wrote)."""
+    def one(host: str) -> HostProbe:
+        try:
+            proc = subprocess.run(probe_argv(host, ssh, peer), capture_output=True, text=True, timeout=timeout,
+                                  check=False)
+        except subprocess.TimeoutExpired:
+            return HostProbe(host, None, None, f"no answer in {timeout:g} s")
+        if proc.returncode != 0:
+            last = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+            return HostProbe(host, None, None, last[:200])
+        try:
+            return from_json(host, json.loads(proc.stdout))
+        except (ValueError, KeyError, TypeError) as e:
+            return HostProbe(host, None, None, f"unreadable probe: {e}")
+
+    with ThreadPoolExecutor(max_workers=min(32, len(hosts) or 1)) as pool:
+        return list(pool.map(one, hosts))
+
+
+def summary(plan: Plan, probes: list[HostProbe], profile: str | None, set_count: int) -> str:
+    hosts = sum(p.runs_ranks for p in probes)
+    where = f"{hosts} host{'s' if hosts != 1 else ''}"
+    line = (f"mpirt: tier {plan.tier} ({where}), interface {plan.iface or 'left to the libraries'}, "
+            f"profile {profile or 'none'}, {set_count} variable{'s' if set_count != 1 else ''} set "
+            "(mpirt env --explain says why)")
+    return "\n".join([line] + [f"mpirt:   {n}" for n in plan.notes])

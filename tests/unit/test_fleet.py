@@ -1,0 +1,88 @@
+"""The job's hosts as one network: lowest common tier with the hosts that cause it named,
+interfaces and HCAs only where every host agrees, the weakest GPU topology; and the launcher's
+use of it (defaults set, the user's values kept, the summary line)."""
+
+import json
+import subprocess
+import sys
+
+from launcher import fleet
+from launcher.detect.probe import Probe
+from launcher.envdefaults import Topology
+
+
+def host(name, tier, iface="eth0", hcas=(), gpus=0, p2p=True, mig=False, runs_ranks=True):
+    probe = Probe(tier, tuple(hcas), iface, 1 << 40, 1 << 34, gpus, (), ())
+    return fleet.HostProbe(name, probe, Topology(gpus=gpus, p2p_ok=p2p, mig=mig, shm_bytes=1 << 34),
+                           runs_ranks=runs_ranks)
+
+
+def test_same_hosts_share_everything():
+    plan = fleet.combine([host(f"w{i}", "ib", hcas=("mlx5_0", "mlx5_1"), gpus=8) for i in range(4)])
+    assert (plan.tier, plan.iface, plan.hcas, plan.notes) == ("ib", "eth0", ("mlx5_0", "mlx5_1"), ())
+    assert plan.topology.gpus == 8 and plan.topology.p2p_ok
+
+
+def test_lowest_tier_names_the_host_that_causes_it():
+    plan = fleet.combine([host("w0", "roce", hcas=("mlx5_0",)), host("w1", "tcp"), host("w2", "roce", hcas=("mlx5_0",))])
+    assert plan.tier == "tcp" and plan.hcas == ()
+    assert plan.notes == ("tier tcp because w1 has no better; the other hosts have roce",)
+
+
+def test_launcher_pod_without_ranks_does_not_lower_the_tier():
+    plan = fleet.combine([host("launcher", "tcp", runs_ranks=False), host("w0", "ib", hcas=("mlx5_0",)),
+                          host("w1", "ib", hcas=("mlx5_0",))])
+    assert plan.tier == "ib" and plan.hcas == ("mlx5_0",)
+
+
+def test_disagreements_leave_values_to_the_libraries():
+    plan = fleet.combine([host("w0", "ib", iface="eth0", hcas=("mlx5_0",)), host("w1", "ib", iface="net1",
+                                                                                   hcas=("mlx5_2",))])
+    assert plan.iface is None and plan.hcas == ()
+    assert any("interfaces differ (w0: eth0, w1: net1)" in n for n in plan.notes)
+    assert any("HCA names differ" in n for n in plan.notes)
+
+
+def test_failed_probe_counts_as_tcp_and_is_named():
+    plan = fleet.combine([host("w0", "ib", hcas=("mlx5_0",)), fleet.HostProbe("w1", None, None, "mpirt: not found")])
+    assert plan.tier == "tcp"
+    assert plan.notes[0] == "w1: no probe (mpirt: not found); counted as tcp"
+
+
+def test_weakest_gpu_topology():
+    plan = fleet.combine([host("w0", "tcp", gpus=8), host("w1", "tcp", gpus=4, p2p=False, mig=True)])
+    assert (plan.topology.gpus, plan.topology.p2p_ok, plan.topology.mig) == (4, False, True)
+
+
+def test_probe_command_round_trips():
+    proc = subprocess.run([sys.executable, "-m", "launcher.cli", "probe", "--peer", "127.0.0.1"], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    back = fleet.from_json("here", json.loads(proc.stdout))
+    assert back.probe.tier in fleet.TIER_ORDER and back.topology.gpus >= 0
+
+
+def launch(*args, env=None):
+    import os
+    return subprocess.run([sys.executable, "-m", "launcher.cli", "launch", "-np", "2", "--dry-run", *args, "--",
+                           "true"], capture_output=True, text=True, timeout=60, env={**os.environ, **(env or {})})
+
+
+def test_launch_sets_tier_defaults_keeps_the_users_and_says_so():
+    proc = launch(env={"NCCL_DEBUG": "TRACE"})
+    assert proc.returncode == 0, proc.stderr
+    env = json.loads(proc.stdout)["env"]
+    assert env["NCCL_IB_DISABLE"] == "1" and env["OMPI_MCA_btl"] == "self,vader,tcp"  # this machine: tcp
+    assert "NCCL_DEBUG" not in env  # the user's TRACE stands
+    line = proc.stderr.splitlines()[0]
+    assert line.startswith("mpirt: tier tcp (1 host), interface ") and line.endswith("(mpirt env --explain says why)")
+    assert f"{len(env) - 2} variables set" in line  # all but MPIRT_ERROR_DIR and the grace period
+
+
+def test_launch_profile_and_opt_out():
+    env = json.loads(launch("--profile", "debug").stdout)["env"]
+    assert env["NCCL_DEBUG"] == "INFO" and env["OMPI_MCA_btl_base_verbose"] == "30"
+    env = json.loads(launch("--no-env-defaults").stdout)["env"]
+    assert not any(k.startswith(("NCCL_", "UCX_", "OMPI_MCA_b")) for k in env)
+    proc = launch("--profile", "fast")
+    assert proc.returncode == 2 and "unknown profile 'fast'" in proc.stderr
