@@ -28,4 +28,5 @@ apt-get install -y -q --no-install-recommends $packages ||
 rm -rf /var/lib/apt/lists/*
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
     fail "the base image's python3 is $(python3 -V 2>&1); mpirt needs Python >= 3.11 (Debian 12, Ubuntu 24.04)"
+mkdir -p /opt/mpi  # where a flavour built from source installs (empty otherwise)
 flavour_setup

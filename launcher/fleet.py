@@ -63,13 +63,13 @@ def combine(probes: list[HostProbe]) -> Plan:
                      f"the other hosts have {', '.join(others)}")
     seen = [p for p in probes if p.probe]
     ifaces = {p.probe.iface for p in seen}
-    iface = ifaces.pop() if len(ifaces) == 1 else None
-    if len(ifaces) > 0:  # more than one name: a value for every rank cannot be chosen
+    iface = next(iter(ifaces)) if len(ifaces) == 1 else None
+    if len(ifaces) > 1:  # one value goes to every rank: there is none to choose
         notes.append("interfaces differ (" + _names([f"{p.host}: {p.probe.iface}" for p in seen]) +
                      "): interface variables left to the libraries")
     hca_sets = {p.probe.hcas for p in seen if p.runs_ranks and p.probe.tier == tier}
-    hcas = hca_sets.pop() if len(hca_sets) == 1 and tier != "tcp" else ()
-    if tier != "tcp" and len(hca_sets) > 0:
+    hcas = next(iter(hca_sets)) if len(hca_sets) == 1 and tier != "tcp" else ()
+    if tier != "tcp" and len(hca_sets) > 1:
         notes.append("HCA names differ between hosts: NCCL_IB_HCA left to NCCL")
     tops = [p.topology for p in ranks if p.topology]
     topology = Topology(gpus=min((t.gpus for t in tops), default=0), p2p_ok=all(t.p2p_ok for t in tops),
