@@ -63,12 +63,14 @@ def combine(probes: list[HostProbe]) -> Plan:
                      f"the other hosts have {', '.join(others)}")
     seen = [p for p in probes if p.probe]
     ifaces = {p.probe.iface for p in seen}
-    iface = next(iter(ifaces)) if len(ifaces) == 1 else None
+    # a host we could not ask may name its interfaces otherwise: then nothing is imposed
+    known = len(seen) == len(probes)
+    iface = next(iter(ifaces)) if len(ifaces) == 1 and known else None
     if len(ifaces) > 1:  # one value goes to every rank: there is none to choose
         notes.append("interfaces differ (" + _names([f"{p.host}: {p.probe.iface}" for p in seen]) +
                      "): interface variables left to the libraries")
     hca_sets = {p.probe.hcas for p in seen if p.runs_ranks and p.probe.tier == tier}
-    hcas = next(iter(hca_sets)) if len(hca_sets) == 1 and tier != "tcp" else ()
+    hcas = next(iter(hca_sets)) if len(hca_sets) == 1 and tier != "tcp" and known else ()
     if tier != "tcp" and len(hca_sets) > 1:
         notes.append("HCA names differ between hosts: NCCL_IB_HCA left to NCCL")
     tops = [p.topology for p in ranks if p.topology]
@@ -101,12 +103,14 @@ def probe_argv(host: str, ssh: list[str], peer: str | None) -> list[str]:
     return ["ssh", *ssh, host, "mpirt", "probe", *(["--peer", peer] if peer else [])]
 
 
-def gather(hosts: list[str], ssh: list[str], peer: str | None, timeout: float = 30.0) -> list[HostProbe]:
-    """Every host's probe, in parallel over the ssh mesh (OpenSSH, the config `mpirt launch` wrote)."""
+def gather(hosts: list[str], ssh: list[str], peer: str | None, env: dict[str, str],
+           timeout: float = 30.0) -> list[HostProbe]:
+    """Every host's probe, in parallel over the ssh mesh (OpenSSH with the config and the
+    environment, nss_wrapper included, that `mpirt launch` gives mpirun's ssh)."""
     def one(host: str) -> HostProbe:
         try:
             proc = subprocess.run(probe_argv(host, ssh, peer), capture_output=True, text=True, timeout=timeout,
-                                  check=False)
+                                  check=False, env=env)
         except subprocess.TimeoutExpired:
             return HostProbe(host, None, None, f"no answer in {timeout:g} s")
         if proc.returncode != 0:

@@ -177,7 +177,8 @@ def _run(cfg: LaunchConfig, children: list) -> int:
             peer = _peer(hosts)
             probes = [fleet.local(f"{socket.gethostname()} (launcher)", peer=peer,
                                   runs_ranks=any(is_this_host(h.name) for h in hosts))]
-            probes += fleet.gather([h.name for h in hosts if not is_this_host(h.name)], setup.ssh_args(), peer)
+            probes += fleet.gather([h.name for h in hosts if not is_this_host(h.name)], setup.ssh_args(), peer,
+                                   {**env, **added})
             added.update(env_defaults(cfg, impl, env, probes))
         export = mpi.forwarded({**env, **added}, also=added)
         argv = mpi.build_argv(impl, np_, str(hostfile), list(cfg.command), uid=os.getuid(),
