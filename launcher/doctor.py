@@ -7,6 +7,7 @@ asked of a child Python, the way a rank would see it.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -146,13 +147,27 @@ def _ssh_checks(cfg: DoctorConfig) -> list[Check]:
         hosts = read_hostfile(cfg.hostfile, "--hostfile", 1)
     except HostError as e:
         return checks + [Check("hosts", "fail", str(e))]
+    from launcher import fleet
+
     with tempfile.TemporaryDirectory(prefix="mpirt-doctor-") as state:
         setup = prepare(Path(cfg.ssh_dir), Path(state), cfg.ssh_port)
         results = wait_ready([h.name for h in hosts], setup, cfg.wait_s)
+        ready = [r.host for r in results if r.stage == "ready"]
+        probes = {p.host: p for p in fleet.gather(ready, setup.ssh_args(), None, dict(os.environ))}
     for r in results:
+        p = probes.get(r.host)
+        seen = ("" if p is None else f"; tier {p.probe.tier}, interface {p.probe.iface or 'unknown'}" if p.probe
+                else f"; no probe ({p.error})")
         checks.append(Check(f"host {r.host}", "pass" if r.stage == "ready" else "fail",
-                            f"ready in {r.seconds:.2f} s" if r.stage == "ready" else f"{r.stage}: {r.detail}",
+                            f"ready in {r.seconds:.2f} s{seen}" if r.stage == "ready" else f"{r.stage}: {r.detail}",
                             "" if r.stage == "ready" else report([r], cfg.wait_s).splitlines()[-1].strip()))
+    if probes:
+        plan = fleet.combine(list(probes.values()))
+        checks.append(Check("network (all hosts)", "warn" if plan.notes else "pass",
+                            f"tier {plan.tier}, interface {plan.iface or 'left to the libraries'}"
+                            + "".join(f"; {n}" for n in plan.notes),
+                            "a host below the others' tier slows every collective: check its RDMA devices with "
+                            "mpirt env --explain there" if plan.notes else ""))
     return checks
 
 

@@ -218,6 +218,8 @@ def test_doctor_checks_each_host(secret, start_worker, tmp_path):
     assert proc.returncode == 1
     checks = {c["name"]: c for c in json.loads(proc.stdout)["checks"]}
     assert checks["host 127.0.0.1"]["status"] == "pass"
+    assert "; tier tcp, interface " in checks["host 127.0.0.1"]["detail"]  # its probe, over ssh
+    assert checks["network (all hosts)"]["detail"].startswith("tier tcp")
     bad = checks["host w9.invalid"]
     assert bad["status"] == "fail" and bad["detail"].startswith("dns: no DNS record")
     assert "pod is not scheduled yet" in bad["fix"]
