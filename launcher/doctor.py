@@ -7,7 +7,6 @@ asked of a child Python, the way a rank would see it.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -151,9 +150,8 @@ def _ssh_checks(cfg: DoctorConfig) -> list[Check]:
 
     with tempfile.TemporaryDirectory(prefix="mpirt-doctor-") as state:
         setup = prepare(Path(cfg.ssh_dir), Path(state), cfg.ssh_port)
-        results = wait_ready([h.name for h in hosts], setup, cfg.wait_s)
-        ready = [r.host for r in results if r.stage == "ready"]
-        probes = {p.host: p for p in fleet.gather(ready, setup.ssh_args(), None, dict(os.environ))}
+        results = wait_ready([h.name for h in hosts], setup, cfg.wait_s, command=fleet.probe_command(None))
+    probes = {r.host: fleet.from_output(r.host, r.output) for r in results if r.stage == "ready"}
     for r in results:
         p = probes.get(r.host)
         seen = ("" if p is None else f"; tier {p.probe.tier}, interface {p.probe.iface or 'unknown'}" if p.probe

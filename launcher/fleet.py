@@ -1,13 +1,13 @@
-"""The job's hosts seen as one network: each host's probe (`mpirt probe` over the ssh mesh),
+"""The job's hosts seen as one network: each host's probe (over the ssh mesh, on the
+connection that proved the host ready),
 then what every rank can share: the lowest common tier, an interface and HCA list only when
 every host names the same ones, the weakest GPU topology. Hosts that pull the job down or
 disagree are named, so "why TCP on a RoCE cluster" has a one-line answer."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
-import subprocess
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,30 +99,21 @@ def to_json(hp: HostProbe) -> dict:
     return {"probe": hp.probe.to_json(), "gpus": {"count": t.gpus, "p2p_ok": t.p2p_ok, "mig": t.mig}}
 
 
-def probe_argv(host: str, ssh: list[str], peer: str | None) -> list[str]:
-    return ["ssh", *ssh, host, "mpirt", "probe", *(["--peer", peer] if peer else [])]
+def probe_command(peer: str | None) -> str:
+    """What each host runs on the connection that proved it ready: the probe its `mpirt worker`
+    saved at start (no Python started on the critical path), else a fresh `mpirt probe`."""
+    fresh = "mpirt probe" + (f" --peer {ipaddress.IPv4Address(peer)}" if peer else "")
+    return f'if [ -r "$MPIRT_PROBE" ]; then cat "$MPIRT_PROBE"; else exec {fresh}; fi'
 
 
-def gather(hosts: list[str], ssh: list[str], peer: str | None, env: dict[str, str],
-           timeout: float = 30.0) -> list[HostProbe]:
-    """Every host's probe, in parallel over the ssh mesh (OpenSSH with the config and the
-    environment, nss_wrapper included, that `mpirt launch` gives mpirun's ssh)."""
-    def one(host: str) -> HostProbe:
-        try:
-            proc = subprocess.run(probe_argv(host, ssh, peer), capture_output=True, text=True, timeout=timeout,
-                                  check=False, env=env)
-        except subprocess.TimeoutExpired:
-            return HostProbe(host, None, None, f"no answer in {timeout:g} s")
-        if proc.returncode != 0:
-            last = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
-            return HostProbe(host, None, None, last[:200])
-        try:
-            return from_json(host, json.loads(proc.stdout))
-        except (ValueError, KeyError, TypeError) as e:
-            return HostProbe(host, None, None, f"unreadable probe: {e}")
-
-    with ThreadPoolExecutor(max_workers=min(32, len(hosts) or 1)) as pool:
-        return list(pool.map(one, hosts))
+def from_output(host: str, output: str) -> HostProbe:
+    """A host's probe from what ``probe_command`` printed there."""
+    if not output.strip():
+        return HostProbe(host, None, None, "no probe output (mpirt missing there, or too old for `mpirt probe`)")
+    try:
+        return from_json(host, json.loads(output))
+    except (ValueError, KeyError, TypeError) as e:
+        return HostProbe(host, None, None, f"unreadable probe: {e}")
 
 
 def summary(plan: Plan, probes: list[HostProbe], profile: str | None, set_count: int) -> str:

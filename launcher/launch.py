@@ -166,7 +166,9 @@ def _run(cfg: LaunchConfig, children: list) -> int:
         if not cfg.dry_run:
             if any(is_this_host(h.name) for h in hosts):
                 children.append(start_own_sshd(cfg, state))
-            results = wait_ready([h.name for h in hosts], setup, cfg.wait_s, _progress)
+            peer = _peer(hosts)
+            results = wait_ready([h.name for h in hosts], setup, cfg.wait_s, _progress,
+                                 command=fleet.probe_command(peer) if cfg.env_defaults else None)
             text = readiness_report(results, cfg.wait_s)
             if text:
                 print(text, file=sys.stderr, flush=True)
@@ -174,11 +176,8 @@ def _run(cfg: LaunchConfig, children: list) -> int:
         if cfg.env_defaults and cfg.dry_run:
             info["env_defaults"] = "set at launch from every host's probe (mpirt probe over ssh)"
         elif cfg.env_defaults:
-            peer = _peer(hosts)
-            probes = [fleet.local(f"{socket.gethostname()} (launcher)", peer=peer,
-                                  runs_ranks=any(is_this_host(h.name) for h in hosts))]
-            probes += fleet.gather([h.name for h in hosts if not is_this_host(h.name)], setup.ssh_args(), peer,
-                                   {**env, **added})
+            probes = [fleet.local(f"{socket.gethostname()} (launcher)", peer=peer, runs_ranks=False)]
+            probes += [fleet.from_output(r.host, r.output) for r in results]
             added.update(env_defaults(cfg, impl, env, probes))
         export = mpi.forwarded({**env, **added}, also=added)
         argv = mpi.build_argv(impl, np_, str(hostfile), list(cfg.command), uid=os.getuid(),

@@ -39,6 +39,7 @@ class Readiness:
     stage: str  # ready | dns | tcp | auth (the stage it is stuck at)
     detail: str
     seconds: float
+    output: str = ""  # what ``command`` printed on the host, once it was ready
 
 
 def username() -> str:
@@ -49,7 +50,23 @@ def username() -> str:
         return "mpirt"
 
 
-def _auth(sock: socket.socket, host: str, setup: SshSetup, pkey, timeout: float, user: str) -> None:
+def _run(transport: paramiko.Transport, command: str, timeout: float) -> str:
+    """``command``'s standard output over the authenticated connection ('' if it fails)."""
+    chan = transport.open_session(timeout=timeout)
+    chan.settimeout(timeout)
+    chan.exec_command(command)
+    out = b""
+    try:
+        while chunk := chan.recv(65536):
+            out += chunk
+        ok = chan.recv_exit_status() == 0
+    except (TimeoutError, socket.timeout):
+        ok = False
+    return out.decode(errors="replace") if ok else ""
+
+
+def _auth(sock: socket.socket, host: str, setup: SshSetup, pkey, timeout: float, user: str,
+          command: str | None = None) -> str:
     transport = paramiko.Transport(sock)
     try:
         transport.banner_timeout = transport.auth_timeout = timeout
@@ -62,12 +79,14 @@ def _auth(sock: socket.socket, host: str, setup: SshSetup, pkey, timeout: float,
         transport.auth_publickey(user, pkey)
         if not transport.is_authenticated():
             raise paramiko.AuthenticationException("not authenticated")
+        return _run(transport, command, timeout) if command else ""
     finally:
         transport.close()
 
 
-def _attempt(host: str, setup: SshSetup, pkey, user: str, remaining: float) -> tuple[str, str]:
-    """One pass through the stages: ("ready", "") or (the stage that failed, why)."""
+def _attempt(host: str, setup: SshSetup, pkey, user: str, remaining: float,
+             command: str | None = None) -> tuple[str, str]:
+    """One pass through the stages: ("ready", command's output) or (the stage that failed, why)."""
     try:
         addrs = socket.getaddrinfo(host, setup.port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
@@ -82,30 +101,35 @@ def _attempt(host: str, setup: SshSetup, pkey, user: str, remaining: float) -> t
         return "tcp", f"{e.strerror or e} (port {setup.port})"
     try:
         sock.settimeout(max(0.5, min(10.0, remaining)))
-        _auth(sock, host, setup, pkey, max(0.5, min(10.0, remaining)), user)
+        output = _auth(sock, host, setup, pkey, max(0.5, min(10.0, remaining)), user, command)
     except paramiko.AuthenticationException:
         return "auth", f"public key refused for user {user!r}"
     except (paramiko.SSHException, EOFError, OSError) as e:
         return "auth", f"ssh handshake failed: {e or type(e).__name__}"
     finally:
         sock.close()
-    return "ready", ""
+    return "ready", output
 
 
-def check(host: str, setup: SshSetup, deadline: float, pkey, user: str, stop: threading.Event) -> Readiness:
+def check(host: str, setup: SshSetup, deadline: float, pkey, user: str, stop: threading.Event,
+          command: str | None = None) -> Readiness:
     """Retry ``host`` with backoff (50 ms doubling to 1 s) until it is ready or the deadline."""
     t0, delay = time.monotonic(), 0.05
     while True:
-        stage, detail = _attempt(host, setup, pkey, user, deadline - time.monotonic())
-        if stage == "ready" or stop.is_set() or time.monotonic() + delay >= deadline:
+        stage, detail = _attempt(host, setup, pkey, user, deadline - time.monotonic(), command)
+        if stage == "ready":
+            return Readiness(host, stage, "", time.monotonic() - t0, detail)
+        if stop.is_set() or time.monotonic() + delay >= deadline:
             return Readiness(host, stage, detail, time.monotonic() - t0)
         stop.wait(delay)
         delay = min(delay * 2, 1.0)
 
 
 def wait_ready(hosts: list[str], setup: SshSetup, wait_s: float,
-               on_progress: Callable[[int, int], None] | None = None, user: str | None = None) -> list[Readiness]:
-    """Readiness of every host (in the order given) within ``wait_s`` seconds in all."""
+               on_progress: Callable[[int, int], None] | None = None, user: str | None = None,
+               command: str | None = None) -> list[Readiness]:
+    """Readiness of every host (in the order given) within ``wait_s`` seconds in all; with
+    ``command``, each host runs it on the connection that proved it ready (one handshake)."""
     if not hosts:
         return []
     pkey = paramiko.PKey.from_path(str(setup.key))
@@ -117,7 +141,7 @@ def wait_ready(hosts: list[str], setup: SshSetup, wait_s: float,
 
     def one(host: str) -> Readiness:
         nonlocal ready
-        r = check(host, setup, deadline, pkey, user, stop)
+        r = check(host, setup, deadline, pkey, user, stop, command)
         if r.stage == "ready" and on_progress:
             with lock:
                 ready += 1

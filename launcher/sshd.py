@@ -16,16 +16,19 @@ restart sshd if it dies on its own.
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from launcher import fleet
 from launcher.ssh import SshSetupError, write_private, private_dir
 
 PRIVSEP_DIR = "/run/sshd"
@@ -109,6 +112,10 @@ def write_config(cfg: WorkerConfig, env: dict[str, str]) -> tuple[Path, dict[str
     host_keys = _host_keys(ssh_dir, state, {**env, **nss})
     session_env = {k: env[k] for k in ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH") if env.get(k)}
     session_env.update(nss)
+    found = fleet.local(socket.gethostname())
+    if found.probe:  # read by the launcher during its readiness check (fleet.probe_command)
+        write_private(state / "probe.json", json.dumps(fleet.to_json(found)).encode())
+        session_env["MPIRT_PROBE"] = str(state / "probe.json")
     for k, v in session_env.items():
         if any(c.isspace() or c == '"' for c in v):
             raise SshSetupError(f"{k} contains whitespace or quotes ({v!r}); sshd's SetEnv cannot carry it")

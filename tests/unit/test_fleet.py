@@ -6,6 +6,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from launcher import fleet
 from launcher.detect.probe import Probe
 from launcher.envdefaults import Topology
@@ -87,3 +89,22 @@ def test_launch_profile_and_opt_out():
     assert not any(k.startswith(("NCCL_", "UCX_", "OMPI_MCA_b")) for k in env)
     proc = launch("--profile", "fast")
     assert proc.returncode == 2 and "unknown profile 'fast'" in proc.stderr
+
+
+def test_probe_command_prefers_the_workers_saved_probe(tmp_path):
+    import os
+
+    saved = tmp_path / "probe.json"
+    saved.write_text(json.dumps({"probe": {"tier": "ib", "hcas": ["mlx5_0"], "iface": "eth0", "memlock": -1,
+                                           "shm_bytes": 1 << 34, "gpus": 8, "notes": [], "ports": []},
+                                 "gpus": {"count": 8, "p2p_ok": True, "mig": False}}))
+    cmd = fleet.probe_command("10.0.0.1")
+    out = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True, env={**os.environ, "MPIRT_PROBE": str(saved)})
+    hp = fleet.from_output("w0", out.stdout)
+    assert (hp.probe.tier, hp.probe.hcas, hp.topology.gpus) == ("ib", ("mlx5_0",), 8)
+    fresh = subprocess.run(["sh", "-c", cmd], capture_output=True, text=True, timeout=60,
+                           env={k: v for k, v in os.environ.items() if k != "MPIRT_PROBE"})
+    assert fleet.from_output("here", fresh.stdout).probe is not None  # `mpirt probe --peer 10.0.0.1` ran
+    assert fleet.from_output("w1", "").error.startswith("no probe output")
+    with pytest.raises(ValueError):
+        fleet.probe_command("10.0.0.1; rm -rf /")
