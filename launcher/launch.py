@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,17 +168,19 @@ def _run(cfg: LaunchConfig, children: list) -> int:
             if any(is_this_host(h.name) for h in hosts):
                 children.append(start_own_sshd(cfg, state))
             peer = _peer(hosts)
-            results = wait_ready([h.name for h in hosts], setup, cfg.wait_s, _progress,
-                                 command=fleet.probe_command(peer) if cfg.env_defaults else None)
+            with ThreadPoolExecutor(max_workers=1) as pool:  # this host's probe while the hosts are checked
+                own = pool.submit(fleet.local, f"{socket.gethostname()} (launcher)", Path("/"), peer, False) \
+                    if cfg.env_defaults else None
+                results = wait_ready([h.name for h in hosts], setup, cfg.wait_s, _progress,
+                                     command=fleet.probe_command(peer) if cfg.env_defaults else None)
             text = readiness_report(results, cfg.wait_s)
             if text:
                 print(text, file=sys.stderr, flush=True)
                 return 1
         if cfg.env_defaults and cfg.dry_run:
-            info["env_defaults"] = "set at launch from every host's probe (mpirt probe over ssh)"
+            info["env_defaults"] = "set at launch from every host's probe (read during the readiness check)"
         elif cfg.env_defaults:
-            probes = [fleet.local(f"{socket.gethostname()} (launcher)", peer=peer, runs_ranks=False)]
-            probes += [fleet.from_output(r.host, r.output) for r in results]
+            probes = [own.result()] + [fleet.from_output(r.host, r.output) for r in results]
             added.update(env_defaults(cfg, impl, env, probes))
         export = mpi.forwarded({**env, **added}, also=added)
         argv = mpi.build_argv(impl, np_, str(hostfile), list(cfg.command), uid=os.getuid(),
