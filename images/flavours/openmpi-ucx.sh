@@ -3,7 +3,7 @@
 # OMPI_SOURCE: a URL, or the name of a tarball in images/sources/. The default is Open MPI 4.1.4
 # from Debian's archive (reachable where open-mpi.org may not be); point it at the release you want.
 BUILD_PACKAGES="libucx-dev libnuma-dev curl xz-utils bzip2 file"
-RUNTIME_PACKAGES="libucx0 libnuma1"
+RUNTIME_PACKAGES="libucx0 ucx-utils libnuma1"
 OMPI_SOURCE=${OMPI_SOURCE:-http://deb.debian.org/debian/pool/main/o/openmpi/openmpi_4.1.4.orig.tar.xz}
 
 flavour_setup() {
