@@ -273,26 +273,26 @@ def env_cmd(profile, explain, as_json, peer, root, mpirun) -> None:
     """The environment mpirt sets for this host: network tier, interface, NCCL/UCX/MPI defaults."""
     import json
     import os
+    import socket
     from pathlib import Path
 
-    from launcher.detect.gpu import local as gpu_local
-    from launcher.detect.probe import probe
-    from launcher.envdefaults import EnvError, Topology, load_profiles, resolve
+    from launcher import fleet
+    from launcher.envdefaults import EnvError, load_profiles, resolve
     from launcher.mpi import MpiError, detect, find_mpirun
 
+    here = fleet.local(socket.gethostname(), Path(root), peer)
+    if here.probe is None:
+        raise CliError(here.error)
+    found = here.probe
+    libs = ["nccl", "ucx"]
     try:
-        found = probe(Path(root), peer)
-        libs = ["nccl", "ucx"]
-        try:
-            libs.append(detect(find_mpirun(mpirun)).key)
-        except MpiError:
-            pass
-        gpus = gpu_local()
-        values = resolve(found.tier, libs, os.environ, iface=found.iface, hcas=found.hcas,
-                         topology=Topology(gpus=len(gpus.gpus), p2p_ok=gpus.p2p_ok, mig=gpus.mig,
-                                           shm_bytes=found.shm_bytes or 1 << 40),
+        libs.append(detect(find_mpirun(mpirun)).key)
+    except MpiError:
+        pass
+    try:
+        values = resolve(found.tier, libs, os.environ, iface=found.iface, hcas=found.hcas, topology=here.topology,
                          profile=profile, profiles=load_profiles(os.environ.get("MPIRT_PROFILES")))
-    except (EnvError, ValueError) as e:
+    except EnvError as e:
         raise CliError(str(e)) from e
     if as_json:
         click.echo(json.dumps({"probe": found.to_json(), "profile": profile, "libraries": libs,

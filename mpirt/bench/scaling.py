@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -196,48 +195,44 @@ def collective_rows(runs: dict[int, list[dict]]) -> list[dict]:
                 s["algbw_gbs"].append(r["algbw_gbs"])
                 s["time_us"].append(r["time_us"]["avg"])
                 info[k] = {"algo_used": r["algo_used"], "iters": r["iters"]}
-    rows = []
     fields = schema.KINDS["collective"][0]
+    metrics = {k: {m: schema.stat(v) for m, v in s.items()} for k, s in samples.items()}
+    bus = {k: m["busbw_gbs"]["median"] for k, m in metrics.items()}
     first = min(runs) if runs else 0
-    for k, s in sorted(samples.items()):
-        key = dict(zip(fields, k))
-        metrics = {m: schema.stat(v) for m, v in s.items()}
-        bus = metrics["busbw_gbs"]["median"]
-        base = samples.get((first,) + k[1:])
-        mpi = samples.get((k[0], "mpi") + k[2:])
-        derived = {"efficiency": _ratio(bus, schema.stat(base["busbw_gbs"])["median"]) if base else None,
-                   "vs_mpi": _ratio(bus, schema.stat(mpi["busbw_gbs"])["median"]) if mpi else None}
-        rows.append({"kind": "collective", "key": key, "metrics": metrics, "derived": derived, "info": info[k]})
-    return rows
+    return [{"kind": "collective", "key": dict(zip(fields, k)), "metrics": metrics[k],
+             "derived": {"efficiency": _ratio(bus[k], bus.get((first,) + k[1:])),
+                         "vs_mpi": _ratio(bus[k], bus.get((k[0], "mpi") + k[2:]))},
+             "info": info[k]} for k in sorted(samples)]
 
 
-def _ratio(a: float, b: float) -> float | None:
+def _ratio(a: float, b: float | None) -> float | None:
     return a / b if b else None
 
 
 def train_rows(runs: dict[int, dict], device: str) -> list[dict]:
     """Rows from the training job at every world size: throughput, step time, communication share."""
-    rows = []
     by = {}
     for n, doc in runs.items():
         for r in doc["results"]:
             by[(n, r["scaling"], r["system"])] = r
-    for (n, scaling, system), r in sorted(by.items()):
+    metrics = {}
+    for (n, scaling, system), r in by.items():
         compute = by[(n, scaling, "compute-only")]["step_s"]
-        metrics = {"samples_per_s": schema.stat([r["global_batch"] / t for t in r["step_s"]]),
-                   "step_s": schema.stat(r["step_s"])}
+        metrics[(n, scaling, system)] = m = {"samples_per_s": schema.stat([r["global_batch"] / t for t in r["step_s"]]),
+                                             "step_s": schema.stat(r["step_s"])}
         if system != "compute-only":
-            metrics["comm_share"] = schema.stat([max(0.0, 1.0 - c / t) for c, t in zip(compute, r["step_s"])])
-        thr = metrics["samples_per_s"]["median"]
-        one = by.get((1, scaling, system))
-        derived = {"efficiency": _ratio(thr, n * statistics.median([one["global_batch"] / t for t in one["step_s"]]))
-                   if one else None}
-        ddp = by.get((n, scaling, "ddp"))
-        if system == "mpirt" and ddp:
-            derived["vs_ddp"] = _ratio(thr, statistics.median([ddp["global_batch"] / t for t in ddp["step_s"]]))
+            m["comm_share"] = schema.stat([max(0.0, 1.0 - c / t) for c, t in zip(compute, r["step_s"])])
+    thr = {k: m["samples_per_s"]["median"] for k, m in metrics.items()}
+    rows = []
+    for (n, scaling, system), r in sorted(by.items()):
+        k = (n, scaling, system)
+        one = thr.get((1, scaling, system))
+        derived = {"efficiency": _ratio(thr[k], n * one if one else None)}
+        if system == "mpirt" and (n, scaling, "ddp") in thr:
+            derived["vs_ddp"] = _ratio(thr[k], thr[(n, scaling, "ddp")])
         rows.append({"kind": "train", "key": {"np": n, "scaling": scaling, "system": system,
                                               "model": runs[n]["model"], "device": device},
-                     "metrics": metrics, "derived": derived,
+                     "metrics": metrics[k], "derived": derived,
                      "info": {"per_rank_batch": r["per_rank_batch"], "global_batch": r["global_batch"],
                               "params": runs[n]["params"]}})
     return rows
