@@ -9,7 +9,14 @@ from pathlib import Path
 
 import click
 
-from mpirt import __version__
+
+
+def _version(ctx: click.Context, _param, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        import mpirt
+
+        click.echo(f"mpirt, version {mpirt.__version__}")
+        ctx.exit()
 
 
 class CliError(click.ClickException):
@@ -27,7 +34,8 @@ class _Entrypoint(click.Group):
 
 
 @click.group(cls=_Entrypoint, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(__version__, "-V", "--version", prog_name="mpirt")
+@click.option("-V", "--version", is_flag=True, expose_value=False, is_eager=True, callback=_version,
+              help="Show the version and exit.")
 def main() -> None:
     """MPI training runtime and launcher for Kubernetes MPIJobs.
 

@@ -7,6 +7,7 @@ asked of a child Python, the way a rank would see it.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -140,7 +141,8 @@ def _ssh_checks(cfg: DoctorConfig) -> list[Check]:
         return checks
     from launcher.hosts import HostError
     from launcher.launch import read_hostfile
-    from launcher.ready import report, wait_ready
+    from launcher.ready import release, report, wait_ready
+    from launcher.sshd import nss_wrapper_env
 
     try:
         hosts = read_hostfile(cfg.hostfile, "--hostfile", 1)
@@ -150,7 +152,12 @@ def _ssh_checks(cfg: DoctorConfig) -> list[Check]:
 
     with tempfile.TemporaryDirectory(prefix="mpirt-doctor-") as state:
         setup = prepare(Path(cfg.ssh_dir), Path(state), cfg.ssh_port)
-        results = wait_ready([h.name for h in hosts], setup, cfg.wait_s, command=fleet.probe_command(None))
+        env = {**os.environ, **nss_wrapper_env(Path(state))}
+        names = [h.name for h in hosts]
+        try:
+            results = wait_ready(names, setup, cfg.wait_s, command=fleet.probe_command(None), env=env)
+        finally:
+            release(names, setup, env)
     probes = {r.host: fleet.from_output(r.host, r.output) for r in results if r.stage == "ready"}
     for r in results:
         p = probes.get(r.host)

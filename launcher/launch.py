@@ -99,9 +99,12 @@ def _progress(ready: int, total: int) -> None:
 
 def run(cfg: LaunchConfig) -> int:
     children: list[subprocess.Popen] = []
+    cleanups: list = []
     try:
-        return _run(cfg, children)
+        return _run(cfg, children, cleanups)
     finally:
+        for cleanup in cleanups:  # the ssh connections kept open for mpirun
+            cleanup()
         for child in children:
             child.terminate()
             child.wait()
@@ -127,7 +130,7 @@ def _peer(hosts: list[hostlib.Host]) -> str | None:
         return None
 
 
-def _run(cfg: LaunchConfig, children: list) -> int:
+def _run(cfg: LaunchConfig, children: list, cleanups: list) -> int:
     impl = mpi.detect(mpi.find_mpirun(cfg.mpirun))
     env = dict(os.environ)
     if cfg.profile:  # an unknown profile fails before anything starts
@@ -149,7 +152,8 @@ def _run(cfg: LaunchConfig, children: list) -> int:
         if np_ > total:
             raise hostlib.HostError(f"-np {np_} is more than the {total} slots on {len(hosts)} hosts ({source}); "
                                     "lower -np or give hosts more slots (--slots, slots=N)")
-        # ssh and paramiko only where there are remote hosts: a local launch stays light
+        # the ssh modules only where there are remote hosts: a local launch stays light
+        from launcher.ready import release
         from launcher.ready import report as readiness_report
         from launcher.ready import wait_ready
         from launcher.ssh import prepare
@@ -161,7 +165,8 @@ def _run(cfg: LaunchConfig, children: list) -> int:
         hostfile_text = hostlib.render(hosts, mpi.TABLE[impl.key].dialect)
         hostfile.write_text(hostfile_text)
         setup = prepare(Path(cfg.ssh_dir), state / "ssh", cfg.ssh_port)
-        added.update(nss_wrapper_env(state))
+        nss = nss_wrapper_env(state)
+        added.update(nss)
         added.update(mpi.ssh_env(impl, setup.ssh_args()))
         info["hostfile"] = hostfile_text
         if not cfg.dry_run:
@@ -172,7 +177,9 @@ def _run(cfg: LaunchConfig, children: list) -> int:
                 own = pool.submit(fleet.local, f"{socket.gethostname()} (launcher)", Path("/"), peer, False) \
                     if cfg.env_defaults else None
                 results = wait_ready([h.name for h in hosts], setup, cfg.wait_s, _progress,
-                                     command=fleet.probe_command(peer) if cfg.env_defaults else None)
+                                     command=fleet.probe_command(peer) if cfg.env_defaults else None,
+                                     env={**env, **nss})
+            cleanups.append(lambda: release([h.name for h in hosts], setup, {**env, **nss}))
             text = readiness_report(results, cfg.wait_s)
             if text:
                 print(text, file=sys.stderr, flush=True)

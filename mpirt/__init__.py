@@ -3,12 +3,20 @@
 Importing this package does not initialise MPI; ``mpirt.comm`` is the one module that does.
 """
 
-from importlib import metadata as _metadata
 
-try:
-    __version__ = _metadata.version("mpirt")
-except _metadata.PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+source"
+
+def __getattr__(name: str):
+    """``__version__`` on first use: importlib.metadata costs 40 ms on every `mpirt` start."""
+    if name != "__version__":
+        raise AttributeError(f"module 'mpirt' has no attribute {name!r}")
+    from importlib import metadata
+
+    try:
+        version = metadata.version("mpirt")
+    except metadata.PackageNotFoundError:  # running from a source tree that was never installed
+        version = "0.0.0+source"
+    globals()["__version__"] = version
+    return version
 
 
 def allreduce(send, recv=None, op="sum", algo="auto", comm=None):

@@ -3,6 +3,7 @@ check against it: modes of mounted keys, arbitrary UIDs, pinned host keys, late 
 workers. Skips only where there is no sshd."""
 
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.ready import report, wait_ready
+from launcher.ready import release, report, wait_ready
 from launcher.ssh import prepare
 
 pytestmark = [pytest.mark.e2e,
@@ -108,6 +109,52 @@ def test_job_runs_over_our_ssh_with_a_0640_key_in_a_read_only_dir(secret, start_
     word, path = out.stdout.split()
     assert word == "ok" and os.path.dirname(sys.executable) in path.split(":")  # PATH reached the session
     assert [r.stage for r in wait_ready(["127.0.0.1", "localhost"], setup, 10)] == ["ready", "ready"]
+
+
+def test_the_connection_that_proved_a_host_ready_carries_the_next_ssh(secret, start_worker, tmp_path):
+    """mpirun's ssh runs over the readiness connection (the same client port: no second
+    handshake); release closes it."""
+    w = start_worker(secret).wait_listening()
+    setup = prepare(secret, tmp_path / "client", w.port)
+
+    def master() -> int:
+        return subprocess.run(["ssh", *setup.ssh_args(), "-O", "check", "127.0.0.1"], capture_output=True).returncode
+
+    assert master() != 0  # nothing shared before the check
+    r = wait_ready(["127.0.0.1"], setup, 10, command="echo $SSH_CONNECTION")[0]
+    assert r.stage == "ready" and master() == 0
+    assert ssh(setup, "echo", "$SSH_CONNECTION").stdout == r.output
+    release(["127.0.0.1"], setup)
+    assert master() != 0
+    assert ssh(setup, "echo", "$SSH_CONNECTION").stdout.split()[1] != r.output.split()[1]  # a new connection
+
+
+def test_probe_session_skips_bashrc_and_job_sessions_keep_it(secret, start_worker, tmp_path):
+    """The readiness command's bash sees SHLVL=1 from us (so it is level 2 and skips ~/.bashrc);
+    an ordinary session, like mpirun's, starts at level 1 and reads it."""
+    if not pwd.getpwuid(os.getuid()).pw_shell.endswith("bash"):
+        pytest.skip("this user's login shell is not bash")
+    w = start_worker(secret).wait_listening()
+    setup = prepare(secret, tmp_path / "client", w.port)
+    r = wait_ready(["127.0.0.1"], setup, 10, command="echo $SHLVL")[0]
+    release(["127.0.0.1"], setup)
+    assert (r.stage, r.output.strip()) == ("ready", "2")
+    assert ssh(setup, "echo", "$SHLVL").stdout.strip() == "1"
+
+
+def test_ssh_failures_are_read_into_stages():
+    from launcher.ready import diagnose
+
+    assert diagnose("root@h: Permission denied (publickey).\n", "root", 2222) == \
+        ("auth", "public key refused for user 'root'")
+    assert diagnose("Host key verification failed.\n", "u", 22) == ("auth", "its host key is not the pinned one")
+    assert diagnose("ssh: connect to host h port 2222: Connection refused\n", "u", 2222) == \
+        ("tcp", "connection refused on port 2222")
+    assert diagnose("ssh: connect to host h port 22: Connection timed out\n", "u", 22) == \
+        ("tcp", "no answer on port 22")
+    assert diagnose("ssh: Could not resolve hostname h: Name or service not known\n", "u", 22)[0] == "dns"
+    assert diagnose("kex_exchange_identification: read: Connection reset by peer\n", "u", 22) == \
+        ("auth", "ssh handshake failed: kex_exchange_identification: read: Connection reset by peer")
 
 
 def test_worker_config_is_hardened(secret, start_worker):

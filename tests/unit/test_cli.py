@@ -44,7 +44,9 @@ def test_entrypoint_form_routes_by_role():
     assert proc.returncode == 2 and "there is no command to run" in proc.stderr
 
 
-def test_local_launch_path_does_not_load_ssh_libraries():
-    code = "import sys, launcher.launch; print('paramiko' in sys.modules)"
+def test_launch_path_imports_stay_light():
+    """Every launch pays for its imports: no ssh modules for a local launch, no metadata scan, no MPI."""
+    code = ("import sys, launcher.cli, launcher.launch; "
+            "print([m for m in ('launcher.ready', 'launcher.ssh', 'importlib.metadata', 'mpi4py') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "[]", out.stderr

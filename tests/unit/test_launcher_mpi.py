@@ -83,8 +83,10 @@ def test_multi_host_argv_per_implementation():
 
 def test_ssh_arguments_reach_each_implementation_by_its_own_variable():
     args = ["-F", "/tmp/s/ssh_config"]
-    assert ssh_env(MpiImpl("openmpi", (4, 1, 4), "m"), args) == {"OMPI_MCA_plm_rsh_args": "-F /tmp/s/ssh_config"}
-    assert ssh_env(MpiImpl("openmpi", (5, 0, 7), "m"), args) == {"PRTE_MCA_plm_ssh_args": "-F /tmp/s/ssh_config"}
+    assert ssh_env(MpiImpl("openmpi", (4, 1, 4), "m"), args) == {"OMPI_MCA_plm_rsh_args": "-F /tmp/s/ssh_config",
+                                                                 "OMPI_MCA_plm_rsh_no_tree_spawn": "1"}
+    assert ssh_env(MpiImpl("openmpi", (5, 0, 7), "m"), args) == {"PRTE_MCA_plm_ssh_args": "-F /tmp/s/ssh_config",
+                                                                 "PRTE_MCA_plm_ssh_no_tree_spawn": "1"}
     assert ssh_env(MpiImpl("mpich", (4,), "m"), args) == {"HYDRA_LAUNCHER_EXTRA_ARGS": "-F /tmp/s/ssh_config",
                                                          "HYDRA_LAUNCH_EXTRA_ARGS": "-F /tmp/s/ssh_config"}
     assert ssh_env(MpiImpl("intel", (2021,), "m"), args) == {
