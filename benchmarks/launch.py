@@ -63,6 +63,10 @@ def launch_overhead(tmp: Path, reps: int) -> dict:
             if p.wait() != 0:
                 sys.exit("bare mpirun failed")
 
+        def close_bare():  # its shared connections must not carry the next run (untimed)
+            for n in names:  # in the launcher namespace: the socket name hashes its host name
+                c.run_in("launcher", ["ssh", *setup.ssh_args(), "-O", "exit", n], stderr=subprocess.DEVNULL).wait()
+
         def run_mpirt():
             p = c.start_launch(names, program)
             out, err = p.communicate()
@@ -70,11 +74,12 @@ def launch_overhead(tmp: Path, reps: int) -> dict:
                 sys.exit(f"mpirt launch failed:\n{err}")
 
         samples = {"mpirun": [], "mpirt": []}
-        run_bare(), run_mpirt()  # warm caches (imports, host keys, DNS)
+        run_bare(), close_bare(), run_mpirt()  # warm caches (imports, host keys, DNS)
         for i in range(reps):
             order = [("mpirun", run_bare), ("mpirt", run_mpirt)]
             for name, fn in (order if i % 2 == 0 else order[::-1]):
                 samples[name].append(timed(fn))
+                close_bare()
         med = {k: statistics.median(v) for k, v in samples.items()}
         key = {"case": "launch: mpi4py init + barrier + finalize", "hosts": 4, "ranks": 4}
         return [{"kind": "launch", "key": {**key, "system": "mpirun"}, "metrics": {"seconds": stat(samples["mpirun"])}},

@@ -163,8 +163,11 @@ def wait_ready(hosts: list[str], setup: SshSetup, wait_s: float,
 def release(hosts: list[str], setup: SshSetup, env: dict | None = None, user: str | None = None) -> None:
     """Close the shared connections the readiness check left open (no-op where there is none)."""
     def close(host: str) -> None:
-        subprocess.run(["ssh", *setup.ssh_args(), *(["-l", user] if user else []), "-O", "exit", host], env=env,
-                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
+        try:
+            subprocess.run(["ssh", *setup.ssh_args(), *(["-l", user] if user else []), "-O", "exit", host], env=env,
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
+        except (subprocess.TimeoutExpired, OSError):  # it ends by itself (ControlPersist) anyway
+            pass
 
     with ThreadPoolExecutor(max_workers=max(1, min(len(hosts), 32))) as pool:
         list(pool.map(close, hosts))
