@@ -65,7 +65,7 @@ def launch_overhead(tmp: Path, reps: int) -> dict:
 
         def close_bare():  # its shared connections must not carry the next run (untimed)
             for n in names:  # in the launcher namespace: the socket name hashes its host name
-                c.run_in("launcher", ["ssh", *setup.ssh_args(), "-O", "exit", n], stderr=subprocess.DEVNULL).wait()
+                c.run_in("launcher", ["ssh", *setup.ssh_args(), "-O", "stop", n], stderr=subprocess.DEVNULL).wait()
 
         def run_mpirt():
             p = c.start_launch(names, program)

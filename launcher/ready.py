@@ -161,10 +161,12 @@ def wait_ready(hosts: list[str], setup: SshSetup, wait_s: float,
 
 
 def release(hosts: list[str], setup: SshSetup, env: dict | None = None, user: str | None = None) -> None:
-    """Close the shared connections the readiness check left open (no-op where there is none)."""
+    """Let the shared connections the readiness check left open go: each stops taking new
+    sessions and closes when its last one ends, so a job still running over it (another
+    launch from this pod) is not cut off. A no-op where there is none."""
     def close(host: str) -> None:
         try:
-            subprocess.run(["ssh", *setup.ssh_args(), *(["-l", user] if user else []), "-O", "exit", host], env=env,
+            subprocess.run(["ssh", *setup.ssh_args(), *(["-l", user] if user else []), "-O", "stop", host], env=env,
                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
         except (subprocess.TimeoutExpired, OSError):  # it ends by itself (ControlPersist) anyway
             pass

@@ -124,8 +124,12 @@ def test_the_connection_that_proved_a_host_ready_carries_the_next_ssh(secret, st
     r = wait_ready(["127.0.0.1"], setup, 10, command="echo $SSH_CONNECTION")[0]
     assert r.stage == "ready" and master() == 0
     assert ssh(setup, "echo", "$SSH_CONNECTION").stdout == r.output
+    running = subprocess.Popen(["ssh", *setup.ssh_args(), "127.0.0.1", "sleep 2; echo still here"],
+                               stdout=subprocess.PIPE, text=True)  # another launch's job over the same connection
+    time.sleep(0.5)
     release(["127.0.0.1"], setup)
-    assert master() != 0
+    assert master() != 0  # takes no new sessions
+    assert running.communicate(timeout=30)[0].strip() == "still here" and running.returncode == 0
     assert ssh(setup, "echo", "$SSH_CONNECTION").stdout.split()[1] != r.output.split()[1]  # a new connection
 
 
