@@ -30,3 +30,9 @@ def test_bad_buffers_are_refused_with_the_fix(mpiexec):
         "readonly": "the result buffer is read-only; pass a writable array (a.copy())",
         "cuda": "CUDA buffers were given but",
     }
+
+
+@pytest.mark.parametrize("np_", [1, 2, 4])
+def test_state_follows_communicators_made_and_freed(mpiexec, np_):
+    report = last_json(mpiexec.python(np_, "comm_churn.py").stdout)
+    assert report == {"size": np_, "wrong": []}
