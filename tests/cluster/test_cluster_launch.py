@@ -74,6 +74,21 @@ def test_three_hosts_with_open_mpi_5(cluster):
     assert ranks_report(proc.stdout) == [{"rank": r, "size": 3, "host": f"w{r}"} for r in range(3)]
 
 
+def test_three_hosts_with_intel_mpi(cluster):
+    """Intel MPI's Hydra (the impi-rt wheel): its hostfile dialect and bootstrap variable."""
+    prefix = Path(os.environ.get("MPIRT_TEST_IMPI", "/nonexistent"))
+    if not (prefix / "bin" / "mpiexec").exists():
+        pytest.skip("no Intel MPI environment: set MPIRT_TEST_IMPI to a venv with the impi-rt and mpi4py wheels "
+                    "(.ci/run makes one)")
+    c = cluster(3)
+    for w in ("w0", "w1", "w2"):
+        c.start_worker(w)
+    proc = c.launch(["w0", "w1", "w2"], [str(prefix / "bin" / "python"), WHERE], "--mpirun",
+                    str(prefix / "bin" / "mpiexec"))
+    assert proc.returncode == 0, proc.stderr
+    assert ranks_report(proc.stdout) == [{"rank": r, "size": 3, "host": f"w{r}"} for r in range(3)]
+
+
 def test_late_sshd_is_waited_for(cluster):
     c = cluster(2)
     c.start_worker("w0")
