@@ -73,7 +73,10 @@ TABLE: dict[str, Flags] = {
     # Hydra 4.0 reads HYDRA_LAUNCHER_EXTRA_ARGS (checked in its binary); mpi-operator sets
     # HYDRA_LAUNCH_EXTRA_ARGS, so both are set.
     "mpich": Flags(**_HYDRA, dialect="mpich", ssh_args_env=("HYDRA_LAUNCHER_EXTRA_ARGS", "HYDRA_LAUNCH_EXTRA_ARGS")),
-    "intel": Flags(**_HYDRA, dialect="intel", ssh_args_env=("I_MPI_HYDRA_BOOTSTRAP_EXEC_EXTRA_ARGS",)),
+    # Intel's Hydra reads a -f hostfile as names only (each used once, ranks filling the first
+    # host's cores); the per-host counts of `host:N` hold only in a -machinefile.
+    "intel": Flags(**{**_HYDRA, "hostfile": ("-machinefile", "{hostfile}")}, dialect="intel",
+                   ssh_args_env=("I_MPI_HYDRA_BOOTSTRAP_EXEC_EXTRA_ARGS",)),
 }
 
 # Variables a job needs on every rank, and those that must never travel.

@@ -79,6 +79,9 @@ def test_multi_host_argv_per_implementation():
     mpich = MpiImpl("mpich", (4, 0, 2), "mpiexec")
     assert build_argv(mpich, 4, "hf", ["a"], uid=0, tag_output=True, export=["PATH"]) == [
         "mpiexec", "-n", "4", "-f", "hf", "-l", "a"]
+    intel = MpiImpl("intel", (2021, 15), "mpiexec")  # -f would ignore the counts: a machine file keeps them
+    assert build_argv(intel, 4, "hf", ["a"], uid=0, tag_output=True, export=["PATH"]) == [
+        "mpiexec", "-n", "4", "-machinefile", "hf", "-l", "a"]
 
 
 def test_ssh_arguments_reach_each_implementation_by_its_own_variable():
