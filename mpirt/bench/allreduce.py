@@ -6,6 +6,7 @@ untouched, so both spellings of the benchmark can never drift apart.
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sysconfig
@@ -41,4 +42,9 @@ def build_argv(config: AllreduceBenchConfig) -> list[str]:
 
 
 def run(config: AllreduceBenchConfig) -> int:
-    return subprocess.run(build_argv(config), check=False).returncode
+    argv = build_argv(config)
+    if config.np is None:
+        # This process is the rank: become the harness. A child would lose what the MPI handed
+        # the rank (MPICH's Hydra passes its PMI connection as an inherited descriptor).
+        os.execv(argv[0], argv)
+    return subprocess.run(argv, check=False).returncode

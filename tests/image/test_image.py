@@ -1,7 +1,8 @@
 """The CPU image, built from the Containerfile and run as containers with podman: two workers
 and a launcher on one podman network, the ssh Secret mounted read-only, as root and as a random
 UID with group 0 and no passwd entry. Skipped, with the reason, where podman cannot run
-containers (see images/README.md for what this machine needs)."""
+containers (see images/README.md for what this machine needs). MPIRT_TEST_IMAGE_MPI picks the
+MPI flavour to build and test (default openmpi; mpich, openmpi-ucx)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ pytestmark = [pytest.mark.image, pytest.mark.e2e]
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = "docker.io/library/debian:bookworm-slim"
-TAG = "localhost/mpirt:cpu-test"
+FLAVOUR = os.environ.get("MPIRT_TEST_IMAGE_MPI", "openmpi")
+TAG = f"localhost/mpirt:cpu-test-{FLAVOUR}"
+LIBRARY = {"openmpi": "Open MPI", "openmpi-ucx": "Open MPI", "mpich": "MPICH"}
 LIMITS = ["--runtime", "runc", "--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096"]
 RANDOM_UID = "1000680000"
 
@@ -46,7 +49,10 @@ def image():
     reason = cannot_run()
     if reason:
         pytest.skip(reason)
-    proc = subprocess.run([str(ROOT / "images" / "build.sh"), TAG], capture_output=True, text=True, timeout=2400)
+    if FLAVOUR not in LIBRARY:
+        pytest.fail(f"MPIRT_TEST_IMAGE_MPI={FLAVOUR} is not a flavour; use one of {', '.join(LIBRARY)}")
+    proc = subprocess.run([str(ROOT / "images" / "build.sh"), TAG, "--build-arg", f"MPI={FLAVOUR}"],
+                          capture_output=True, text=True, timeout=2400)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     print(proc.stdout.strip().splitlines()[-1])  # sizes and build time
     return TAG
@@ -131,7 +137,7 @@ def test_doctor_reports_what_the_image_holds(image):
     proc = podman("run", "--rm", *LIMITS, image, "doctor", "--json", check=False, timeout=120)
     assert proc.stdout.lstrip().startswith("{"), proc.stdout + proc.stderr
     text = proc.stdout
-    for fact in ('"mpi4py"', "Open MPI", "MPI CUDA-aware: no", "CPU only", "ucx"):
+    for fact in ('"mpi4py"', LIBRARY[FLAVOUR], "MPI CUDA-aware: no", "CPU only", "ucx"):
         assert fact in text, text[-3000:]
     labels = podman("image", "inspect", "--format", "{{json .Labels}}", image).stdout
     assert '"org.opencontainers.image.version":"0.1.0"' in labels.replace(" ", "")
