@@ -9,8 +9,8 @@ user, not the pinned host key).
 Authentication is checked with the OpenSSH client and the config mpirun's ssh will use
 (launcher.ssh), so a host that passes is one mpirun can reach. That config shares
 connections: the connection that proved a host ready stays open (ControlPersist) and
-mpirun's own ssh to that host runs over it without a second handshake. ``release`` closes
-them when the job is over.
+mpirun's own ssh to that host runs over it without a second handshake. ``release`` lets
+them go when the job is over.
 """
 
 from __future__ import annotations
