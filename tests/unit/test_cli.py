@@ -46,7 +46,8 @@ def test_entrypoint_form_routes_by_role():
 
 def test_launch_path_imports_stay_light():
     """Every launch pays for its imports: no ssh modules for a local launch, no metadata scan, no MPI."""
-    code = ("import sys, launcher.cli, launcher.launch; "
-            "print([m for m in ('launcher.ready', 'launcher.ssh', 'importlib.metadata', 'mpi4py') if m in sys.modules])")
+    code = ("import sys; before = set(sys.modules); import launcher.cli, launcher.launch; "
+            "print([m for m in ('launcher.ready', 'launcher.ssh', 'importlib.metadata', 'mpi4py') "
+            "if m in set(sys.modules) - before])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "[]", out.stderr
