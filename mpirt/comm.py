@@ -7,6 +7,7 @@ corrupt memory later.
 
 from __future__ import annotations
 
+import atexit
 import functools
 
 from mpi4py import MPI
@@ -33,4 +34,7 @@ def core():
             "(pip install --force-reinstall --no-deps .) in this environment, or set MPI4PY_LIBMPI "
             "to the library the core was built against"
         )
+    # Python's exit handlers run before mpi4py finalizes MPI: free the core's shared windows and
+    # communicators there, while MPI is fully up (MPICH hangs when they are freed in MPI_Finalize).
+    atexit.register(_core.release)
     return _core

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "allreduce.hpp"
+#include "comm_state.hpp"
 #include "bench_options.hpp"
 #include "memops.hpp"
 
@@ -482,6 +483,7 @@ int main(int argc, char** argv) {
     std::fflush(stderr);
     MPI_Abort(w.comm, 1);
   }
+  release_all();
   MPI_Finalize();
   return rc;
 }

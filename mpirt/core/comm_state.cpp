@@ -48,10 +48,10 @@ int on_comm_free(MPI_Comm, int, void* attr, void*) {
   return MPI_SUCCESS;
 }
 
-// MPI deletes MPI_COMM_SELF's attributes first in MPI_Finalize, while MPI still works:
-// free everything still cached (MPI_COMM_WORLD's state included) there.
+// MPI deletes MPI_COMM_SELF's attributes first in MPI_Finalize: whatever release_all() did not
+// free yet (a program that never called it) is freed there.
 int on_finalize(MPI_Comm, int, void*, void*) {
-  while (!g_live.empty()) destroy(g_live.back());
+  release_all();
   return MPI_SUCCESS;
 }
 
@@ -130,6 +130,10 @@ CommState& comm_state(MPI_Comm comm) {
   t_state = &st;
   t_generation = generation;
   return st;
+}
+
+void release_all() {
+  while (!g_live.empty()) destroy(g_live.back());
 }
 
 ShmSegment& shm_segment(CommState& st) {

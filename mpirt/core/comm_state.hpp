@@ -45,6 +45,11 @@ struct CommState {
 };
 
 CommState& comm_state(MPI_Comm comm);
+// Frees every cached state (shared windows, private communicators) while MPI is fully up.
+// Call it before MPI_Finalize: MPICH 4.0 hangs in MPI_Finalize when a shared window is freed
+// from the attribute callback that otherwise cleans up there. Collective, in the same order
+// on every rank; a no-op when nothing is cached.
+void release_all();
 // Collective over the node: allocates the shared segment the first time it is needed.
 ShmSegment& shm_segment(CommState& st);
 

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "allreduce.hpp"
+#include "comm_state.hpp"
 #include "memops.hpp"
 
 namespace {
@@ -69,10 +70,23 @@ PyObject* py_info(PyObject*, PyObject*) {
   return d;
 }
 
+PyObject* py_release(PyObject*, PyObject*) {
+  int initialized = 0, finalized = 0;
+  MPI_Initialized(&initialized);
+  MPI_Finalized(&finalized);
+  if (initialized && !finalized) {
+    Py_BEGIN_ALLOW_THREADS;
+    release_all();
+    Py_END_ALLOW_THREADS;
+  }
+  Py_RETURN_NONE;
+}
+
 PyMethodDef methods[] = {
     {"allreduce", py_allreduce, METH_VARARGS,
      "allreduce(fcomm, send_addr, recv_addr, count, dtype, op, algo, device) -> algorithm used"},
     {"info", py_info, METH_NOARGS, "build and MPI facts of the core"},
+    {"release", py_release, METH_NOARGS, "free the core's per-communicator state before MPI_Finalize"},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef module = {PyModuleDef_HEAD_INIT, "_core", "mpirt compiled collective core", -1, methods,
