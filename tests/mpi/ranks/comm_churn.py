@@ -1,6 +1,7 @@
 """Communicators made and freed in turn, with different layouts (all ranks; each rank alone):
 the core's per-communicator state, cached per thread, must follow each one, also when MPI
-hands a freed communicator's handle to the next. Rank 0 prints the wrong results as JSON."""
+hands a freed communicator's handle to the next, and after release() frees them all. Rank 0
+prints the wrong results as JSON."""
 
 import json
 
@@ -20,6 +21,14 @@ for i in range(20):
         if not np.all(a == want):
             wrong.append([i, comm.Get_size(), float(a[0]), want])
         comm.Free()
+# What runs at exit before MPI_Finalize: everything freed, and state made again on the next call.
+from mpirt.comm import core  # noqa: E402
+
+core().release()
+a = np.full(4096, rank + 1.0, np.float32)
+allreduce(a, algo="auto")
+if not np.all(a == size * (size + 1) / 2):
+    wrong.append(["after release", size, float(a[0]), size * (size + 1) / 2])
 everyone = world.gather(wrong)
 if rank == 0:
     print(json.dumps({"size": size, "wrong": [w for ws in everyone for w in ws][:5]}))
