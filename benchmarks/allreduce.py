@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -55,8 +54,8 @@ def ratio(a: dict, b: dict) -> tuple[float, float]:
     rs = [x / y for x, y in zip(a["samples"], b["samples"]) if y]
     if not rs:
         return float("nan"), 0.0
-    sd = statistics.stdev(rs) if len(rs) > 1 else 0.0
-    return statistics.median(rs), 2 * sd / statistics.fmean(rs)
+    s = stat(rs)
+    return s["median"], 2 * s["cv"]
 
 
 def summarize(doc: dict) -> str:

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,16 +99,13 @@ def _progress(ready: int, total: int) -> None:
 
 
 def run(cfg: LaunchConfig) -> int:
-    children: list[subprocess.Popen] = []
-    cleanups: list = []
-    try:
-        return _run(cfg, children, cleanups)
-    finally:
-        for cleanup in cleanups:  # the ssh connections kept open for mpirun
-            cleanup()
-        for child in children:
-            child.terminate()
-            child.wait()
+    with ExitStack() as undo:  # our own sshd, the ssh connections kept open for mpirun
+        return _run(cfg, undo)
+
+
+def _stop(child: subprocess.Popen) -> None:
+    child.terminate()
+    child.wait()
 
 
 def env_defaults(cfg: LaunchConfig, impl: mpi.MpiImpl, env: dict, probes: list[fleet.HostProbe]) -> dict[str, str]:
@@ -130,7 +128,7 @@ def _peer(hosts: list[hostlib.Host]) -> str | None:
         return None
 
 
-def _run(cfg: LaunchConfig, children: list, cleanups: list) -> int:
+def _run(cfg: LaunchConfig, undo: ExitStack) -> int:
     impl = mpi.detect(mpi.find_mpirun(cfg.mpirun))
     env = dict(os.environ)
     if cfg.profile:  # an unknown profile fails before anything starts
@@ -171,15 +169,15 @@ def _run(cfg: LaunchConfig, children: list, cleanups: list) -> int:
         info["hostfile"] = hostfile_text
         if not cfg.dry_run:
             if any(is_this_host(h.name) for h in hosts):
-                children.append(start_own_sshd(cfg, state))
+                undo.callback(_stop, start_own_sshd(cfg, state))
             peer = _peer(hosts)
             with ThreadPoolExecutor(max_workers=1) as pool:  # this host's probe while the hosts are checked
                 own = pool.submit(fleet.local, f"{socket.gethostname()} (launcher)", Path("/"), peer, False) \
                     if cfg.env_defaults else None
-                results = wait_ready([h.name for h in hosts], setup, cfg.wait_s, _progress,
-                                     command=fleet.probe_command(peer) if cfg.env_defaults else None,
-                                     env={**env, **nss})
-            cleanups.append(lambda: release([h.name for h in hosts], setup, {**env, **nss}))
+                names, ssh_env = [h.name for h in hosts], {**env, **nss}
+                undo.callback(release, names, setup, ssh_env)
+                results = wait_ready(names, setup, cfg.wait_s, _progress,
+                                     command=fleet.probe_command(peer) if cfg.env_defaults else None, env=ssh_env)
             text = readiness_report(results, cfg.wait_s)
             if text:
                 print(text, file=sys.stderr, flush=True)
