@@ -60,7 +60,7 @@ def ratio(a: dict, b: dict) -> tuple[float, float]:
 
 def summarize(doc: dict) -> str:
     rows = {(r["key"]["size"], r["key"]["algo"], r["key"]["mode"]): r for r in doc["rows"] if r["kind"] == "collective"}
-    memcpy = {r["key"]["size"]: r["metrics"]["algbw_gbs"]["median"] for r in doc["rows"] if r["kind"] == "memcpy"}
+    memcpy = {r["key"]["size"]: r["metrics"]["algbw_gbs"] for r in doc["rows"] if r["kind"] == "memcpy"}
     sizes = sorted({k[0] for k in rows})
     modes = ("out-of-place", "in-place")
     n, cfg, env = doc["rows"][0]["key"]["np"], doc["config"], doc["env"]
@@ -78,23 +78,26 @@ def summarize(doc: dict) -> str:
             m = {a: rows[(size, a, mode)]["metrics"] for a in ("mpi", "ring", "shm", "auto")}
             bus = {a: m[a]["busbw_gbs"]["median"] for a in m}
             shm_mpi = ratio(m["shm"]["busbw_gbs"], m["mpi"]["busbw_gbs"])
-            bound = m["shm"]["algbw_gbs"]["median"] / memcpy[size]
+            bound = ratio(m["shm"]["algbw_gbs"], memcpy[size])
+            best = max((x / y for x, y in zip(m["shm"]["algbw_gbs"]["samples"], memcpy[size]["samples"]) if y),
+                       default=float("nan"))
             auto_mpi = ratio(m["auto"]["time_us"], m["mpi"]["time_us"])
             auto_all.append((auto_mpi, size, mode))
             if size <= 4096:
                 auto_small.append((auto_mpi, size, mode))
             if size >= 16 << 20:
-                big.append((shm_mpi, bound, size, mode))
+                big.append((shm_mpi, bound, size, mode, best))
             out.append(f"| {fmt_size(size)} | {mode} | {bus['mpi']:.2f} | {bus['ring']:.2f} | {bus['shm']:.2f} | "
-                       f"{bus['auto']:.2f} (→{rows[(size, 'auto', mode)]['info']['algo_used']}) | {memcpy[size]:.2f} | "
-                       f"{shm_mpi[0]:.2f} ±{shm_mpi[1]:.2f} | {bound:.0%} | {auto_mpi[0]:.2f} ±{auto_mpi[1]:.2f} |")
+                       f"{bus['auto']:.2f} (→{rows[(size, 'auto', mode)]['info']['algo_used']}) | {memcpy[size]['median']:.2f} | "
+                       f"{shm_mpi[0]:.2f} ±{shm_mpi[1]:.2f} | {bound[0]:.0%} ±{bound[1]:.0%} | {auto_mpi[0]:.2f} ±{auto_mpi[1]:.2f} |")
     out += ["", f"Medians of {cfg.get('repeats', 1)} runs, each a fresh job. Ratios are taken within each run "
             "(a slow job slows every algorithm in it), then their median; ± is twice the coefficient of "
             "variation of those ratios.", "", "## Against the targets", ""]
     if big:
         out.append(f"- ≥ 16 MiB: shm busbw / mpi busbw from {min(b[0][0] for b in big):.2f}× to "
                    f"{max(b[0][0] for b in big):.2f}× (target ≥ 2×); shm algbw / memory bound from "
-                   f"{min(b[1] for b in big):.0%} to {max(b[1] for b in big):.0%} (target ≥ 70%).")
+                   f"{min(b[1][0] for b in big):.0%} to {max(b[1][0] for b in big):.0%} (target ≥ 70%); in the "
+                   f"best single run from {min(b[4] for b in big):.0%} to {max(b[4] for b in big):.0%}.")
     for label, items, limit in (("≤ 4 KiB", auto_small, 1.10), ("every size", auto_all, 1.05)):
         (worst, noise), size, mode = max(items, key=lambda t: t[0][0])
         beyond = [f"{fmt_size(sz)} {md}" for (r, nz), sz, md in items if r > limit + nz]

@@ -53,7 +53,8 @@ class Flags:
     export: tuple[str, ...]  # forward one variable to remote ranks ({name}); () where all are forwarded
     ssh_args_env: tuple[str, ...]  # variables that hand extra arguments to the ssh it starts
     # Variables that keep every ssh on the launcher: our config and its shared connections exist
-    # only there, and Open MPI's tree spawn (above 64 hosts) would start ssh on the workers.
+    # only there, and tree spawns (Open MPI above 64 hosts, Intel's hierarchical launch) would
+    # start ssh on the workers.
     launcher_only: tuple[tuple[str, str], ...] = ()
 
 
@@ -74,9 +75,12 @@ TABLE: dict[str, Flags] = {
     # HYDRA_LAUNCH_EXTRA_ARGS, so both are set.
     "mpich": Flags(**_HYDRA, dialect="mpich", ssh_args_env=("HYDRA_LAUNCHER_EXTRA_ARGS", "HYDRA_LAUNCH_EXTRA_ARGS")),
     # Intel's Hydra reads a -f hostfile as names only (each used once, ranks filling the first
-    # host's cores); the per-host counts of `host:N` hold only in a -machinefile.
+    # host's cores); the per-host counts of `host:N` hold only in a -machinefile. Its
+    # hierarchical launch (on by default for large host counts) makes workers run a plain
+    # `ssh -x host` to port 22; branch count 0 keeps every ssh on the launcher (checked here).
     "intel": Flags(**{**_HYDRA, "hostfile": ("-machinefile", "{hostfile}")}, dialect="intel",
-                   ssh_args_env=("I_MPI_HYDRA_BOOTSTRAP_EXEC_EXTRA_ARGS",)),
+                   ssh_args_env=("I_MPI_HYDRA_BOOTSTRAP_EXEC_EXTRA_ARGS",),
+                   launcher_only=(("I_MPI_HYDRA_BRANCH_COUNT", "0"),)),
 }
 
 # Variables a job needs on every rank, and those that must never travel.

@@ -64,21 +64,47 @@ struct Max {
 
 constexpr size_t kTile = 1024;
 
+// Two sources in one pass, read both and write dst (restrict: no alias checks, so the loop is
+// always vectorised). dst may be one of the sources, the in-place case; every op commutes.
+template <class D, template <class> class O>
+void combine(typename D::T* __restrict dst, const typename D::T* __restrict a, const typename D::T* __restrict b,
+             size_t count) {
+  for (size_t i = 0; i < count; ++i) dst[i] = D::store(O<D>::apply(D::load(a[i]), D::load(b[i])));
+}
+template <class D, template <class> class O>
+void accumulate(typename D::T* __restrict dst, const typename D::T* __restrict src, size_t count) {
+  for (size_t i = 0; i < count; ++i) dst[i] = D::store(O<D>::apply(D::load(dst[i]), D::load(src[i])));
+}
+
+// Two sources (the `shm` case on two ranks, and every `ring` step) take one pass. More go
+// through an accumulator tile that stays in L1: the first two sources are combined as they
+// are loaded and the last as it is stored.
 template <class D, template <class> class O>
 void reduce_tiles(void* dst_v, const void* const* srcs_v, int nsrc, size_t count) {
   using T = typename D::T;
   using Acc = typename D::Acc;
   T* dst = static_cast<T*>(dst_v);
+  const T* s0 = static_cast<const T*>(srcs_v[0]);
+  if (nsrc == 1) {
+    if (dst != s0) std::copy(s0, s0 + count, dst);
+    return;
+  }
+  const T* s1 = static_cast<const T*>(srcs_v[1]);
+  if (nsrc == 2) {
+    if (dst == s0) return accumulate<D, O>(dst, s1, count);
+    if (dst == s1) return accumulate<D, O>(dst, s0, count);
+    return combine<D, O>(dst, s0, s1, count);
+  }
   Acc acc[kTile];
   for (size_t base = 0; base < count; base += kTile) {
     const size_t m = std::min(kTile, count - base);
-    const T* s0 = static_cast<const T*>(srcs_v[0]) + base;
-    for (size_t i = 0; i < m; ++i) acc[i] = D::load(s0[i]);
-    for (int j = 1; j < nsrc; ++j) {
+    for (size_t i = 0; i < m; ++i) acc[i] = O<D>::apply(D::load(s0[base + i]), D::load(s1[base + i]));
+    for (int j = 2; j < nsrc - 1; ++j) {
       const T* s = static_cast<const T*>(srcs_v[j]) + base;
       for (size_t i = 0; i < m; ++i) acc[i] = O<D>::apply(acc[i], D::load(s[i]));
     }
-    for (size_t i = 0; i < m; ++i) dst[base + i] = D::store(acc[i]);
+    const T* last = static_cast<const T*>(srcs_v[nsrc - 1]) + base;
+    for (size_t i = 0; i < m; ++i) dst[base + i] = D::store(O<D>::apply(acc[i], D::load(last[i])));
   }
 }
 

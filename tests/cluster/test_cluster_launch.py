@@ -58,15 +58,17 @@ def test_three_hosts_with_mpich(cluster, tmp_path):
     assert ranks_report(proc.stdout) == [{"rank": r, "size": 3, "host": f"w{r}"} for r in range(3)]
 
 
-@pytest.mark.parametrize("variable,wheel,mpirun", [
+@pytest.mark.parametrize("variable,wheel,mpirun,env", [
     # Open MPI 5 (PRRTE) ignores the ORTE variables operators set and would run every rank on
     # the launcher; the explicit hostfile and PRTE_MCA_plm_ssh_args put one rank on each host.
-    ("MPIRT_TEST_OMPI5", "openmpi", "mpirun"),
+    ("MPIRT_TEST_OMPI5", "openmpi", "mpirun", {}),
     # Intel MPI's Hydra keeps per-host counts only from a -machinefile (with -f, ranks 0 and 1
-    # shared the first host).
-    ("MPIRT_TEST_IMPI", "impi-rt", "mpiexec"),
+    # shared the first host). A branch count of 1 stands for the hierarchical launch Intel turns
+    # on for large jobs: w0 would ssh to w1 on port 22, without our config; the launcher must
+    # keep every ssh to itself.
+    ("MPIRT_TEST_IMPI", "impi-rt", "mpiexec", {"I_MPI_HYDRA_BRANCH_COUNT": "1"}),
 ], ids=["open-mpi-5", "intel-mpi"])
-def test_three_hosts_with_an_mpi_from_its_wheel(cluster, variable, wheel, mpirun):
+def test_three_hosts_with_an_mpi_from_its_wheel(cluster, variable, wheel, mpirun, env):
     prefix = Path(os.environ.get(variable, "/nonexistent"))
     if not (prefix / "bin" / mpirun).exists():
         pytest.skip(f"no such MPI environment: set {variable} to a venv with the {wheel} and mpi4py wheels "
@@ -74,7 +76,8 @@ def test_three_hosts_with_an_mpi_from_its_wheel(cluster, variable, wheel, mpirun
     c = cluster(3)
     for w in ("w0", "w1", "w2"):
         c.start_worker(w)
-    proc = c.launch(["w0", "w1", "w2"], [str(prefix / "bin" / "python"), WHERE], "--mpirun", str(prefix / "bin" / mpirun))
+    proc = c.launch(["w0", "w1", "w2"], [str(prefix / "bin" / "python"), WHERE], "--mpirun", str(prefix / "bin" / mpirun),
+                    env=env)
     assert proc.returncode == 0, proc.stderr
     assert ranks_report(proc.stdout) == [{"rank": r, "size": 3, "host": f"w{r}"} for r in range(3)]
 

@@ -93,7 +93,7 @@ def test_ssh_arguments_reach_each_implementation_by_its_own_variable():
     assert ssh_env(MpiImpl("mpich", (4,), "m"), args) == {"HYDRA_LAUNCHER_EXTRA_ARGS": "-F /tmp/s/ssh_config",
                                                          "HYDRA_LAUNCH_EXTRA_ARGS": "-F /tmp/s/ssh_config"}
     assert ssh_env(MpiImpl("intel", (2021,), "m"), args) == {
-        "I_MPI_HYDRA_BOOTSTRAP_EXEC_EXTRA_ARGS": "-F /tmp/s/ssh_config"}
+        "I_MPI_HYDRA_BOOTSTRAP_EXEC_EXTRA_ARGS": "-F /tmp/s/ssh_config", "I_MPI_HYDRA_BRANCH_COUNT": "0"}
     with pytest.raises(ValueError, match="shell characters"):
         ssh_env(MpiImpl("mpich", (4,), "m"), ["-F", "/tmp/x;rm -rf /"])
 
