@@ -71,6 +71,7 @@ def run_checks(cfg: DoctorConfig) -> list[Check]:
     try:
         impl = mpi.detect(mpi.find_mpirun(cfg.mpirun))
         checks.append(Check("mpi", "pass", f"{impl.label} at {impl.mpirun}"))
+        checks += [Check("mpi known fault", "warn", text, fix) for text, fix in mpi.known_faults(impl)]
     except mpi.MpiError as e:
         checks.append(Check("mpi", "fail", str(e), "install an MPI (apt-get install openmpi-bin) or set MPIRT_MPIRUN"))
     view = _rank_view()

@@ -147,6 +147,8 @@ def _run(cfg: LaunchConfig, undo: ExitStack) -> int:
     else:
         total = sum(h.slots for h in hosts)
         np_ = cfg.np or total
+        for text, fix in mpi.known_faults(impl):
+            print(f"mpirt: warning: {text}; {fix}", file=sys.stderr, flush=True)
         if np_ > total:
             raise hostlib.HostError(f"-np {np_} is more than the {total} slots on {len(hosts)} hosts ({source}); "
                                     "lower -np or give hosts more slots (--slots, slots=N)")

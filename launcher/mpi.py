@@ -94,6 +94,23 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # the grace period each way gives a rank grace/2 seconds to checkpoint before the kill at grace.
 GRACE_ENV: dict[tuple[str, int], str] = {("openmpi", 4): "OMPI_MCA_odls_base_sigkill_timeout"}
 
+# Faults of some versions that a user meets as a hang, said when a job spans hosts and by
+# `mpirt doctor`: (family, first version affected, first version fixed, what happens and the fix).
+KNOWN_FAULTS = (
+    ("mpich", (4, 0), (4, 2),
+     "{label} can hang in MPI_Finalize across hosts after the job's work is done: a rank waits in a "
+     "PMI barrier while a peer still needs it to finish disconnecting (seen here with Debian 12's "
+     "ch4:ucx build; fixed upstream in MPICH 4.2, pmodels/mpich#6596)",
+     "use MPICH 4.2 or later (the mpich wheel from PyPI) or Open MPI"),
+)
+
+
+def known_faults(impl: MpiImpl) -> list[tuple[str, str]]:
+    """(what happens, the fix) for each known fault of this implementation's version."""
+    return [(text.format(label=impl.label), fix) for family, first, fixed, text, fix in KNOWN_FAULTS
+            if impl.family == family and first <= impl.version < fixed]
+
+
 _VERSION_PATTERNS = (
     ("openmpi", re.compile(r"\(Open MPI\)\s+(\d+(?:\.\d+)*)")),
     ("intel", re.compile(r"Intel\(R\) MPI Library.*?Version\s+(\d+(?:\.\d+)*)", re.S)),

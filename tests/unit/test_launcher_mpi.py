@@ -2,7 +2,7 @@
 
 import pytest
 
-from launcher.mpi import (MpiError, MpiImpl, build_argv, forwarded, grace_env, launch_argv, local_argv,
+from launcher.mpi import (MpiError, MpiImpl, build_argv, forwarded, grace_env, known_faults, launch_argv, local_argv,
                           parse_version_output, ssh_env)
 
 OMPI4 = "mpirun (Open MPI) 4.1.4\n\nReport bugs to http://www.open-mpi.org/community/help/\n"
@@ -104,3 +104,13 @@ def test_forwarded_environment_never_carries_secrets():
            "HF_TOKEN": "t", "MPIRT_API_KEY": "k", "NCCL_DEBUG": "INFO", "bad name": "x"}
     assert forwarded(env, also=["HOME", "HF_TOKEN", "NOT_SET"]) == [
         "HOME", "LD_LIBRARY_PATH", "MPIRT_ERROR_DIR", "NCCL_DEBUG", "NCCL_IB_HCA", "PATH"]
+
+
+def test_known_faults_name_the_version_and_the_fix():
+    [(text, fix)] = known_faults(MpiImpl("mpich", (4, 0, 2), "m"))
+    assert "MPICH 4.0.2" in text and "MPI_Finalize" in text and "mpich#6596" in text
+    assert "MPICH 4.2 or later" in fix
+    assert len(known_faults(MpiImpl("mpich", (4, 1, 3), "m"))) == 1
+    for clean in (MpiImpl("mpich", (4, 2, 0), "m"), MpiImpl("mpich", (3, 4, 3), "m"),
+                  MpiImpl("openmpi", (4, 1, 4), "m"), MpiImpl("intel", (2021, 15), "m")):
+        assert known_faults(clean) == []
