@@ -29,4 +29,6 @@ rm -rf /var/lib/apt/lists/*
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
     fail "the base image's python3 is $(python3 -V 2>&1); mpirt needs Python >= 3.11 (Debian 12, Ubuntu 24.04)"
 mkdir -p /opt/mpi  # where a flavour built from source installs (empty otherwise)
+# How the core finds its MPI (build_support/mpi_choice.py): the system's, or a wheel's.
+echo "${MPIRT_MPI_CHOICE:-system}" > "$here/mpi-choice"
 flavour_setup

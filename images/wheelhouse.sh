@@ -12,5 +12,5 @@ import tomllib
 d = tomllib.load(open("pyproject.toml", "rb"))
 print("\n".join(d["tool"]["dynamic-metadata"][0]["base"] + d["build-system"]["requires"]))')
 python3 -m pip download --quiet --dest wheelhouse --only-binary=:all: --python-version 3.11 \
-    "$torch" "${reqs[@]}" ninja
+    "$torch" "${reqs[@]}" ninja mpich
 echo "wheelhouse: $(find wheelhouse -name '*.whl' | wc -l) wheels, $(du -sh wheelhouse | cut -f1)"

@@ -1,11 +1,7 @@
-# MPICH from the base distribution (Debian 12: 4.0.2). Sourced by images/install.sh.
-BUILD_PACKAGES="libmpich-dev mpich"
-RUNTIME_PACKAGES="mpich libmpich12"
-# mpi4py's wheel loads the MPICH ABI as libmpi.so.12; Debian names it libmpich.so.12.
-flavour_setup() {
-    local lib
-    lib=$(find /usr/lib -name 'libmpich.so.12' -print -quit)
-    [ -n "$lib" ] || { echo "mpich flavour: libmpich.so.12 not found after install" >&2; exit 1; }
-    ln -sf "$lib" "$(dirname "$lib")/libmpi.so.12"
-    update-alternatives --set mpirun /usr/bin/mpirun.mpich 2>/dev/null || true
-}
+# MPICH from PyPI's mpich wheel (5.x: ch4 with UCX and libfabric, Hydra), installed into the
+# venv from the wheelhouse. Debian 12's own MPICH 4.0.2 can hang in MPI_Finalize across hosts
+# (pmodels/mpich#6596, fixed in 4.2), so the image does not use it. Sourced by images/install.sh.
+BUILD_PACKAGES=""
+RUNTIME_PACKAGES=""
+MPIRT_MPI_CHOICE=mpich
+flavour_setup() { :; }

@@ -71,7 +71,10 @@ def test_three_hosts_with_mpich(cluster, tmp_path):
     # on for large jobs: w0 would ssh to w1 on port 22, without our config; the launcher must
     # keep every ssh to itself.
     ("MPIRT_TEST_IMPI", "impi-rt", "mpiexec", {"I_MPI_HYDRA_BRANCH_COUNT": "1"}),
-], ids=["open-mpi-5", "intel-mpi"])
+    # MPICH 5 from its wheel, the image's mpich flavour, over TCP only as between pods (UCX
+    # would otherwise find these namespaces share a kernel): no known fault to warn of.
+    ("MPIRT_TEST_MPICH", "mpich", "mpiexec", {"UCX_TLS": "tcp,self"}),
+], ids=["open-mpi-5", "intel-mpi", "mpich-wheel"])
 def test_three_hosts_with_an_mpi_from_its_wheel(cluster, variable, wheel, mpirun, env):
     prefix = Path(os.environ.get(variable, "/nonexistent"))
     if not (prefix / "bin" / mpirun).exists():
@@ -84,6 +87,7 @@ def test_three_hosts_with_an_mpi_from_its_wheel(cluster, variable, wheel, mpirun
                     env=env)
     assert proc.returncode == 0, proc.stderr
     assert ranks_report(proc.stdout) == [{"rank": r, "size": 3, "host": f"w{r}"} for r in range(3)]
+    assert "MPI_Finalize" not in proc.stderr  # no known-fault warning for these versions
 
 
 def test_late_sshd_is_waited_for(cluster):
