@@ -36,3 +36,12 @@ def test_bad_buffers_are_refused_with_the_fix(mpiexec):
 def test_state_follows_communicators_made_and_freed(mpiexec, np_):
     report = last_json(mpiexec.python(np_, "comm_churn.py").stdout)
     assert report == {"size": np_, "wrong": []}
+
+
+@pytest.mark.parametrize("f16c", ["default", "0"], ids=["f16c-where-the-cpu-has-it", "portable"])
+def test_every_float16_value_matches_numpy(mpiexec, f16c):
+    """fp16 is widened and rounded by F16C instructions where the CPU has them, else in
+    portable code (MPIRT_F16C=0): both must give numpy's result for every bit pattern."""
+    env = {} if f16c == "default" else {"MPIRT_F16C": f16c}
+    report = last_json(mpiexec.python(2, "half_every_value.py", env=env).stdout)
+    assert report == {"cases": 8, "wrong": {}}
