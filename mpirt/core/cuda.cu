@@ -33,10 +33,19 @@ struct Conv<__nv_bfloat16> {
   __device__ static __nv_bfloat16 store(float a) { return __float2bfloat16_rn(a); }
 };
 
+__device__ inline bool negative(float x) { return signbit(x); }
+__device__ inline bool negative(double x) { return signbit(x); }
+__device__ inline bool negative(int x) { return x < 0; }
+
+// min and max as on the host: for floats IEEE 754-2019 minimum/maximum (a NaN wins, -0 < +0).
 template <class T, class Acc>
 __device__ Acc apply(Acc a, Acc b, int op) {
-  if (op == 1) return b < a ? b : a;
-  if (op == 2) return b > a ? b : a;
+  if (op == 1 || op == 2) {
+    if (a != a) return a;
+    if (b != b) return b;
+    if (b == a) return (op == 1) == negative(b) ? b : a;
+    return (op == 1) == (b < a) ? b : a;
+  }
   return a + b;  // sum and avg
 }
 
