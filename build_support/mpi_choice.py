@@ -77,4 +77,7 @@ def dynamic_metadata(settings: dict, project: dict) -> dict:
 
 if __name__ == "__main__":
     chosen = choose()
-    sys.stdout.write(f"{wheel_mpicc(chosen) if sys.argv[1:] == ['--mpicc'] and chosen != 'system' else chosen}\n")
+    if sys.argv[1:] == ["--mpicc"] and chosen != "system":
+        sys.stdout.write(f"{wheel_mpicc(chosen)}\n")
+    else:
+        sys.stdout.write(chosen + "\n")
