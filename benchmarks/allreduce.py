@@ -48,10 +48,14 @@ def to_document(raws: list[dict], argv: list[str]) -> dict:
     return schema.document("allreduce", env, config, rows)
 
 
+def per_run(a: dict, b: dict) -> list[float]:
+    """a / b taken within each run: both ran in the same job, so a slow job slows both."""
+    return [x / y for x, y in zip(a["samples"], b["samples"]) if y]
+
+
 def ratio(a: dict, b: dict) -> tuple[float, float]:
-    """a / b taken within each run (both ran in the same job, so a slow job slows both), then
-    (the median of those ratios, its noise: twice their coefficient of variation)."""
-    rs = [x / y for x, y in zip(a["samples"], b["samples"]) if y]
+    """(the median of the per-run ratios a / b, its noise: twice their coefficient of variation)."""
+    rs = per_run(a, b)
     if not rs:
         return float("nan"), 0.0
     s = stat(rs)
@@ -79,8 +83,7 @@ def summarize(doc: dict) -> str:
             bus = {a: m[a]["busbw_gbs"]["median"] for a in m}
             shm_mpi = ratio(m["shm"]["busbw_gbs"], m["mpi"]["busbw_gbs"])
             bound = ratio(m["shm"]["algbw_gbs"], memcpy[size])
-            best = max((x / y for x, y in zip(m["shm"]["algbw_gbs"]["samples"], memcpy[size]["samples"]) if y),
-                       default=float("nan"))
+            best = max(per_run(m["shm"]["algbw_gbs"], memcpy[size]), default=float("nan"))
             auto_mpi = ratio(m["auto"]["time_us"], m["mpi"]["time_us"])
             auto_all.append((auto_mpi, size, mode))
             if size <= 4096:

@@ -75,12 +75,7 @@ void bf16_to_f32(const uint16_t* s, float* d, size_t n) {
   for (size_t i = 0; i < n; ++i) d[i] = bf16_to_float(s[i]);
 }
 void f32_to_bf16(const float* s, uint16_t* d, size_t n) {
-  for (size_t i = 0; i < n; ++i) {
-    uint32_t x;
-    std::memcpy(&x, s + i, 4);
-    const uint32_t nearest = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16, quiet = (x >> 16) | 0x40u;
-    d[i] = static_cast<uint16_t>((x & 0x7fffffffu) > 0x7f800000u ? quiet : nearest);
-  }
+  for (size_t i = 0; i < n; ++i) d[i] = float_to_bf16(s[i]);
 }
 
 struct F32 {
@@ -98,16 +93,12 @@ struct F64 {
 struct F16 {
   using T = uint16_t;
   using Acc = float;
-  static Acc load(T v) { return half_to_float(v); }
-  static T store(Acc a) { return float_to_half(a); }
   static void widen(const T* s, Acc* d, size_t n) { f16_to_f32(s, d, n); }
   static void narrow(const Acc* s, T* d, size_t n) { f32_to_f16(s, d, n); }
 };
 struct BF16 {
   using T = uint16_t;
   using Acc = float;
-  static Acc load(T v) { return bf16_to_float(v); }
-  static T store(Acc a) { return float_to_bf16(a); }
   static void widen(const T* s, Acc* d, size_t n) { bf16_to_f32(s, d, n); }
   static void narrow(const Acc* s, T* d, size_t n) { f32_to_bf16(s, d, n); }
 };
@@ -186,7 +177,6 @@ void reduce_widened(void* dst_v, const void* const* srcs_v, int nsrc, size_t cou
 // are loaded and the last as it is stored.
 template <class D, template <class> class O>
 void reduce_tiles(void* dst_v, const void* const* srcs_v, int nsrc, size_t count) {
-  if constexpr (kWidened<D>) return reduce_widened<D, O>(dst_v, srcs_v, nsrc, count);
   using T = typename D::T;
   using Acc = typename D::Acc;
   T* dst = static_cast<T*>(dst_v);
@@ -214,13 +204,21 @@ void reduce_tiles(void* dst_v, const void* const* srcs_v, int nsrc, size_t count
   }
 }
 
+template <class D, template <class> class O>
+void reduce(void* dst, const void* const* srcs, int nsrc, size_t count) {
+  if constexpr (kWidened<D>)
+    reduce_widened<D, O>(dst, srcs, nsrc, count);
+  else
+    reduce_tiles<D, O>(dst, srcs, nsrc, count);
+}
+
 template <class D>
 void reduce_dispatch_op(void* dst, const void* const* srcs, int nsrc, size_t count, Op o) {
   switch (o) {
     case Op::sum:
-    case Op::avg: return reduce_tiles<D, Sum>(dst, srcs, nsrc, count);
-    case Op::min: return reduce_tiles<D, Min>(dst, srcs, nsrc, count);
-    case Op::max: return reduce_tiles<D, Max>(dst, srcs, nsrc, count);
+    case Op::avg: return reduce<D, Sum>(dst, srcs, nsrc, count);
+    case Op::min: return reduce<D, Min>(dst, srcs, nsrc, count);
+    case Op::max: return reduce<D, Max>(dst, srcs, nsrc, count);
   }
 }
 

@@ -81,12 +81,11 @@ inline float bf16_to_float(uint16_t b) {
   return f;
 }
 
-inline uint16_t float_to_bf16(float f) {  // round to nearest even, NaN stays NaN
+inline uint16_t float_to_bf16(float f) {  // round to nearest even, NaN stays NaN; branch-free, so loops vectorise
   uint32_t x;
   std::memcpy(&x, &f, 4);
-  if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((x >> 16) | 0x40u);
-  x += 0x7fffu + ((x >> 16) & 1u);
-  return static_cast<uint16_t>(x >> 16);
+  const uint32_t nearest = (x + 0x7fffu + ((x >> 16) & 1u)) >> 16, quiet = (x >> 16) | 0x40u;
+  return static_cast<uint16_t>((x & 0x7fffffffu) > 0x7f800000u ? quiet : nearest);
 }
 
 // dst[i] = op(srcs[0][i], ..., srcs[nsrc-1][i]) for i < count. dst may alias srcs[0].
