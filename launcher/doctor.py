@@ -88,8 +88,8 @@ def run_checks(cfg: DoctorConfig) -> list[Check]:
                             "compiled allreduce core loads and matches mpi4py's MPI; MPI CUDA-aware: "
                             f"{'yes' if view.get('cuda_aware') else 'no'}" if core == "ok" else core,
                             "" if core == "ok" else "pip install --force-reinstall --no-deps . (rebuild the core)"))
-    checks += _build_checks()
     gpus = gpu_local()
+    checks += _build_checks(impl, bool(gpus.gpus))
     if gpus.gpus:
         checks.append(Check("gpus", "pass", f"{len(gpus.gpus)} x {gpus.gpus[0].name}; P2P "
                             f"{'ok' if gpus.p2p_ok else 'not available (NCCL P2P/SHM get disabled)'}"
@@ -177,8 +177,9 @@ def _ssh_checks(cfg: DoctorConfig) -> list[Check]:
     return checks
 
 
-def _build_checks() -> list[Check]:
-    """What this install is (image builders check it): the core's build options, and UCX."""
+def _build_checks(impl: mpi.MpiImpl | None, gpus: bool) -> list[Check]:
+    """What this install is (image builders check it): the core's build options, and UCX: an Open MPI
+    built with CUDA over a UCX without it breaks on device buffers (a fail where GPUs are visible)."""
     from mpirt import build_info
 
     b = build_info()
@@ -186,10 +187,37 @@ def _build_checks() -> list[Check]:
     checks = [Check("build", "pass", f"commit {b['git_commit']}, {cuda}, {b['compiler'] or 'compiler unknown'}, "
                                      f"MPI from {b['mpi_source']} {b['mpi_library']}".rstrip())]
     ucx = shutil.which("ucx_info")
-    version = subprocess.run([ucx, "-v"], capture_output=True, text=True, timeout=10).stdout if ucx else ""
-    line = next((x.strip("# ").strip() for x in version.splitlines() if "version" in x.lower()), "")
-    checks.append(Check("ucx", "pass", line or "not installed: MPI uses its own TCP and shared-memory transports"))
+    if not ucx:
+        return checks + [Check("ucx", "pass", "not installed: MPI uses its own TCP and shared-memory transports")]
+    version = _output([ucx, "-v"])
+    line = next((x.strip("# ").strip() for x in version.splitlines() if "version" in x.lower()), "version unknown")
+    ucx_cuda = ucx_has_cuda(_output([ucx, "-b"]))
+    checks.append(Check("ucx", "pass", f"{line}, {'with' if ucx_cuda else 'without'} CUDA transports ({ucx})"))
+    ompi_info = Path(impl.mpirun).with_name("ompi_info") if impl and impl.family == "openmpi" else None
+    if ompi_info and ompi_info.exists() and not ucx_cuda and ompi_has_cuda(_output([str(ompi_info), "--parsable", "--all"])):
+        checks.append(Check("cuda over ucx", "fail" if gpus else "warn",
+                            f"{impl.label} is built with CUDA but UCX ({ucx}) has no CUDA transports: device "
+                            "buffers that Open MPI hands to UCX are read as host memory (a crash or wrong values)",
+                            "build UCX --with-cuda under that Open MPI (the image's MPI=openmpi-ucx flavour on a "
+                            "CUDA devel base does), or run with OMPI_MCA_pml=ob1"))
     return checks
+
+
+def _output(argv: list[str]) -> str:
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return ""
+
+
+def ucx_has_cuda(build_config: str) -> bool:
+    """From `ucx_info -b` (the build's config.h): were UCX's cuda transports compiled?"""
+    return any(line.split()[:3] == ["#define", "HAVE_CUDA", "1"] for line in build_config.splitlines())
+
+
+def ompi_has_cuda(parsable: str) -> bool:
+    """From `ompi_info --parsable --all`: was Open MPI built with CUDA (4.x: opal_, 5.x: mpi_ too)?"""
+    return any(line.endswith("_built_with_cuda_support:value:true") for line in parsable.splitlines())
 
 
 def render(checks: list[Check]) -> str:

@@ -41,3 +41,39 @@ def test_hostfile_without_a_key_fails(tmp_path):
     hf.write_text("w0 slots=1\n")
     proc = doctor("--hostfile", str(hf), "--ssh-dir", str(tmp_path / "no-secret"))
     assert proc.returncode == 1 and "FAIL  ssh key: no private key in" in proc.stdout
+
+
+# Excerpts of real outputs: `ucx_info -b` of UCX 1.13.1 built here with and without --with-cuda,
+# and `ompi_info --parsable --all` of Open MPI 4.1 (opal_ only) and 5.0 (mpi_ too).
+UCX_WITH_CUDA = """#define HAVE_CLEARENV             1
+#define HAVE_CPU_SET_T            1
+#define HAVE_CUDA                 1
+#define HAVE_CUDA_H               1
+#define HAVE_CUDA_RUNTIME_H       1
+#define HAVE_DC_DV                1
+"""
+UCX_WITHOUT_CUDA = """#define HAVE_CLEARENV             1
+#define HAVE_CPU_SET_T            1
+#define HAVE_DC_DV                1
+"""
+OMPI4_CUDA = """mca:opal:base:param:opal_built_with_cuda_support:value:true
+mca:opal:base:param:opal_built_with_cuda_support:source:default
+"""
+OMPI5_NO_CUDA = """mca:opal:base:param:opal_built_with_cuda_support:value:false
+mca:mpi:base:param:mpi_built_with_cuda_support:value:false
+"""
+
+
+def test_cuda_support_read_from_ucx_and_open_mpi_build_reports():
+    from launcher.doctor import ompi_has_cuda, ucx_has_cuda
+
+    assert ucx_has_cuda(UCX_WITH_CUDA) and not ucx_has_cuda(UCX_WITHOUT_CUDA) and not ucx_has_cuda("")
+    assert ompi_has_cuda(OMPI4_CUDA) and not ompi_has_cuda(OMPI5_NO_CUDA) and not ompi_has_cuda("")
+
+
+def test_ucx_check_names_its_cuda_transports():
+    doc = json.loads(doctor("--json").stdout)
+    ucx = next(c for c in doc["checks"] if c["name"] == "ucx")
+    assert "not installed" in ucx["detail"] or " CUDA transports (" in ucx["detail"], ucx
+    # this machine's Open MPI is built without CUDA: nothing to mismatch
+    assert "cuda over ucx" not in [c["name"] for c in doc["checks"]]
