@@ -223,9 +223,12 @@ def bench_compare(base: str, new: str, threshold: str, as_json: bool) -> None:
 @click.option("--profile", envvar="MPIRT_PROFILE", help="Algorithm profile: rl, debug, or one from MPIRT_PROFILES.")
 @click.option("--env-defaults/--no-env-defaults", default=True, envvar="MPIRT_ENV_DEFAULTS",
               help="Set NCCL/UCX/MPI defaults for the network tier found on every host (mpirt env --explain).")
+@click.option("--sidecar-quit", default="auto", show_default=True, envvar="MPIRT_SIDECAR_QUIT",
+              help="When the job ends, stop the pod's mesh sidecar so the Job can complete: auto (Istio's, where "
+                   "its agent listens in a pod), none, or the URL to POST to.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def launch(np_, hostfile, hosts, slots, ssh_dir, ssh_port, wait_s, state_dir, log_dir, mpirun, dry_run, grace_s,
-           tag_output, profile, env_defaults, command) -> None:
+           tag_output, profile, env_defaults, sidecar_quit, command) -> None:
     """Run COMMAND on MPI ranks and report the root cause if it fails.
 
     Hosts come from --hostfile / -H, else from the pod (mpi-operator, Kubeflow Trainer,
@@ -242,7 +245,8 @@ def launch(np_, hostfile, hosts, slots, ssh_dir, ssh_port, wait_s, state_dir, lo
         sys.exit(run(LaunchConfig(command=command, np=np_, mpirun=mpirun, dry_run=dry_run, grace_s=grace_s,
                                   tag_output=tag_output, hostfile=hostfile, hosts=hosts, slots=slots,
                                   ssh_dir=ssh_dir, ssh_port=ssh_port, wait_s=wait_s, state_dir=state_dir,
-                                  log_dir=log_dir, profile=profile, env_defaults=env_defaults)))
+                                  log_dir=log_dir, profile=profile, env_defaults=env_defaults,
+                                  sidecar_quit=sidecar_quit)))
     except (MpiError, HostError, SshSetupError, ValueError) as e:
         raise CliError(str(e)) from e
 

@@ -188,19 +188,45 @@ def _build_checks(impl: mpi.MpiImpl | None, gpus: bool) -> list[Check]:
                                      f"MPI from {b['mpi_source']} {b['mpi_library']}".rstrip())]
     ucx = shutil.which("ucx_info")
     if not ucx:
-        return checks + [Check("ucx", "pass", "not installed: MPI uses its own TCP and shared-memory transports")]
-    version = _output([ucx, "-v"])
-    line = next((x.strip("# ").strip() for x in version.splitlines() if "version" in x.lower()), "version unknown")
-    ucx_cuda = ucx_has_cuda(_output([ucx, "-b"]))
-    checks.append(Check("ucx", "pass", f"{line}, {'with' if ucx_cuda else 'without'} CUDA transports ({ucx})"))
+        checks.append(Check("ucx", "pass", "ucx_info not installed: MPI uses its own TCP and shared-memory transports"))
+    else:
+        version = _output([ucx, "-v"])
+        line = next((x.strip("# ").strip() for x in version.splitlines() if "version" in x.lower()), "version unknown")
+        ucx_cuda = ucx_has_cuda(_output([ucx, "-b"]))
+        checks.append(Check("ucx", "pass", f"{line}, {'with' if ucx_cuda else 'without'} CUDA transports ({ucx})"))
+    return checks + _cuda_over_ucx(impl, gpus)
+
+
+def _cuda_over_ucx(impl: mpi.MpiImpl | None, gpus: bool) -> list[Check]:
+    """An Open MPI built with CUDA hands device pointers to UCX: the UCX its pml loads here must
+    carry the cuda transports (a module beside libucs), or device buffers are read as host memory."""
     ompi_info = Path(impl.mpirun).with_name("ompi_info") if impl and impl.family == "openmpi" else None
-    if ompi_info and ompi_info.exists() and not ucx_cuda and ompi_has_cuda(_output([str(ompi_info), "--parsable", "--all"])):
-        checks.append(Check("cuda over ucx", "fail" if gpus else "warn",
-                            f"{impl.label} is built with CUDA but UCX ({ucx}) has no CUDA transports: device "
-                            "buffers that Open MPI hands to UCX are read as host memory (a crash or wrong values)",
-                            "build UCX --with-cuda under that Open MPI (the image's MPI=openmpi-ucx flavour on a "
-                            "CUDA devel base does), or run with OMPI_MCA_pml=ob1"))
-    return checks
+    if not ompi_info or not ompi_info.exists() or not ompi_has_cuda(_output([str(ompi_info), "--parsable", "--all"])):
+        return []
+    paths = [_output([str(ompi_info), "--path", where, "--parsable"]).strip().rpartition(":")[2]
+             for where in ("pkglibdir", "libdir")]
+    pml = next((f for f in (Path(paths[0]) / "mca_pml_ucx.so", Path(paths[1]) / "libmpi.so") if f.exists()), None)
+    ucx_dir = libucs_dir(_output(["ldd", str(pml)])) if pml else None
+    if ucx_dir is None:
+        return []  # no pml ucx: ob1 carries device buffers itself
+    if any((ucx_dir / "ucx").glob("libuct_cuda.so*")):
+        return [Check("cuda over ucx", "pass", f"{impl.label} is built with CUDA and loads UCX from {ucx_dir}, "
+                                                "which has its cuda transports")]
+    return [Check("cuda over ucx", "fail" if gpus else "warn",
+                  f"{impl.label} is built with CUDA but loads UCX from {ucx_dir}, which has no cuda transports "
+                  f"({ucx_dir / 'ucx'}/libuct_cuda.so): device buffers it hands to UCX are read as host memory "
+                  "(a crash or wrong values)",
+                  "put a UCX built --with-cuda first on the library path (the image's MPI=openmpi-ucx flavour on a "
+                  "CUDA devel base builds one), or run with OMPI_MCA_pml=ob1")]
+
+
+def libucs_dir(ldd: str) -> Path | None:
+    """From `ldd` of a library: the directory of the libucs it loads (UCX's modules are in its ucx/)."""
+    for line in ldd.splitlines():
+        name, _, where = line.strip().partition(" => ")
+        if name.startswith("libucs.so") and where.startswith("/"):
+            return Path(where.split(" (")[0]).parent
+    return None
 
 
 def _output(argv: list[str]) -> str:
@@ -216,7 +242,7 @@ def ucx_has_cuda(build_config: str) -> bool:
 
 
 def ompi_has_cuda(parsable: str) -> bool:
-    """From `ompi_info --parsable --all`: was Open MPI built with CUDA (4.x: opal_, 5.x: mpi_ too)?"""
+    """From `ompi_info --parsable --all`: was Open MPI built with CUDA?"""
     return any(line.endswith("_built_with_cuda_support:value:true") for line in parsable.splitlines())
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from launcher import fleet
 from launcher import hosts as hostlib
-from launcher import mpi
+from launcher import mpi, sidecar
 from launcher.envdefaults import load_profiles, resolve
 from launcher.detect.gpu import device_nodes
 from launcher.roles import detect as detect_role
@@ -49,6 +49,7 @@ class LaunchConfig:
     log_dir: str | None = None
     profile: str | None = None
     env_defaults: bool = True
+    sidecar_quit: str = "auto"  # auto | none | URL (launcher.sidecar)
 
 
 def read_hostfile(path: str, why: str, slots: int) -> list[hostlib.Host]:
@@ -128,9 +129,16 @@ def _peer(hosts: list[hostlib.Host]) -> str | None:
         return None
 
 
+def _stop_sidecar(url: str) -> None:
+    print(f"mpirt: {sidecar.ask_to_quit(url)}", file=sys.stderr, flush=True)
+
+
 def _run(cfg: LaunchConfig, undo: ExitStack) -> int:
-    impl = mpi.detect(mpi.find_mpirun(cfg.mpirun))
     env = dict(os.environ)
+    quit_url = sidecar.quit_url(cfg.sidecar_quit, env)
+    if quit_url and not cfg.dry_run:  # first in, so last out: on every way this launch ends
+        undo.callback(_stop_sidecar, quit_url)
+    impl = mpi.detect(mpi.find_mpirun(cfg.mpirun))
     if cfg.profile:  # an unknown profile fails before anything starts
         resolve("tcp", [], {}, profile=cfg.profile, profiles=load_profiles(env.get("MPIRT_PROFILES")))
     hosts, source = resolve_hosts(cfg, env)

