@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.image, pytest.mark.e2e]
+# The first test builds the image (its own 2400 s limit; a flavour built from source takes ~20 min).
+pytestmark = [pytest.mark.image, pytest.mark.e2e, pytest.mark.timeout(2700)]
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE = "docker.io/library/debian:bookworm-slim"
