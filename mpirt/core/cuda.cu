@@ -134,6 +134,11 @@ bool available() { return device_count() > 0; }
 std::string describe() {
   int n = 0;
   cudaError_t err = cudaGetDeviceCount(&n);
+  // No driver reads as "driver version is insufficient": say what a container usually lacks.
+  if (err == cudaErrorInsufficientDriver || err == cudaErrorNoDevice)
+    return std::string("no usable CUDA device (") + cudaGetErrorString(err) +
+           ": is the NVIDIA driver mounted in this container? it needs a GPU resource request and "
+           "NVIDIA_VISIBLE_DEVICES not blank)";
   if (err != cudaSuccess) return std::string("no usable CUDA device (") + cudaGetErrorString(err) + ")";
   if (n == 0) return "no CUDA device is visible";
   int dev = 0;
