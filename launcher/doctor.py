@@ -208,7 +208,7 @@ def _cuda_over_ucx(impl: mpi.MpiImpl | None, gpus: bool) -> list[Check]:
     pml = next((f for f in (Path(paths[0]) / "mca_pml_ucx.so", Path(paths[1]) / "libmpi.so") if f.exists()), None)
     ucx_dir = libucs_dir(_output(["ldd", str(pml)])) if pml else None
     if ucx_dir is None:
-        return []  # no pml ucx: ob1 carries device buffers itself
+        return []  # no pml ucx here (none built, or it cannot load UCX): ob1 carries device buffers
     if any((ucx_dir / "ucx").glob("libuct_cuda.so*")):
         return [Check("cuda over ucx", "pass", f"{impl.label} is built with CUDA and loads UCX from {ucx_dir}, "
                                                 "which has its cuda transports")]
