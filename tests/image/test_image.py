@@ -2,7 +2,9 @@
 and a launcher on one podman network, the ssh Secret mounted read-only, as root and as a random
 UID with group 0 and no passwd entry. Skipped, with the reason, where podman cannot run
 containers (see images/README.md for what this machine needs). MPIRT_TEST_IMAGE_MPI picks the
-MPI flavour to build and test (default openmpi; mpich, openmpi-ucx)."""
+MPI flavour to build and test (default openmpi; mpich, openmpi-ucx); MPIRT_TEST_IMAGE_CUDA_BASE
+builds FROM a CUDA devel base instead (images/cuda-base.sh makes one): the GPU variant, whose
+doctor must then report the core and the MPI built with CUDA."""
 
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ pytestmark = [pytest.mark.image, pytest.mark.e2e, pytest.mark.timeout(2700)]
 ROOT = Path(__file__).resolve().parents[2]
 BASE = "docker.io/library/debian:bookworm-slim"
 FLAVOUR = os.environ.get("MPIRT_TEST_IMAGE_MPI", "openmpi")
-TAG = f"localhost/mpirt:cpu-test-{FLAVOUR}"
+CUDA_BASE = os.environ.get("MPIRT_TEST_IMAGE_CUDA_BASE", "")
+TAG = f"localhost/mpirt:{'gpu' if CUDA_BASE else 'cpu'}-test-{FLAVOUR}"
 LIBRARY = {"openmpi": "Open MPI", "openmpi-ucx": "Open MPI", "mpich": "MPICH"}
 LIMITS = ["--runtime", "runc", "--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096"]
 RANDOM_UID = "1000680000"
@@ -52,7 +55,8 @@ def image():
         pytest.skip(reason)
     if FLAVOUR not in LIBRARY:
         pytest.fail(f"MPIRT_TEST_IMAGE_MPI={FLAVOUR} is not a flavour; use one of {', '.join(LIBRARY)}")
-    proc = subprocess.run([str(ROOT / "images" / "build.sh"), TAG, "--build-arg", f"MPI={FLAVOUR}"],
+    base = ["--build-arg", f"BASE={CUDA_BASE}"] if CUDA_BASE else []
+    proc = subprocess.run([str(ROOT / "images" / "build.sh"), TAG, "--build-arg", f"MPI={FLAVOUR}", *base],
                           capture_output=True, text=True, timeout=2400)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     print(proc.stdout.strip().splitlines()[-1])  # sizes and build time
@@ -138,8 +142,11 @@ def test_doctor_reports_what_the_image_holds(image):
     proc = podman("run", "--rm", *LIMITS, image, "doctor", "--json", check=False, timeout=120)
     assert proc.stdout.lstrip().startswith("{"), proc.stdout + proc.stderr
     text = proc.stdout
-    for fact in ('"mpi4py"', LIBRARY[FLAVOUR], "MPI CUDA-aware: no", "CPU only", "ucx"):
+    cuda = ("MPI CUDA-aware: yes", "CUDA built (sm ", "which has its cuda transports") if CUDA_BASE else \
+        ("MPI CUDA-aware: no", "CPU only")
+    for fact in ('"mpi4py"', LIBRARY[FLAVOUR], "ucx", *cuda):
         assert fact in text, text[-3000:]
+    assert '"status": "fail"' not in text, text[-3000:]
     labels = podman("image", "inspect", "--format", "{{json .Labels}}", image).stdout
     assert '"org.opencontainers.image.version":"0.1.0"' in labels.replace(" ", "")
 
