@@ -49,10 +49,11 @@ for so in "$cuda"/lib/lib*.so.[0-9]*; do
 done
 ln -s cuda-13.0 "$work/root/usr/local/cuda"
 # Link-time stubs: the symbols configure scripts probe for; every other one resolves against
-# the real driver when a program loads (the stubs' sonames are the driver's).
+# the real driver when a program loads (the stubs' sonames are the driver's). Called by mistake,
+# they answer as NVIDIA's stubs do: CUDA_ERROR_STUB_LIBRARY (34), NVML_ERROR_LIBRARY_NOT_FOUND (12).
 mkdir -p "$cuda/lib/stubs"
-echo 'int cuDeviceGetUuid(void) { return 999; } int cuDriverGetVersion(void) { return 999; }' > "$work/cuda.c"
-echo 'int nvmlInit(void) { return 999; } int nvmlInit_v2(void) { return 999; }' > "$work/nvml.c"
+echo 'int cuDeviceGetUuid(void) { return 34; } int cuDriverGetVersion(void) { return 34; }' > "$work/cuda.c"
+echo 'int nvmlInit(void) { return 12; } int nvmlInit_v2(void) { return 12; }' > "$work/nvml.c"
 gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$cuda/lib/stubs/libcuda.so" "$work/cuda.c"
 gcc -shared -fPIC -Wl,-soname,libnvidia-ml.so.1 -o "$cuda/lib/stubs/libnvidia-ml.so" "$work/nvml.c"
 "$cuda/bin/nvcc" --version | tail -2
