@@ -226,9 +226,13 @@ def bench_compare(base: str, new: str, threshold: str, as_json: bool) -> None:
 @click.option("--sidecar-quit", default="auto", show_default=True, envvar="MPIRT_SIDECAR_QUIT",
               help="When the job ends, stop the pod's mesh sidecar so the Job can complete: auto (Istio's, where "
                    "its agent listens in a pod), none, or the URL to POST to.")
+@click.option("--termination-log", default="auto", show_default=True, envvar="MPIRT_TERMINATION_LOG",
+              help="Where to write how the job ended, for the pod's status (kubectl describe pod): auto "
+                   "(/dev/termination-log where Kubernetes mounted it), none, or the container's "
+                   "terminationMessagePath.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def launch(np_, hostfile, hosts, slots, ssh_dir, ssh_port, wait_s, state_dir, log_dir, mpirun, dry_run, grace_s,
-           tag_output, profile, env_defaults, sidecar_quit, command) -> None:
+           tag_output, profile, env_defaults, sidecar_quit, termination_log, command) -> None:
     """Run COMMAND on MPI ranks and report the root cause if it fails.
 
     Hosts come from --hostfile / -H, else from the pod (mpi-operator, Kubeflow Trainer,
@@ -246,7 +250,7 @@ def launch(np_, hostfile, hosts, slots, ssh_dir, ssh_port, wait_s, state_dir, lo
                                   tag_output=tag_output, hostfile=hostfile, hosts=hosts, slots=slots,
                                   ssh_dir=ssh_dir, ssh_port=ssh_port, wait_s=wait_s, state_dir=state_dir,
                                   log_dir=log_dir, profile=profile, env_defaults=env_defaults,
-                                  sidecar_quit=sidecar_quit)))
+                                  sidecar_quit=sidecar_quit, termination_log=termination_log)))
     except (MpiError, HostError, SshSetupError, ValueError) as e:
         raise CliError(str(e)) from e
 

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from launcher.detect.memcg import OomCounter, parse as parse_oom
 from launcher.detect.probe import Probe
 from launcher.envdefaults import Topology
 
@@ -24,6 +25,7 @@ class HostProbe:
     topology: Topology | None
     error: str = ""
     runs_ranks: bool = True  # False: the launcher pod alone (its interface matters to mpirun, its tier does not)
+    oom: OomCounter | None = None  # OOM kills in the host's memory cgroup when the job started
 
 
 @dataclass(frozen=True)
@@ -42,8 +44,10 @@ def from_json(host: str, doc: dict) -> HostProbe:
     probe = Probe(p["tier"], tuple(p["hcas"]), p["iface"], p["memlock"], p["shm_bytes"], p["gpus"], tuple(p["notes"]),
                   tuple(p["ports"]))
     g = doc["gpus"]
+    oom = doc.get("oom")  # absent from an older mpirt's probe
     return HostProbe(host, probe, Topology(gpus=g["count"], p2p_ok=g["p2p_ok"], mig=g["mig"],
-                                           shm_bytes=probe.shm_bytes or 1 << 40))
+                                           shm_bytes=probe.shm_bytes or 1 << 40),
+                     oom=OomCounter(str(oom["path"]), int(oom["kills"])) if oom else None)
 
 
 def _names(hosts: list[str], limit: int = 4) -> str:
@@ -81,39 +85,51 @@ def combine(probes: list[HostProbe]) -> Plan:
 
 def local(host: str, root: Path = Path("/"), peer: str | None = None, runs_ranks: bool = True) -> HostProbe:
     """This host's probe and GPU topology (NVML; none is a normal answer)."""
+    from launcher.detect import memcg
     from launcher.detect.gpu import local as gpu_local
     from launcher.detect.probe import probe
 
     try:
         found = probe(root, peer)
     except ValueError as e:
-        return HostProbe(host, None, None, str(e), runs_ranks)
+        return HostProbe(host, None, None, str(e), runs_ranks, memcg.read(root))
     g = gpu_local()
     return HostProbe(host, found, Topology(gpus=len(g.gpus), p2p_ok=g.p2p_ok, mig=g.mig,
-                                           shm_bytes=found.shm_bytes or 1 << 40), runs_ranks=runs_ranks)
+                                           shm_bytes=found.shm_bytes or 1 << 40), runs_ranks=runs_ranks,
+                     oom=memcg.read(root))
 
 
 def to_json(hp: HostProbe) -> dict:
     """What `mpirt probe` prints; from_json reads it back on the launcher."""
     t = hp.topology
-    return {"probe": hp.probe.to_json(), "gpus": {"count": t.gpus, "p2p_ok": t.p2p_ok, "mig": t.mig}}
+    return {"probe": hp.probe.to_json(), "gpus": {"count": t.gpus, "p2p_ok": t.p2p_ok, "mig": t.mig},
+            "oom": {"path": hp.oom.path, "kills": hp.oom.kills} if hp.oom else None}
 
 
 def probe_command(peer: str | None) -> str:
     """What each host runs on the connection that proved it ready: the probe its `mpirt worker`
-    saved at start (no Python started on the critical path), else a fresh `mpirt probe`."""
+    saved at start (no Python started on the critical path) and its OOM counter as it is now,
+    else a fresh `mpirt probe`."""
     fresh = "mpirt probe" + (f" --peer {ipaddress.IPv4Address(peer)}" if peer else "")
-    return f'if [ -r "$MPIRT_PROBE" ]; then cat "$MPIRT_PROBE"; else exec {fresh}; fi'
+    return (f'if [ -r "$MPIRT_PROBE" ]; then cat "$MPIRT_PROBE"; '
+            'if [ -r "$MPIRT_OOM_FILE" ]; then echo; cat "$MPIRT_OOM_FILE"; fi; '
+            f'else exec {fresh}; fi')
 
 
 def from_output(host: str, output: str) -> HostProbe:
-    """A host's probe from what ``probe_command`` printed there."""
+    """A host's probe from what ``probe_command`` printed there: one JSON document, then
+    perhaps the counter file read just now (the probe's count dates from the worker's start)."""
     if not output.strip():
         return HostProbe(host, None, None, "no probe output (mpirt missing there, or too old for `mpirt probe`)")
     try:
-        return from_json(host, json.loads(output))
+        doc, end = json.JSONDecoder().raw_decode(output.lstrip())
+        found = from_json(host, doc)
     except (ValueError, KeyError, TypeError) as e:
         return HostProbe(host, None, None, f"unreadable probe: {e}")
+    now = parse_oom(output.lstrip()[end:])
+    if found.oom and now is not None:
+        found = replace(found, oom=OomCounter(found.oom.path, now))
+    return found
 
 
 def summary(plan: Plan, probes: list[HostProbe], profile: str | None, set_count: int) -> str:

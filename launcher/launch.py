@@ -5,7 +5,9 @@ Launcher: hosts from --hostfile / -H or from the pod (mpi-operator, Trainer V2, 
 launcher.roles), then: our own hostfile in the MPI's dialect, the ssh setup from the mounted
 key, a readiness wait for every host under one deadline, and mpirun from the table. Every
 rank gets ``MPIRT_ERROR_DIR`` so a failing rank's record reaches the root-cause report, and
-mpirun is told the grace period between SIGTERM and SIGKILL.
+mpirun is told the grace period between SIGTERM and SIGKILL. After a failure each host's OOM
+counter is read again (launcher.postmortem); the outcome also goes to the pod's termination
+message (launcher.termination).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from pathlib import Path
 
 from launcher import fleet
 from launcher import hosts as hostlib
-from launcher import mpi, sidecar
+from launcher import mpi, postmortem, sidecar, termination
+from launcher.detect import memcg
 from launcher.envdefaults import load_profiles, resolve
 from launcher.detect.gpu import device_nodes
 from launcher.roles import detect as detect_role
@@ -50,6 +53,7 @@ class LaunchConfig:
     profile: str | None = None
     env_defaults: bool = True
     sidecar_quit: str = "auto"  # auto | none | URL (launcher.sidecar)
+    termination_log: str = "auto"  # auto | none | path (launcher.termination)
 
 
 def read_hostfile(path: str, why: str, slots: int) -> list[hostlib.Host]:
@@ -100,8 +104,16 @@ def _progress(ready: int, total: int) -> None:
 
 
 def run(cfg: LaunchConfig) -> int:
-    with ExitStack() as undo:  # our own sshd, the ssh connections kept open for mpirun
-        return _run(cfg, undo)
+    target = termination.path_for(cfg.termination_log)  # a bad value fails before anything starts
+    try:
+        with ExitStack() as undo:  # our own sshd, the ssh connections kept open for mpirun
+            code, message = _run(cfg, undo)
+    except Exception as e:
+        termination.write(target, f"mpirt launch: {e}")
+        raise
+    if not cfg.dry_run:
+        termination.write(target, message)
+    return code
 
 
 def _stop(child: subprocess.Popen) -> None:
@@ -133,7 +145,14 @@ def _stop_sidecar(url: str) -> None:
     print(f"mpirt: {sidecar.ask_to_quit(url)}", file=sys.stderr, flush=True)
 
 
-def _run(cfg: LaunchConfig, undo: ExitStack) -> int:
+def _read_here(_host: str, counter: memcg.OomCounter) -> int | None:
+    try:
+        return memcg.parse(Path(counter.path).read_text())
+    except OSError:
+        return None
+
+
+def _run(cfg: LaunchConfig, undo: ExitStack) -> tuple[int, str]:
     env = dict(os.environ)
     quit_url = sidecar.quit_url(cfg.sidecar_quit, env)
     if quit_url and not cfg.dry_run:  # first in, so last out: on every way this launch ends
@@ -147,6 +166,9 @@ def _run(cfg: LaunchConfig, undo: ExitStack) -> int:
     added = {"MPIRT_ERROR_DIR": error_dir}
     added.update({k: v for k, v in mpi.grace_env(impl, cfg.grace_s).items() if k not in env})
     info: dict = {"mpi": impl.label, "hosts_from": source}
+    here = memcg.read() if not hosts else None  # local ranks share this process's memory cgroup
+    oom_before = {socket.gethostname(): here} if here else {}
+    read_oom = _read_here
     if not hosts:
         if cfg.env_defaults:
             added.update(env_defaults(cfg, impl, env, [fleet.local("localhost")]))
@@ -161,7 +183,7 @@ def _run(cfg: LaunchConfig, undo: ExitStack) -> int:
             raise hostlib.HostError(f"-np {np_} is more than the {total} slots on {len(hosts)} hosts ({source}); "
                                     "lower -np or give hosts more slots (--slots, slots=N)")
         # the ssh modules only where there are remote hosts: a local launch stays light
-        from launcher.ready import release
+        from launcher.ready import output_of, release
         from launcher.ready import report as readiness_report
         from launcher.ready import wait_ready
         from launcher.ssh import prepare
@@ -186,16 +208,19 @@ def _run(cfg: LaunchConfig, undo: ExitStack) -> int:
                     if cfg.env_defaults else None
                 names, ssh_env = [h.name for h in hosts], {**env, **nss}
                 undo.callback(release, names, setup, ssh_env)
-                results = wait_ready(names, setup, cfg.wait_s, _progress,
-                                     command=fleet.probe_command(peer) if cfg.env_defaults else None, env=ssh_env)
+                results = wait_ready(names, setup, cfg.wait_s, _progress, command=fleet.probe_command(peer),
+                                     env=ssh_env)
             text = readiness_report(results, cfg.wait_s)
             if text:
                 print(text, file=sys.stderr, flush=True)
-                return 1
+                return 1, text
+            found = [fleet.from_output(r.host, r.output) for r in results]
+            oom_before = {p.host: p.oom for p in found if p.oom}
+            read_oom = postmortem.over_ssh(lambda host, command: output_of(host, setup, command, ssh_env))
         if cfg.env_defaults and cfg.dry_run:
             info["env_defaults"] = "set at launch from every host's probe (read during the readiness check)"
         elif cfg.env_defaults:
-            probes = [own.result()] + [fleet.from_output(r.host, r.output) for r in results]
+            probes = [own.result()] + found
             added.update(env_defaults(cfg, impl, env, probes))
         export = mpi.forwarded({**env, **added}, also=added)
         argv = mpi.build_argv(impl, np_, str(hostfile), list(cfg.command), uid=os.getuid(),
@@ -204,9 +229,10 @@ def _run(cfg: LaunchConfig, undo: ExitStack) -> int:
         print(json.dumps({**info, "argv": argv, "env": added}, indent=1))
         if own_dir:
             shutil.rmtree(error_dir, ignore_errors=True)
-        return 0
+        return 0, ""
     code, stopped_by, tail = supervise(argv, {**env, **added}, cfg.grace_s, log_dir=cfg.log_dir)
-    code = report(code, error_dir, stopped_by, tail)
+    oom = postmortem.findings(oom_before, read_oom) if code != 0 and not stopped_by else []
+    code, message = report(code, error_dir, stopped_by, tail, oom)
     if own_dir and code == 0:
         shutil.rmtree(error_dir, ignore_errors=True)
-    return code
+    return code, message

@@ -160,6 +160,14 @@ def wait_ready(hosts: list[str], setup: SshSetup, wait_s: float,
             stop.set()
 
 
+def output_of(host: str, setup: SshSetup, command: str, env: dict | None = None, user: str | None = None,
+              timeout: float = 10.0) -> str:
+    """What ``command`` printed on ``host`` (over the connection kept open, if it still is),
+    or "" when the host cannot be reached or the command failed."""
+    stage, output = _ssh(host, setup, user, timeout, command, env)
+    return output if stage == "ready" else ""
+
+
 def release(hosts: list[str], setup: SshSetup, env: dict | None = None, user: str | None = None) -> None:
     """Let the shared connections the readiness check left open go: each stops taking new
     sessions and closes when its last one ends, so a job still running over it (another

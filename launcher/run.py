@@ -21,11 +21,31 @@ _FATAL = re.compile(rb"ssh: connect to host|ssh: Could not resolve hostname|Perm
                     rb"Host key verification failed")
 FATAL_GRACE_S = 15.0
 _TAG = re.compile(rb"^\[(?:\d+,)?(\d+)\](?:<(?:stdout|stderr)>:|\s)")
+# What a signal that killed a rank usually means in a pod.
+_SIGNAL_HINTS = {
+    signal.SIGKILL: "the OOM killer at a memory limit (kubectl describe pod: OOMKilled), or a kill -9",
+    signal.SIGBUS: "/dev/shm full or too small (a container gets 64 MiB: mount an emptyDir with medium: Memory "
+                   "at /dev/shm)",
+}
+
+
+def _killed(rank: str | None, host: str, num: int) -> str:
+    who = f"rank {rank}" if rank is not None else "a rank"
+    hint = _SIGNAL_HINTS.get(num)
+    return f"{who} on {host} was killed by signal {num}{_signame(num)}" + (f"; usually {hint}" if hint else "")
+
+
+# mpirun's own words for a failure, most specific first; Open MPI 5 wraps its lines, Hydra
+# (MPICH, Intel MPI) frames them in '=' banners.
 _PATTERNS = (
-    (re.compile(r"process rank (\d+) with PID \d+ on node (\S+) exited on signal (\d+)"),
-     lambda m: f"rank {m[1]} on {m[2]} was killed by signal {m[3]}{_signame(int(m[3]))}"),
+    (re.compile(r"process\s+rank\s+(\d+)\s+with\s+PID\s+\d+\s+on\s+node\s+(\S+)\s+exited\s+on\s+signal\s+(\d+)"),
+     lambda m: _killed(m[1], m[2], int(m[3]))),
+    (re.compile(r"RANK (\d+) PID \d+ RUNNING AT (\S+)\s*\n=\s+KILLED BY SIGNAL: (\d+)"),
+     lambda m: _killed(m[1], m[2], int(m[3]))),
+    (re.compile(r"PID \d+ RUNNING AT (\S+)\s*\n=\s+EXIT CODE: \d+[\s\S]*?EXIT STRING: [^\n]*\(signal (\d+)\)"),
+     lambda m: _killed(None, m[1], int(m[2]))),
     (re.compile(r"Remote daemon:.*? on node (\S+)"),
-     lambda m: f"host {m[1]} stopped answering (its pod died, was evicted or lost the network)"),
+     lambda m: f"host {m[1]} stopped answering (its pod died, was evicted or OOM-killed, or lost the network)"),
     (re.compile(r"Connection to (\S+) closed by remote host"),
      lambda m: f"host {m[1]} dropped its ssh connection (its pod died or its sshd was stopped)"),
     (re.compile(r"(\S+): Permission denied \(publickey"),
@@ -38,6 +58,8 @@ _PATTERNS = (
      lambda m: f"ssh to {m[1]} port {m[2]} failed: {m[3]}"),
     (re.compile(r"Process name: \[\[\d+,\d+\],(\d+)\]\s*\n\s*Exit code:\s+(\d+)"),
      lambda m: f"rank {m[1]} exited with code {m[2]}"),
+    (re.compile(r"RANK (\d+) PID \d+ RUNNING AT (\S+)\s*\n=\s+EXIT CODE: (\d+)"),
+     lambda m: f"rank {m[1]} on {m[2]} exited with code {m[3]}"),
 )
 
 
@@ -149,12 +171,19 @@ def from_output(tail: list[str]) -> list[str]:
     return found
 
 
-def root_cause(code: int, error_dir: str, tail: list[str] = (), lines: int = 12) -> str:
-    """What to tell the user when the job exited with ``code``."""
+def root_cause(code: int, error_dir: str, tail: list[str] = (), lines: int = 12, oom: list[str] = ()) -> str:
+    """What to tell the user when the job exited with ``code``. ``oom``: hosts' out-of-memory
+    findings (launcher.postmortem); a rank the kernel killed leaves no record, and the
+    records of the ranks that lost it are consequences, so these come first."""
+    sig = _signame(code - 128) if code > 128 else ""
     records = errors.read_all(error_dir)
+    clues = from_output(list(tail))
+    if oom:
+        also = clues + [f"rank {r['rank']} on {r['host']}: {r['exception']}: {r['message']}" for r in records]
+        return "\n".join([f"mpirt: job failed (exit {code}{sig}). Root cause: out of memory: {oom[0]}"] +
+                         [f"  also: {x}" for x in list(oom[1:]) + also[:4]])
     if not records:
-        clues = from_output(list(tail))
-        text = f"mpirt: job failed: mpirun exited {code}{_signame(code - 128) if code > 128 else ''}"
+        text = f"mpirt: job failed: mpirun exited {code}{sig}"
         if clues:
             return text + ". Root cause (from mpirun's output): " + clues[0] + "".join(
                 f"\n  also: {c}" for c in clues[1:4])
@@ -163,7 +192,7 @@ def root_cause(code: int, error_dir: str, tail: list[str] = (), lines: int = 12)
     first = records[0]
     tb = first.get("traceback", "").rstrip().splitlines()[-lines:]
     others = [r["rank"] for r in records[1:]]
-    out = [f"mpirt: job failed (exit {code}{_signame(code - 128) if code > 128 else ''}). Root cause (first "
+    out = [f"mpirt: job failed (exit {code}{sig}). Root cause (first "
            f"failure): rank {first['rank']} on {first['host']} (pid {first['pid']}): {first['exception']}: "
            f"{first['message']}"]
     out += ["    " + line for line in tb]
@@ -172,12 +201,15 @@ def root_cause(code: int, error_dir: str, tail: list[str] = (), lines: int = 12)
     return "\n".join(out)
 
 
-def report(code: int, error_dir: str, stopped_by: int = 0, tail: list[str] = ()) -> int:
-    """Say how the job ended; returns the launcher's exit status (128 + signal when stopped)."""
+def report(code: int, error_dir: str, stopped_by: int = 0, tail: list[str] = (),
+           oom: list[str] = ()) -> tuple[int, str]:
+    """Say how the job ended: (the launcher's exit status, 128 + signal when stopped; the message)."""
     if stopped_by:
-        print(f"mpirt: stopped by {signal.Signals(stopped_by).name} (forwarded to the ranks); mpirun exited {code}",
-              file=sys.stderr, flush=True)
-        return 128 + stopped_by
-    if code != 0:
-        print(root_cause(code, error_dir, tail), file=sys.stderr, flush=True)
-    return code
+        text = f"mpirt: stopped by {signal.Signals(stopped_by).name} (forwarded to the ranks); mpirun exited {code}"
+        code = 128 + stopped_by
+    elif code != 0:
+        text = root_cause(code, error_dir, tail, oom=oom)
+    else:
+        return 0, "mpirt: job succeeded (mpirun exited 0)"
+    print(text, file=sys.stderr, flush=True)
+    return code, text

@@ -116,6 +116,8 @@ def write_config(cfg: WorkerConfig, env: dict[str, str]) -> tuple[Path, dict[str
     if found.probe:  # read by the launcher during its readiness check (fleet.probe_command)
         write_private(state / "probe.json", json.dumps(fleet.to_json(found)).encode())
         session_env["MPIRT_PROBE"] = str(state / "probe.json")
+    if found.oom and not any(c.isspace() or c == '"' for c in found.oom.path):
+        session_env["MPIRT_OOM_FILE"] = found.oom.path  # read again at each launch: kills since then are the job's
     for k, v in session_env.items():
         if any(c.isspace() or c == '"' for c in v):
             raise SshSetupError(f"{k} contains whitespace or quotes ({v!r}); sshd's SetEnv cannot carry it")

@@ -47,3 +47,89 @@ def last_json(text: str) -> dict:
         if line.startswith("{"):
             return json.loads(line)
     raise AssertionError(f"no JSON line in output:\n{text}")
+
+
+class MemoryCgroup:
+    """A memory cgroup with a hard limit and no swap: the pod's container for the OOM tests.
+    cgroup v2 where the memory controller is there, else v1 (hybrid hosts)."""
+
+    def __init__(self, limit: int):
+        self.v2 = False
+        self.path = self._make(limit)
+
+    @staticmethod
+    def _mounts() -> list[tuple[str, str, str]]:
+        return [tuple(line.split()[1:4]) for line in Path("/proc/mounts").read_text().splitlines()]
+
+    def _make(self, limit: int) -> Path:
+        name = f"mpirt-test-{os.getpid()}-{id(self)}"
+        for mount, fstype, opts in self._mounts():
+            if fstype == "cgroup2" and "memory" in (Path(mount) / "cgroup.controllers").read_text().split():
+                root = Path(mount)
+                if "memory" not in (root / "cgroup.subtree_control").read_text().split():
+                    (root / "cgroup.subtree_control").write_text("+memory")
+                cg = root / name
+                cg.mkdir()
+                self.v2 = True
+                (cg / "memory.max").write_text(str(limit))
+                if (cg / "memory.swap.max").exists():
+                    (cg / "memory.swap.max").write_text("0")
+                return cg
+        for mount, fstype, opts in self._mounts():
+            if fstype == "cgroup" and "memory" in opts.split(","):
+                cg = Path(mount) / name
+                cg.mkdir()
+                (cg / "memory.limit_in_bytes").write_text(str(limit))
+                if (cg / "memory.memsw.limit_in_bytes").exists():
+                    (cg / "memory.memsw.limit_in_bytes").write_text(str(limit))
+                return cg
+        raise OSError("no memory cgroup controller mounted")
+
+    def wrap(self, argv: list[str]) -> list[str]:
+        """``argv`` run inside this cgroup (with all it starts)."""
+        return ["sh", "-c", 'echo $$ > "$1/cgroup.procs" && shift && exec "$@"', "sh", str(self.path), *argv]
+
+    def mounted(self, argv: list[str]) -> list[str]:
+        """``argv`` with this cgroup's hierarchy mounted at /sys/fs/cgroup, as a container runtime
+        does: for a process in a fresh /sys (`ip netns exec` mounts one without cgroups)."""
+        hierarchy = self.path.parent
+        if self.v2:
+            mount = 'mount -t cgroup2 cgroup2 /sys/fs/cgroup'
+        else:
+            mount = (f'mount -t tmpfs cgroup /sys/fs/cgroup && mkdir -p /sys/fs/cgroup/{hierarchy.name} && '
+                     f'mount -t cgroup -o memory cgroup /sys/fs/cgroup/{hierarchy.name}')
+        return ["sh", "-c", mount + ' && exec "$@"', "sh", *argv]
+
+    def close(self) -> None:
+        import signal
+        import time
+
+        for _ in range(50):
+            pids = [int(p) for p in (self.path / "cgroup.procs").read_text().split()]
+            if not pids:
+                break
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.1)
+        self.path.rmdir()
+
+
+@pytest.fixture
+def memory_cgroup():
+    """Makes memory-limited cgroups (bytes); skips where this process may not (not root, no controller)."""
+    made: list[MemoryCgroup] = []
+
+    def make(limit: int) -> MemoryCgroup:
+        try:
+            cg = MemoryCgroup(limit)
+        except OSError as e:
+            pytest.skip(f"cannot make a memory cgroup here: {e}")
+        made.append(cg)
+        return cg
+
+    yield make
+    for cg in made:
+        cg.close()

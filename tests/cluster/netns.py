@@ -86,20 +86,21 @@ class Cluster:
         os.chmod(d, 0o555)
         return d
 
-    def run_in(self, name: str, argv: list[str], **kw) -> subprocess.Popen:
-        """Start ``argv`` in host ``name``'s network and UTS namespaces."""
+    def run_in(self, name: str, argv: list[str], cgroup=None, **kw) -> subprocess.Popen:
+        """Start ``argv`` in host ``name``'s network and UTS namespaces; with ``cgroup`` (the
+        ``memory_cgroup`` fixture's), in that cgroup and seeing it, like a pod's container."""
         as_user = [] if self.uid is None else ["setpriv", f"--reuid={self.uid}", f"--regid={self.uid}",
                                                "--clear-groups"]
-        cmd = ["ip", "netns", "exec", self.ns(name), "unshare", "--uts", sys.executable, "-c", SETHOST, name,
-               *as_user, *argv]
-        return subprocess.Popen(cmd, start_new_session=True, **kw)
+        inside = ["unshare", "--uts", sys.executable, "-c", SETHOST, name, *as_user, *argv]
+        cmd = ["ip", "netns", "exec", self.ns(name), *(cgroup.mounted(inside) if cgroup else inside)]
+        return subprocess.Popen(cgroup.wrap(cmd) if cgroup else cmd, start_new_session=True, **kw)
 
-    def start_worker(self, name: str, delay: float = 0.0) -> None:
+    def start_worker(self, name: str, delay: float = 0.0, cgroup=None) -> None:
         argv = [sys.executable, "-m", "launcher.cli", "worker", "--ssh-dir", str(self.secret), "--state-dir",
                 str(self.tmp / f"sshd-{name}")]
         if delay:
             argv = [sys.executable, "-c", LATER, str(delay), *argv]
-        self.procs[name] = self.run_in(name, argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.procs[name] = self.run_in(name, argv, cgroup, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def wait_listening(self, name: str, timeout: float = 20) -> None:
         deadline = time.time() + timeout

@@ -121,6 +121,19 @@ def test_rank_exit_code_3_names_rank_and_host(cluster):
     assert "Root cause (first failure): rank 1 on w1" in proc.stderr and "SystemExit: 3" in proc.stderr
 
 
+def test_rank_oom_killed_on_a_worker_is_named_with_its_host(cluster, memory_cgroup):
+    """w1 is a pod with a memory limit: its worker, sshd and ranks run in one memory cgroup.
+    mpirun says only "signal 9"; the launcher reads w1's OOM counter over ssh and says why."""
+    c = cluster(2)
+    c.start_worker("w0")
+    c.start_worker("w1", cgroup=memory_cgroup(384 << 20))
+    proc = c.launch(["w0", "w1"], [sys.executable, str(Path(__file__).parent / "ranks" / "hog.py"), "1", "oom"])
+    assert proc.returncode == 137, proc.stderr
+    cause = proc.stderr.split("Root cause: out of memory: ", 1)[1].splitlines()[0]
+    assert cause.startswith("the kernel's OOM killer killed 1 process on w1 during this job (oom_kill 0 -> 1 in ")
+    assert "also: rank 1 on w1 was killed by signal 9" in proc.stderr
+
+
 def test_worker_lost_mid_run_ends_the_job_naming_the_host(cluster):
     c = cluster(2)
     c.start_worker("w0")

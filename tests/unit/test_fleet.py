@@ -9,6 +9,7 @@ import sys
 import pytest
 
 from launcher import fleet
+from launcher.detect.memcg import OomCounter
 from launcher.detect.probe import Probe
 from launcher.envdefaults import Topology
 
@@ -108,3 +109,22 @@ def test_probe_command_prefers_the_workers_saved_probe(tmp_path):
     assert fleet.from_output("w1", "").error.startswith("no probe output")
     with pytest.raises(ValueError):
         fleet.probe_command("10.0.0.1; rm -rf /")
+
+
+def test_probe_output_carries_the_oom_counter_read_now(tmp_path):
+    """The worker's saved probe dates from its start; the counter read at launch is the baseline."""
+    import os
+
+    doc = {"probe": {"tier": "tcp", "hcas": [], "iface": "eth0", "memlock": -1, "shm_bytes": 1 << 30, "gpus": 0,
+                     "notes": [], "ports": []}, "gpus": {"count": 0, "p2p_ok": True, "mig": False}}
+    counter = tmp_path / "memory.events"
+    counter.write_text("oom 4\noom_kill 4\n")
+    saved = tmp_path / "probe.json"
+    saved.write_text(json.dumps({**doc, "oom": {"path": str(counter), "kills": 1}}))
+    out = subprocess.run(["sh", "-c", fleet.probe_command(None)], capture_output=True, text=True,
+                         env={**os.environ, "MPIRT_PROBE": str(saved), "MPIRT_OOM_FILE": str(counter)}).stdout
+    hp = fleet.from_output("w0", out)
+    assert hp.oom == OomCounter(str(counter), 4) and hp.probe.tier == "tcp"
+    assert fleet.from_output("w0", json.dumps({**doc, "oom": {"path": str(counter), "kills": 1}})).oom.kills == 1
+    assert fleet.from_output("w0", json.dumps(doc)).oom is None  # an older mpirt's probe
+    assert fleet.to_json(fleet.from_json("w0", {**doc, "oom": None}))["oom"] is None

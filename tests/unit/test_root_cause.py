@@ -90,3 +90,59 @@ def test_an_mpirun_that_waits_forever_after_ssh_fails_is_stopped(tmp_path):
     assert time.time() - t0 < 10 and code == 137 and stopped_by == 0
     assert "ssh to w9 port 2222 failed: Connection refused" in root_cause(code, str(tmp_path), tail)
     assert (tmp_path / "rank-launcher.log").read_text().startswith("ssh: connect to host w9")
+
+
+# Real outputs from this machine: a rank killed by SIGBUS under Open MPI 5's prterun (which
+# wraps its lines), by SIGKILL under Intel MPI's Hydra (which also lists the ranks it cleaned
+# up) and under the MPICH 5 wheel's Hydra (no rank number at all).
+OMPI5_SIGBUS = """--------------------------------------------------------------------------
+prterun noticed that process rank 1 with PID 4607 on node vm exited on
+signal 7 (Bus error).
+--------------------------------------------------------------------------
+"""
+IMPI_KILLED = """
+===================================================================================
+=   BAD TERMINATION OF ONE OF YOUR APPLICATION PROCESSES
+=   RANK 1 PID 4602 RUNNING AT w1
+=   KILLED BY SIGNAL: 9 (Killed)
+===================================================================================
+"""
+MPICH_KILLED = """
+===================================================================================
+=   BAD TERMINATION OF ONE OF YOUR APPLICATION PROCESSES
+=   PID 4575 RUNNING AT w2
+=   EXIT CODE: 9
+=   CLEANING UP REMAINING PROCESSES
+=   YOU CAN IGNORE THE BELOW CLEANUP MESSAGES
+===================================================================================
+YOUR APPLICATION TERMINATED WITH THE EXIT STRING: Killed (signal 9)
+"""
+
+
+def test_signals_from_every_mpirun_are_named_with_what_they_usually_mean(tmp_path):
+    bus = root_cause(135, str(tmp_path), OMPI5_SIGBUS.splitlines(keepends=True))
+    assert "Root cause (from mpirun's output): rank 1 on vm was killed by signal 7 (SIGBUS); usually /dev/shm " \
+           "full or too small" in bus
+    assert "rank 1 on w1 was killed by signal 9 (SIGKILL); usually the OOM killer" in root_cause(
+        255, str(tmp_path), IMPI_KILLED.splitlines(keepends=True))
+    assert "a rank on w2 was killed by signal 9 (SIGKILL)" in root_cause(
+        9, str(tmp_path), MPICH_KILLED.splitlines(keepends=True))
+
+
+def test_out_of_memory_comes_before_the_records_it_caused(tmp_path):
+    errors.write(errors.record("exception", "RuntimeError", "peer gone", "", rank=0), str(tmp_path))
+    text = root_cause(137, str(tmp_path), [OMPI_SIGNAL], oom=["the kernel's OOM killer killed 1 process on w1"])
+    lines = text.splitlines()
+    assert lines[0] == ("mpirt: job failed (exit 137 (SIGKILL)). Root cause: out of memory: the kernel's OOM killer "
+                        "killed 1 process on w1")
+    assert lines[1].startswith("  also: rank 1 on w1 was killed by signal 9")
+    assert lines[2].startswith("  also: rank 0 on ") and lines[2].endswith("RuntimeError: peer gone")
+
+
+def test_termination_message_is_clipped_at_a_character_boundary():
+    from launcher import termination
+
+    assert termination.clip("x" + "é" * 3000) == ("x" + "é" * 2045).encode() + b" ..."  # no half character
+    assert len(termination.clip("x" * 5000)) == 4096 and termination.clip("short") == b"short"
+    assert termination.path_for("none") is None
+    assert termination.path_for("auto") in (None, termination.DEFAULT)

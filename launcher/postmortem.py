@@ -1,0 +1,43 @@
+"""After a failed job, ask each host's memory cgroup whether the kernel killed anything for
+lack of memory while the job ran: the counter read at launch (fleet's probe) against the
+counter now. A rank the OOM killer took leaves no error record and mpirun says only
+"signal 9", so without this the real cause of the most common pod failure goes unnamed."""
+
+from __future__ import annotations
+
+import shlex
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+from launcher.detect.memcg import OomCounter, parse
+
+FIX = ("give the pod more memory (resources.limits.memory) or use less per rank (a smaller batch or model, "
+       "or fewer ranks per host)")
+
+
+def finding(host: str, before: OomCounter, now: int | None) -> str | None:
+    """One line for a host whose counter rose, else None."""
+    if now is None or now <= before.kills:
+        return None
+    n = now - before.kills
+    return (f"the kernel's OOM killer killed {n} process{'es' if n > 1 else ''} on {host} during this job "
+            f"(oom_kill {before.kills} -> {now} in {before.path}); {FIX}")
+
+
+def read_command(counter: OomCounter) -> str:
+    """The remote command that prints a host's counter file (its path came from that host)."""
+    return "cat -- " + shlex.quote(counter.path)
+
+
+def findings(before: dict[str, OomCounter], read_now: Callable[[str, OomCounter], int | None]) -> list[str]:
+    """Every host whose counter rose, in the order given; hosts are asked in parallel."""
+    if not before:
+        return []
+    with ThreadPoolExecutor(max_workers=min(len(before), 32)) as pool:
+        now = list(pool.map(lambda kv: read_now(*kv), before.items()))
+    return [f for (host, c), n in zip(before.items(), now) if (f := finding(host, c, n))]
+
+
+def over_ssh(run: Callable[[str, str], str]) -> Callable[[str, OomCounter], int | None]:
+    """A ``read_now`` that runs ``read_command`` on the host with ``run(host, command)``."""
+    return lambda host, counter: parse(run(host, read_command(counter)))

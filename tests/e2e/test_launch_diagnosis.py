@@ -1,0 +1,63 @@
+"""What `mpirt launch` says when ranks die without a word: an OOM kill at the memory limit of
+the cgroup the ranks run in (a pod's container), told apart from a plain kill -9; and the
+outcome written where Kubernetes keeps it (the termination message)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.e2e, pytest.mark.mpi]
+
+HOG = str(Path(__file__).parents[1] / "cluster" / "ranks" / "hog.py")
+
+
+def launch(*args, wrap=lambda argv: argv, timeout=180):
+    argv = wrap(["mpirt", "launch", *args])
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"mpirt launch hung past {timeout} s:\n{e.stdout}\n{e.stderr}")
+
+
+def test_oom_kill_of_a_local_rank_is_named_and_kept_in_the_termination_message(memory_cgroup, tmp_path):
+    cg = memory_cgroup(384 << 20)
+    message = tmp_path / "termination-log"
+    proc = launch("-np", "2", "--termination-log", str(message), "--", sys.executable, HOG, "1", "oom",
+                  wrap=cg.wrap)
+    assert proc.returncode == 137, proc.stderr
+    cause = proc.stderr.split("Root cause: out of memory: ", 1)[1].splitlines()[0]
+    assert cause.startswith("the kernel's OOM killer killed 1 process on ") and "(oom_kill 0 -> 1 in " in cause
+    assert str(cg.path) in cause and "resources.limits.memory" in cause
+    assert "also: rank 1 on " in proc.stderr  # mpirun's own account follows
+    assert message.read_text().startswith("mpirt: job failed (exit 137 (SIGKILL)). Root cause: out of memory: ")
+
+
+def test_kill_9_in_the_same_cgroup_is_not_called_out_of_memory(memory_cgroup):
+    cg = memory_cgroup(384 << 20)
+    proc = launch("-np", "2", "--", sys.executable, HOG, "1", "kill", wrap=cg.wrap)
+    assert proc.returncode == 137, proc.stderr
+    assert "out of memory" not in proc.stderr
+    cause = proc.stderr.split("Root cause (from mpirun's output): ", 1)[1].splitlines()[0]
+    assert cause.startswith("rank 1 on ") and "killed by signal 9 (SIGKILL); usually the OOM killer" in cause
+
+
+def test_termination_message_says_success_failure_and_bad_input(tmp_path):
+    message = tmp_path / "termination-log"
+    ok = launch("-np", "1", "--termination-log", str(message), "--", sys.executable, "-c", "pass")
+    assert ok.returncode == 0, ok.stderr
+    assert message.read_text() == "mpirt: job succeeded (mpirun exited 0)\n"
+    failed = launch("-np", "1", "--termination-log", str(message), "--", sys.executable, "-m", "mpirt", "-c",
+                    "raise KeyError('batch')")
+    assert failed.returncode != 0
+    assert message.read_text().startswith(f"mpirt: job failed (exit {failed.returncode}). Root cause (first "
+                                          "failure): rank 0 on ")
+    assert "KeyError: 'batch'" in message.read_text()
+    bad_hosts = launch("--hostfile", str(tmp_path / "none"), "--termination-log", str(message), "--", "true")
+    assert bad_hosts.returncode == 2 and "(--hostfile)" in bad_hosts.stderr
+    assert message.read_text().startswith(f"mpirt launch: {tmp_path / 'none'} (--hostfile): ")
+    relative = launch("--termination-log", "termination-log", "--", "true")
+    assert relative.returncode == 2 and "give an absolute path" in relative.stderr
+    unwritable = launch("-np", "1", "--termination-log", str(tmp_path / "no" / "such" / "dir"), "--", "true")
+    assert unwritable.returncode == 0 and "could not write the termination message" in unwritable.stderr
