@@ -230,9 +230,12 @@ def bench_compare(base: str, new: str, threshold: str, as_json: bool) -> None:
               help="Where to write how the job ended, for the pod's status (kubectl describe pod): auto "
                    "(/dev/termination-log where Kubernetes mounted it), none, or the container's "
                    "terminationMessagePath.")
+@click.option("--time-limit", "time_limit_s", type=click.FloatRange(min=0, min_open=True), envvar="MPIRT_TIME_LIMIT",
+              help="Seconds the job may run (after every host is ready); past it, SIGTERM to every rank, "
+                   "SIGKILL after --grace, exit 124. Default: no limit.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def launch(np_, hostfile, hosts, slots, ssh_dir, ssh_port, wait_s, state_dir, log_dir, mpirun, dry_run, grace_s,
-           tag_output, profile, env_defaults, sidecar_quit, termination_log, command) -> None:
+           tag_output, profile, env_defaults, sidecar_quit, termination_log, time_limit_s, command) -> None:
     """Run COMMAND on MPI ranks and report the root cause if it fails.
 
     Hosts come from --hostfile / -H, else from the pod (mpi-operator, Kubeflow Trainer,
@@ -250,7 +253,8 @@ def launch(np_, hostfile, hosts, slots, ssh_dir, ssh_port, wait_s, state_dir, lo
                                   tag_output=tag_output, hostfile=hostfile, hosts=hosts, slots=slots,
                                   ssh_dir=ssh_dir, ssh_port=ssh_port, wait_s=wait_s, state_dir=state_dir,
                                   log_dir=log_dir, profile=profile, env_defaults=env_defaults,
-                                  sidecar_quit=sidecar_quit, termination_log=termination_log)))
+                                  sidecar_quit=sidecar_quit, termination_log=termination_log,
+                                  time_limit_s=time_limit_s)))
     except (MpiError, HostError, SshSetupError, ValueError) as e:
         raise CliError(str(e)) from e
 

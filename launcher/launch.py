@@ -54,6 +54,7 @@ class LaunchConfig:
     env_defaults: bool = True
     sidecar_quit: str = "auto"  # auto | none | URL (launcher.sidecar)
     termination_log: str = "auto"  # auto | none | path (launcher.termination)
+    time_limit_s: float | None = None  # stop the job (SIGTERM, then SIGKILL after grace_s) past this
 
 
 def read_hostfile(path: str, why: str, slots: int) -> list[hostlib.Host]:
@@ -230,9 +231,11 @@ def _run(cfg: LaunchConfig, undo: ExitStack) -> tuple[int, str]:
         if own_dir:
             shutil.rmtree(error_dir, ignore_errors=True)
         return 0, ""
-    code, stopped_by, tail = supervise(argv, {**env, **added}, cfg.grace_s, log_dir=cfg.log_dir)
-    oom = postmortem.findings(oom_before, read_oom) if code != 0 and not stopped_by else []
-    code, message = report(code, error_dir, stopped_by, tail, oom)
+    end = supervise(argv, {**env, **added}, cfg.grace_s, log_dir=cfg.log_dir, time_limit_s=cfg.time_limit_s)
+    failed = end.code != 0 and not end.stopped_by and not end.timed_out
+    oom = postmortem.findings(oom_before, read_oom) if failed else []
+    code, message = report(end.code, error_dir, end.stopped_by, end.tail, oom,
+                           cfg.time_limit_s if end.timed_out else None)
     if own_dir and code == 0:
         shutil.rmtree(error_dir, ignore_errors=True)
     return code, message

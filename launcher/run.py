@@ -1,6 +1,7 @@
 """Run mpirun and stay in charge of it: relay its output (split per rank into --log-dir),
-forward SIGTERM/SIGINT, stop the whole process tree after a grace period, return its exit
-code, and explain a failure: the earliest rank error record (``mpirt.errors``) when there is
+forward SIGTERM/SIGINT, stop the job at its time limit (a hung sshd or rank can stall an
+mpirun for ever, mpi-operator #152), stop the whole process tree after a grace period, return
+its exit code, and explain a failure: the earliest rank error record (``mpirt.errors``) when there is
 one, else what mpirun itself said (which rank, host, exit code or signal; a lost host)."""
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import NamedTuple
 
 from mpirt import errors
 
@@ -63,6 +65,16 @@ _PATTERNS = (
 )
 
 
+TIME_LIMIT_EXIT = 124  # as timeout(1)
+
+
+class Outcome(NamedTuple):
+    code: int  # mpirun's exit status, 128 + signal when a signal ended it
+    stopped_by: int  # the signal that asked us to stop, or 0
+    tail: list[str]  # mpirun's last output lines
+    timed_out: bool = False  # stopped at the time limit
+
+
 def exit_code(returncode: int) -> int:
     """A shell-style exit status: 128 + signal number for a process killed by a signal."""
     return 128 - returncode if returncode < 0 else returncode
@@ -103,8 +115,8 @@ class _Relay(threading.Thread):
 
 
 def supervise(argv: list[str], env: dict[str, str], grace_s: float, log_dir: str | None = None,
-              fatal_grace_s: float = FATAL_GRACE_S) -> tuple[int, int, list[str]]:
-    """Run ``argv``; returns (exit code, the signal that asked us to stop or 0, last output lines)."""
+              fatal_grace_s: float = FATAL_GRACE_S, time_limit_s: float | None = None) -> Outcome:
+    """Run ``argv`` to its end, or until a signal or ``time_limit_s`` stops it."""
     logs_path = Path(log_dir) if log_dir else None
     if logs_path:
         logs_path.mkdir(parents=True, exist_ok=True)
@@ -125,25 +137,44 @@ def supervise(argv: list[str], env: dict[str, str], grace_s: float, log_dir: str
         r.start()
     stopping = threading.Event()
     stopped_by = 0
+    timed_out = threading.Event()
+
+    def stop(signum: int) -> bool:
+        """Pass ``signum`` on; True for the first stop (mpirun stops its ranks within the grace
+        period itself; the kill after it is the backstop)."""
+        if proc.poll() is not None:
+            return False
+        proc.send_signal(signum)
+        if stopping.is_set():
+            return False
+        stopping.set()
+        threading.Timer(grace_s + 2, _kill_group, args=(proc,)).start()
+        return True
 
     def forward(signum, _frame):
         nonlocal stopped_by
-        if proc.poll() is not None:
-            return
-        proc.send_signal(signum)
-        if not stopping.is_set():
-            stopping.set()
+        if stop(signum):
             stopped_by = signum
-            # mpirun stops its ranks within the grace period itself; this is the backstop
-            threading.Timer(grace_s + 2, _kill_group, args=(proc,)).start()
+
+    def expire():
+        if stop(signal.SIGTERM):
+            timed_out.set()
+            print(f"mpirt: time limit of {time_limit_s:g} s reached; stopping the job (SIGTERM to every rank, "
+                  f"SIGKILL after {grace_s:g} s)", file=sys.stderr, flush=True)
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    limit = threading.Timer(time_limit_s, expire) if time_limit_s else None
+    if limit:
+        limit.daemon = True
+        limit.start()
     try:
         code = exit_code(proc.wait())
         for r in relays:
             r.join(timeout=5)
-        return code, stopped_by, list(tail)
+        return Outcome(code, stopped_by, list(tail), timed_out.is_set())
     finally:
+        if limit:
+            limit.cancel()
         for s, handler in previous.items():
             signal.signal(s, handler)
         if proc.poll() is None:
@@ -202,9 +233,14 @@ def root_cause(code: int, error_dir: str, tail: list[str] = (), lines: int = 12,
 
 
 def report(code: int, error_dir: str, stopped_by: int = 0, tail: list[str] = (),
-           oom: list[str] = ()) -> tuple[int, str]:
-    """Say how the job ended: (the launcher's exit status, 128 + signal when stopped; the message)."""
-    if stopped_by:
+           oom: list[str] = (), time_limit_s: float | None = None) -> tuple[int, str]:
+    """Say how the job ended: (the launcher's exit status, 128 + signal when stopped, 124 at
+    the time limit; the message). ``time_limit_s``: given when the job ran past it."""
+    if time_limit_s:
+        text = (f"mpirt: job stopped: it ran past its time limit (--time-limit {time_limit_s:g} s); mpirun exited "
+                f"{code}. A stall report above names the ranks that stopped progressing, if any did")
+        code = TIME_LIMIT_EXIT
+    elif stopped_by:
         text = f"mpirt: stopped by {signal.Signals(stopped_by).name} (forwarded to the ranks); mpirun exited {code}"
         code = 128 + stopped_by
     elif code != 0:

@@ -134,3 +134,19 @@ def test_bad_option_is_a_clear_error(tmp_path):
                           text=True, timeout=60)
     assert proc.returncode == 2
     assert "--steps must be at least 1 (got 0)" in proc.stderr
+
+
+def test_time_limit_stops_the_job_as_sigterm_does_and_exits_124(tmp_path):
+    """Past --time-limit the ranks get SIGTERM (and checkpoint) before the kill; the launcher says why."""
+    message = tmp_path / "termination-log"
+    t0 = time.time()
+    proc = subprocess.run(["mpirt", "launch", "-np", "2", "--grace", "6", "--time-limit", "8", "--termination-log",
+                           str(message), "--", "mpirt", "train", "--out", str(tmp_path), "--steps", "100000",
+                           "--checkpoint-every", "0"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 124, proc.stderr
+    assert time.time() - t0 < 8 + 6 + 30
+    assert "mpirt: time limit of 8 s reached; stopping the job" in proc.stderr
+    assert "stopped by signal after step" in proc.stderr  # the ranks saw SIGTERM, not a kill
+    assert message.read_text().startswith("mpirt: job stopped: it ran past its time limit (--time-limit 8 s)")
+    step, state = checkpoint.load_latest(tmp_path / "checkpoints")
+    assert step == state["step"] >= 1

@@ -85,8 +85,8 @@ def test_an_mpirun_that_waits_forever_after_ssh_fails_is_stopped(tmp_path):
     stuck = [sys.executable, "-c", "import sys, time; print('ssh: connect to host w9 port 2222: Connection refused', "
              "file=sys.stderr, flush=True); time.sleep(600)"]
     t0 = time.time()
-    code, stopped_by, tail = supervise(stuck, dict(os.environ), grace_s=5, log_dir=str(tmp_path),
-                                       fatal_grace_s=1)
+    code, stopped_by, tail, _ = supervise(stuck, dict(os.environ), grace_s=5, log_dir=str(tmp_path),
+                                          fatal_grace_s=1)
     assert time.time() - t0 < 10 and code == 137 and stopped_by == 0
     assert "ssh to w9 port 2222 failed: Connection refused" in root_cause(code, str(tmp_path), tail)
     assert (tmp_path / "rank-launcher.log").read_text().startswith("ssh: connect to host w9")
