@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from launcher import mpi
+from launcher.detect import memcg
 
 SCHEMA = "mpirt.doctor/1"
 FAMILY_WORDS = {"openmpi": "Open MPI", "mpich": "MPICH", "intel": "Intel(R) MPI"}
@@ -121,8 +122,23 @@ def run_checks(cfg: DoctorConfig) -> list[Check]:
                             "medium: Memory) — NCCL and the shm allreduce use it"))
     except ValueError as e:
         checks.append(Check("network", "fail", str(e)))
+    checks.append(_memory_check(Path(cfg.root)))
     checks += _ssh_checks(cfg)
     return checks
+
+
+def _memory_check(root: Path) -> Check:
+    """The container's memory limit, and whether the OOM killer has already struck in it."""
+    counter = memcg.read(root)
+    if counter is None:
+        return Check("memory", "pass", "no memory cgroup to read (no limit known, no OOM counter)")
+    cap = memcg.limit(counter)
+    where = f"limit {cap / (1 << 30):.1f} GiB" if cap else "no limit"
+    if counter.kills:
+        return Check("memory", "warn", f"{where}; the OOM killer has killed {counter.kills} process"
+                     f"{'es' if counter.kills > 1 else ''} in this cgroup ({counter.path})",
+                     "raise the pod's resources.limits.memory or use less per rank (a smaller batch or model)")
+    return Check("memory", "pass", f"{where}, no OOM kills so far ({counter.path})")
 
 
 def _ssh_checks(cfg: DoctorConfig) -> list[Check]:

@@ -1,5 +1,5 @@
-"""Out-of-memory kills counted by this process's memory cgroup: on Kubernetes, the pod's
-container. A rank killed by SIGKILL is most often the OOM killer at the pod's memory limit,
+"""Out-of-memory kills counted by this process's memory cgroup (on Kubernetes, the pod's
+container), and its memory limit. A rank killed by SIGKILL is most often the OOM killer at the pod's memory limit,
 and the only trace is this counter (mpi-operator #90: the launcher showed a crash loop, not
 the cause). cgroup v2 keeps it in ``memory.events``, v1 in ``memory.oom_control``; both as a
 line ``oom_kill N``."""
@@ -68,3 +68,19 @@ def read(root: Path = Path("/"), proc_cgroup: str | None = None) -> OomCounter |
         if kills is not None:
             return OomCounter(str(path), kills)
     return None
+
+
+# The limit beside each counter file; v1 says "no limit" with a huge number.
+_LIMIT_FILES = {"memory.events": "memory.max", "memory.oom_control": "memory.limit_in_bytes"}
+_NO_LIMIT_V1 = 1 << 60
+
+
+def limit(counter: OomCounter) -> int | None:
+    """The cgroup's memory limit in bytes; None for no limit (or none readable)."""
+    path = Path(counter.path)
+    try:
+        text = (path.parent / _LIMIT_FILES[path.name]).read_text().strip()
+        value = int(text)
+    except (KeyError, OSError, ValueError):  # "max" in v2
+        return None
+    return None if value >= _NO_LIMIT_V1 else value

@@ -74,3 +74,32 @@ def test_findings_ask_every_host_in_order():
     assert [f.split(" on ")[1].split()[0] for f in found] == ["w1", "w2"]
     assert sorted(asked) == [("w0", "cat -- /a"), ("w1", "cat -- /b"), ("w2", "cat -- '/c b'")]
     assert postmortem.findings({}, postmortem.over_ssh(run)) == []
+
+
+def test_limit_beside_either_counter(tmp_path):
+    v2 = tree(tmp_path / "a", {"memory.events": V2_EVENTS, "memory.max": "8589934592\n"})
+    assert memcg.limit(OomCounter(str(v2 / "memory.events"), 0)) == 8 << 30
+    tree(v2, {"memory.max": "max\n"})
+    assert memcg.limit(OomCounter(str(v2 / "memory.events"), 0)) is None
+    v1 = tree(tmp_path / "b", {"memory.oom_control": V1_OOM_CONTROL, "memory.limit_in_bytes": "9223372036854771712\n"})
+    assert memcg.limit(OomCounter(str(v1 / "memory.oom_control"), 0)) is None
+    tree(v1, {"memory.limit_in_bytes": "268435456\n"})
+    assert memcg.limit(OomCounter(str(v1 / "memory.oom_control"), 0)) == 256 << 20
+
+
+def test_doctor_warns_in_a_cgroup_where_the_oom_killer_struck(memory_cgroup):
+    """A real OOM kill in a memory-limited cgroup, then `mpirt doctor` run in the same cgroup."""
+    import json
+    import subprocess
+    import sys
+
+    cg = memory_cgroup(256 << 20)
+    hog = subprocess.run(cg.wrap([sys.executable, "-c", "x = [b'1' * (32 << 20) for _ in range(64)]"]),
+                         capture_output=True, timeout=60)
+    assert hog.returncode == -9
+    doc = json.loads(subprocess.run(cg.wrap(["mpirt", "doctor", "--json"]), capture_output=True, text=True,
+                                    timeout=180).stdout)
+    memory = next(c for c in doc["checks"] if c["name"] == "memory")
+    assert memory["status"] == "warn" and memory["detail"].startswith("limit 0.2 GiB; the OOM killer has killed 1 "
+                                                                      "process in this cgroup (")
+    assert "resources.limits.memory" in memory["fix"]
