@@ -217,7 +217,7 @@ def _run(cfg: LaunchConfig, undo: ExitStack) -> tuple[int, str]:
                 return 1, text
             found = [fleet.from_output(r.host, r.output) for r in results]
             oom_before = {p.host: p.oom for p in found if p.oom}
-            read_oom = postmortem.over_ssh(lambda host, command: output_of(host, setup, command, ssh_env))
+            read_oom = postmortem.over_ssh(lambda host, command: output_of(host, setup, command, ssh_env, timeout=5))
         if cfg.env_defaults and cfg.dry_run:
             info["env_defaults"] = "set at launch from every host's probe (read during the readiness check)"
         elif cfg.env_defaults:
