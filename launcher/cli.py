@@ -4,6 +4,7 @@ so `mpirt --help` stays fast and never loads MPI."""
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -233,9 +234,13 @@ def bench_compare(base: str, new: str, threshold: str, as_json: bool) -> None:
 @click.option("--time-limit", "time_limit_s", type=click.FloatRange(min=0, min_open=True), envvar="MPIRT_TIME_LIMIT",
               help="Seconds the job may run (after every host is ready); past it, SIGTERM to every rank, "
                    "SIGKILL after --grace, exit 124. Default: no limit.")
+@click.option("--max-restarts", type=click.IntRange(min=0), default=0, show_default=True, envvar="MPIRT_MAX_RESTARTS",
+              help="Run the job again after a failure (not after SIGTERM or the time limit), this many times at "
+                   "most; ranks see MPIRT_RESTART (and TORCHELASTIC_RESTART_COUNT), and `mpirt train` resumes.")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def launch(np_, hostfile, hosts, slots, ssh_dir, ssh_port, wait_s, state_dir, log_dir, mpirun, dry_run, grace_s,
-           tag_output, profile, env_defaults, sidecar_quit, termination_log, time_limit_s, command) -> None:
+           tag_output, profile, env_defaults, sidecar_quit, termination_log, time_limit_s, max_restarts,
+           command) -> None:
     """Run COMMAND on MPI ranks and report the root cause if it fails.
 
     Hosts come from --hostfile / -H, else from the pod (mpi-operator, Kubeflow Trainer,
@@ -254,7 +259,7 @@ def launch(np_, hostfile, hosts, slots, ssh_dir, ssh_port, wait_s, state_dir, lo
                                   ssh_dir=ssh_dir, ssh_port=ssh_port, wait_s=wait_s, state_dir=state_dir,
                                   log_dir=log_dir, profile=profile, env_defaults=env_defaults,
                                   sidecar_quit=sidecar_quit, termination_log=termination_log,
-                                  time_limit_s=time_limit_s)))
+                                  time_limit_s=time_limit_s, max_restarts=max_restarts)))
     except (MpiError, HostError, SshSetupError, ValueError) as e:
         raise CliError(str(e)) from e
 
@@ -422,7 +427,8 @@ def worker(port: int, ssh_dir: str, state_dir: str, listen: str, sshd: str, chec
 @click.option("--keep", type=int, default=3, show_default=True, envvar="MPIRT_TRAIN_KEEP",
               help="Complete checkpoints to keep.")
 @click.option("--resume", is_flag=True, envvar="MPIRT_TRAIN_RESUME",
-              help="Continue from the newest complete checkpoint in --out.")
+              help="Continue from the newest complete checkpoint in --out (implied in a job that "
+                   "`mpirt launch --max-restarts` restarted).")
 @click.option("--bucket-mb", type=float, default=25.0, show_default=True, envvar="MPIRT_BUCKET_MB")
 @click.option("--first-bucket-mb", type=float, default=1.0, show_default=True, envvar="MPIRT_FIRST_BUCKET_MB")
 @click.option("--compression", type=click.Choice(["none", "fp16", "bf16"]), default="none", show_default=True,
@@ -443,6 +449,7 @@ def train(**options) -> None:
     any rank stops every rank and leaves an error record for the launcher."""
     from mpirt.train import TrainConfig
 
+    options["resume"] = options["resume"] or os.environ.get("MPIRT_RESTART", "0") not in ("", "0")
     config = TrainConfig(**options)
     try:
         config.check()

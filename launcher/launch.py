@@ -15,10 +15,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -55,6 +57,7 @@ class LaunchConfig:
     sidecar_quit: str = "auto"  # auto | none | URL (launcher.sidecar)
     termination_log: str = "auto"  # auto | none | path (launcher.termination)
     time_limit_s: float | None = None  # stop the job (SIGTERM, then SIGKILL after grace_s) past this
+    max_restarts: int = 0  # run the job again after a failure, this many times at most
 
 
 def read_hostfile(path: str, why: str, slots: int) -> list[hostlib.Host]:
@@ -153,6 +156,27 @@ def _read_here(_host: str, counter: memcg.OomCounter) -> int | None:
         return None
 
 
+RESTART_PAUSE_S = 1.0
+
+
+def _pause(seconds: float) -> int:
+    """Wait between attempts; returns the signal that asked us to stop meanwhile, or 0."""
+    got = threading.Event()
+    which = []
+
+    def note(signum, _frame):
+        which.append(signum)
+        got.set()
+
+    previous = {s: signal.signal(s, note) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        got.wait(seconds)
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return which[0] if which else 0
+
+
 def _run(cfg: LaunchConfig, undo: ExitStack) -> tuple[int, str]:
     env = dict(os.environ)
     quit_url = sidecar.quit_url(cfg.sidecar_quit, env)
@@ -164,78 +188,146 @@ def _run(cfg: LaunchConfig, undo: ExitStack) -> tuple[int, str]:
     hosts, source = resolve_hosts(cfg, env)
     own_dir = "MPIRT_ERROR_DIR" not in env
     error_dir = env.get("MPIRT_ERROR_DIR") or tempfile.mkdtemp(prefix="mpirt-errors-")
-    added = {"MPIRT_ERROR_DIR": error_dir}
-    added.update({k: v for k, v in mpi.grace_env(impl, cfg.grace_s).items() if k not in env})
+    base = {"MPIRT_ERROR_DIR": error_dir}
+    base.update({k: v for k, v in mpi.grace_env(impl, cfg.grace_s).items() if k not in env})
     info: dict = {"mpi": impl.label, "hosts_from": source}
-    here = memcg.read() if not hosts else None  # local ranks share this process's memory cgroup
-    oom_before = {socket.gethostname(): here} if here else {}
-    read_oom = _read_here
-    if not hosts:
-        if cfg.env_defaults:
-            added.update(env_defaults(cfg, impl, env, [fleet.local("localhost")]))
-        argv = mpi.launch_argv(impl, cfg.np or 1, list(cfg.command), cores=os.cpu_count() or 1, uid=os.getuid(),
-                               tag_output=cfg.tag_output)
-    else:
-        total = sum(h.slots for h in hosts)
-        np_ = cfg.np or total
-        for text, fix in mpi.known_faults(impl):
-            print(f"mpirt: warning: {text}; {fix}", file=sys.stderr, flush=True)
-        if np_ > total:
-            raise hostlib.HostError(f"-np {np_} is more than the {total} slots on {len(hosts)} hosts ({source}); "
-                                    "lower -np or give hosts more slots (--slots, slots=N)")
-        # the ssh modules only where there are remote hosts: a local launch stays light
-        from launcher.ready import output_of, release
-        from launcher.ready import report as readiness_report
-        from launcher.ready import wait_ready
-        from launcher.ssh import prepare
-        from launcher.sshd import nss_wrapper_env
-
-        state = Path(cfg.state_dir or f"/tmp/mpirt-launch-{os.getuid()}")
-        state.mkdir(parents=True, exist_ok=True)
-        hostfile = state / "hostfile"
-        hostfile_text = hostlib.render(hosts, mpi.TABLE[impl.key].dialect)
-        hostfile.write_text(hostfile_text)
-        setup = prepare(Path(cfg.ssh_dir), state / "ssh", cfg.ssh_port)
-        nss = nss_wrapper_env(state)
-        added.update(nss)
-        added.update(mpi.ssh_env(impl, setup.ssh_args()))
-        info["hostfile"] = hostfile_text
-        if not cfg.dry_run:
-            if any(is_this_host(h.name) for h in hosts):
-                undo.callback(_stop, start_own_sshd(cfg, state))
-            peer = _peer(hosts)
-            with ThreadPoolExecutor(max_workers=1) as pool:  # this host's probe while the hosts are checked
-                own = pool.submit(fleet.local, f"{socket.gethostname()} (launcher)", Path("/"), peer, False) \
-                    if cfg.env_defaults else None
-                names, ssh_env = [h.name for h in hosts], {**env, **nss}
-                undo.callback(release, names, setup, ssh_env)
-                results = wait_ready(names, setup, cfg.wait_s, _progress, command=fleet.probe_command(peer),
-                                     env=ssh_env)
-            text = readiness_report(results, cfg.wait_s)
-            if text:
-                print(text, file=sys.stderr, flush=True)
-                return 1, text
-            found = [fleet.from_output(r.host, r.output) for r in results]
-            oom_before = {p.host: p.oom for p in found if p.oom}
-            read_oom = postmortem.over_ssh(lambda host, command: output_of(host, setup, command, ssh_env, timeout=5))
-        if cfg.env_defaults and cfg.dry_run:
-            info["env_defaults"] = "set at launch from every host's probe (read during the readiness check)"
-        elif cfg.env_defaults:
-            probes = [own.result()] + found
-            added.update(env_defaults(cfg, impl, env, probes))
-        export = mpi.forwarded({**env, **added}, also=added)
-        argv = mpi.build_argv(impl, np_, str(hostfile), list(cfg.command), uid=os.getuid(),
-                              tag_output=cfg.tag_output, export=export)
+    job = _Local(cfg, impl, env) if not hosts else _Remote(cfg, impl, env, hosts, source, undo, base, info)
     if cfg.dry_run:
+        added, argv = job.dry_run(base, info)
         print(json.dumps({**info, "argv": argv, "env": added}, indent=1))
         if own_dir:
             shutil.rmtree(error_dir, ignore_errors=True)
         return 0, ""
-    end = supervise(argv, {**env, **added}, cfg.grace_s, log_dir=cfg.log_dir, time_limit_s=cfg.time_limit_s)
-    failed = end.code != 0 and not end.stopped_by and not end.timed_out
-    oom = postmortem.findings(oom_before, read_oom) if failed else []
-    code, message = report(end.code, error_dir, end.stopped_by, end.tail, oom,
-                           cfg.time_limit_s if end.timed_out else None)
+    job.start()
+    for attempt in range(cfg.max_restarts + 1):
+        added = dict(base)
+        if cfg.max_restarts:  # torchrun's name too, for code written for it
+            added.update(MPIRT_RESTART=str(attempt), TORCHELASTIC_RESTART_COUNT=str(attempt))
+        if attempt:  # each attempt's records apart: the root cause is this attempt's
+            added["MPIRT_ERROR_DIR"] = os.path.join(error_dir, f"restart-{attempt}")
+            os.makedirs(added["MPIRT_ERROR_DIR"], exist_ok=True)
+        ready = job.prepare(added)
+        if isinstance(ready, str):  # a host is not ready: nothing to run on
+            print(ready, file=sys.stderr, flush=True)
+            return 1, ready
+        end = supervise(ready, {**env, **added}, cfg.grace_s, log_dir=cfg.log_dir, time_limit_s=cfg.time_limit_s)
+        failed = end.code != 0 and not end.stopped_by and not end.timed_out
+        oom = postmortem.findings(job.oom_before, job.read_oom) if failed else []
+        code, message = report(end.code, added["MPIRT_ERROR_DIR"], end.stopped_by, end.tail, oom,
+                               cfg.time_limit_s if end.timed_out else None)
+        if not failed or attempt == cfg.max_restarts:
+            break
+        print(f"mpirt: attempt {attempt + 1} of {cfg.max_restarts + 1} failed; restarting the job "
+              f"(MPIRT_RESTART={attempt + 1})", file=sys.stderr, flush=True)
+        stopped = _pause(RESTART_PAUSE_S)
+        if stopped:
+            message = f"mpirt: stopped by {signal.Signals(stopped).name} before restarting the job"
+            print(message, file=sys.stderr, flush=True)
+            code = 128 + stopped
+            break
     if own_dir and code == 0:
         shutil.rmtree(error_dir, ignore_errors=True)
     return code, message
+
+
+class _Local:
+    """Ranks on this machine: no ssh; they share this process's memory cgroup."""
+
+    def __init__(self, cfg: LaunchConfig, impl: mpi.MpiImpl, env: dict):
+        self.cfg, self.impl, self.env = cfg, impl, env
+        self.oom_before: dict[str, memcg.OomCounter] = {}
+        self.read_oom = _read_here
+
+    def _argv(self, added: dict) -> list[str]:
+        if self.cfg.env_defaults:
+            added.update(env_defaults(self.cfg, self.impl, self.env, [fleet.local("localhost")]))
+        return mpi.launch_argv(self.impl, self.cfg.np or 1, list(self.cfg.command), cores=os.cpu_count() or 1,
+                               uid=os.getuid(), tag_output=self.cfg.tag_output)
+
+    def dry_run(self, base: dict, info: dict) -> tuple[dict, list[str]]:
+        added = dict(base)
+        return added, self._argv(added)
+
+    def start(self) -> None:
+        pass
+
+    def prepare(self, added: dict) -> list[str]:
+        here = memcg.read()
+        self.oom_before = {socket.gethostname(): here} if here else {}
+        return self._argv(added)
+
+
+class _Remote:
+    """Ranks on hosts over ssh: our hostfile and ssh setup once; before every attempt the
+    readiness check of every host, which also reads each host's probe and OOM counter."""
+
+    def __init__(self, cfg: LaunchConfig, impl: mpi.MpiImpl, env: dict, hosts: list[hostlib.Host], source: str,
+                 undo: ExitStack, base: dict, info: dict):
+        total = sum(h.slots for h in hosts)
+        self.np = cfg.np or total
+        for text, fix in mpi.known_faults(impl):
+            print(f"mpirt: warning: {text}; {fix}", file=sys.stderr, flush=True)
+        if self.np > total:
+            raise hostlib.HostError(f"-np {self.np} is more than the {total} slots on {len(hosts)} hosts ({source}); "
+                                    "lower -np or give hosts more slots (--slots, slots=N)")
+        # the ssh modules only where there are remote hosts: a local launch stays light
+        from launcher.ssh import prepare
+        from launcher.sshd import nss_wrapper_env
+
+        self.cfg, self.impl, self.env, self.hosts, self.undo = cfg, impl, env, hosts, undo
+        self.state = Path(cfg.state_dir or f"/tmp/mpirt-launch-{os.getuid()}")
+        self.state.mkdir(parents=True, exist_ok=True)
+        self.hostfile = self.state / "hostfile"
+        hostfile_text = hostlib.render(hosts, mpi.TABLE[impl.key].dialect)
+        self.hostfile.write_text(hostfile_text)
+        self.setup = prepare(Path(cfg.ssh_dir), self.state / "ssh", cfg.ssh_port)
+        nss = nss_wrapper_env(self.state)
+        base.update(nss)
+        base.update(mpi.ssh_env(impl, self.setup.ssh_args()))
+        info["hostfile"] = hostfile_text
+        self.names, self.ssh_env = [h.name for h in hosts], {**env, **nss}
+        self.oom_before: dict[str, memcg.OomCounter] = {}
+
+    def _argv(self, added: dict) -> list[str]:
+        export = mpi.forwarded({**self.env, **added}, also=added)
+        return mpi.build_argv(self.impl, self.np, str(self.hostfile), list(self.cfg.command), uid=os.getuid(),
+                              tag_output=self.cfg.tag_output, export=export)
+
+    def dry_run(self, base: dict, info: dict) -> tuple[dict, list[str]]:
+        if self.cfg.env_defaults:
+            info["env_defaults"] = "set at launch from every host's probe (read during the readiness check)"
+        added = dict(base)
+        return added, self._argv(added)
+
+    def start(self) -> None:
+        from launcher.ready import release
+
+        if any(is_this_host(h.name) for h in self.hosts):
+            self.undo.callback(_stop, start_own_sshd(self.cfg, self.state))
+        self.undo.callback(release, self.names, self.setup, self.ssh_env)
+
+    def read_oom(self, host: str, counter: memcg.OomCounter) -> int | None:
+        from launcher.ready import output_of
+
+        return memcg.parse(output_of(host, self.setup, postmortem.read_command(counter), self.ssh_env, timeout=5))
+
+    def prepare(self, added: dict) -> list[str] | str:
+        """mpirun's argv once every host is ready, else the readiness report."""
+        from launcher.ready import report as readiness_report
+        from launcher.ready import wait_ready
+
+        cfg = self.cfg
+        peer = _peer(self.hosts)
+        with ThreadPoolExecutor(max_workers=1) as pool:  # this host's probe while the hosts are checked
+            own = pool.submit(fleet.local, f"{socket.gethostname()} (launcher)", Path("/"), peer, False) \
+                if cfg.env_defaults else None
+            results = wait_ready(self.names, self.setup, cfg.wait_s, _progress, command=fleet.probe_command(peer),
+                                 env=self.ssh_env)
+        text = readiness_report(results, cfg.wait_s)
+        if text:
+            return text
+        found = [fleet.from_output(r.host, r.output) for r in results]
+        self.oom_before = {p.host: p.oom for p in found if p.oom}
+        if cfg.env_defaults:
+            added.update(env_defaults(cfg, self.impl, self.env, [own.result()] + found))
+        return self._argv(added)

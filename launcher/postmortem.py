@@ -9,7 +9,7 @@ import shlex
 from concurrent.futures import ThreadPoolExecutor
 from typing import Callable
 
-from launcher.detect.memcg import OomCounter, parse
+from launcher.detect.memcg import OomCounter
 
 FIX = ("give the pod more memory (resources.limits.memory) or use less per rank (a smaller batch or model, "
        "or fewer ranks per host)")
@@ -37,7 +37,3 @@ def findings(before: dict[str, OomCounter], read_now: Callable[[str, OomCounter]
         now = list(pool.map(lambda kv: read_now(*kv), before.items()))
     return [f for (host, c), n in zip(before.items(), now) if (f := finding(host, c, n))]
 
-
-def over_ssh(run: Callable[[str, str], str]) -> Callable[[str, OomCounter], int | None]:
-    """A ``read_now`` that runs ``read_command`` on the host with ``run(host, command)``."""
-    return lambda host, counter: parse(run(host, read_command(counter)))

@@ -134,6 +134,24 @@ def test_rank_oom_killed_on_a_worker_is_named_with_its_host(cluster, memory_cgro
     assert "also: rank 1 on w1 was killed by signal 9" in proc.stderr
 
 
+def test_failed_job_is_restarted_across_the_hosts(cluster, tmp_path):
+    """--max-restarts across hosts: every host checked again, then the job runs again on all."""
+    c = cluster(2)
+    c.start_worker("w0")
+    c.start_worker("w1")
+    flaky = tmp_path / "flaky.py"
+    flaky.write_text("import os, socket, sys\nprint('attempt', os.environ['MPIRT_RESTART'], socket.gethostname(), "
+                     "flush=True)\nsys.exit(3 if os.environ['MPIRT_RESTART'] == '0' and socket.gethostname() == 'w1' "
+                     "else 0)\n")
+    os.chmod(tmp_path, 0o755)
+    proc = c.launch(["w0", "w1"], [sys.executable, str(flaky)], "--max-restarts", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert "rank 1 exited with code 3" in proc.stderr and "attempt 1 of 2 failed; restarting the job" in proc.stderr
+    assert proc.stderr.count("hosts ready 2/2") == 2
+    assert {"attempt 1 w0", "attempt 1 w1"} <= {line.split("]")[-1].split(":")[-1].strip()
+                                                for line in proc.stdout.splitlines()}
+
+
 def test_worker_lost_mid_run_ends_the_job_naming_the_host(cluster):
     c = cluster(2)
     c.start_worker("w0")

@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -82,9 +83,15 @@ RESUME = ["--steps", "20", "--hidden", "1024", "--layers", "4", "--batch-size", 
           "--keep", "30", "--log-every", "1"]
 
 
-def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
-    full, cut = tmp_path / "full", tmp_path / "cut"
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    full = tmp_path_factory.mktemp("full")
     train(2, full, *RESUME)
+    return final_weights(full)
+
+
+def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path, uninterrupted):
+    cut = tmp_path / "cut"
     proc = subprocess.Popen(["mpirt", "launch", "-np", "2", "--", "mpirt", "train", "--out", str(cut), *RESUME],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 120
@@ -98,10 +105,63 @@ def test_sigkill_then_resume_equals_an_uninterrupted_run(tmp_path):
     assert 10 in reached and max(reached) < 20, f"not interrupted mid-run: {reached}"
     out = train(2, cut, *RESUME, "--resume")
     assert f"resuming from step {max(reached)}" in out.stdout
-    (s1, w1), (s2, w2) = final_weights(full), final_weights(cut)
+    (s1, w1), (s2, w2) = uninterrupted, final_weights(cut)
     assert s1 == s2 == 20
     for name in w1:
         assert torch.equal(w1[name], w2[name]), name
+
+
+def test_a_rank_killed_mid_run_is_restarted_and_resumes_to_the_same_weights(tmp_path, uninterrupted):
+    """--max-restarts: the launcher runs the job again; `mpirt train` sees MPIRT_RESTART and resumes."""
+    proc = subprocess.Popen(["mpirt", "launch", "-np", "2", "--max-restarts", "1", "--", "mpirt", "train", "--out",
+                             str(tmp_path), *RESUME], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and 10 not in checkpoint.list_steps(tmp_path / "checkpoints"):
+        time.sleep(0.02)
+    ranks = [pid for pid in descendants(proc.pid)
+             if b"train" in (cmd := open(f"/proc/{pid}/cmdline", "rb").read()) and b"mpirun" not in cmd]
+    assert len(ranks) == 2, ranks
+    os.kill(ranks[-1], signal.SIGKILL)  # one rank, as the OOM killer or a lost pod would
+    out, err = proc.communicate(timeout=180)
+    assert proc.returncode == 0, err
+    assert "was killed by signal 9 (SIGKILL)" in err and "attempt 1 of 2 failed; restarting the job" in err
+    resumed = int(out.split("resuming from step ", 1)[1].split()[0])
+    assert 10 <= resumed < 20
+    (s1, w1), (s2, w2) = uninterrupted, final_weights(tmp_path)
+    assert s1 == s2 == 20
+    for name in w1:
+        assert torch.equal(w1[name], w2[name]), name
+
+
+RESTART_PROBE = """import os, sys
+from mpi4py import MPI
+n = os.environ["MPIRT_RESTART"]
+assert os.environ["TORCHELASTIC_RESTART_COUNT"] == n
+print("attempt", n, "rank", MPI.COMM_WORLD.rank, flush=True)
+if MPI.COMM_WORLD.rank == 1 and int(n) < int(sys.argv[1]):
+    raise RuntimeError("attempt " + n + " fails")
+"""
+
+
+def test_restarts_until_success_or_the_limit(tmp_path):
+    script = tmp_path / "flaky.py"
+    script.write_text(RESTART_PROBE)
+    message = tmp_path / "termination-log"
+
+    def launch(restarts, fail_until):
+        return subprocess.run(["mpirt", "launch", "-np", "2", "--max-restarts", str(restarts), "--termination-log",
+                               str(message), "--", sys.executable, "-m", "mpirt", str(script), str(fail_until)],
+                              capture_output=True, text=True, timeout=180)
+
+    ok = launch(3, 2)  # attempts 0 and 1 fail, 2 succeeds, 3 is not needed
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stderr.count("restarting the job") == 2 and "attempt 2 of 4 failed" in ok.stderr
+    assert "attempt 2 rank 1" in ok.stdout and "attempt 3" not in ok.stdout
+    assert message.read_text() == "mpirt: job succeeded (mpirun exited 0)\n"
+    out_of_tries = launch(1, 5)
+    assert out_of_tries.returncode != 0 and out_of_tries.stderr.count("restarting the job") == 1
+    last = message.read_text()
+    assert "Root cause (first failure): rank 1 on " in last and "RuntimeError: attempt 1 fails" in last
 
 
 def test_resume_skips_a_torn_newest_checkpoint(tmp_path):

@@ -66,14 +66,14 @@ def test_findings_ask_every_host_in_order():
     before = {"w0": OomCounter("/a", 0), "w1": OomCounter("/b", 0), "w2": OomCounter("/c b", 5)}
     asked = []
 
-    def run(host, command):
-        asked.append((host, command))
-        return {"w0": "oom_kill 0\n", "w1": "oom_kill 1\n", "w2": "oom_kill 6\n"}[host]
+    def read_now(host, counter):  # as the launcher does it: this command over ssh to the host
+        asked.append((host, postmortem.read_command(counter)))
+        return memcg.parse({"w0": "oom_kill 0\n", "w1": "oom_kill 1\n", "w2": "oom_kill 6\n"}[host])
 
-    found = postmortem.findings(before, postmortem.over_ssh(run))
+    found = postmortem.findings(before, read_now)
     assert [f.split(" on ")[1].split()[0] for f in found] == ["w1", "w2"]
     assert sorted(asked) == [("w0", "cat -- /a"), ("w1", "cat -- /b"), ("w2", "cat -- '/c b'")]
-    assert postmortem.findings({}, postmortem.over_ssh(run)) == []
+    assert postmortem.findings({}, read_now) == []
 
 
 def test_limit_beside_either_counter(tmp_path):
