@@ -442,6 +442,8 @@ def worker(port: int, ssh_dir: str, state_dir: str, listen: str, sshd: str, chec
 @click.option("--verify-every", type=int, default=0, show_default=True, envvar="MPIRT_TRAIN_VERIFY_EVERY",
               help="Check every K steps that all ranks hold identical weights (0: never).")
 @click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True, envvar="MPIRT_TRAIN_LOG_EVERY")
+@click.option("--timeline", envvar="MPIRT_TIMELINE",
+              help="Write a Chrome-trace timeline of every rank's gradient communication to this file.")
 def train(**options) -> None:
     """Train a built-in model on synthetic data, data-parallel over the ranks of this job.
 

@@ -17,7 +17,8 @@
   ``find_unused_parameters`` a parameter unused on every rank keeps ``grad = None``).
 
 The communication thread is the only thread that calls MPI during a step; a stall inspector
-(``mpirt.stall``) watches it.
+(``mpirt.stall``) watches it. ``timeline=PATH`` (or ``$MPIRT_TIMELINE``) records when each
+bucket was ready and reduced, for chrome://tracing (``mpirt.timeline``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import contextlib
 import hashlib
 import os
 import queue
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -37,6 +39,7 @@ from mpirt.comm import MPI
 from mpirt.console import say
 from mpirt.signature import ModelMismatchError, describe_mismatch, signature
 from mpirt.stall import StallInspector
+from mpirt.timeline import Timeline
 
 COMPRESSION = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 ALGOS = ("auto", "mpi", "ring", "shm", "mpi4py")
@@ -149,7 +152,7 @@ class DataParallel:
                  bucket_mb: float = DEFAULT_BUCKET_MB, first_bucket_mb: float = DEFAULT_FIRST_BUCKET_MB,
                  compression: str = "none", find_unused_parameters: bool = False, algo: str = "auto",
                  overlap: bool = True, comm=None, stall_warn_s: float | None = None,
-                 stall_abort_s: float | None = None):
+                 stall_abort_s: float | None = None, timeline: str | os.PathLike | None = None):
         if compression not in COMPRESSION:
             raise ValueError(f"compression {compression!r}: use one of {', '.join(COMPRESSION)}")
         if algo not in ALGOS:
@@ -172,6 +175,8 @@ class DataParallel:
                                        "compression": compression, "algo": algo,
                                        "find_unused_parameters": find_unused_parameters})
         self._broadcast_state()
+        timeline = timeline or os.environ.get("MPIRT_TIMELINE") or None
+        self._timeline = Timeline(self._comm, timeline) if timeline else None
         self._next = 0
         for b in self._buckets:
             b.reset()
@@ -277,6 +282,7 @@ class DataParallel:
             t.copy_(host)
 
     def _reduce_bucket(self, b: _Bucket, step: int) -> None:
+        t0 = self._timeline.now() if self._timeline else 0
         self.inspector.enter(step, "gradient allreduce", b.index, len(self._buckets))
         if b.event is not None:
             b.event.synchronize()
@@ -287,6 +293,10 @@ class DataParallel:
         else:
             self._allreduce(b.flat, "avg")
         self.inspector.leave(step)
+        if self._timeline:
+            self._timeline.span(f"allreduce bucket {b.index}", t0, self._timeline.now(), step=step,
+                                bytes=b.flat.numel() * (b.wire if b.wire is not None else b.flat).element_size(),
+                                algo=self.algo if self._core is not None else "mpi4py")
 
     def _launch(self, b: _Bucket) -> None:
         b.launched = True
@@ -298,6 +308,8 @@ class DataParallel:
         self._worker.submit(lambda b=b, s=self.step: self._reduce_bucket(b, s))
 
     def _mark_ready(self, b: _Bucket) -> None:
+        if self._timeline:
+            self._timeline.instant(f"bucket {b.index} ready", step=self.step)
         b.ready = True
         while self._next < len(self._buckets) and self._buckets[self._next].ready:
             self._launch(self._buckets[self._next])
@@ -363,6 +375,9 @@ class DataParallel:
                 self._worker.submit(lambda: self._allreduce_mask(mask))
         self._worker.drain()
         exposed = time.perf_counter() - t0
+        if self._timeline:
+            end = self._timeline.now()
+            self._timeline.span("wait for gradients", end - int(exposed * 1e9), end, step=self.step)
         if mask is not None:
             flags = iter(mask.tolist())
             for b in self._buckets:
@@ -399,7 +414,9 @@ class DataParallel:
         return [list(b.names) for b in self._buckets]
 
     def close(self) -> None:
-        """Remove the hooks and stop the threads (also run at interpreter exit)."""
+        """Remove the hooks, stop the threads and write the timeline (also run at interpreter
+        exit). While an exception propagates, the other ranks are not here to gather with:
+        each rank then writes its own part of the timeline (PATH.rank-R)."""
         if self._worker is None:
             return
         for h in self._hooks:
@@ -407,6 +424,14 @@ class DataParallel:
         self._worker.close()
         self._worker = None
         self.inspector.close()
+        if self._timeline and not MPI.Is_finalized():
+            if sys.exc_info()[1] is None:
+                path = self._timeline.write()
+                if path:
+                    say(f"mpirt: timeline of {self.size} rank{'s' if self.size > 1 else ''} in {path} "
+                        "(chrome://tracing or ui.perfetto.dev)", err=True)
+            else:
+                self._timeline.write_own()
         if not MPI.Is_finalized():
             self._comm.Free()
         atexit.unregister(self.close)
@@ -417,6 +442,7 @@ def data_parallel(model: torch.nn.Module, optimizer: torch.optim.Optimizer | Non
 
     Options: bucket_mb, first_bucket_mb, compression ("none", "fp16", "bf16"),
     find_unused_parameters, algo ("auto", "mpi", "ring", "shm", "mpi4py"), overlap, comm,
-    stall_warn_s / stall_abort_s (default $MPIRT_STALL_WARN_S or 60 s / $MPIRT_STALL_ABORT_S or never).
+    stall_warn_s / stall_abort_s (default $MPIRT_STALL_WARN_S or 60 s / $MPIRT_STALL_ABORT_S or never),
+    timeline (a path for the Chrome-trace timeline; default $MPIRT_TIMELINE, none if unset).
     """
     return DataParallel(model, optimizer, **options)

@@ -56,6 +56,7 @@ class TrainConfig:
     threads: int | None = None
     verify_every: int = 0
     log_every: int = 10
+    timeline: str | None = None  # Chrome-trace timeline of the communication (mpirt.timeline)
 
     def check(self) -> None:
         for name in ("steps", "batch_size", "samples"):
@@ -114,7 +115,7 @@ def run(cfg: TrainConfig) -> int:
     sampler = DistributedSampler(cfg.samples, cfg.batch_size, w.rank, w.size, cfg.seed)
     start = _resume(cfg, comm, w, model, opt, sampler, ckpt_dir) if cfg.resume else 0
     dp = data_parallel(model, opt, bucket_mb=cfg.bucket_mb, first_bucket_mb=cfg.first_bucket_mb,
-                       compression=cfg.compression, algo=cfg.algo, overlap=cfg.overlap)
+                       compression=cfg.compression, algo=cfg.algo, overlap=cfg.overlap, timeline=cfg.timeline)
     metrics = Metrics(out / "metrics.jsonl", cfg.steps, enabled=w.rank == 0, every=cfg.log_every)
     if w.rank == 0:
         params = sum(p.numel() for p in model.parameters())
