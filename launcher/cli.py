@@ -21,7 +21,25 @@ def _version(ctx: click.Context, _param, value: bool) -> None:
 
 
 class CliError(click.ClickException):
+    """A bad input or setup: said on stderr, and kept in the pod's termination message (a
+    worker in a crash loop then shows why in `kubectl describe pod`)."""
+
     exit_code = 2
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        ctx = click.get_current_context(silent=True)  # gone by the time show() runs
+        self.command = ctx.command_path if ctx else "mpirt"
+
+    def show(self, file=None) -> None:
+        super().show(file)
+        from launcher import termination
+
+        try:
+            target = termination.path_for(os.environ.get("MPIRT_TERMINATION_LOG", "auto"))
+        except ValueError:
+            return
+        termination.write(target, f"{self.command}: {self.format_message()}")
 
 
 class _Entrypoint(click.Group):

@@ -61,3 +61,18 @@ def test_termination_message_says_success_failure_and_bad_input(tmp_path):
     assert relative.returncode == 2 and "give an absolute path" in relative.stderr
     unwritable = launch("-np", "1", "--termination-log", str(tmp_path / "no" / "such" / "dir"), "--", "true")
     assert unwritable.returncode == 0 and "could not write the termination message" in unwritable.stderr
+
+
+def test_a_worker_that_cannot_start_says_why_in_the_termination_message(tmp_path):
+    """The pod entrypoint as a worker with no ssh Secret mounted: a crash loop that
+    `kubectl describe pod` explains."""
+    import os
+
+    message = tmp_path / "termination-log"
+    proc = subprocess.run(["mpirt", "pod"], capture_output=True, text=True, timeout=60,  # the image's CMD
+                          env={**os.environ, "K_MPI_JOB_ROLE": "worker", "MPIRT_SSH_DIR": str(tmp_path / "secret"),
+                               "MPIRT_TERMINATION_LOG": str(message)})
+    assert proc.returncode == 2
+    assert message.read_text() == (f"mpirt worker: {tmp_path / 'secret' / 'authorized_keys'} not found: mount the "
+                                   f"job's ssh Secret at {tmp_path / 'secret'} (sshAuthMountPath) or point --ssh-dir "
+                                   "(MPIRT_SSH_DIR) at it\n")
