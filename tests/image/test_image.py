@@ -138,6 +138,26 @@ def test_allreduce_check_across_containers(pods):
     assert "world size 3 on 3 node(s)" in proc.stdout
 
 
+# The rank on w1 takes memory until the OOM killer stops it; the others wait for it.
+HOG = ("import socket\nfrom mpi4py import MPI\nheld = []\nwhile socket.gethostname() == 'w1':\n"
+       "    held.append(b'1' * (32 << 20))\nMPI.COMM_WORLD.Barrier()\n")
+
+
+def test_oom_kill_in_a_worker_container_is_named(image, tmp_path):
+    """w1 runs with a memory limit, as a pod with resources.limits.memory: the launcher reads its
+    container's OOM counter through the ssh mesh and names out of memory as the root cause."""
+    pods = Pods(image, tmp_path, None)
+    try:
+        podman("run", "-d", *pods.args("w0", "worker"), image)
+        podman("run", "-d", *pods.args("w1", "worker"), "--memory", "384m", "--memory-swap", "384m", image)
+        proc = pods.launcher("launch", "--", "python", "-c", HOG, timeout=300)
+        assert proc.returncode == 137, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert "Root cause: out of memory: the kernel's OOM killer killed 1 process on w1 during this job" \
+            in proc.stderr, proc.stderr[-3000:]
+    finally:
+        pods.close()
+
+
 def test_doctor_reports_what_the_image_holds(image):
     proc = podman("run", "--rm", *LIMITS, image, "doctor", "--json", check=False, timeout=120)
     assert proc.stdout.lstrip().startswith("{"), proc.stdout + proc.stderr
