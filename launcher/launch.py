@@ -214,7 +214,7 @@ def _run(cfg: LaunchConfig, undo: ExitStack) -> tuple[int, str]:
         failed = end.code != 0 and not end.stopped_by and not end.timed_out
         oom = postmortem.findings(job.oom_before, job.read_oom) if failed else []
         code, message = report(end.code, added["MPIRT_ERROR_DIR"], end.stopped_by, end.tail, oom,
-                               cfg.time_limit_s if end.timed_out else None)
+                               cfg.time_limit_s if end.timed_out else None, end.ranks)
         if not failed or attempt == cfg.max_restarts:
             break
         print(f"mpirt: attempt {attempt + 1} of {cfg.max_restarts + 1} failed; restarting the job "

@@ -73,6 +73,7 @@ class Outcome(NamedTuple):
     stopped_by: int  # the signal that asked us to stop, or 0
     tail: list[str]  # mpirun's last output lines
     timed_out: bool = False  # stopped at the time limit
+    ranks: dict[str, list[str]] = {}  # each rank's last output lines, without the rank tag
 
 
 def exit_code(returncode: int) -> int:
@@ -87,14 +88,22 @@ def _signame(num: int) -> str:
         return ""
 
 
-class _Relay(threading.Thread):
-    """Copies one of mpirun's streams to ours, keeps the last lines, splits lines per rank."""
+RANK_LINES = 10  # of each rank's output, kept for the root cause of a rank that died without a record
+# Open MPI's tags where two writes met in one line, and its signal handler's backtrace
+# ("[host:pid] [ 3] libc.so.6(...)"), which would crowd out what the rank itself said.
+_TAG_INSIDE = re.compile(r"\[\d+,\d+\]<std(?:out|err)>:")
+_OMPI_BACKTRACE = re.compile(r"^\[[\w.-]+:\d+\] ")
 
-    def __init__(self, src, dst, tail: collections.deque, logs: dict, lock: threading.Lock, log_dir: Path | None,
-                 on_fatal):
+
+class _Relay(threading.Thread):
+    """Copies one of mpirun's streams to ours, keeps the last lines (all, and each rank's),
+    splits lines per rank."""
+
+    def __init__(self, src, dst, tail: collections.deque, ranks: dict, logs: dict, lock: threading.Lock,
+                 log_dir: Path | None, on_fatal):
         super().__init__(daemon=True)
         self.src, self.dst, self.tail, self.logs, self.lock, self.log_dir = src, dst, tail, logs, lock, log_dir
-        self.on_fatal = on_fatal
+        self.ranks, self.on_fatal = ranks, on_fatal
 
     def run(self) -> None:
         for line in iter(self.src.readline, b""):
@@ -104,8 +113,12 @@ class _Relay(threading.Thread):
                 self.on_fatal()
             with self.lock:
                 self.tail.append(line.decode(errors="replace"))
+                m = _TAG.match(line)
+                if m:
+                    said = _TAG_INSIDE.sub("", line[m.end():].decode(errors="replace")).rstrip()
+                    if said and not _OMPI_BACKTRACE.match(said):
+                        self.ranks.setdefault(m.group(1).decode(), collections.deque(maxlen=RANK_LINES)).append(said)
                 if self.log_dir is not None:
-                    m = _TAG.match(line)
                     rank = m.group(1).decode() if m else "launcher"
                     f = self.logs.get(rank)
                     if f is None:
@@ -122,6 +135,7 @@ def supervise(argv: list[str], env: dict[str, str], grace_s: float, log_dir: str
         logs_path.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(argv, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     tail: collections.deque = collections.deque(maxlen=300)
+    ranks: dict[str, collections.deque] = {}
     logs: dict = {}
     lock = threading.Lock()
     doomed = threading.Event()
@@ -131,8 +145,8 @@ def supervise(argv: list[str], env: dict[str, str], grace_s: float, log_dir: str
             doomed.set()
             threading.Timer(fatal_grace_s, _kill_group, args=(proc,)).start()
 
-    relays = [_Relay(proc.stdout, sys.stdout.buffer, tail, logs, lock, logs_path, on_fatal),
-              _Relay(proc.stderr, sys.stderr.buffer, tail, logs, lock, logs_path, on_fatal)]
+    relays = [_Relay(proc.stdout, sys.stdout.buffer, tail, ranks, logs, lock, logs_path, on_fatal),
+              _Relay(proc.stderr, sys.stderr.buffer, tail, ranks, logs, lock, logs_path, on_fatal)]
     for r in relays:
         r.start()
     stopping = threading.Event()
@@ -171,7 +185,8 @@ def supervise(argv: list[str], env: dict[str, str], grace_s: float, log_dir: str
         code = exit_code(proc.wait())
         for r in relays:
             r.join(timeout=5)
-        return Outcome(code, stopped_by, list(tail), timed_out.is_set())
+        with lock:
+            return Outcome(code, stopped_by, list(tail), timed_out.is_set(), {r: list(d) for r, d in ranks.items()})
     finally:
         if limit:
             limit.cancel()
@@ -202,10 +217,13 @@ def from_output(tail: list[str]) -> list[str]:
     return found
 
 
-def root_cause(code: int, error_dir: str, tail: list[str] = (), lines: int = 12, oom: list[str] = ()) -> str:
+def root_cause(code: int, error_dir: str, tail: list[str] = (), lines: int = 12, oom: list[str] = (),
+               ranks: dict[str, list[str]] | None = None) -> str:
     """What to tell the user when the job exited with ``code``. ``oom``: hosts' out-of-memory
     findings (launcher.postmortem); a rank the kernel killed leaves no record, and the
-    records of the ranks that lost it are consequences, so these come first."""
+    records of the ranks that lost it are consequences, so these come first. ``ranks``: each
+    rank's last output lines, shown for the rank mpirun names when there is no record (what
+    a native crash or a CUDA error printed before the signal)."""
     sig = _signame(code - 128) if code > 128 else ""
     records = errors.read_all(error_dir)
     clues = from_output(list(tail))
@@ -216,8 +234,11 @@ def root_cause(code: int, error_dir: str, tail: list[str] = (), lines: int = 12,
     if not records:
         text = f"mpirt: job failed: mpirun exited {code}{sig}"
         if clues:
+            named = re.match(r"rank (\d+) ", clues[0])
+            last = (ranks or {}).get(named[1], []) if named else []
             return text + ". Root cause (from mpirun's output): " + clues[0] + "".join(
-                f"\n  also: {c}" for c in clues[1:4])
+                f"\n  also: {c}" for c in clues[1:4]) + (
+                f"\n  last output of rank {named[1]}:" + "".join(f"\n    {ln}" for ln in last) if last else "")
         return text + ("; no rank left an error record (a rank was killed by a signal or exited without a "
                        "Python exception; see its output above)")
     first = records[0]
@@ -233,7 +254,8 @@ def root_cause(code: int, error_dir: str, tail: list[str] = (), lines: int = 12,
 
 
 def report(code: int, error_dir: str, stopped_by: int = 0, tail: list[str] = (),
-           oom: list[str] = (), time_limit_s: float | None = None) -> tuple[int, str]:
+           oom: list[str] = (), time_limit_s: float | None = None,
+           ranks: dict[str, list[str]] | None = None) -> tuple[int, str]:
     """Say how the job ended: (the launcher's exit status, 128 + signal when stopped, 124 at
     the time limit; the message). ``time_limit_s``: given when the job ran past it."""
     if time_limit_s:
@@ -244,7 +266,7 @@ def report(code: int, error_dir: str, stopped_by: int = 0, tail: list[str] = (),
         text = f"mpirt: stopped by {signal.Signals(stopped_by).name} (forwarded to the ranks); mpirun exited {code}"
         code = 128 + stopped_by
     elif code != 0:
-        text = root_cause(code, error_dir, tail, oom=oom)
+        text = root_cause(code, error_dir, tail, oom=oom, ranks=ranks)
     else:
         return 0, "mpirt: job succeeded (mpirun exited 0)"
     print(text, file=sys.stderr, flush=True)

@@ -76,3 +76,26 @@ def test_a_worker_that_cannot_start_says_why_in_the_termination_message(tmp_path
     assert message.read_text() == (f"mpirt worker: {tmp_path / 'secret' / 'authorized_keys'} not found: mount the "
                                    f"job's ssh Secret at {tmp_path / 'secret'} (sshAuthMountPath) or point --ssh-dir "
                                    "(MPIRT_SSH_DIR) at it\n")
+
+
+CRASH = """import os, sys
+from mpi4py import MPI
+if MPI.COMM_WORLD.rank == 1:
+    print("loading shard 7", flush=True)
+    print("CUDA error: an illegal memory access was encountered", file=sys.stderr, flush=True)
+    os.abort()
+MPI.COMM_WORLD.Barrier()
+"""
+
+
+def test_a_rank_that_dies_without_a_record_shows_its_last_words():
+    """A native crash: no Python exception, only a signal; what the rank printed before it is the
+    clue (Open MPI's own backtrace of the signal is left out)."""
+    proc = launch("-np", "2", "--", sys.executable, "-c", CRASH)
+    assert proc.returncode == 134, proc.stderr
+    report = proc.stderr.split("mpirt: job failed: ", 1)[1].splitlines()
+    assert report[0].endswith("Root cause (from mpirun's output): rank 1 on " + report[0].split(" on ")[1].split()[0]
+                              + " was killed by signal 6 (SIGABRT)")
+    assert report[1] == "  last output of rank 1:"  # its stdout and stderr, in the order they reached us
+    assert sorted(report[2:4]) == ["    CUDA error: an illegal memory access was encountered",
+                                   "    loading shard 7"]

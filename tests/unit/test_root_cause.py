@@ -85,8 +85,8 @@ def test_an_mpirun_that_waits_forever_after_ssh_fails_is_stopped(tmp_path):
     stuck = [sys.executable, "-c", "import sys, time; print('ssh: connect to host w9 port 2222: Connection refused', "
              "file=sys.stderr, flush=True); time.sleep(600)"]
     t0 = time.time()
-    code, stopped_by, tail, _ = supervise(stuck, dict(os.environ), grace_s=5, log_dir=str(tmp_path),
-                                          fatal_grace_s=1)
+    code, stopped_by, tail = supervise(stuck, dict(os.environ), grace_s=5, log_dir=str(tmp_path),
+                                       fatal_grace_s=1)[:3]
     assert time.time() - t0 < 10 and code == 137 and stopped_by == 0
     assert "ssh to w9 port 2222 failed: Connection refused" in root_cause(code, str(tmp_path), tail)
     assert (tmp_path / "rank-launcher.log").read_text().startswith("ssh: connect to host w9")
@@ -146,3 +146,12 @@ def test_termination_message_is_clipped_at_a_character_boundary():
     assert len(termination.clip("x" * 5000)) == 4096 and termination.clip("short") == b"short"
     assert termination.path_for("none") is None
     assert termination.path_for("auto") in (None, termination.DEFAULT)
+
+
+def test_last_output_of_the_rank_mpirun_names(tmp_path):
+    ranks = {"0": ["step 3"], "1": ["loading shard 7", "Segmentation fault in libfoo"]}
+    text = root_cause(139, str(tmp_path), ["mpirun noticed that process rank 1 with PID 9 on node w1 exited on "
+                                           "signal 11 (Segmentation fault).\n"], ranks=ranks)
+    assert text.splitlines()[1:] == ["  last output of rank 1:", "    loading shard 7",
+                                     "    Segmentation fault in libfoo"]
+    assert "last output" not in root_cause(3, str(tmp_path), [OMPI_EXIT], ranks={"0": ["x"]})  # rank 2 said nothing
