@@ -10,8 +10,10 @@
   post-accumulate hook hands each full bucket to one communication thread, which averages it
   with the compiled core while backward goes on. Buckets are always reduced in index order,
   so every rank issues the same collectives in the same order;
-- waits for all buckets in a step pre-hook on the optimizer (or an explicit ``synchronize()``,
-  e.g. before gradient clipping);
+- waits for all buckets when backward ends (a callback queued on the autograd engine), so the
+  gradients are final when ``backward()`` returns, as with DDP: gradient clipping, AMP's
+  ``GradScaler.unscale_``/inf check and a second loss's backward all see averaged gradients.
+  An optimizer step pre-hook (or ``synchronize()``) does it for a rank that ran no backward;
 - skips communication under ``no_sync()`` (gradient accumulation), optionally sends fp16/bf16
   on the wire, and handles parameters that get no gradient (zero contribution; with
   ``find_unused_parameters`` a parameter unused on every rank keeps ``grad = None``).
@@ -166,7 +168,8 @@ class DataParallel:
         self.step = 0
         self.last_stats: StepStats | None = None
         self._sync = True
-        self._presynced = False
+        self._done = False  # this step's gradients are averaged and not yet used by a step
+        self._queued = False  # the end-of-backward callback is queued
         self._core = self._load_core()
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self._buckets = self._make_buckets(named, int(bucket_mb * 2**20), int(first_bucket_mb * 2**20))
@@ -330,30 +333,37 @@ class DataParallel:
     def _on_grad(self, p: torch.Tensor) -> None:
         if not self._sync:
             return
+        if not self._queued:  # the first gradient of this backward
+            self._queued = True
+            self._done = False  # a backward after averaged gradients (a second loss, a skipped step) adds to them
+            torch.autograd.Variable._execution_engine.queue_callback(self._end_of_backward)
         b_idx, i = self._slot[id(p)]
         b = self._buckets[b_idx]
-        if b.fired[i] or b.launched:
-            raise RuntimeError(
-                f"parameter {b.names[i]!r} got a second gradient before the optimizer step; for gradient "
-                "accumulation run the extra backward passes inside `with dp.no_sync():`")
         self._absorb(b, i)
         b.fired[i] = True
         b.pending -= 1
         if b.pending == 0:
             self._mark_ready(b)
 
+    def _end_of_backward(self) -> None:
+        self._queued = False
+        if not self._done:
+            self._finish_step()
+            self._done = True
+
     def _before_step(self, *_args) -> None:
-        if self._presynced:
-            self._presynced = False
+        if self._done:  # averaged when backward ended; this step uses them
+            self._done = False
             return
-        self._finish_step()
+        self._finish_step()  # a rank that ran no backward this step still takes part
 
     def synchronize(self) -> StepStats:
-        """Wait until every gradient is averaged (e.g. before clipping); the next optimizer
-        step then does not communicate again."""
-        stats = self._finish_step()
-        self._presynced = self.optimizer is not None
-        return stats
+        """Make sure every gradient is averaged: needed only on a rank that ran no backward
+        this step before it reads gradients (backward averages them before it returns)."""
+        if not self._done:
+            self._finish_step()
+            self._done = True
+        return self.last_stats
 
     def _finish_step(self) -> StepStats:
         if not self._sync:

@@ -179,19 +179,16 @@ for find_unused in (True, False):
     checked.append(f"unused parameters find_unused={find_unused}")
     dp.close()
 
-# 7. Misuse gets a message, not a hang: a second backward before the step, a step in no_sync.
+# 7. Two losses, two backward passes before one step: the gradients of their sum (each
+#    backward averages before it returns, as DDP does); a step inside no_sync() is an error.
 model = make_model()
 opt = torch.optim.SGD(model.parameters(), lr=0.1)
-dp = data_parallel(model, opt)
-x, y = data(4)
-loss_fn(model, x, y).backward()
-try:
-    loss_fn(model, x, y).backward()
-    raise AssertionError("a second backward before step was accepted")
-except RuntimeError as e:
-    if "no_sync" not in str(e):
-        raise
-dp.synchronize()
+dp = data_parallel(model, opt, bucket_mb=0.002)
+batches = [data(8, seed=20), data(8, seed=21)]
+ref = reference_grads(model, batches)
+for x, y in batches:
+    local_step(model, x, y, split(8), 8)
+compare(model, ref, "two backward passes before a step", 1e-12, 1e-12)
 opt.step()
 with dp.no_sync():
     try:
@@ -201,6 +198,37 @@ with dp.no_sync():
         if "no_sync" not in str(e):
             raise
 checked.append("misuse errors")
+dp.close()
+
+# 8. AMP's recipe as PyTorch documents it, no synchronize(): GradScaler.unscale_ and gradient
+#    clipping right after backward see averaged gradients; an inf on one rank only makes every
+#    rank skip the step (a local inf check would let the ranks' weights part).
+model = make_model(torch.float32)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+dp = data_parallel(model, opt, bucket_mb=0.002)
+scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 10)
+x, y = data(8, torch.float32, seed=30)
+ref = reference_grads(model, [(x, y)])
+idx = split(8)
+scaler.scale(loss_fn(model, x[idx], y[idx]) * (len(idx) * size / 8)).backward()
+scaler.unscale_(opt)
+compare(model, ref, "amp: averaged before unscale_", 1e-5, 1e-6)
+torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+scaler.step(opt)
+scaler.update()
+same_on_all_ranks(list(model.parameters()), "amp: weights after a step")
+before = [p.detach().clone() for p in model.parameters()]
+opt.zero_grad()
+poison = float("inf") if rank == size - 1 else 1.0
+scaler.scale(loss_fn(model, x[idx], y[idx]) * poison).backward()
+scaler.step(opt)
+scaler.update()
+if not all(torch.equal(a, p) for a, p in zip(before, model.parameters())):
+    raise AssertionError("amp: a rank stepped although one rank's gradients were not finite")
+scales = comm.allgather(scaler.get_scale())
+if len(set(scales)) != 1 or scales[0] >= 2.0 ** 10:
+    raise AssertionError(f"amp: loss scales after an inf step: {scales}")
+checked.append("amp grad scaler")
 dp.close()
 
 if rank == 0:
