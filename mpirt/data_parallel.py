@@ -14,6 +14,9 @@
   gradients are final when ``backward()`` returns, as with DDP: gradient clipping, AMP's
   ``GradScaler.unscale_``/inf check and a second loss's backward all see averaged gradients.
   An optimizer step pre-hook (or ``synchronize()``) does it for a rank that ran no backward;
+- under ``join()``, lets ranks with fewer batches finish early: they shadow the others'
+  collectives with zero gradients until every rank is done, then all take the weights of the
+  rank that trained longest (DDP's ``Join``), instead of hanging;
 - skips communication under ``no_sync()`` (gradient accumulation), optionally sends fp16/bf16
   on the wire, and handles parameters that get no gradient (zero contribution; with
   ``find_unused_parameters`` a parameter unused on every rank keeps ``grad = None``).
@@ -169,6 +172,8 @@ class DataParallel:
         self.last_stats: StepStats | None = None
         self._sync = True
         self._done = False  # this step's gradients are averaged and not yet used by a step
+        self._joining = False  # inside join(): every step first says how many ranks still train
+        self._trained = 0  # steps this rank took part in with its own gradients (for join)
         self._queued = False  # the end-of-backward callback is queued
         self._core = self._load_core()
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
@@ -248,7 +253,7 @@ class DataParallel:
         sigs = self._comm.allgather(sig)
         raise ModelMismatchError(describe_mismatch(sigs))
 
-    def _broadcast_state(self) -> None:
+    def _broadcast_state(self, root: int = 0) -> None:
         if self.size == 1:
             return
         tensors = [p.data for p in self.model.parameters()] + list(self.model.buffers())
@@ -258,15 +263,15 @@ class DataParallel:
                 arr = flat.numpy()
                 chunk = 1 << 30
                 for start in range(0, arr.size, chunk):
-                    self._comm.Bcast(arr[start:start + chunk], root=0)
+                    self._comm.Bcast(arr[start:start + chunk], root=root)
                 off = 0
                 for t in tensors:
                     n = t.numel() * t.element_size()
                     t.copy_(flat[off:off + n].view(t.dtype).view(t.shape))
                     off += n
         if self.optimizer is not None:
-            state = self._comm.bcast(self.optimizer.state_dict() if self.rank == 0 else None, root=0)
-            if self.rank != 0 and state["state"]:
+            state = self._comm.bcast(self.optimizer.state_dict() if self.rank == root else None, root=root)
+            if self.rank != root and state["state"]:
                 self.optimizer.load_state_dict(state)
 
     # Reduction.
@@ -305,6 +310,8 @@ class DataParallel:
         b.launched = True
         if self.size == 1:
             return
+        if self._joining and b.index == 0:  # before this step's first collective
+            self._worker.submit(lambda: self._still_training(1))
         if b.flat.device.type == "cuda":
             b.event = torch.cuda.Event()
             b.event.record()
@@ -395,6 +402,7 @@ class DataParallel:
                     if not next(flags):
                         p.grad = None
         stats = StepStats(self.step, self._worker.busy_s, exposed, len(self._buckets))
+        self._trained += self._joining
         self._worker.busy_s = 0.0
         self.last_stats = stats
         self.step += 1
@@ -403,6 +411,51 @@ class DataParallel:
         for b in self._buckets:
             b.reset()
         return stats
+
+    def _still_training(self, mine: int) -> int:
+        """How many ranks are still in their join() loop (the collective that opens each step)."""
+        flag = torch.tensor([mine], dtype=torch.int32)
+        self._allreduce(flag, "sum")
+        return int(flag.item())
+
+    @contextlib.contextmanager
+    def join(self):
+        """Wrap the training loop when ranks may have different numbers of batches: a rank that
+        leaves the loop early takes part in the others' gradient averaging with zeros (the
+        average still divides by the world size, as DDP's ``Join`` does) until every rank has
+        left it; then every rank takes the weights and optimizer state of the rank that took
+        the most steps. Every rank must use it; collectives of your own inside the loop cannot
+        be shadowed and would hang."""
+        if self.size == 1:
+            yield
+            return
+        self._worker.drain()
+        self._joining, self._trained = True, 0
+        try:
+            yield
+        except BaseException:
+            self._joining = False
+            raise
+        self._worker.drain()
+        counts = []
+        self._worker.submit(lambda: counts.append(self._still_training(0)))
+        self._worker.drain()
+        while counts[-1] > 0:  # shadow one step of the ranks still training
+            for b in self._buckets:
+                b.flat.zero_()
+                b.launched = True
+                self._worker.submit(lambda b=b, s=self.step: self._reduce_bucket(b, s))
+            if self.find_unused:
+                mask = torch.zeros(sum(len(b.params) for b in self._buckets), dtype=torch.int32)
+                self._worker.submit(lambda: self._allreduce_mask(mask))
+            self._worker.submit(lambda: counts.append(self._still_training(0)))
+            self._worker.drain()
+            self.step += 1
+        for b in self._buckets:
+            b.reset()
+        self._joining = False
+        steps = self._comm.allgather(self._trained)
+        self._broadcast_state(root=max(range(self.size), key=lambda r: (steps[r], -r)))
 
     def _allreduce_mask(self, mask: torch.Tensor) -> None:
         self.inspector.enter(self.step, "unused-parameter mask allreduce", 0, 1)

@@ -70,3 +70,11 @@ def test_model_mismatch_names_the_parameter_and_ranks():
     assert proc.returncode != 0
     assert ("ModelMismatchError: model differs across ranks: parameter '0.weight' is float32[16, 4] (cpu) on "
             "rank 0 but float32[20, 4] (cpu) on rank 1") in proc.stderr
+
+
+@pytest.mark.parametrize("np_", [1, 2, 4])
+@pytest.mark.parametrize("variant", ["plain", "fp16", "unused"])
+def test_uneven_inputs_under_join_end_together_with_the_same_weights(mpiexec, np_, variant):
+    proc = mpiexec(np_, [sys.executable, "-m", "mpirt", str(RANKS / "dp_join.py"), variant], timeout=120)
+    report = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
+    assert report == {"ranks": np_, "variant": variant, "steps": [2 + r for r in range(np_)]}
