@@ -128,6 +128,9 @@ def memory_cgroup():
         except OSError as e:
             pytest.skip(f"cannot make a memory cgroup here: {e}")
         made.append(cg)
+        moved = subprocess.run(cg.wrap(["true"]), capture_output=True, text=True)
+        if moved.returncode != 0:
+            pytest.skip(f"cannot move a process into a memory cgroup here: {moved.stderr.strip()}")
         return cg
 
     yield make
