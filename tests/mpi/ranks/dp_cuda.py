@@ -31,5 +31,32 @@ for compression, tol in (("none", 1e-5), ("bf16", 2e-2)):
             raise AssertionError(f"{compression}: gradient of {n} differs by {(p.grad - q.grad).abs().max().item()}")
     checked.append(compression)
     dp.close()
+# AMP as PyTorch documents it (autocast, GradScaler, unscale_, clipping), with no
+# synchronize(): the scaler must see averaged gradients, so an inf on one rank only makes
+# every rank skip the step and the replicas stay identical.
+torch.manual_seed(rank)
+model = nn.Sequential(nn.Linear(32, 256), nn.GELU(), nn.Linear(256, 8)).to(dev)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+dp = data_parallel(model, opt, bucket_mb=0.05)
+scaler = torch.amp.GradScaler("cuda", init_scale=2.0 ** 10)
+x, y = torch.randn(8, 32, device=dev), torch.randn(8, 8, device=dev)
+for poison in (1.0, float("inf") if rank == size - 1 else 1.0):
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.zero_grad()
+    with torch.autocast("cuda", dtype=torch.float16):
+        loss = ((model(x) - y) ** 2).mean() * poison
+    scaler.scale(loss).backward()
+    scaler.unscale_(opt)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    scaler.step(opt)
+    scaler.update()
+    stepped = not all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    if stepped != all(v == 1.0 for v in comm.allgather(poison)):
+        raise AssertionError(f"amp: rank {rank} stepped={stepped} with poison {poison}")
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).cpu().numpy().tobytes()
+    if len(set(comm.allgather(flat))) != 1:
+        raise AssertionError("amp: replicas differ after a step")
+checked.append("amp")
+dp.close()
 if rank == 0:
     print(json.dumps({"ranks": size, "checked": checked}))
