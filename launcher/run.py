@@ -89,10 +89,31 @@ def _signame(num: int) -> str:
 
 
 RANK_LINES = 10  # of each rank's output, kept for the root cause of a rank that died without a record
-# Open MPI's tags where two writes met in one line, and its signal handler's backtrace
-# ("[host:pid] [ 3] libc.so.6(...)"), which would crowd out what the rank itself said.
-_TAG_INSIDE = re.compile(r"\[\d+,\d+\]<std(?:out|err)>:")
+# Open MPI's signal handler's backtrace ("[host:pid] [ 3] libc.so.6(...)"), which would crowd
+# out what the rank itself said.
 _OMPI_BACKTRACE = re.compile(r"^\[[\w.-]+:\d+\] ")
+# Open MPI 4 tags every chunk a rank writes, not every line: a line written in pieces (print()
+# of several values under PYTHONUNBUFFERED=1, set in many images) arrives as "T:a T: b c", and
+# pieces of two ranks can share one line. Only this tag form is taken apart inside a line;
+# Hydra's "[r] " could be a rank's own text.
+_OMPI_TAG = re.compile(rb"\[\d+,\d+\]<std(?:out|err)>:")
+
+
+def reassemble(line: bytes, pending: dict[bytes, bytes]) -> list[bytes]:
+    """The whole lines in one line of mpirun's output, each under its rank's tag; a piece
+    without its newline yet waits in ``pending`` (tag -> text) for the rest of its line."""
+    tags = list(_OMPI_TAG.finditer(line))
+    if not tags:
+        return [line]
+    out = [line[:tags[0].start()] + b"\n"] if tags[0].start() > 0 else []
+    for i, m in enumerate(tags):
+        tag = m.group(0)
+        text = line[m.end():tags[i + 1].start() if i + 1 < len(tags) else len(line)]
+        if i + 1 < len(tags) or not text.endswith(b"\n"):
+            pending[tag] = pending.get(tag, b"") + text
+        else:
+            out.append(tag + pending.pop(tag, b"") + text)
+    return out
 
 
 class _Relay(threading.Thread):
@@ -106,25 +127,32 @@ class _Relay(threading.Thread):
         self.ranks, self.on_fatal = ranks, on_fatal
 
     def run(self) -> None:
-        for line in iter(self.src.readline, b""):
-            self.dst.write(line)
-            self.dst.flush()
-            if _FATAL.search(line):
-                self.on_fatal()
-            with self.lock:
-                self.tail.append(line.decode(errors="replace"))
-                m = _TAG.match(line)
-                if m:
-                    said = _TAG_INSIDE.sub("", line[m.end():].decode(errors="replace")).rstrip()
-                    if said and not _OMPI_BACKTRACE.match(said):
-                        self.ranks.setdefault(m.group(1).decode(), collections.deque(maxlen=RANK_LINES)).append(said)
-                if self.log_dir is not None:
-                    rank = m.group(1).decode() if m else "launcher"
-                    f = self.logs.get(rank)
-                    if f is None:
-                        f = self.logs[rank] = open(self.log_dir / f"rank-{rank}.log", "ab")
-                    f.write(line[m.end():] if m else line)
-                    f.flush()
+        pending: dict[bytes, bytes] = {}
+        for raw in iter(self.src.readline, b""):
+            for line in reassemble(raw, pending):
+                self._one(line)
+        for tag, text in pending.items():  # the last pieces, never finished with a newline
+            self._one(tag + text + b"\n")
+
+    def _one(self, line: bytes) -> None:
+        self.dst.write(line)
+        self.dst.flush()
+        if _FATAL.search(line):
+            self.on_fatal()
+        with self.lock:
+            self.tail.append(line.decode(errors="replace"))
+            m = _TAG.match(line)
+            if m:
+                said = line[m.end():].decode(errors="replace").rstrip()
+                if said and not _OMPI_BACKTRACE.match(said):
+                    self.ranks.setdefault(m.group(1).decode(), collections.deque(maxlen=RANK_LINES)).append(said)
+            if self.log_dir is not None:
+                rank = m.group(1).decode() if m else "launcher"
+                f = self.logs.get(rank)
+                if f is None:
+                    f = self.logs[rank] = open(self.log_dir / f"rank-{rank}.log", "ab")
+                f.write(line[m.end():] if m else line)
+                f.flush()
 
 
 def supervise(argv: list[str], env: dict[str, str], grace_s: float, log_dir: str | None = None,

@@ -140,7 +140,7 @@ def test_failed_job_is_restarted_across_the_hosts(cluster, tmp_path):
     c.start_worker("w0")
     c.start_worker("w1")
     flaky = tmp_path / "flaky.py"
-    flaky.write_text("import os, socket, sys\nprint('attempt', os.environ['MPIRT_RESTART'], socket.gethostname(), "
+    flaky.write_text("import os, socket, sys\nprint(f\"attempt {os.environ['MPIRT_RESTART']} {socket.gethostname()}\", "
                      "flush=True)\nsys.exit(3 if os.environ['MPIRT_RESTART'] == '0' and socket.gethostname() == 'w1' "
                      "else 0)\n")
     os.chmod(tmp_path, 0o755)

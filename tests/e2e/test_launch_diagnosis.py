@@ -99,3 +99,14 @@ def test_a_rank_that_dies_without_a_record_shows_its_last_words():
     assert report[1] == "  last output of rank 1:"  # its stdout and stderr, in the order they reached us
     assert sorted(report[2:4]) == ["    CUDA error: an illegal memory access was encountered",
                                    "    loading shard 7"]
+
+
+def test_unbuffered_prints_of_several_values_stay_whole_lines():
+    """PYTHONUNBUFFERED=1 (set in many images) makes print() write each value apart."""
+    import os
+
+    proc = subprocess.run(["mpirt", "launch", "-np", "2", "--", sys.executable, "-c",
+                           "print('step', 3, 'loss', 0.5, flush=True)"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(proc.stdout.splitlines()) == ["[1,0]<stdout>:step 3 loss 0.5", "[1,1]<stdout>:step 3 loss 0.5"]

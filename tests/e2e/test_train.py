@@ -137,7 +137,8 @@ RESTART_PROBE = """import os, sys
 from mpi4py import MPI
 n = os.environ["MPIRT_RESTART"]
 assert os.environ["TORCHELASTIC_RESTART_COUNT"] == n
-print("attempt", n, "rank", MPI.COMM_WORLD.rank, flush=True)
+sys.stdout.write(f"attempt {n} rank {MPI.COMM_WORLD.rank}\\n")  # one write: one tagged line
+sys.stdout.flush()
 if MPI.COMM_WORLD.rank == 1 and int(n) < int(sys.argv[1]):
     raise RuntimeError("attempt " + n + " fails")
 """
@@ -162,6 +163,11 @@ def test_restarts_until_success_or_the_limit(tmp_path):
     assert out_of_tries.returncode != 0 and out_of_tries.stderr.count("restarting the job") == 1
     last = message.read_text()
     assert "Root cause (first failure): rank 1 on " in last and "RuntimeError: attempt 1 fails" in last
+    # the time limit is a decision, not a failure: never restarted
+    limited = subprocess.run(["mpirt", "launch", "-np", "2", "--max-restarts", "2", "--time-limit", "3", "--grace",
+                              "2", "--", sys.executable, "-c", "import time; time.sleep(60)"],
+                             capture_output=True, text=True, timeout=60)
+    assert limited.returncode == 124 and "restarting" not in limited.stderr, limited.stderr
 
 
 def test_resume_skips_a_torn_newest_checkpoint(tmp_path):

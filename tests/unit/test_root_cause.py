@@ -155,3 +155,16 @@ def test_last_output_of_the_rank_mpirun_names(tmp_path):
     assert text.splitlines()[1:] == ["  last output of rank 1:", "    loading shard 7",
                                      "    Segmentation fault in libfoo"]
     assert "last output" not in root_cause(3, str(tmp_path), [OMPI_EXIT], ranks={"0": ["x"]})  # rank 2 said nothing
+
+
+def test_pieces_of_lines_come_back_together_under_their_rank():
+    """Open MPI 4 tags every write: print() of several values, unbuffered, arrives in pieces,
+    and two ranks' pieces can share a line (both as seen from mpirun here)."""
+    from launcher.run import reassemble
+
+    pending = {}
+    assert reassemble(b"[1,0]<stdout>:a[1,0]<stdout>: b c\n", pending) == [b"[1,0]<stdout>:a b c\n"]
+    assert reassemble(b"[1,1]<stdout>:a[1,0]<stdout>:x\n", pending) == [b"[1,0]<stdout>:x\n"]
+    assert reassemble(b"[1,1]<stdout>: b c\n", pending) == [b"[1,1]<stdout>:a b c\n"] and not pending
+    assert reassemble(b"mpirun noticed [1] nothing\n", pending) == [b"mpirun noticed [1] nothing\n"]
+    assert reassemble(b"[1,2]<stderr>:half", pending) == [] and pending == {b"[1,2]<stderr>:": b"half"}
