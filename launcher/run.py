@@ -296,6 +296,6 @@ def report(code: int, error_dir: str, stopped_by: int = 0, tail: list[str] = (),
     elif code != 0:
         text = root_cause(code, error_dir, tail, oom=oom, ranks=ranks)
     else:
-        return 0, "mpirt: job succeeded (mpirun exited 0)"
+        text = "mpirt: job succeeded (mpirun exited 0)"
     print(text, file=sys.stderr, flush=True)
     return code, text
