@@ -149,7 +149,10 @@ def test_oom_kill_in_a_worker_container_is_named(image, tmp_path):
     pods = Pods(image, tmp_path, None)
     try:
         podman("run", "-d", *pods.args("w0", "worker"), image)
-        podman("run", "-d", *pods.args("w1", "worker"), "--memory", "384m", "--memory-swap", "384m", image)
+        limited = podman("run", "-d", *pods.args("w1", "worker"), "--memory", "384m", "--memory-swap", "384m", image,
+                         check=False)
+        if limited.returncode != 0:
+            pytest.skip(f"podman cannot give a container a memory limit here: {limited.stderr.strip()[-300:]}")
         proc = pods.launcher("launch", "--", "python", "-c", HOG, timeout=300)
         assert proc.returncode == 137, proc.stdout[-3000:] + proc.stderr[-3000:]
         assert "Root cause: out of memory: the kernel's OOM killer killed 1 process on w1 during this job" \
