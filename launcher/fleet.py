@@ -89,14 +89,14 @@ def local(host: str, root: Path = Path("/"), peer: str | None = None, runs_ranks
     from launcher.detect.gpu import local as gpu_local
     from launcher.detect.probe import probe
 
+    oom = memcg.read(root)
     try:
         found = probe(root, peer)
     except ValueError as e:
-        return HostProbe(host, None, None, str(e), runs_ranks, memcg.read(root))
+        return HostProbe(host, None, None, str(e), runs_ranks, oom)
     g = gpu_local()
     return HostProbe(host, found, Topology(gpus=len(g.gpus), p2p_ok=g.p2p_ok, mig=g.mig,
-                                           shm_bytes=found.shm_bytes or 1 << 40), runs_ranks=runs_ranks,
-                     oom=memcg.read(root))
+                                           shm_bytes=found.shm_bytes or 1 << 40), runs_ranks=runs_ranks, oom=oom)
 
 
 def to_json(hp: HostProbe) -> dict:
@@ -121,12 +121,13 @@ def from_output(host: str, output: str) -> HostProbe:
     perhaps the counter file read just now (the probe's count dates from the worker's start)."""
     if not output.strip():
         return HostProbe(host, None, None, "no probe output (mpirt missing there, or too old for `mpirt probe`)")
+    text = output.lstrip()
     try:
-        doc, end = json.JSONDecoder().raw_decode(output.lstrip())
+        doc, end = json.JSONDecoder().raw_decode(text)
         found = from_json(host, doc)
     except (ValueError, KeyError, TypeError) as e:
         return HostProbe(host, None, None, f"unreadable probe: {e}")
-    now = parse_oom(output.lstrip()[end:])
+    now = parse_oom(text[end:])
     if found.oom and now is not None:
         found = replace(found, oom=OomCounter(found.oom.path, now))
     return found

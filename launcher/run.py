@@ -73,7 +73,7 @@ class Outcome(NamedTuple):
     stopped_by: int  # the signal that asked us to stop, or 0
     tail: list[str]  # mpirun's last output lines
     timed_out: bool = False  # stopped at the time limit
-    ranks: dict[str, list[str]] = {}  # each rank's last output lines, without the rank tag
+    ranks: dict[str, list[str]] | None = None  # each rank's last output lines, without the rank tag
 
 
 def exit_code(returncode: int) -> int:

@@ -443,7 +443,6 @@ class DataParallel:
         while counts[-1] > 0:  # shadow one step of the ranks still training
             for b in self._buckets:
                 b.flat.zero_()
-                b.launched = True
                 self._worker.submit(lambda b=b, s=self.step: self._reduce_bucket(b, s))
             if self.find_unused:
                 mask = torch.zeros(sum(len(b.params) for b in self._buckets), dtype=torch.int32)
