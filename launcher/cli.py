@@ -255,10 +255,18 @@ def bench_compare(base: str, new: str, threshold: str, as_json: bool) -> None:
 @click.option("--max-restarts", type=click.IntRange(min=0), default=0, show_default=True, envvar="MPIRT_MAX_RESTARTS",
               help="Run the job again after a failure (not after SIGTERM or the time limit), this many times at "
                    "most; ranks see MPIRT_RESTART (and TORCHELASTIC_RESTART_COUNT), and `mpirt train` resumes.")
+@click.option("-x", "--env", "env", multiple=True, envvar="MPIRT_ENV", metavar="NAME[=VALUE]",
+              help="Give every rank this variable, with VALUE or the value it has here (repeatable; "
+                   "MPIRT_ENV: space-separated). Without it ranks get PATH, LD_LIBRARY_PATH, PYTHONPATH, "
+                   "MPIRT_*, NCCL_*, UCX_*, TORCH_*, OMP_*, MKL_* from here and what their own host's "
+                   "container sets.")
+@click.option("--output-ranks", default="all", show_default=True, envvar="MPIRT_OUTPUT_RANKS",
+              help="Whose output to show: all, or ranks such as 0 or 0,4-7 (the others' still goes to --log-dir "
+                   "and into the root cause of a failure).")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def launch(np_, hostfile, hosts, slots, ssh_dir, ssh_port, wait_s, state_dir, log_dir, mpirun, dry_run, grace_s,
-           tag_output, profile, env_defaults, sidecar_quit, termination_log, time_limit_s, max_restarts,
-           command) -> None:
+           tag_output, profile, env_defaults, sidecar_quit, termination_log, time_limit_s, max_restarts, env,
+           output_ranks, command) -> None:
     """Run COMMAND on MPI ranks and report the root cause if it fails.
 
     Hosts come from --hostfile / -H, else from the pod (mpi-operator, Kubeflow Trainer,
@@ -277,7 +285,8 @@ def launch(np_, hostfile, hosts, slots, ssh_dir, ssh_port, wait_s, state_dir, lo
                                   ssh_dir=ssh_dir, ssh_port=ssh_port, wait_s=wait_s, state_dir=state_dir,
                                   log_dir=log_dir, profile=profile, env_defaults=env_defaults,
                                   sidecar_quit=sidecar_quit, termination_log=termination_log,
-                                  time_limit_s=time_limit_s, max_restarts=max_restarts)))
+                                  time_limit_s=time_limit_s, max_restarts=max_restarts, env=env,
+                                  output_ranks=output_ranks)))
     except (MpiError, HostError, SshSetupError, ValueError) as e:
         raise CliError(str(e)) from e
 
@@ -298,7 +307,7 @@ def probe_cmd(peer, root) -> None:
             peer = socket.gethostbyname(peer)
         except OSError as e:
             raise CliError(f"--peer {peer}: cannot resolve it ({e})") from e
-    found = fleet.local(socket.gethostname(), Path(root), peer)
+    found = fleet.local(socket.gethostname(), Path(root), peer, env=os.environ)
     if found.probe is None:
         raise CliError(found.error)
     click.echo(json.dumps(fleet.to_json(found)))

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Mapping
 
 LIBRARIES = ("nccl", "ucx", "openmpi4", "openmpi5", "mpich", "intel")
+# The variables of those libraries: one set on a host counts as set by the user there.
+LIBRARY_PREFIXES = ("NCCL_", "GLOO_", "UCX_", "OMPI_MCA_", "PRTE_MCA_", "FI_", "HYDRA_", "I_MPI_", "MPIR_CVAR_")
 
 
 class EnvError(ValueError):

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import ipaddress
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Mapping
 
 from launcher.detect.memcg import OomCounter, parse as parse_oom
 from launcher.detect.probe import Probe
-from launcher.envdefaults import Topology
+from launcher.envdefaults import LIBRARY_PREFIXES, Topology
 
 TIER_ORDER = {"tcp": 0, "roce": 1, "ib": 2}
 
@@ -26,6 +27,7 @@ class HostProbe:
     error: str = ""
     runs_ranks: bool = True  # False: the launcher pod alone (its interface matters to mpirun, its tier does not)
     oom: OomCounter | None = None  # OOM kills in the host's memory cgroup when the job started
+    env: Mapping[str, str] = field(default_factory=dict)  # library variables (NCCL_*, UCX_*...) set on the host
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,7 @@ class Plan:
     hcas: tuple[str, ...]
     topology: Topology
     notes: tuple[str, ...]
+    host_env: Mapping[str, str] = field(default_factory=dict)  # set on the hosts themselves: counts as the user's
 
 
 def from_json(host: str, doc: dict) -> HostProbe:
@@ -44,10 +47,11 @@ def from_json(host: str, doc: dict) -> HostProbe:
     probe = Probe(p["tier"], tuple(p["hcas"]), p["iface"], p["memlock"], p["shm_bytes"], p["gpus"], tuple(p["notes"]),
                   tuple(p["ports"]))
     g = doc["gpus"]
-    oom = doc.get("oom")  # absent from an older mpirt's probe
+    oom = doc.get("oom")  # absent from an older mpirt's probe, as is env
     return HostProbe(host, probe, Topology(gpus=g["count"], p2p_ok=g["p2p_ok"], mig=g["mig"],
                                            shm_bytes=probe.shm_bytes or 1 << 40),
-                     oom=OomCounter(str(oom["path"]), int(oom["kills"])) if oom else None)
+                     oom=OomCounter(str(oom["path"]), int(oom["kills"])) if oom else None,
+                     env={str(k): str(v) for k, v in doc.get("env", {}).items()})
 
 
 def _names(hosts: list[str], limit: int = 4) -> str:
@@ -80,30 +84,38 @@ def combine(probes: list[HostProbe]) -> Plan:
     tops = [p.topology for p in ranks if p.topology]
     topology = Topology(gpus=min((t.gpus for t in tops), default=0), p2p_ok=all(t.p2p_ok for t in tops),
                         mig=any(t.mig for t in tops), shm_bytes=min((t.shm_bytes for t in tops), default=1 << 40))
-    return Plan(tier, iface, hcas, topology, tuple(notes))
+    host_env: dict[str, str] = {}
+    for p in ranks:  # a worker's own NCCL_DEBUG reaches its ranks (`mpirt worker`): no default may replace it
+        for name, value in p.env.items():
+            host_env.setdefault(name, value)
+    return Plan(tier, iface, hcas, topology, tuple(notes), host_env)
 
 
-def local(host: str, root: Path = Path("/"), peer: str | None = None, runs_ranks: bool = True) -> HostProbe:
-    """This host's probe and GPU topology (NVML; none is a normal answer)."""
+def local(host: str, root: Path = Path("/"), peer: str | None = None, runs_ranks: bool = True,
+          env: Mapping[str, str] | None = None) -> HostProbe:
+    """This host's probe and GPU topology (NVML; none is a normal answer), with the library
+    variables ``env`` (this host's environment, as its ranks will see it) sets."""
     from launcher.detect import memcg
     from launcher.detect.gpu import local as gpu_local
     from launcher.detect.probe import probe
 
     oom = memcg.read(root)
+    own = {k: v for k, v in (env or {}).items() if k.startswith(LIBRARY_PREFIXES)}
     try:
         found = probe(root, peer)
     except ValueError as e:
-        return HostProbe(host, None, None, str(e), runs_ranks, oom)
+        return HostProbe(host, None, None, str(e), runs_ranks, oom, own)
     g = gpu_local()
     return HostProbe(host, found, Topology(gpus=len(g.gpus), p2p_ok=g.p2p_ok, mig=g.mig,
-                                           shm_bytes=found.shm_bytes or 1 << 40), runs_ranks=runs_ranks, oom=oom)
+                                           shm_bytes=found.shm_bytes or 1 << 40), runs_ranks=runs_ranks, oom=oom,
+                     env=own)
 
 
 def to_json(hp: HostProbe) -> dict:
     """What `mpirt probe` prints; from_json reads it back on the launcher."""
     t = hp.topology
     return {"probe": hp.probe.to_json(), "gpus": {"count": t.gpus, "p2p_ok": t.p2p_ok, "mig": t.mig},
-            "oom": {"path": hp.oom.path, "kills": hp.oom.kills} if hp.oom else None}
+            "oom": {"path": hp.oom.path, "kills": hp.oom.kills} if hp.oom else None, "env": dict(hp.env)}
 
 
 def probe_command(peer: str | None) -> str:
@@ -133,10 +145,17 @@ def from_output(host: str, output: str) -> HostProbe:
     return found
 
 
-def summary(plan: Plan, probes: list[HostProbe], profile: str | None, set_count: int) -> str:
+def summary(plan: Plan, probes: list[HostProbe], profile: str | None, set_count: int,
+            left_to_hosts: tuple[str, ...] = ()) -> str:
+    """The launch's one line, then a line per note; ``left_to_hosts``: defaults not set because
+    hosts set those names themselves, named with the hosts."""
     hosts = sum(p.runs_ranks for p in probes)
     where = f"{hosts} host{'s' if hosts != 1 else ''}"
     line = (f"mpirt: tier {plan.tier} ({where}), interface {plan.iface or 'left to the libraries'}, "
             f"profile {profile or 'none'}, {set_count} variable{'s' if set_count != 1 else ''} set "
             "(mpirt env --explain says why)")
-    return "\n".join([line] + [f"mpirt:   {n}" for n in plan.notes])
+    notes = list(plan.notes)
+    if left_to_hosts:
+        notes.append("set on the hosts, so not by mpirt: " + "; ".join(
+            f"{n} ({_names([p.host for p in probes if p.runs_ranks and n in p.env])})" for n in sorted(left_to_hosts)))
+    return "\n".join([line] + [f"mpirt:   {n}" for n in notes])

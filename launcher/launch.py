@@ -33,7 +33,7 @@ from launcher.detect import memcg
 from launcher.envdefaults import load_profiles, resolve
 from launcher.detect.gpu import device_nodes
 from launcher.roles import detect as detect_role
-from launcher.run import report, supervise
+from launcher.run import parse_ranks, report, supervise
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,8 @@ class LaunchConfig:
     termination_log: str = "auto"  # auto | none | path (launcher.termination)
     time_limit_s: float | None = None  # stop the job (SIGTERM, then SIGKILL after grace_s) past this
     max_restarts: int = 0  # run the job again after a failure, this many times at most
+    env: tuple[str, ...] = ()  # --env NAME[=VALUE]: to every rank, even a name like a secret's
+    output_ranks: str = "all"  # whose output reaches the console: all, or ranks like 0,4-7 (run.parse_ranks)
 
 
 def read_hostfile(path: str, why: str, slots: int) -> list[hostlib.Host]:
@@ -126,14 +128,16 @@ def _stop(child: subprocess.Popen) -> None:
 
 
 def env_defaults(cfg: LaunchConfig, impl: mpi.MpiImpl, env: dict, probes: list[fleet.HostProbe]) -> dict[str, str]:
-    """The tier defaults every rank gets (what the user set wins), with the one-line summary."""
+    """The tier defaults every rank gets, with the one-line summary. What the user set wins:
+    on the launcher (forwarded to every rank) or on a host (its ranks see it, launcher.sshd)."""
     if not cfg.env_defaults:
         return {}
     plan = fleet.combine(probes)
-    values = resolve(plan.tier, ["nccl", "ucx", impl.key], env, iface=plan.iface, hcas=plan.hcas,
+    values = resolve(plan.tier, ["nccl", "ucx", impl.key], {**plan.host_env, **env}, iface=plan.iface, hcas=plan.hcas,
                      topology=plan.topology, profile=cfg.profile, profiles=load_profiles(env.get("MPIRT_PROFILES")))
     chosen = {v.name: v.value for v in values if v.source != "user"}
-    print(fleet.summary(plan, probes, cfg.profile, len(chosen)), file=sys.stderr, flush=True)
+    left = tuple(v.name for v in values if v.source == "user" and v.name not in env)
+    print(fleet.summary(plan, probes, cfg.profile, len(chosen), left), file=sys.stderr, flush=True)
     return chosen
 
 
@@ -178,7 +182,12 @@ def _pause(seconds: float) -> int:
 
 
 def _run(cfg: LaunchConfig, undo: ExitStack) -> tuple[int, str]:
-    env = dict(os.environ)
+    mpi.check_command(list(cfg.command))  # a mistyped option is said before anything starts
+    named = mpi.user_env(cfg.env, os.environ)
+    show = parse_ranks(cfg.output_ranks)
+    if show is not None and not cfg.tag_output:
+        raise ValueError("--output-ranks needs each line tagged with its rank: drop --no-tag-output")
+    env = {**os.environ, **named}
     quit_url = sidecar.quit_url(cfg.sidecar_quit, env)
     if quit_url and not cfg.dry_run:  # first in, so last out: on every way this launch ends
         undo.callback(_stop_sidecar, quit_url)
@@ -188,13 +197,13 @@ def _run(cfg: LaunchConfig, undo: ExitStack) -> tuple[int, str]:
     hosts, source = resolve_hosts(cfg, env)
     own_dir = "MPIRT_ERROR_DIR" not in env
     error_dir = env.get("MPIRT_ERROR_DIR") or tempfile.mkdtemp(prefix="mpirt-errors-")
-    base = {"MPIRT_ERROR_DIR": error_dir}
+    base = {"MPIRT_ERROR_DIR": error_dir, **named}
     base.update({k: v for k, v in mpi.grace_env(impl, cfg.grace_s).items() if k not in env})
     info: dict = {"mpi": impl.label, "hosts_from": source}
-    job = _Local(cfg, impl, env) if not hosts else _Remote(cfg, impl, env, hosts, source, undo, base, info)
+    job = _Local(cfg, impl, env) if not hosts else _Remote(cfg, impl, env, hosts, source, undo, base, info, named)
     if cfg.dry_run:
         added, argv = job.dry_run(base, info)
-        print(json.dumps({**info, "argv": argv, "env": added}, indent=1))
+        print(json.dumps({**info, "argv": argv, "env": mpi.masked(added)}, indent=1))
         if own_dir:
             shutil.rmtree(error_dir, ignore_errors=True)
         return 0, ""
@@ -210,7 +219,8 @@ def _run(cfg: LaunchConfig, undo: ExitStack) -> tuple[int, str]:
         if isinstance(ready, str):  # a host is not ready: nothing to run on
             print(ready, file=sys.stderr, flush=True)
             return 1, ready
-        end = supervise(ready, {**env, **added}, cfg.grace_s, log_dir=cfg.log_dir, time_limit_s=cfg.time_limit_s)
+        end = supervise(ready, {**env, **added}, cfg.grace_s, log_dir=cfg.log_dir, time_limit_s=cfg.time_limit_s,
+                        show=show)
         failed = end.code != 0 and not end.stopped_by and not end.timed_out
         oom = postmortem.findings(job.oom_before, job.read_oom) if failed else []
         code, message = report(end.code, added["MPIRT_ERROR_DIR"], end.stopped_by, end.tail, oom,
@@ -262,7 +272,7 @@ class _Remote:
     readiness check of every host, which also reads each host's probe and OOM counter."""
 
     def __init__(self, cfg: LaunchConfig, impl: mpi.MpiImpl, env: dict, hosts: list[hostlib.Host], source: str,
-                 undo: ExitStack, base: dict, info: dict):
+                 undo: ExitStack, base: dict, info: dict, named: dict):
         total = sum(h.slots for h in hosts)
         self.np = cfg.np or total
         for text, fix in mpi.known_faults(impl):
@@ -286,10 +296,11 @@ class _Remote:
         base.update(mpi.ssh_env(impl, self.setup.ssh_args()))
         info["hostfile"] = hostfile_text
         self.names, self.ssh_env = [h.name for h in hosts], {**env, **nss}
+        self.named = list(named)
         self.oom_before: dict[str, memcg.OomCounter] = {}
 
     def _argv(self, added: dict) -> list[str]:
-        export = mpi.forwarded({**self.env, **added}, also=added)
+        export = mpi.forwarded({**self.env, **added}, also=added, named=self.named)
         return mpi.build_argv(self.impl, self.np, str(self.hostfile), list(self.cfg.command), uid=os.getuid(),
                               tag_output=self.cfg.tag_output, export=export)
 

@@ -181,29 +181,57 @@ def local_argv(impl: MpiImpl, n: int, *, cores: int, uid: int) -> list[str]:
     return argv
 
 
-def launch_argv(impl: MpiImpl, n: int, command: list[str], *, cores: int, uid: int, tag_output: bool) -> list[str]:
-    """mpirun argv that starts ``command`` on ``n`` local ranks."""
+def check_command(command: list[str]) -> None:
+    """The program mpirun starts: a first word with a dash would be read as mpirun's own option
+    (a mistyped option of ours lands there)."""
     if not command:
         raise ValueError("no command to run: put it after --, e.g. mpirt launch -np 2 -- mpirt train")
+    if command[0].startswith("-"):
+        raise ValueError(f"{command[0]!r} is not an option of mpirt launch (mpirt launch --help lists them), and a "
+                         "command cannot start with a dash: fix the option, or put the command after --")
+
+
+def launch_argv(impl: MpiImpl, n: int, command: list[str], *, cores: int, uid: int, tag_output: bool) -> list[str]:
+    """mpirun argv that starts ``command`` on ``n`` local ranks."""
+    check_command(command)
     argv = local_argv(impl, n, cores=cores, uid=uid)
     if tag_output:
         argv += TABLE[impl.key].tag_output
     return argv + list(command)
 
 
-def forwarded(env: Mapping[str, str], also: Iterable[str] = ()) -> list[str]:
+def forwarded(env: Mapping[str, str], also: Iterable[str] = (), named: Iterable[str] = ()) -> list[str]:
     """Names to forward to remote ranks: PATH-like ones, our prefixes, and ``also`` (the
-    defaults we set); never BASH_FUNC_*, CUDA_VISIBLE_DEVICES, or anything named like a secret."""
+    defaults we set); never BASH_FUNC_*, CUDA_VISIBLE_DEVICES, or anything named like a secret,
+    unless the user ``named`` it (``--env``)."""
     names = {n for n in env if n in FORWARD_NAMES or n.startswith(FORWARD_PREFIXES)} | set(also)
-    return sorted(n for n in names if n in env and _NAME.match(n) and not n.startswith("BASH_FUNC_")
-                  and n != "CUDA_VISIBLE_DEVICES" and not _SECRET.search(n))
+    safe = {n for n in names if not n.startswith("BASH_FUNC_") and n != "CUDA_VISIBLE_DEVICES" and not _SECRET.search(n)}
+    return sorted(n for n in safe | set(named) if n in env and _NAME.match(n))
+
+
+def user_env(entries: Iterable[str], env: Mapping[str, str]) -> dict[str, str]:
+    """``--env`` entries, ``NAME=VALUE`` or ``NAME`` (its value here), as {name: value}."""
+    chosen = {}
+    for entry in entries:
+        name, eq, value = entry.partition("=")
+        if not _NAME.match(name):
+            raise ValueError(f"--env {entry!r}: {name!r} is not a variable name; write NAME or NAME=VALUE")
+        if not eq and name not in env:
+            raise ValueError(f"--env {name}: it is not set here, so there is no value to send; write {name}=VALUE, "
+                             "or set it in the launcher's environment")
+        chosen[name] = value if eq else env[name]
+    return chosen
+
+
+def masked(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` for printing: values of names like a secret's replaced."""
+    return {k: "<hidden>" if _SECRET.search(k) else v for k, v in env.items()}
 
 
 def build_argv(impl: MpiImpl, np: int, hostfile: str, command: list[str], *, uid: int, tag_output: bool,
                export: list[str]) -> list[str]:
     """mpirun argv for ``np`` ranks over the hosts in ``hostfile`` (already in the right dialect)."""
-    if not command:
-        raise ValueError("no command to run: put it after --, e.g. mpirt launch -- mpirt train")
+    check_command(command)
     if np < 1:
         raise ValueError(f"-np {np}: need at least one rank")
     f = TABLE[impl.key]

@@ -1,4 +1,5 @@
-"""Run mpirun and stay in charge of it: relay its output (split per rank into --log-dir),
+"""Run mpirun and stay in charge of it: relay its output (only the ranks asked for, split per
+rank into --log-dir),
 forward SIGTERM/SIGINT, stop the job at its time limit (a hung sshd or rank can stall an
 mpirun for ever, mpi-operator #152), stop the whole process tree after a grace period, return
 its exit code, and explain a failure: the earliest rank error record (``mpirt.errors``) when there is
@@ -116,15 +117,28 @@ def reassemble(line: bytes, pending: dict[bytes, bytes]) -> list[bytes]:
     return out
 
 
+def parse_ranks(text: str) -> frozenset[int] | None:
+    """``--output-ranks``: ``all`` (None), or ranks and ranges such as ``0`` or ``0,4-7``."""
+    if text.strip().lower() == "all":
+        return None
+    chosen: set[int] = set()
+    for part in text.split(","):
+        first, dash, last = part.strip().partition("-")
+        if not first.isdigit() or (dash and not last.isdigit()) or (dash and int(last) < int(first)):
+            raise ValueError(f"--output-ranks {text!r}: write all, or ranks and ranges such as 0 or 0,4-7")
+        chosen.update(range(int(first), int(last if dash else first) + 1))
+    return frozenset(chosen)
+
+
 class _Relay(threading.Thread):
-    """Copies one of mpirun's streams to ours, keeps the last lines (all, and each rank's),
-    splits lines per rank."""
+    """Copies one of mpirun's streams to ours (a rank's line only if ``show`` has the rank; all
+    when it is None), keeps the last lines (all, and each rank's), splits lines per rank."""
 
     def __init__(self, src, dst, tail: collections.deque, ranks: dict, logs: dict, lock: threading.Lock,
-                 log_dir: Path | None, on_fatal):
+                 log_dir: Path | None, on_fatal, show: frozenset[int] | None = None):
         super().__init__(daemon=True)
         self.src, self.dst, self.tail, self.logs, self.lock, self.log_dir = src, dst, tail, logs, lock, log_dir
-        self.ranks, self.on_fatal = ranks, on_fatal
+        self.ranks, self.on_fatal, self.show = ranks, on_fatal, show
 
     def run(self) -> None:
         pending: dict[bytes, bytes] = {}
@@ -135,13 +149,14 @@ class _Relay(threading.Thread):
             self._one(tag + text + b"\n")
 
     def _one(self, line: bytes) -> None:
-        self.dst.write(line)
-        self.dst.flush()
+        m = _TAG.match(line)
+        if self.show is None or not m or int(m.group(1)) in self.show:
+            self.dst.write(line)
+            self.dst.flush()
         if _FATAL.search(line):
             self.on_fatal()
         with self.lock:
             self.tail.append(line.decode(errors="replace"))
-            m = _TAG.match(line)
             if m:
                 said = line[m.end():].decode(errors="replace").rstrip()
                 if said and not _OMPI_BACKTRACE.match(said):
@@ -156,8 +171,10 @@ class _Relay(threading.Thread):
 
 
 def supervise(argv: list[str], env: dict[str, str], grace_s: float, log_dir: str | None = None,
-              fatal_grace_s: float = FATAL_GRACE_S, time_limit_s: float | None = None) -> Outcome:
-    """Run ``argv`` to its end, or until a signal or ``time_limit_s`` stops it."""
+              fatal_grace_s: float = FATAL_GRACE_S, time_limit_s: float | None = None,
+              show: frozenset[int] | None = None) -> Outcome:
+    """Run ``argv`` to its end, or until a signal or ``time_limit_s`` stops it; ``show``: the
+    ranks whose output reaches our stdout and stderr (None: all; mpirun's own always does)."""
     logs_path = Path(log_dir) if log_dir else None
     if logs_path:
         logs_path.mkdir(parents=True, exist_ok=True)
@@ -173,8 +190,8 @@ def supervise(argv: list[str], env: dict[str, str], grace_s: float, log_dir: str
             doomed.set()
             threading.Timer(fatal_grace_s, _kill_group, args=(proc,)).start()
 
-    relays = [_Relay(proc.stdout, sys.stdout.buffer, tail, ranks, logs, lock, logs_path, on_fatal),
-              _Relay(proc.stderr, sys.stderr.buffer, tail, ranks, logs, lock, logs_path, on_fatal)]
+    relays = [_Relay(proc.stdout, sys.stdout.buffer, tail, ranks, logs, lock, logs_path, on_fatal, show),
+              _Relay(proc.stderr, sys.stderr.buffer, tail, ranks, logs, lock, logs_path, on_fatal, show)]
     for r in relays:
         r.start()
     stopping = threading.Event()

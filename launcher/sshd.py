@@ -8,8 +8,10 @@ mounts, missing /etc/ssh host keys and odd file modes do not matter:
   once (kept across restarts of the container);
 - a UID with no passwd entry (OpenShift) gets one through nss_wrapper: a passwd and group
   file in the state directory, preloaded into sshd and, through SetEnv, into every session;
-- sessions get this container's PATH and LD_LIBRARY_PATH, so ``orted``/``hydra_pmi_proxy``
-  and Python are found over non-interactive ssh.
+- sessions get this container's environment (``session_environment``): ``orted`` and
+  Python are found over non-interactive ssh, and ranks see what the pod spec set for the
+  worker (HF_HOME, a Secret's token, NCCL_* for this host), as a process in this container
+  would; only what a login sets for itself is left out.
 sshd runs as our child: we reap orphans (we may be PID 1), forward SIGTERM/SIGINT, and
 restart sshd if it dies on its own.
 """
@@ -19,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import re
 import shutil
 import signal
 import socket
@@ -27,11 +30,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 from launcher import fleet
 from launcher.ssh import SshSetupError, write_private, private_dir
 
 PRIVSEP_DIR = "/run/sshd"
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 NSS_WRAPPER_PATHS = ("/usr/lib/x86_64-linux-gnu/libnss_wrapper.so", "/usr/lib/aarch64-linux-gnu/libnss_wrapper.so",
                      "/usr/lib64/libnss_wrapper.so", "/usr/lib/libnss_wrapper.so")
 
@@ -91,6 +96,35 @@ def nss_wrapper_env(state: Path) -> dict[str, str]:
     return {"LD_PRELOAD": lib, "NSS_WRAPPER_PASSWD": str(passwd), "NSS_WRAPPER_GROUP": str(group)}
 
 
+# What a login sets for itself: sshd (the user's identity, the client's connection, the
+# terminal) and the shell. SHLVL also comes from the launcher's probe session (AcceptEnv),
+# which a SetEnv would override.
+LOGIN_OWN = frozenset({"HOME", "USER", "LOGNAME", "SHELL", "MAIL", "TERM", "PWD", "OLDPWD", "SHLVL", "_",
+                       "HOSTNAME"})
+
+
+def session_environment(env: Mapping[str, str]) -> tuple[dict[str, str], list[str]]:
+    """(what every ssh session gets from this container's environment, names left out because
+    sshd_config cannot carry them): everything but what a login sets for itself."""
+    kept, skipped = {}, []
+    for name, value in env.items():
+        if name in LOGIN_OWN or name.startswith("SSH_") or not _NAME.match(name):
+            continue
+        if "\n" in value or "\r" in value:
+            skipped.append(name)
+        else:
+            kept[name] = value
+    return kept, sorted(skipped)
+
+
+def setenv_line(values: Mapping[str, str]) -> str:
+    """One ``SetEnv`` line (sshd reads only its first), in the order given, every value quoted
+    as sshd's argv_split reads it: inside double quotes a backslash escapes only ``\\``,
+    ``"`` and ``'``."""
+    quoted = (f'"{k}=' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for k, v in values.items())
+    return "SetEnv " + " ".join(quoted)
+
+
 def write_config(cfg: WorkerConfig, env: dict[str, str]) -> tuple[Path, dict[str, str]]:
     """Write the state directory; returns (sshd_config path, extra environment for sshd)."""
     if not 0 < cfg.port < 65536:
@@ -110,17 +144,19 @@ def write_config(cfg: WorkerConfig, env: dict[str, str]) -> tuple[Path, dict[str
     write_private(keys_copy, keys)
     nss = nss_wrapper_env(state)
     host_keys = _host_keys(ssh_dir, state, {**env, **nss})
-    session_env = {k: env[k] for k in ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH") if env.get(k)}
-    session_env.update(nss)
-    found = fleet.local(socket.gethostname())
+    ours = dict(nss)
+    found = fleet.local(socket.gethostname(), env=env)
     if found.probe:  # read by the launcher during its readiness check (fleet.probe_command)
         write_private(state / "probe.json", json.dumps(fleet.to_json(found)).encode())
-        session_env["MPIRT_PROBE"] = str(state / "probe.json")
-    if found.oom and not any(c.isspace() or c == '"' for c in found.oom.path):
-        session_env["MPIRT_OOM_FILE"] = found.oom.path  # read again at each launch: kills since then are the job's
-    for k, v in session_env.items():
-        if any(c.isspace() or c == '"' for c in v):
-            raise SshSetupError(f"{k} contains whitespace or quotes ({v!r}); sshd's SetEnv cannot carry it")
+        ours["MPIRT_PROBE"] = str(state / "probe.json")
+    if found.oom:
+        ours["MPIRT_OOM_FILE"] = found.oom.path  # read again at each launch: kills since then are the job's
+    container, skipped = session_environment(env)
+    if "LD_PRELOAD" in ours and container.get("LD_PRELOAD") not in (None, "", ours["LD_PRELOAD"]):
+        ours["LD_PRELOAD"] += ":" + container["LD_PRELOAD"]  # the container's preload (jemalloc...) stays
+    if skipped:
+        print(f"mpirt worker: not passed to ssh sessions (sshd_config cannot hold a line break): "
+              f"{', '.join(skipped)}", file=sys.stderr, flush=True)
     lines = [
         "# written by mpirt worker",
         f"Port {cfg.port}",
@@ -154,8 +190,9 @@ def write_config(cfg: WorkerConfig, env: dict[str, str]) -> tuple[Path, dict[str
         "ClientAliveCountMax 3",
         "LogLevel INFO",
     ]
-    if session_env:
-        lines.append("SetEnv " + " ".join(f"{k}={v}" for k, v in session_env.items()))
+    session = {**container, **ours}
+    if session:
+        lines.append(setenv_line(session))
     config = state / "sshd_config"
     write_private(config, ("\n".join(lines) + "\n").encode())
     return config, nss

@@ -95,12 +95,14 @@ class Cluster:
         cmd = ["ip", "netns", "exec", self.ns(name), *(cgroup.mounted(inside) if cgroup else inside)]
         return subprocess.Popen(cgroup.wrap(cmd) if cgroup else cmd, start_new_session=True, **kw)
 
-    def start_worker(self, name: str, delay: float = 0.0, cgroup=None) -> None:
+    def start_worker(self, name: str, delay: float = 0.0, cgroup=None, env: dict | None = None) -> None:
+        """``mpirt worker`` on host ``name``; ``env``: what its pod spec would add."""
         argv = [sys.executable, "-m", "launcher.cli", "worker", "--ssh-dir", str(self.secret), "--state-dir",
                 str(self.tmp / f"sshd-{name}")]
         if delay:
             argv = [sys.executable, "-c", LATER, str(delay), *argv]
-        self.procs[name] = self.run_in(name, argv, cgroup, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.procs[name] = self.run_in(name, argv, cgroup, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                       env={**os.environ, **(env or {})})
 
     def wait_listening(self, name: str, timeout: float = 20) -> None:
         deadline = time.time() + timeout

@@ -19,6 +19,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.mpi]
 
 
 WHERE = str(Path(__file__).parent / "ranks" / "where.py")
+ENV_REPORT = str(Path(__file__).parent / "ranks" / "env_report.py")
 
 
 def ranks_report(stdout: str) -> list[dict]:
@@ -88,6 +89,25 @@ def test_three_hosts_with_an_mpi_from_its_wheel(cluster, variable, wheel, mpirun
     assert proc.returncode == 0, proc.stderr
     assert ranks_report(proc.stdout) == [{"rank": r, "size": 3, "host": f"w{r}"} for r in range(3)]
     assert "MPI_Finalize" not in proc.stderr  # no known-fault warning for these versions
+
+
+def test_ranks_see_their_hosts_environment_and_the_variables_named_at_launch(cluster):
+    """What a worker's pod spec sets reaches the ranks on that worker (mpirun forwards only what
+    it is told to); a library variable set there is not replaced by a default from the
+    launcher; --env / -x sends one to every rank, even one named like a secret."""
+    c = cluster(3)
+    for w in ("w0", "w1", "w2"):
+        c.start_worker(w, env={"HOST_TAG": f"tag {w}", **({"NCCL_DEBUG": "INFO"} if w == "w1" else {})})
+    names = ["HOST_TAG", "NCCL_DEBUG", "DATA_DIR", "HF_TOKEN", "ONLY_HERE"]
+    proc = c.launch(["w0", "w1", "w2"], [sys.executable, ENV_REPORT, *names], "--env", "DATA_DIR=/data/a b",
+                    "-x", "HF_TOKEN", env={"HF_TOKEN": "hf_abc", "ONLY_HERE": "launcher"})
+    assert proc.returncode == 0, proc.stderr
+    report = ranks_report(proc.stdout)
+    assert [r["host"] for r in report] == ["w0", "w1", "w2"]
+    assert [r["HOST_TAG"] for r in report] == ["tag w0", "tag w1", "tag w2"]
+    assert [r["NCCL_DEBUG"] for r in report] == [None, "INFO", None]
+    assert {(r["DATA_DIR"], r["HF_TOKEN"], r["ONLY_HERE"]) for r in report} == {("/data/a b", "hf_abc", None)}
+    assert "set on the hosts, so not by mpirt: NCCL_DEBUG (w1)" in proc.stderr, proc.stderr
 
 
 def test_late_sshd_is_waited_for(cluster):

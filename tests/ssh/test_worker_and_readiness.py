@@ -2,6 +2,7 @@
 check against it: modes of mounted keys, arbitrary UIDs, pinned host keys, late and missing
 workers. Skips only where there is no sshd."""
 
+import json
 import os
 import pwd
 import shutil
@@ -144,6 +145,39 @@ def test_probe_session_skips_bashrc_and_job_sessions_keep_it(secret, start_worke
     release(["127.0.0.1"], setup)
     assert (r.stage, r.output.strip()) == ("ready", "2")
     assert ssh(setup, "echo", "$SHLVL").stdout.strip() == "1"
+
+
+TRICKY = {  # what a pod spec or a Secret may hold; each must reach sessions byte for byte
+    "T_SPACES": "two  words\tand a tab",
+    "T_QUOTES": """say "hi" it's""",
+    "T_BACKSLASH": "C:\\dir\\ end\\",
+    "T_SHELL": "$HOME `id` #not-a-comment ; | & > %h %u",
+    "T_EMPTY": "",
+    "T_UNICODE": "naïve ☃",
+    "HF_TOKEN": "hf_secret=with=equals",
+    "PATH": os.environ["PATH"] + ":/opt/with space/bin",
+}
+
+
+def test_sessions_get_the_containers_environment(secret, start_worker, tmp_path):
+    """Ranks started over ssh see what the worker's pod spec set (mpi-operator users had to
+    learn `-x` for it): every value exactly, however quoted; not what a login sets itself,
+    and not a value sshd_config cannot hold, which the worker names."""
+    many = {f"T_MANY_{i}": "v" * 200 for i in range(300)}  # a namespace with many Services
+    w = start_worker(secret, env={**TRICKY, **many, "T_NEWLINE": "a\nb", "HOME": "/nonexistent-home",
+                                  "SHLVL": "7", "SSH_AUTH_SOCK": "/x"}).wait_listening()
+    setup = prepare(secret, tmp_path / "client", w.port)
+    out = ssh(setup, sys.executable, "-c", "'import json, os; print(json.dumps(dict(os.environ)))'")
+    assert out.returncode == 0, out.stderr
+    seen = json.loads(out.stdout)
+    assert {k: seen.get(k) for k in TRICKY if k != "PATH"} == {k: v for k, v in TRICKY.items() if k != "PATH"}
+    assert "/opt/with space/bin" in seen["PATH"].split(":")  # the user's ~/.bashrc may reorder it
+    assert all(seen.get(k) == v for k, v in many.items())
+    assert "T_NEWLINE" not in seen and "SSH_AUTH_SOCK" not in seen
+    assert seen["HOME"] == pwd.getpwuid(os.getuid()).pw_dir and seen["SHLVL"] != "7"  # the login's own
+    assert "SSH_CONNECTION" in seen
+    w.stop()
+    assert "not passed to ssh sessions (sshd_config cannot hold a line break): T_NEWLINE" in w.proc.stdout.read()
 
 
 def test_ssh_failures_are_read_into_stages():

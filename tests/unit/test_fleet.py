@@ -14,10 +14,10 @@ from launcher.detect.probe import Probe
 from launcher.envdefaults import Topology
 
 
-def host(name, tier, iface="eth0", hcas=(), gpus=0, p2p=True, mig=False, runs_ranks=True):
+def host(name, tier, iface="eth0", hcas=(), gpus=0, p2p=True, mig=False, runs_ranks=True, env=None):
     probe = Probe(tier, tuple(hcas), iface, 1 << 40, 1 << 34, gpus, (), ())
     return fleet.HostProbe(name, probe, Topology(gpus=gpus, p2p_ok=p2p, mig=mig, shm_bytes=1 << 34),
-                           runs_ranks=runs_ranks)
+                           runs_ranks=runs_ranks, env=env or {})
 
 
 def test_same_hosts_share_everything():
@@ -51,6 +51,25 @@ def test_failed_probe_counts_as_tcp_and_is_named():
                           host("w0", "ib", hcas=("mlx5_0",)), fleet.HostProbe("w1", None, None, "mpirt: not found")])
     assert plan.tier == "tcp" and plan.iface is None  # w1 may call its interface otherwise
     assert plan.notes[0] == "w1: no probe (mpirt: not found); counted as tcp"
+
+
+def test_variables_a_host_sets_count_as_the_users():
+    """A worker's own NCCL_DEBUG reaches its ranks through its sshd; a default forwarded from
+    the launcher would replace it, so none is set, and the summary says so."""
+    probes = [host("launcher", "tcp", runs_ranks=False, env={"UCX_TLS": "all"}),
+              host("w0", "tcp", env={"NCCL_DEBUG": "INFO"}), host("w1", "tcp"),
+              host("w2", "tcp", env={"NCCL_DEBUG": "INFO", "OMPI_MCA_btl": "self,tcp"})]
+    plan = fleet.combine(probes)
+    assert plan.host_env == {"NCCL_DEBUG": "INFO", "OMPI_MCA_btl": "self,tcp"} and plan.notes == ()
+    assert fleet.summary(plan, probes, None, 5, ("OMPI_MCA_btl", "NCCL_DEBUG")).splitlines()[1:] == [
+        "mpirt:   set on the hosts, so not by mpirt: NCCL_DEBUG (w0, w2); OMPI_MCA_btl (w2)"]
+    back = fleet.from_json("w0", json.loads(json.dumps(fleet.to_json(host("w0", "tcp", env={"NCCL_DEBUG": "INFO"})))))
+    assert back.env == {"NCCL_DEBUG": "INFO"}
+
+
+def test_probe_takes_only_library_variables_from_the_environment():
+    found = fleet.local("here", env={"NCCL_DEBUG": "INFO", "HF_TOKEN": "t", "UCX_TLS": "tcp", "PATH": "/bin"})
+    assert found.env == {"NCCL_DEBUG": "INFO", "UCX_TLS": "tcp"}
 
 
 def test_weakest_gpu_topology():

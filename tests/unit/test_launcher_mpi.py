@@ -3,7 +3,7 @@
 import pytest
 
 from launcher.mpi import (MpiError, MpiImpl, build_argv, forwarded, grace_env, known_faults, launch_argv, local_argv,
-                          parse_version_output, ssh_env)
+                          masked, parse_version_output, ssh_env, user_env)
 
 OMPI4 = "mpirun (Open MPI) 4.1.4\n\nReport bugs to http://www.open-mpi.org/community/help/\n"
 OMPI5 = "mpirun (Open MPI) 5.0.11\n\nReport bugs to https://www.open-mpi.org/community/help/\n"
@@ -60,6 +60,15 @@ def test_launch_without_a_command_says_where_it_goes():
         launch_argv(MpiImpl("mpich", (4,), "mpiexec"), 2, [], cores=2, uid=0, tag_output=True)
 
 
+def test_a_mistyped_option_never_reaches_mpirun():
+    """`mpirt launch --max-restart 3 python t.py` would hand mpirun `--max-restart` as its own option."""
+    ompi = MpiImpl("openmpi", (4, 1, 4), "mpirun")
+    with pytest.raises(ValueError, match="'--max-restart' is not an option of mpirt launch"):
+        launch_argv(ompi, 2, ["--max-restart", "3", "python", "t.py"], cores=2, uid=0, tag_output=True)
+    with pytest.raises(ValueError, match="'-host' is not an option"):
+        build_argv(ompi, 2, "/h", ["-host", "w9", "a.out"], uid=0, tag_output=False, export=[])
+
+
 def test_grace_period_reaches_open_mpi_4_only_where_known():
     assert grace_env(MpiImpl("openmpi", (4, 1, 4), "mpirun"), 10) == {"OMPI_MCA_odls_base_sigkill_timeout": "5"}
     assert grace_env(MpiImpl("openmpi", (4, 1, 4), "mpirun"), 7) == {"OMPI_MCA_odls_base_sigkill_timeout": "4"}
@@ -104,6 +113,25 @@ def test_forwarded_environment_never_carries_secrets():
            "HF_TOKEN": "t", "MPIRT_API_KEY": "k", "NCCL_DEBUG": "INFO", "bad name": "x"}
     assert forwarded(env, also=["HOME", "HF_TOKEN", "NOT_SET"]) == [
         "HOME", "LD_LIBRARY_PATH", "MPIRT_ERROR_DIR", "NCCL_DEBUG", "NCCL_IB_HCA", "PATH"]
+
+
+def test_variables_the_user_names_are_forwarded_even_like_a_secret():
+    env = {"PATH": "/bin", "HF_TOKEN": "t", "DATA_DIR": "/d", "CUDA_VISIBLE_DEVICES": "0"}
+    assert forwarded(env, named=["HF_TOKEN", "DATA_DIR", "CUDA_VISIBLE_DEVICES"]) == [
+        "CUDA_VISIBLE_DEVICES", "DATA_DIR", "HF_TOKEN", "PATH"]
+    assert forwarded(env) == ["PATH"]
+
+
+def test_env_entries_take_a_value_or_the_one_here():
+    here = {"HF_TOKEN": "t", "A": "1"}
+    assert user_env(["HF_TOKEN", "B=x=y", "C=", "A=2"], here) == {"HF_TOKEN": "t", "B": "x=y", "C": "", "A": "2"}
+    with pytest.raises(ValueError, match="--env NOPE: it is not set here.*NOPE=VALUE"):
+        user_env(["NOPE"], here)
+    for bad in ("1A=2", "=x", "A B=1", "A-B"):
+        with pytest.raises(ValueError, match="is not a variable name; write NAME or NAME=VALUE"):
+            user_env([bad], here)
+    assert masked({"HF_TOKEN": "t", "AWS_SECRET_ACCESS_KEY": "s", "A": "1"}) == {
+        "HF_TOKEN": "<hidden>", "AWS_SECRET_ACCESS_KEY": "<hidden>", "A": "1"}
 
 
 def test_known_faults_name_the_version_and_the_fix():

@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from launcher.run import exit_code, root_cause
 from mpirt import errors
 
@@ -43,6 +45,28 @@ def test_dry_run_prints_argv_and_env_without_running(tmp_path):
     assert doc["argv"][-3:] == ["python", "-c", "raise SystemExit(7)"]
     assert "-np" in doc["argv"] or "-n" in doc["argv"]
     assert "MPIRT_ERROR_DIR" in doc["env"]
+
+
+def test_output_of_other_ranks_is_kept_out_of_the_console_only(tmp_path):
+    """--output-ranks 0: rank 1's lines reach its log and, when it fails, the root cause."""
+    code = "import os, sys; r = os.environ['OMPI_COMM_WORLD_RANK']; print('line from rank ' + r); sys.exit(int(r) * 5)"
+    proc = subprocess.run([sys.executable, "-m", "launcher.cli", "launch", "-np", "2", "--output-ranks", "0",
+                           "--log-dir", str(tmp_path), "--no-env-defaults", "--", sys.executable, "-c", code],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 5, proc.stderr
+    assert "line from rank 0" in proc.stdout and "line from rank 1" not in proc.stdout + proc.stderr.split("mpirt:")[0]
+    assert (tmp_path / "rank-1.log").read_text() == "line from rank 1\n"
+    cause = proc.stderr[proc.stderr.index("mpirt: job failed"):]
+    assert "rank 1 exited with code 5" in cause and "last output of rank 1:\n    line from rank 1" in cause
+
+
+def test_output_ranks_are_checked():
+    from launcher.run import parse_ranks
+
+    assert parse_ranks("all") is None and parse_ranks("0") == {0} and parse_ranks("0, 4-6") == {0, 4, 5, 6}
+    for bad in ("", "x", "3-1", "1-", "-1", "0,,1"):
+        with pytest.raises(ValueError, match="write all, or ranks and ranges such as 0 or 0,4-7"):
+            parse_ranks(bad)
 
 
 def test_launch_without_command_is_a_usage_error():

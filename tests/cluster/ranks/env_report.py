@@ -1,0 +1,15 @@
+"""Every rank reports its rank, host and the variables named in argv (None where unset);
+rank 0 prints them as one JSON line."""
+
+import json
+import os
+import socket
+import sys
+
+from mpi4py import MPI
+
+comm = MPI.COMM_WORLD
+mine = {"rank": comm.Get_rank(), "host": socket.gethostname(), **{n: os.environ.get(n) for n in sys.argv[1:]}}
+everyone = comm.gather(mine, root=0)
+if comm.Get_rank() == 0:
+    print(json.dumps(everyone), flush=True)
