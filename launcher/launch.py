@@ -32,6 +32,7 @@ from launcher import mpi, postmortem, sidecar, termination
 from launcher.detect import memcg
 from launcher.envdefaults import load_profiles, resolve
 from launcher.detect.gpu import device_nodes
+from launcher.detect.netif import bootstrap_interface
 from launcher.roles import detect as detect_role
 from launcher.run import parse_ranks, report, supervise
 
@@ -145,6 +146,25 @@ def _peer(hosts: list[hostlib.Host]) -> str | None:
     """An address of the first host: every host probes the interface that routes there."""
     try:
         return socket.gethostbyname(hosts[0].name)
+    except OSError:
+        return None
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def _source_address(peer: str | None) -> str | None:
+    """This host's address on the route to ``peer`` (a UDP socket's connect sends nothing)."""
+    if not peer:
+        return None
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect((peer, 9))
+            return s.getsockname()[0]
     except OSError:
         return None
 
@@ -300,9 +320,12 @@ class _Remote:
         self.oom_before: dict[str, memcg.OomCounter] = {}
 
     def _argv(self, added: dict) -> list[str]:
+        peer = _peer(self.hosts)
+        iface = bootstrap_interface(_read("/proc/net/route"), peer) if peer else None
+        added.update({k: v for k, v in mpi.control_env(self.impl, iface).items() if k not in self.env})
         export = mpi.forwarded({**self.env, **added}, also=added, named=self.named)
         return mpi.build_argv(self.impl, self.np, str(self.hostfile), list(self.cfg.command), uid=os.getuid(),
-                              tag_output=self.cfg.tag_output, export=export)
+                              tag_output=self.cfg.tag_output, export=export, control=_source_address(peer))
 
     def dry_run(self, base: dict, info: dict) -> tuple[dict, list[str]]:
         if self.cfg.env_defaults:

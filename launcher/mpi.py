@@ -6,6 +6,7 @@ literal lists. The full launcher (hosts, ssh, env forwarding) extends this same 
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import os
 import re
@@ -56,12 +57,21 @@ class Flags:
     # only there, and tree spawns (Open MPI above 64 hosts, Intel's hierarchical launch) would
     # start ssh on the workers.
     launcher_only: tuple[tuple[str, str], ...] = ()
+    # How the daemons on the hosts find mpirun again. Hydra's proxies connect back to the
+    # launcher's host name, which a worker may not resolve (Trainer V2 and Volcano give workers
+    # no search domain for it; a pod has no DNS record before it is Ready): MPICH's take an
+    # address instead ({addr}: the launcher's toward the hosts), Intel's only the address of an
+    # interface named in a variable (the launcher's toward the hosts; checked here). Open MPI's
+    # daemons are handed addresses already.
+    control_host: tuple[str, ...] = ()
+    control_iface: str = ""
 
 
 _OMPI = dict(np=("-np", "{n}"), oversubscribe=("--oversubscribe",), as_root=("--allow-run-as-root",),
              hostfile=("--hostfile", "{hostfile}"), dialect="openmpi", export=("-x", "{name}"))
 _HYDRA = dict(np=("-n", "{n}"), oversubscribe=(), as_root=(), tag_output=("-l",), hostfile=("-f", "{hostfile}"),
-              export=())  # Hydra forwards the whole environment by default
+              export=(),  # Hydra forwards the whole environment by default
+              control_host=("-localhost", "{addr}"))
 
 TABLE: dict[str, Flags] = {
     "openmpi4": Flags(**_OMPI, tag_output=("--tag-output",), ssh_args_env=("OMPI_MCA_plm_rsh_args",),
@@ -78,8 +88,8 @@ TABLE: dict[str, Flags] = {
     # host's cores); the per-host counts of `host:N` hold only in a -machinefile. Its
     # hierarchical launch (on by default for large host counts) makes workers run a plain
     # `ssh -x host` to port 22; branch count 0 keeps every ssh on the launcher (checked here).
-    "intel": Flags(**{**_HYDRA, "hostfile": ("-machinefile", "{hostfile}")}, dialect="intel",
-                   ssh_args_env=("I_MPI_HYDRA_BOOTSTRAP_EXEC_EXTRA_ARGS",),
+    "intel": Flags(**{**_HYDRA, "hostfile": ("-machinefile", "{hostfile}"), "control_host": ()}, dialect="intel",
+                   ssh_args_env=("I_MPI_HYDRA_BOOTSTRAP_EXEC_EXTRA_ARGS",), control_iface="I_MPI_HYDRA_IFACE",
                    launcher_only=(("I_MPI_HYDRA_BRANCH_COUNT", "0"),)),
 }
 
@@ -229,8 +239,9 @@ def masked(env: Mapping[str, str]) -> dict[str, str]:
 
 
 def build_argv(impl: MpiImpl, np: int, hostfile: str, command: list[str], *, uid: int, tag_output: bool,
-               export: list[str]) -> list[str]:
-    """mpirun argv for ``np`` ranks over the hosts in ``hostfile`` (already in the right dialect)."""
+               export: list[str], control: str | None = None) -> list[str]:
+    """mpirun argv for ``np`` ranks over the hosts in ``hostfile`` (already in the right dialect);
+    ``control``: the launcher's IP address toward the hosts, for the MPIs that need it."""
     check_command(command)
     if np < 1:
         raise ValueError(f"-np {np}: need at least one rank")
@@ -240,6 +251,8 @@ def build_argv(impl: MpiImpl, np: int, hostfile: str, command: list[str], *, uid
         argv += f.as_root
     if tag_output:
         argv += f.tag_output
+    if control and f.control_host:
+        argv += [a.format(addr=ipaddress.ip_address(control)) for a in f.control_host]
     if f.export:
         for name in export:
             argv += [a.format(name=name) for a in f.export]
@@ -253,6 +266,13 @@ def ssh_env(impl: MpiImpl, ssh_args: list[str]) -> dict[str, str]:
             raise ValueError(f"ssh argument {a!r} has whitespace or shell characters; use a plain path")
     flags = TABLE[impl.key]
     return {**{name: " ".join(ssh_args) for name in flags.ssh_args_env}, **dict(flags.launcher_only)}
+
+
+def control_env(impl: MpiImpl, iface: str | None) -> dict[str, str]:
+    """The variable that points this MPI's daemons at the launcher's interface ``iface``, if it
+    needs one (``Flags.control_iface``)."""
+    name = TABLE[impl.key].control_iface
+    return {name: iface} if name and iface else {}
 
 
 def grace_env(impl: MpiImpl, seconds: float) -> dict[str, str]:

@@ -110,6 +110,36 @@ def test_ranks_see_their_hosts_environment_and_the_variables_named_at_launch(clu
     assert "set on the hosts, so not by mpirt: NCCL_DEBUG (w1)" in proc.stderr, proc.stderr
 
 
+MPIS = [  # (id, the environment variable naming its venv or None for the system's, mpirun, extra env)
+    ("open-mpi-4", None, "mpirun", {}),
+    ("open-mpi-5", "MPIRT_TEST_OMPI5", "mpirun", {}),
+    ("intel-mpi", "MPIRT_TEST_IMPI", "mpiexec", {}),
+    ("mpich-wheel", "MPIRT_TEST_MPICH", "mpiexec", {"UCX_TLS": "tcp,self"}),
+]
+
+
+@pytest.mark.parametrize("variable,mpirun,env", [m[1:] for m in MPIS], ids=[m[0] for m in MPIS])
+def test_workers_that_cannot_resolve_the_launchers_name(cluster, variable, mpirun, env):
+    """Hydra's proxies connect back to the launcher by its host name, which workers of a
+    Trainer V2 or Volcano job cannot resolve (nor anyone before the launcher pod is Ready):
+    getaddrinfo failed on both workers until the launcher gave its address instead."""
+    python, extra = sys.executable, []
+    if variable:
+        prefix = Path(os.environ.get(variable, "/nonexistent"))
+        if not (prefix / "bin" / mpirun).exists():
+            pytest.skip(f"no such MPI environment: set {variable} to a venv with its MPI and mpi4py wheels "
+                        "(.ci/run makes one)")
+        python, extra = str(prefix / "bin" / "python"), ["--mpirun", str(prefix / "bin" / mpirun)]
+    c = cluster(2)
+    for w in ("w0", "w1"):
+        hosts = Path("/etc/netns") / c.ns(w) / "hosts"
+        hosts.write_text("".join(f"{line}\n" for line in hosts.read_text().splitlines() if "launcher" not in line))
+        c.start_worker(w)
+    proc = c.launch(["w0", "w1"], [python, WHERE], *extra, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert ranks_report(proc.stdout) == [{"rank": r, "size": 2, "host": f"w{r}"} for r in range(2)]
+
+
 def test_late_sshd_is_waited_for(cluster):
     c = cluster(2)
     c.start_worker("w0")

@@ -2,8 +2,8 @@
 
 import pytest
 
-from launcher.mpi import (MpiError, MpiImpl, build_argv, forwarded, grace_env, known_faults, launch_argv, local_argv,
-                          masked, parse_version_output, ssh_env, user_env)
+from launcher.mpi import (MpiError, MpiImpl, build_argv, control_env, forwarded, grace_env, known_faults, launch_argv,
+                          local_argv, masked, parse_version_output, ssh_env, user_env)
 
 OMPI4 = "mpirun (Open MPI) 4.1.4\n\nReport bugs to http://www.open-mpi.org/community/help/\n"
 OMPI5 = "mpirun (Open MPI) 5.0.11\n\nReport bugs to https://www.open-mpi.org/community/help/\n"
@@ -91,6 +91,18 @@ def test_multi_host_argv_per_implementation():
     intel = MpiImpl("intel", (2021, 15), "mpiexec")  # -f would ignore the counts: a machine file keeps them
     assert build_argv(intel, 4, "hf", ["a"], uid=0, tag_output=True, export=["PATH"]) == [
         "mpiexec", "-n", "4", "-machinefile", "hf", "-l", "a"]
+    # Hydra's proxies are told where the launcher is (they would look up its host name): MPICH's
+    # by address, Intel's by the launcher's interface; Open MPI's need not be
+    assert build_argv(mpich, 4, "hf", ["a"], uid=0, tag_output=False, export=[], control="10.1.2.3") == [
+        "mpiexec", "-n", "4", "-f", "hf", "-localhost", "10.1.2.3", "a"]
+    assert build_argv(intel, 4, "hf", ["a"], uid=0, tag_output=False, export=[], control="10.1.2.3") == [
+        "mpiexec", "-n", "4", "-machinefile", "hf", "a"]
+    assert control_env(intel, "eth0") == {"I_MPI_HYDRA_IFACE": "eth0"} and control_env(intel, None) == {}
+    assert control_env(mpich, "eth0") == {} == control_env(ompi4, "eth0")
+    assert build_argv(ompi4, 1, "hf", ["a"], uid=1, tag_output=False, export=[], control="10.1.2.3") == [
+        "/usr/bin/mpirun", "-np", "1", "--hostfile", "hf", "a"]
+    with pytest.raises(ValueError):
+        build_argv(mpich, 1, "hf", ["a"], uid=1, tag_output=False, export=[], control="w0; rm -rf /")
 
 
 def test_ssh_arguments_reach_each_implementation_by_its_own_variable():
