@@ -138,7 +138,7 @@ def _csv(value: str) -> tuple[str, ...]:
 @click.option("-e", "--maxbytes", default="16M", show_default=True, envvar="MPIRT_BENCH_MAXBYTES")
 @click.option("-f", "--factor", type=click.IntRange(min=2), default=4, show_default=True, envvar="MPIRT_BENCH_FACTOR")
 @click.option("--algos", default="all", show_default=True, envvar="MPIRT_BENCH_ALGOS",
-              help="Core algorithms: comma list of mpi, ring, shm, auto, or all.")
+              help="Core algorithms: comma list of mpi, ring, shm, auto, ordered, or all.")
 @click.option("-n", "--iters", type=click.IntRange(min=1), envvar="MPIRT_BENCH_ITERS",
               help="Collective iterations per size (default: the harness's, by size).")
 @click.option("--model", type=click.Choice(["comm", "compute"]), default="comm", show_default=True,
@@ -460,7 +460,7 @@ def worker(port: int, ssh_dir: str, state_dir: str, listen: str, sshd: str, chec
 @click.option("--first-bucket-mb", type=float, default=1.0, show_default=True, envvar="MPIRT_FIRST_BUCKET_MB")
 @click.option("--compression", type=click.Choice(["none", "fp16", "bf16"]), default="none", show_default=True,
               envvar="MPIRT_COMPRESSION", help="Gradient dtype on the wire.")
-@click.option("--algo", type=click.Choice(["auto", "mpi", "ring", "shm", "mpi4py"]), default="auto",
+@click.option("--algo", type=click.Choice(["auto", "mpi", "ring", "shm", "ordered", "mpi4py"]), default="auto",
               show_default=True, envvar="MPIRT_ALGO", help="Allreduce algorithm of the core (mpi4py: no core).")
 @click.option("--overlap/--no-overlap", default=True, envvar="MPIRT_OVERLAP",
               help="Reduce buckets on a communication thread during backward.")

@@ -47,7 +47,7 @@ from mpirt.stall import StallInspector
 from mpirt.timeline import Timeline
 
 COMPRESSION = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
-ALGOS = ("auto", "mpi", "ring", "shm", "mpi4py")
+ALGOS = ("auto", "mpi", "ring", "shm", "ordered", "mpi4py")
 DEFAULT_BUCKET_MB = 25.0
 DEFAULT_FIRST_BUCKET_MB = 1.0
 
@@ -503,7 +503,7 @@ def data_parallel(model: torch.nn.Module, optimizer: torch.optim.Optimizer | Non
     """Make ``model`` and ``optimizer`` data-parallel across MPI ranks; see the module docstring.
 
     Options: bucket_mb, first_bucket_mb, compression ("none", "fp16", "bf16"),
-    find_unused_parameters, algo ("auto", "mpi", "ring", "shm", "mpi4py"), overlap, comm,
+    find_unused_parameters, algo ("auto", "mpi", "ring", "shm", "ordered", "mpi4py"), overlap, comm,
     stall_warn_s / stall_abort_s (default $MPIRT_STALL_WARN_S or 60 s / $MPIRT_STALL_ABORT_S or never),
     timeline (a path for the Chrome-trace timeline; default $MPIRT_TIMELINE, none if unset).
     """

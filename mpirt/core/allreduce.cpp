@@ -105,6 +105,8 @@ const std::vector<AlgoPlugin>& algorithms() {
       {Algo::shm, "shm", "node-local shared-memory reduction, cache-sized rounds", allreduce_shm},
       {Algo::automatic, "auto", "per size and layout: shm within one node, mpi across nodes",
        allreduce_auto},
+      {Algo::ordered, "ordered", "every element folded in rank order: the same bits for any split, layout or run",
+       allreduce_ordered},
   };
   return table;
 }

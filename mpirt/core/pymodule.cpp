@@ -28,7 +28,7 @@ PyObject* py_allreduce(PyObject*, PyObject* args) {
     return PyErr_Format(PyExc_ValueError, "unknown dtype '%s': use float32, float64, float16, bfloat16 or int32", dtype_s);
   if (!parse_op(op_s, &op)) return PyErr_Format(PyExc_ValueError, "unknown op '%s': use sum, min, max or avg", op_s);
   if (!parse_algo(algo_s, &algo))
-    return PyErr_Format(PyExc_ValueError, "unknown algorithm '%s': use mpi, ring, shm or auto", algo_s);
+    return PyErr_Format(PyExc_ValueError, "unknown algorithm '%s': use mpi, ring, shm, auto or ordered", algo_s);
   const std::string dev(device_s);
   if (dev != "cpu" && dev != "cuda") return PyErr_Format(PyExc_ValueError, "unknown device '%s'", device_s);
   Call call{reinterpret_cast<const void*>(send), reinterpret_cast<void*>(recv), static_cast<size_t>(count), dtype, op,

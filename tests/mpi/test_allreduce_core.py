@@ -6,7 +6,7 @@ from conftest import last_json
 
 pytestmark = pytest.mark.mpi
 
-ALGOS, DTYPES, OPS, COUNTS, MODES = 4, 5, 4, 5, 2
+ALGOS, DTYPES, OPS, COUNTS, MODES = 5, 5, 4, 5, 2
 
 
 @pytest.mark.parametrize("np_", [1, 2, 4])
@@ -14,6 +14,15 @@ def test_every_algorithm_dtype_op_matches_numpy(mpiexec, np_):
     report = last_json(mpiexec.python(np_, "allreduce_matrix.py", timeout=600).stdout)
     assert report["size"] == np_
     assert report["cases"] == ALGOS * DTYPES * OPS * COUNTS * MODES + ALGOS
+    assert report["n_failures"] == 0, "\n".join(report["failures"])
+
+
+@pytest.mark.parametrize("np_", [1, 2, 4])
+def test_ordered_gives_the_serial_folds_bits_however_the_buffer_is_split(mpiexec, np_):
+    """The reproducibility users ask of DDP and NCCL (pytorch#48576, NVIDIA/nccl#157): the same
+    bits whatever the bucket boundaries, equal to a fold over the ranks in rank order."""
+    report = last_json(mpiexec.python(np_, "ordered_bits.py", timeout=600).stdout)
+    assert report["size"] == np_ and report["cases"] == 4 * 3 * 3
     assert report["n_failures"] == 0, "\n".join(report["failures"])
 
 
@@ -26,7 +35,7 @@ def test_bad_buffers_are_refused_with_the_fix(mpiexec):
         "dtype": "array dtype int64 is not supported; use float32, float64, float16 or int32 "
                  "(bfloat16 through a torch tensor)",
         "op": "unknown op 'prod'; use one of sum, min, max, avg",
-        "algo": "unknown algorithm 'tree'; use one of mpi, ring, shm, auto",
+        "algo": "unknown algorithm 'tree'; use one of mpi, ring, shm, auto, ordered",
         "readonly": "the result buffer is read-only; pass a writable array (a.copy())",
         "cuda": "CUDA buffers were given but",
     }

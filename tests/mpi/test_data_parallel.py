@@ -23,7 +23,8 @@ def test_gradients_match_references(mpiexec, np_):
     for case in ("equivalence algo=shm overlap=True", "equivalence algo=mpi4py overlap=False", "broadcast",
                  "5 steps == single process", "accumulation (no_sync x2 + sync)", "compression fp16",
                  "compression bf16", "unused parameters find_unused=True", "unused parameters find_unused=False",
-                 "two backward passes before a step", "misuse errors", "amp grad scaler"):
+                 "two backward passes before a step", "misuse errors", "amp grad scaler",
+                 "equivalence algo=ordered overlap=True", "ordered: bucket size leaves the bits alone"):
         assert case in report["checked"]
 
 

@@ -71,7 +71,7 @@ def split(n):
 
 # 1. Equivalence with one big batch, every algorithm, tiny buckets (many, reduced in order),
 #    an uneven split (global batch 10), with and without the communication thread.
-for algo in ("auto", "mpi", "ring", "shm", "mpi4py"):
+for algo in ("auto", "mpi", "ring", "shm", "ordered", "mpi4py"):
     for overlap in (True, False):
         model = make_model()
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -88,6 +88,25 @@ for algo in ("auto", "mpi", "ring", "shm", "mpi4py"):
             raise AssertionError("optimizer.step() after synchronize() did not update the weights")
         same_on_all_ranks(list(model.parameters()), f"weights after step algo={algo}")
         dp.close()
+
+# 1b. algo="ordered": the same bits whatever the bucket size (with the others, at 3 or more
+#     ranks the bucket boundaries decide the order of additions).
+def trained(bucket_mb):
+    model = make_model(torch.float32)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    dp = data_parallel(model, opt, bucket_mb=bucket_mb, first_bucket_mb=min(bucket_mb, 1.0), algo="ordered")
+    for step in range(3):
+        x, y = data(12, torch.float32, seed=step)
+        opt.zero_grad()
+        local_step(model, x + rank, y, split(12), 12)  # ranks' gradients differ in size: order shows
+        opt.step()
+    dp.close()
+    return torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+
+
+if not torch.equal(trained(0.0005), trained(25.0)):
+    raise AssertionError("algo=ordered: weights depend on the bucket size")
+checked.append("ordered: bucket size leaves the bits alone")
 
 # 2. The broadcast: different initial weights on every rank become rank 0's.
 model = make_model()
