@@ -73,14 +73,15 @@ def summarize(doc: dict) -> str:
            f"Command: `{env['command']}`  ", f"Taken: {env['timestamp']}", "",
            "busbw in GB/s (nccl-tests definition); time in µs; memcpy = per-rank rate with every rank copying "
            "at once (the bound: algbw ≤ memcpy rate).", "",
-           "| size | mode | mpi busbw | ring busbw | shm busbw | auto busbw (→algo) | memcpy GB/s | shm/mpi | "
-           "shm algbw / bound | auto time / mpi time |",
-           "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "| size | mode | mpi busbw | ring busbw | shm busbw | auto busbw (→algo) | ordered busbw | memcpy GB/s | "
+           "shm/mpi | shm algbw / bound | auto time / mpi time |",
+           "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     auto_all, auto_small, big = [], [], []
     for size in sizes:
         for mode in modes:
-            m = {a: rows[(size, a, mode)]["metrics"] for a in ("mpi", "ring", "shm", "auto")}
-            bus = {a: m[a]["busbw_gbs"]["median"] for a in m}
+            m = {a: rows[(size, a, mode)]["metrics"] for a in ("mpi", "ring", "shm", "auto", "ordered")
+                 if (size, a, mode) in rows}  # results from before `ordered` lack it
+            bus = {a: f'{m[a]["busbw_gbs"]["median"]:.2f}' for a in m}
             shm_mpi = ratio(m["shm"]["busbw_gbs"], m["mpi"]["busbw_gbs"])
             bound = ratio(m["shm"]["algbw_gbs"], memcpy[size])
             best = max(per_run(m["shm"]["algbw_gbs"], memcpy[size]), default=float("nan"))
@@ -90,8 +91,9 @@ def summarize(doc: dict) -> str:
                 auto_small.append((auto_mpi, size, mode))
             if size >= 16 << 20:
                 big.append((shm_mpi, bound, size, mode, best))
-            out.append(f"| {fmt_size(size)} | {mode} | {bus['mpi']:.2f} | {bus['ring']:.2f} | {bus['shm']:.2f} | "
-                       f"{bus['auto']:.2f} (→{rows[(size, 'auto', mode)]['info']['algo_used']}) | {memcpy[size]['median']:.2f} | "
+            out.append(f"| {fmt_size(size)} | {mode} | {bus['mpi']} | {bus['ring']} | {bus['shm']} | "
+                       f"{bus['auto']} (→{rows[(size, 'auto', mode)]['info']['algo_used']}) | {bus.get('ordered', '–')} | "
+                       f"{memcpy[size]['median']:.2f} | "
                        f"{shm_mpi[0]:.2f} ±{shm_mpi[1]:.2f} | {bound[0]:.0%} ±{bound[1]:.0%} | {auto_mpi[0]:.2f} ±{auto_mpi[1]:.2f} |")
     out += ["", f"Medians of {cfg.get('repeats', 1)} runs, each a fresh job. Ratios are taken within each run "
             "(a slow job slows every algorithm in it), then their median; ± is twice the coefficient of "
