@@ -63,73 +63,80 @@ def test_three_hosts_with_mpich(cluster, tmp_path):
         assert "warning: MPICH 4." in proc.stderr and "MPI_Finalize" in proc.stderr, proc.stderr
 
 
-@pytest.mark.parametrize("variable,wheel,mpirun,env", [
-    # Open MPI 5 (PRRTE) ignores the ORTE variables operators set and would run every rank on
-    # the launcher; the explicit hostfile and PRTE_MCA_plm_ssh_args put one rank on each host.
-    ("MPIRT_TEST_OMPI5", "openmpi", "mpirun", {}),
-    # Intel MPI's Hydra keeps per-host counts only from a -machinefile (with -f, ranks 0 and 1
-    # shared the first host). A branch count of 1 stands for the hierarchical launch Intel turns
-    # on for large jobs: w0 would ssh to w1 on port 22, without our config; the launcher must
-    # keep every ssh to itself.
-    ("MPIRT_TEST_IMPI", "impi-rt", "mpiexec", {"I_MPI_HYDRA_BRANCH_COUNT": "1"}),
-    # MPICH 5 from its wheel, the image's mpich flavour, over TCP only as between pods (UCX
-    # would otherwise find these namespaces share a kernel): no known fault to warn of.
-    ("MPIRT_TEST_MPICH", "mpich", "mpiexec", {"UCX_TLS": "tcp,self"}),
-], ids=["open-mpi-5", "intel-mpi", "mpich-wheel"])
-def test_three_hosts_with_an_mpi_from_its_wheel(cluster, variable, wheel, mpirun, env):
-    prefix = Path(os.environ.get(variable, "/nonexistent"))
-    if not (prefix / "bin" / mpirun).exists():
-        pytest.skip(f"no such MPI environment: set {variable} to a venv with the {wheel} and mpi4py wheels "
-                    "(.ci/run makes one)")
-    c = cluster(3)
-    for w in ("w0", "w1", "w2"):
-        c.start_worker(w)
-    proc = c.launch(["w0", "w1", "w2"], [str(prefix / "bin" / "python"), WHERE], "--mpirun", str(prefix / "bin" / mpirun),
-                    env=env)
-    assert proc.returncode == 0, proc.stderr
-    assert ranks_report(proc.stdout) == [{"rank": r, "size": 3, "host": f"w{r}"} for r in range(3)]
-    assert "MPI_Finalize" not in proc.stderr  # no known-fault warning for these versions
-
-
-def test_ranks_see_their_hosts_environment_and_the_variables_named_at_launch(cluster):
-    """What a worker's pod spec sets reaches the ranks on that worker (mpirun forwards only what
-    it is told to); a library variable set there is not replaced by a default from the
-    launcher; --env / -x sends one to every rank, even one named like a secret."""
-    c = cluster(3)
-    for w in ("w0", "w1", "w2"):
-        c.start_worker(w, env={"HOST_TAG": f"tag {w}", **({"NCCL_DEBUG": "INFO"} if w == "w1" else {})})
-    names = ["HOST_TAG", "NCCL_DEBUG", "DATA_DIR", "HF_TOKEN", "ONLY_HERE"]
-    proc = c.launch(["w0", "w1", "w2"], [sys.executable, ENV_REPORT, *names], "--env", "DATA_DIR=/data/a b",
-                    "-x", "HF_TOKEN", env={"HF_TOKEN": "hf_abc", "ONLY_HERE": "launcher"})
-    assert proc.returncode == 0, proc.stderr
-    report = ranks_report(proc.stdout)
-    assert [r["host"] for r in report] == ["w0", "w1", "w2"]
-    assert [r["HOST_TAG"] for r in report] == ["tag w0", "tag w1", "tag w2"]
-    assert [r["NCCL_DEBUG"] for r in report] == [None, "INFO", None]
-    assert {(r["DATA_DIR"], r["HF_TOKEN"], r["ONLY_HERE"]) for r in report} == {("/data/a b", "hf_abc", None)}
-    assert "set on the hosts, so not by mpirt: NCCL_DEBUG (w1)" in proc.stderr, proc.stderr
-
-
 MPIS = [  # (id, the environment variable naming its venv or None for the system's, mpirun, extra env)
     ("open-mpi-4", None, "mpirun", {}),
     ("open-mpi-5", "MPIRT_TEST_OMPI5", "mpirun", {}),
     ("intel-mpi", "MPIRT_TEST_IMPI", "mpiexec", {}),
     ("mpich-wheel", "MPIRT_TEST_MPICH", "mpiexec", {"UCX_TLS": "tcp,self"}),
 ]
+EACH_MPI = pytest.mark.parametrize("variable,mpirun,env", [m[1:] for m in MPIS], ids=[m[0] for m in MPIS])
 
 
-@pytest.mark.parametrize("variable,mpirun,env", [m[1:] for m in MPIS], ids=[m[0] for m in MPIS])
+def mpi_under_test(variable: str | None, mpirun: str) -> tuple[str, list[str]]:
+    """(the ranks' Python, launch options) for the system MPI or the venv ``variable`` names."""
+    if not variable:
+        return sys.executable, []
+    prefix = Path(os.environ.get(variable, "/nonexistent"))
+    if not (prefix / "bin" / mpirun).exists():
+        pytest.skip(f"no such MPI environment: set {variable} to a venv with its MPI and mpi4py wheels "
+                    "(.ci/run makes one)")
+    return str(prefix / "bin" / "python"), ["--mpirun", str(prefix / "bin" / mpirun)]
+
+
+@pytest.mark.parametrize("variable,mpirun,env", [
+    # Open MPI 5 (PRRTE) ignores the ORTE variables operators set and would run every rank on
+    # the launcher; the explicit hostfile and PRTE_MCA_plm_ssh_args put one rank on each host.
+    ("MPIRT_TEST_OMPI5", "mpirun", {}),
+    # Intel MPI's Hydra keeps per-host counts only from a -machinefile (with -f, ranks 0 and 1
+    # shared the first host). A branch count of 1 stands for the hierarchical launch Intel turns
+    # on for large jobs: w0 would ssh to w1 on port 22, without our config; the launcher must
+    # keep every ssh to itself.
+    ("MPIRT_TEST_IMPI", "mpiexec", {"I_MPI_HYDRA_BRANCH_COUNT": "1"}),
+    # MPICH 5 from its wheel, the image's mpich flavour, over TCP only as between pods (UCX
+    # would otherwise find these namespaces share a kernel): no known fault to warn of.
+    ("MPIRT_TEST_MPICH", "mpiexec", {"UCX_TLS": "tcp,self"}),
+], ids=["open-mpi-5", "intel-mpi", "mpich-wheel"])
+def test_three_hosts_with_an_mpi_from_its_wheel(cluster, variable, mpirun, env):
+    python, extra = mpi_under_test(variable, mpirun)
+    c = cluster(3)
+    for w in ("w0", "w1", "w2"):
+        c.start_worker(w)
+    proc = c.launch(["w0", "w1", "w2"], [python, WHERE], *extra, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert ranks_report(proc.stdout) == [{"rank": r, "size": 3, "host": f"w{r}"} for r in range(3)]
+    assert "MPI_Finalize" not in proc.stderr  # no known-fault warning for these versions
+
+
+@EACH_MPI
+def test_ranks_see_their_hosts_environment_and_the_variables_named_at_launch(cluster, variable, mpirun, env):
+    """What a worker's pod spec sets reaches the ranks on that worker (mpirun forwards only what
+    it is told to); a library variable set there is not replaced by a default from the
+    launcher; --env / -x sends one to every rank, even one named like a secret. Hydra (Intel
+    MPI, MPICH) forwards the launcher's whole environment as well."""
+    python, extra = mpi_under_test(variable, mpirun)
+    c = cluster(3)
+    for w in ("w0", "w1", "w2"):
+        c.start_worker(w, env={"HOST_TAG": f"tag {w}", **({"NCCL_DEBUG": "INFO"} if w == "w1" else {})})
+    names = ["HOST_TAG", "NCCL_DEBUG", "DATA_DIR", "HF_TOKEN", "ONLY_HERE"]
+    proc = c.launch(["w0", "w1", "w2"], [python, ENV_REPORT, *names], *extra, "--env", "DATA_DIR=/data/a b",
+                    "-x", "HF_TOKEN", env={**env, "HF_TOKEN": "hf_abc", "ONLY_HERE": "launcher"})
+    assert proc.returncode == 0, proc.stderr
+    report = ranks_report(proc.stdout)
+    assert [r["host"] for r in report] == ["w0", "w1", "w2"]
+    assert [r["HOST_TAG"] for r in report] == ["tag w0", "tag w1", "tag w2"]
+    assert [r["NCCL_DEBUG"] for r in report] == [None, "INFO", None]
+    hydra = mpirun == "mpiexec"
+    assert {(r["DATA_DIR"], r["HF_TOKEN"], r["ONLY_HERE"]) for r in report} == {
+        ("/data/a b", "hf_abc", "launcher" if hydra else None)}
+    assert "set on the hosts, so not by mpirt: NCCL_DEBUG (w1)" in proc.stderr, proc.stderr
+
+
+@EACH_MPI
 def test_workers_that_cannot_resolve_the_launchers_name(cluster, variable, mpirun, env):
     """Hydra's proxies connect back to the launcher by its host name, which workers of a
     Trainer V2 or Volcano job cannot resolve (nor anyone before the launcher pod is Ready):
     getaddrinfo failed on both workers until the launcher gave its address instead."""
-    python, extra = sys.executable, []
-    if variable:
-        prefix = Path(os.environ.get(variable, "/nonexistent"))
-        if not (prefix / "bin" / mpirun).exists():
-            pytest.skip(f"no such MPI environment: set {variable} to a venv with its MPI and mpi4py wheels "
-                        "(.ci/run makes one)")
-        python, extra = str(prefix / "bin" / "python"), ["--mpirun", str(prefix / "bin" / mpirun)]
+    python, extra = mpi_under_test(variable, mpirun)
     c = cluster(2)
     for w in ("w0", "w1"):
         hosts = Path("/etc/netns") / c.ns(w) / "hosts"
