@@ -230,10 +230,14 @@ def test_worker_lost_mid_run_ends_the_job_naming_the_host(cluster):
     assert cause.startswith("host w1 "), err
 
 
-def test_launcher_listed_as_a_worker_serves_ssh_itself(cluster):
+@EACH_MPI
+def test_launcher_listed_as_a_worker_serves_ssh_itself(cluster, variable, mpirun, env):
+    """runLauncherAsWorker: the launcher pod runs ranks too (under Hydra, told the launcher's
+    address, it reaches itself over ssh like any host)."""
+    python, extra = mpi_under_test(variable, mpirun)
     c = cluster(1)
     c.start_worker("w0")
-    proc = c.launch(["launcher", "w0"], [sys.executable, WHERE])
+    proc = c.launch(["launcher", "w0"], [python, WHERE], *extra, env=env)
     assert proc.returncode == 0, proc.stderr
     assert [r["host"] for r in ranks_report(proc.stdout)] == ["launcher", "w0"]
 
