@@ -31,6 +31,7 @@ class Host:
     name: str
     slots: int
     origin: str  # "path:line" or the variable it came from
+    slots_given: bool = True  # False: the entry had no count and got the default
 
 
 def name_problem(name: str) -> str | None:
@@ -88,13 +89,13 @@ def parse_entry(entry: str, origin: str, default_slots: int) -> Host:
                 _slots(om.group(1), origin, host)
         if ":" in host:
             raise HostError(f"{origin}: {entry!r} mixes 'host:N' and 'slots='; use one of them")
-        return Host(_checked(host, origin), slots or default_slots, origin)
+        return Host(_checked(host, origin), slots or default_slots, origin, slots is not None)
     if host.count(":") == 1:
         name, raw = host.split(":")
         return Host(_checked(name, origin), _slots(raw, origin, name), origin)
     if ":" in host:
         raise HostError(f"{origin}: {host!r} looks like an IPv6 address; use a host name or IPv4 address")
-    return Host(_checked(host, origin), default_slots, origin)
+    return Host(_checked(host, origin), default_slots, origin, False)
 
 
 def _no_duplicates(hosts: list[Host]) -> list[Host]:
@@ -144,6 +145,14 @@ def default_slots(option: str | None, env: Mapping[str, str], gpu_count: Callabl
     if gpus > 0:
         return gpus, f"{gpus} GPU(s) on this machine"
     return 1, "default"
+
+
+def slots_from_gpus(hosts: list[Host], gpus: Mapping[str, int]) -> list[Host]:
+    """Each host that gave no slot count gets one slot per GPU it has (``gpus``: from its own
+    probe), where it has any: the launcher's GPUs say nothing of a worker's (a CPU launcher
+    pod, or one whose NVIDIA_VISIBLE_DEVICES is blank, mpi-operator #476)."""
+    return [Host(h.name, gpus[h.name], h.origin, False) if not h.slots_given and gpus.get(h.name, 0) > 0 else h
+            for h in hosts]
 
 
 def render(hosts: list[Host], dialect: str) -> str:

@@ -293,31 +293,41 @@ class _Remote:
 
     def __init__(self, cfg: LaunchConfig, impl: mpi.MpiImpl, env: dict, hosts: list[hostlib.Host], source: str,
                  undo: ExitStack, base: dict, info: dict, named: dict):
-        total = sum(h.slots for h in hosts)
-        self.np = cfg.np or total
         for text, fix in mpi.known_faults(impl):
             print(f"mpirt: warning: {text}; {fix}", file=sys.stderr, flush=True)
-        if self.np > total:
-            raise hostlib.HostError(f"-np {self.np} is more than the {total} slots on {len(hosts)} hosts ({source}); "
-                                    "lower -np or give hosts more slots (--slots, slots=N)")
         # the ssh modules only where there are remote hosts: a local launch stays light
         from launcher.ssh import prepare
         from launcher.sshd import nss_wrapper_env
 
-        self.cfg, self.impl, self.env, self.hosts, self.undo = cfg, impl, env, hosts, undo
+        self.cfg, self.impl, self.env, self.undo, self.source = cfg, impl, env, undo, source
+        # Hosts that give no count and no --slots or operator variable for them: one slot per
+        # GPU of that host, known once its probe is read (hostlib.slots_from_gpus).
+        self.per_host = (cfg.slots in (None, "", "auto") and not any(env.get(n) for n in hostlib.SLOTS_ENV)
+                         and not all(h.slots_given for h in hosts))
         self.state = Path(cfg.state_dir or f"/tmp/mpirt-launch-{os.getuid()}")
         self.state.mkdir(parents=True, exist_ok=True)
         self.hostfile = self.state / "hostfile"
-        hostfile_text = hostlib.render(hosts, mpi.TABLE[impl.key].dialect)
-        self.hostfile.write_text(hostfile_text)
+        info["hostfile"] = self._use(hosts, check=not self.per_host)
+        if self.per_host:
+            info["slots"] = "hosts with no slot count get one per GPU they have, read at launch from their probe"
         self.setup = prepare(Path(cfg.ssh_dir), self.state / "ssh", cfg.ssh_port)
         nss = nss_wrapper_env(self.state)
         base.update(nss)
         base.update(mpi.ssh_env(impl, self.setup.ssh_args()))
-        info["hostfile"] = hostfile_text
         self.names, self.ssh_env = [h.name for h in hosts], {**env, **nss}
         self.named = list(named)
         self.oom_before: dict[str, memcg.OomCounter] = {}
+
+    def _use(self, hosts: list[hostlib.Host], check: bool = True) -> str:
+        """Run on ``hosts``: their hostfile in the MPI's dialect, -np (every slot unless given)."""
+        total = sum(h.slots for h in hosts)
+        self.hosts, self.np = hosts, self.cfg.np or total
+        if check and self.np > total:
+            raise hostlib.HostError(f"-np {self.np} is more than the {total} slots on {len(hosts)} hosts "
+                                    f"({self.source}); lower -np or give hosts more slots (--slots, slots=N)")
+        text = hostlib.render(hosts, mpi.TABLE[self.impl.key].dialect)
+        self.hostfile.write_text(text)
+        return text
 
     def _argv(self, added: dict) -> list[str]:
         peer = _peer(self.hosts)
@@ -362,6 +372,10 @@ class _Remote:
             return text
         found = [fleet.from_output(r.host, r.output) for r in results]
         self.oom_before = {p.host: p.oom for p in found if p.oom}
+        if self.per_host:
+            self._use(hostlib.slots_from_gpus(self.hosts, {p.host: p.probe.gpus for p in found if p.probe}))
+            print("mpirt: slots from each host's GPUs: " + ", ".join(
+                f"{h.name} {h.slots}" for h in self.hosts if not h.slots_given), file=sys.stderr, flush=True)
         if cfg.env_defaults:
             added.update(env_defaults(cfg, self.impl, self.env, [own.result()] + found))
         return self._argv(added)

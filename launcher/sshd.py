@@ -145,7 +145,7 @@ def write_config(cfg: WorkerConfig, env: dict[str, str]) -> tuple[Path, dict[str
     nss = nss_wrapper_env(state)
     host_keys = _host_keys(ssh_dir, state, {**env, **nss})
     ours = dict(nss)
-    found = fleet.local(socket.gethostname(), env=env)
+    found = fleet.local(socket.gethostname(), Path(env.get("MPIRT_SYSFS_ROOT") or "/"), env=env)
     if found.probe:  # read by the launcher during its readiness check (fleet.probe_command)
         write_private(state / "probe.json", json.dumps(fleet.to_json(found)).encode())
         ours["MPIRT_PROBE"] = str(state / "probe.json")

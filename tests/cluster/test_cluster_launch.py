@@ -147,6 +147,24 @@ def test_workers_that_cannot_resolve_the_launchers_name(cluster, variable, mpiru
     assert ranks_report(proc.stdout) == [{"rank": r, "size": 2, "host": f"w{r}"} for r in range(2)]
 
 
+def test_hosts_without_a_slot_count_take_one_per_gpu_of_their_own(cluster, tmp_path):
+    """Volcano lists hosts without counts, and the launcher pod (like a CPU-only master task, or
+    mpi-operator #476's blank NVIDIA_VISIBLE_DEVICES) sees no GPU: each worker's own count
+    decides. The workers' GPUs are device nodes in a fixture root, the hardware boundary."""
+    c = cluster(2)
+    for w, gpus in (("w0", 3), ("w1", 2)):
+        root = tmp_path / f"root-{w}"
+        (root / "sys").mkdir(parents=True)
+        (root / "dev").mkdir()
+        for i in range(gpus):
+            (root / "dev" / f"nvidia{i}").touch()
+        c.start_worker(w, env={"MPIRT_SYSFS_ROOT": str(root)})
+    proc = c.launch(["w0", "w1"], [sys.executable, WHERE], slots=None)
+    assert proc.returncode == 0, proc.stderr
+    assert [r["host"] for r in ranks_report(proc.stdout)] == ["w0", "w0", "w0", "w1", "w1"]
+    assert "mpirt: slots from each host's GPUs: w0 3, w1 2" in proc.stderr
+
+
 def test_late_sshd_is_waited_for(cluster):
     c = cluster(2)
     c.start_worker("w0")

@@ -2,7 +2,7 @@
 
 import pytest
 
-from launcher.hosts import Host, HostError, default_slots, parse_hostfile, parse_list, render
+from launcher.hosts import Host, HostError, default_slots, parse_hostfile, parse_list, render, slots_from_gpus
 
 OPERATOR = """# written by mpi-operator
 job-worker-0.job.default.svc slots=4
@@ -83,3 +83,11 @@ def test_this_host_matches_its_fqdn_entry():
     assert is_this_host("job-launcher.job.default.svc", "job-launcher")
     assert is_this_host("JOB-LAUNCHER-0-0.job.", "job-launcher-0-0")
     assert not is_this_host("job-worker-0.job", "job-launcher")
+
+
+def test_hosts_without_a_count_take_their_own_gpus():
+    hosts = parse_hostfile("w0\nw1 slots=2\nw2:3\nw3 max_slots=9\nw4\n", "hf", default_slots=1)
+    assert [h.slots_given for h in hosts] == [False, True, True, False, False]
+    got = slots_from_gpus(hosts, {"w0": 8, "w1": 8, "w2": 8, "w3": 4, "w4": 0})
+    assert [(h.name, h.slots) for h in got] == [("w0", 8), ("w1", 2), ("w2", 3), ("w3", 4), ("w4", 1)]
+    assert slots_from_gpus(hosts, {}) == hosts  # no probe: the default stands
