@@ -4,14 +4,13 @@ Run under mpirun; rank 0 prints one JSON line: the number of cases and every fai
 Inputs are small integers, so sum/min/max must match bit for bit in every dtype.
 """
 
-import json
-import sys
-
 import numpy as np
 import torch
 
 from mpirt.comm import MPI
 from mpirt.core import ALGOS, OPS, allreduce
+
+from failures import report  # beside this script
 
 comm = MPI.COMM_WORLD
 rank, size = comm.Get_rank(), comm.Get_size()
@@ -77,8 +76,4 @@ for algo in ALGOS:
     if not torch.equal(r, torch.arange(10, dtype=torch.float32) * size + size * (size - 1) / 2):
         failures.append(f"rank {rank} torch tensor via {algo}: {r.tolist()}")
 
-all_failures = comm.gather(failures, root=0)
-if rank == 0:
-    flat = [f for fs in all_failures for f in fs]
-    print(json.dumps({"size": size, "cases": cases, "failures": flat[:20], "n_failures": len(flat)}))
-    sys.stdout.flush()
+report(comm, cases, failures)

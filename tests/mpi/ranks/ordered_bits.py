@@ -5,14 +5,13 @@ Inputs are random normal floats, so the order of additions shows in the last bit
 prints one JSON line: the number of cases and every failure.
 """
 
-import json
-import sys
-
 import numpy as np
 import torch
 
 from mpirt.comm import MPI
 from mpirt.core import allreduce
+
+from failures import report  # beside this script
 
 comm = MPI.COMM_WORLD
 rank, size = comm.Get_rank(), comm.Get_size()
@@ -72,8 +71,4 @@ for dtype in ("float32", "float64", "float16", "bfloat16"):
                 diff = int((got != want).sum())
                 failures.append(f"rank {rank} {dtype} {op} {how}: {diff} elements differ from the serial fold")
 
-all_failures = comm.gather(failures, root=0)
-if rank == 0:
-    flat = [f for fs in all_failures for f in fs]
-    print(json.dumps({"size": size, "cases": cases, "failures": flat[:20], "n_failures": len(flat)}))
-    sys.stdout.flush()
+report(comm, cases, failures)
