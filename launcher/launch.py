@@ -61,6 +61,7 @@ class LaunchConfig:
     max_restarts: int = 0  # run the job again after a failure, this many times at most
     env: tuple[str, ...] = ()  # --env NAME[=VALUE]: to every rank, even a name like a secret's
     output_ranks: str = "all"  # whose output reaches the console: all, or ranks like 0,4-7 (run.parse_ranks)
+    timestamp_output: bool = False  # each output line starts with the UTC time it arrived
 
 
 def read_hostfile(path: str, why: str, slots: int) -> list[hostlib.Host]:
@@ -240,7 +241,7 @@ def _run(cfg: LaunchConfig, undo: ExitStack) -> tuple[int, str]:
             print(ready, file=sys.stderr, flush=True)
             return 1, ready
         end = supervise(ready, {**env, **added}, cfg.grace_s, log_dir=cfg.log_dir, time_limit_s=cfg.time_limit_s,
-                        show=show)
+                        show=show, timestamps=cfg.timestamp_output)
         failed = end.code != 0 and not end.stopped_by and not end.timed_out
         oom = postmortem.findings(job.oom_before, job.read_oom) if failed else []
         code, message = report(end.code, added["MPIRT_ERROR_DIR"], end.stopped_by, end.tail, oom,

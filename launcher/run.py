@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
 
@@ -135,10 +136,10 @@ class _Relay(threading.Thread):
     when it is None), keeps the last lines (all, and each rank's), splits lines per rank."""
 
     def __init__(self, src, dst, tail: collections.deque, ranks: dict, logs: dict, lock: threading.Lock,
-                 log_dir: Path | None, on_fatal, show: frozenset[int] | None = None):
+                 log_dir: Path | None, on_fatal, show: frozenset[int] | None = None, timestamps: bool = False):
         super().__init__(daemon=True)
         self.src, self.dst, self.tail, self.logs, self.lock, self.log_dir = src, dst, tail, logs, lock, log_dir
-        self.ranks, self.on_fatal, self.show = ranks, on_fatal, show
+        self.ranks, self.on_fatal, self.show, self.timestamps = ranks, on_fatal, show, timestamps
 
     def run(self) -> None:
         pending: dict[bytes, bytes] = {}
@@ -150,8 +151,9 @@ class _Relay(threading.Thread):
 
     def _one(self, line: bytes) -> None:
         m = _TAG.match(line)
+        stamp = _stamp() if self.timestamps else b""
         if self.show is None or not m or int(m.group(1)) in self.show:
-            self.dst.write(line)
+            self.dst.write(stamp + line)
             self.dst.flush()
         if _FATAL.search(line):
             self.on_fatal()
@@ -166,15 +168,21 @@ class _Relay(threading.Thread):
                 f = self.logs.get(rank)
                 if f is None:
                     f = self.logs[rank] = open(self.log_dir / f"rank-{rank}.log", "ab")
-                f.write(line[m.end():] if m else line)
+                f.write(stamp + (line[m.end():] if m else line))
                 f.flush()
+
+
+def _stamp() -> bytes:
+    """When a line arrived, in UTC to the millisecond: the time ranks' logs are compared by."""
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3].encode() + b"Z "
 
 
 def supervise(argv: list[str], env: dict[str, str], grace_s: float, log_dir: str | None = None,
               fatal_grace_s: float = FATAL_GRACE_S, time_limit_s: float | None = None,
-              show: frozenset[int] | None = None) -> Outcome:
+              show: frozenset[int] | None = None, timestamps: bool = False) -> Outcome:
     """Run ``argv`` to its end, or until a signal or ``time_limit_s`` stops it; ``show``: the
-    ranks whose output reaches our stdout and stderr (None: all; mpirun's own always does)."""
+    ranks whose output reaches our stdout and stderr (None: all; mpirun's own always does);
+    ``timestamps``: each line relayed or logged starts with the time it arrived."""
     logs_path = Path(log_dir) if log_dir else None
     if logs_path:
         logs_path.mkdir(parents=True, exist_ok=True)
@@ -190,8 +198,8 @@ def supervise(argv: list[str], env: dict[str, str], grace_s: float, log_dir: str
             doomed.set()
             threading.Timer(fatal_grace_s, _kill_group, args=(proc,)).start()
 
-    relays = [_Relay(proc.stdout, sys.stdout.buffer, tail, ranks, logs, lock, logs_path, on_fatal, show),
-              _Relay(proc.stderr, sys.stderr.buffer, tail, ranks, logs, lock, logs_path, on_fatal, show)]
+    relays = [_Relay(src, dst, tail, ranks, logs, lock, logs_path, on_fatal, show, timestamps)
+              for src, dst in ((proc.stdout, sys.stdout.buffer), (proc.stderr, sys.stderr.buffer))]
     for r in relays:
         r.start()
     stopping = threading.Event()

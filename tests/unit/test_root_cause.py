@@ -60,6 +60,22 @@ def test_output_of_other_ranks_is_kept_out_of_the_console_only(tmp_path):
     assert "rank 1 exited with code 5" in cause and "last output of rank 1:\n    line from rank 1" in cause
 
 
+def test_timestamped_output_on_the_console_and_in_the_logs(tmp_path):
+    import re
+
+    code = "import os; print('hello from ' + os.environ['OMPI_COMM_WORLD_RANK'])"
+    proc = subprocess.run([sys.executable, "-m", "launcher.cli", "launch", "-np", "2", "--timestamp-output",
+                           "--log-dir", str(tmp_path), "--no-env-defaults", "--", sys.executable, "-c", code],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z "
+    lines = [line for line in proc.stdout.splitlines() if "hello from" in line]
+    assert sorted(re.sub(stamp, "", line) for line in lines) == ["[1,0]<stdout>:hello from 0",
+                                                                 "[1,1]<stdout>:hello from 1"]
+    assert all(re.match(stamp + r"\[1,\d\]", line) for line in lines), lines
+    assert re.fullmatch(stamp + "hello from 1\n", (tmp_path / "rank-1.log").read_text())
+
+
 def test_output_ranks_are_checked():
     from launcher.run import parse_ranks
 
