@@ -36,7 +36,7 @@ from launcher import fleet
 from launcher.ssh import SshSetupError, write_private, private_dir
 
 PRIVSEP_DIR = "/run/sshd"
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NAME = re.compile(r"^[-._A-Za-z][-._A-Za-z0-9]*$")  # what Kubernetes allows in a container's env
 NSS_WRAPPER_PATHS = ("/usr/lib/x86_64-linux-gnu/libnss_wrapper.so", "/usr/lib/aarch64-linux-gnu/libnss_wrapper.so",
                      "/usr/lib64/libnss_wrapper.so", "/usr/lib/libnss_wrapper.so")
 
@@ -121,7 +121,7 @@ def setenv_line(values: Mapping[str, str]) -> str:
     """One ``SetEnv`` line (sshd reads only its first), in the order given, every value quoted
     as sshd's argv_split reads it: inside double quotes a backslash escapes only ``\\``,
     ``"`` and ``'``."""
-    quoted = (f'"{k}=' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for k, v in values.items())
+    quoted = ('"' + f"{k}={v}".replace("\\", "\\\\").replace('"', '\\"') + '"' for k, v in values.items())
     return "SetEnv " + " ".join(quoted)
 
 

@@ -155,6 +155,7 @@ TRICKY = {  # what a pod spec or a Secret may hold; each must reach sessions byt
     "T_EMPTY": "",
     "T_UNICODE": "naïve ☃",
     "HF_TOKEN": "hf_secret=with=equals",
+    "my.dotted-name": "Kubernetes allows these",
     "PATH": os.environ["PATH"] + ":/opt/with space/bin",
 }
 
@@ -176,6 +177,7 @@ def test_sessions_get_the_containers_environment(secret, start_worker, tmp_path)
     assert "T_NEWLINE" not in seen and "SSH_AUTH_SOCK" not in seen
     assert seen["HOME"] == pwd.getpwuid(os.getuid()).pw_dir and seen["SHLVL"] != "7"  # the login's own
     assert "SSH_CONNECTION" in seen
+    release(["127.0.0.1"], setup)  # its sshd session holds the worker's output open
     w.stop()
     assert "not passed to ssh sessions (sshd_config cannot hold a line break): T_NEWLINE" in w.proc.stdout.read()
 
