@@ -28,6 +28,7 @@ class HostProbe:
     runs_ranks: bool = True  # False: the launcher pod alone (its interface matters to mpirun, its tier does not)
     oom: OomCounter | None = None  # OOM kills in the host's memory cgroup when the job started
     env: Mapping[str, str] = field(default_factory=dict)  # library variables (NCCL_*, UCX_*...) set on the host
+    env_names: frozenset[str] | None = None  # every variable set on the host (None: an older probe)
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,8 @@ def from_json(host: str, doc: dict) -> HostProbe:
     return HostProbe(host, probe, Topology(gpus=g["count"], p2p_ok=g["p2p_ok"], mig=g["mig"],
                                            shm_bytes=probe.shm_bytes or 1 << 40),
                      oom=OomCounter(str(oom["path"]), int(oom["kills"])) if oom else None,
-                     env={str(k): str(v) for k, v in doc.get("env", {}).items()})
+                     env={str(k): str(v) for k, v in doc.get("env", {}).items()},
+                     env_names=frozenset(map(str, doc["env_names"])) if "env_names" in doc else None)
 
 
 def _names(hosts: list[str], limit: int = 4) -> str:
@@ -101,21 +103,23 @@ def local(host: str, root: Path = Path("/"), peer: str | None = None, runs_ranks
 
     oom = memcg.read(root)
     own = {k: v for k, v in (env or {}).items() if k.startswith(LIBRARY_PREFIXES)}
+    names = frozenset(env) if env is not None else None
     try:
         found = probe(root, peer)
     except ValueError as e:
-        return HostProbe(host, None, None, str(e), runs_ranks, oom, own)
+        return HostProbe(host, None, None, str(e), runs_ranks, oom, own, names)
     g = gpu_local()
     return HostProbe(host, found, Topology(gpus=len(g.gpus), p2p_ok=g.p2p_ok, mig=g.mig,
                                            shm_bytes=found.shm_bytes or 1 << 40), runs_ranks=runs_ranks, oom=oom,
-                     env=own)
+                     env=own, env_names=names)
 
 
 def to_json(hp: HostProbe) -> dict:
     """What `mpirt probe` prints; from_json reads it back on the launcher."""
     t = hp.topology
     return {"probe": hp.probe.to_json(), "gpus": {"count": t.gpus, "p2p_ok": t.p2p_ok, "mig": t.mig},
-            "oom": {"path": hp.oom.path, "kills": hp.oom.kills} if hp.oom else None, "env": dict(hp.env)}
+            "oom": {"path": hp.oom.path, "kills": hp.oom.kills} if hp.oom else None, "env": dict(hp.env),
+            **({"env_names": sorted(hp.env_names)} if hp.env_names is not None else {})}
 
 
 def probe_command(peer: str | None) -> str:
@@ -143,6 +147,22 @@ def from_output(host: str, output: str) -> HostProbe:
     if found.oom and now is not None:
         found = replace(found, oom=OomCounter(found.oom.path, now))
     return found
+
+
+# Read by mpirun and its daemons themselves (Open MPI passes its own MCA variables on), or set
+# by a login: never a variable a rank misses.
+_MPI_OWN = ("OMPI_", "PRTE_", "PMIX_", "OPAL_", "ORTE_", "HYDRA_", "I_MPI_", "MPIR_", "MPICH_")
+
+
+def launcher_only(env: Mapping[str, str], sent: set[str], probes: list[HostProbe], login: frozenset[str]) -> list[str]:
+    """Variables set here that no rank will see: not sent (``sent``), and set on none of the
+    hosts that run ranks. Empty when a host's probe does not list its variables (older mpirt)."""
+    hosts = [p for p in probes if p.runs_ranks]
+    if not hosts or any(p.env_names is None for p in hosts):
+        return []
+    anywhere = frozenset().union(*(p.env_names for p in hosts))
+    return sorted(n for n in env if n not in sent and n not in anywhere and n not in login
+                  and not n.startswith(("SSH_", "BASH_FUNC_", *_MPI_OWN)))
 
 
 def summary(plan: Plan, probes: list[HostProbe], profile: str | None, set_count: int,

@@ -298,7 +298,7 @@ class _Remote:
             print(f"mpirt: warning: {text}; {fix}", file=sys.stderr, flush=True)
         # the ssh modules only where there are remote hosts: a local launch stays light
         from launcher.ssh import prepare
-        from launcher.sshd import nss_wrapper_env
+        from launcher.sshd import LOGIN_OWN, nss_wrapper_env
 
         self.cfg, self.impl, self.env, self.undo, self.source = cfg, impl, env, undo, source
         # Hosts that give no count and no --slots or operator variable for them: one slot per
@@ -317,6 +317,7 @@ class _Remote:
         base.update(mpi.ssh_env(impl, self.setup.ssh_args()))
         self.names, self.ssh_env = [h.name for h in hosts], {**env, **nss}
         self.named = list(named)
+        self.login_own, self.hinted, self.export = LOGIN_OWN, False, []
         self.oom_before: dict[str, memcg.OomCounter] = {}
 
     def _use(self, hosts: list[hostlib.Host], check: bool = True) -> str:
@@ -334,9 +335,9 @@ class _Remote:
         peer = _peer(self.hosts)
         iface = bootstrap_interface(_read("/proc/net/route"), peer) if peer else None
         added.update({k: v for k, v in mpi.control_env(self.impl, iface).items() if k not in self.env})
-        export = mpi.forwarded({**self.env, **added}, also=added, named=self.named)
+        self.export = mpi.forwarded({**self.env, **added}, also=added, named=self.named)
         return mpi.build_argv(self.impl, self.np, str(self.hostfile), list(self.cfg.command), uid=os.getuid(),
-                              tag_output=self.cfg.tag_output, export=export, control=_source_address(peer))
+                              tag_output=self.cfg.tag_output, export=self.export, control=_source_address(peer))
 
     def dry_run(self, base: dict, info: dict) -> tuple[dict, list[str]]:
         if self.cfg.env_defaults:
@@ -379,4 +380,12 @@ class _Remote:
                 f"{h.name} {h.slots}" for h in self.hosts if not h.slots_given), file=sys.stderr, flush=True)
         if cfg.env_defaults:
             added.update(env_defaults(cfg, self.impl, self.env, [own.result()] + found))
-        return self._argv(added)
+        argv = self._argv(added)
+        if mpi.TABLE[self.impl.key].export and not self.hinted:  # Open MPI sends only what it is told to
+            self.hinted = True
+            missing = fleet.launcher_only(self.env, set(self.export), found, self.login_own)
+            if missing:
+                more = f" and {len(missing) - 8} more" if len(missing) > 8 else ""
+                print(f"mpirt: set on the launcher only, so no rank sees it: {', '.join(missing[:8])}{more}; "
+                      "send one with --env NAME, or set it on the workers", file=sys.stderr, flush=True)
+        return argv

@@ -129,6 +129,8 @@ def test_ranks_see_their_hosts_environment_and_the_variables_named_at_launch(clu
     assert {(r["DATA_DIR"], r["HF_TOKEN"], r["ONLY_HERE"]) for r in report} == {
         ("/data/a b", "hf_abc", "launcher" if hydra else None)}
     assert "set on the hosts, so not by mpirt: NCCL_DEBUG (w1)" in proc.stderr, proc.stderr
+    hint = "mpirt: set on the launcher only, so no rank sees it: ONLY_HERE; send one with --env NAME"
+    assert (hint in proc.stderr) != hydra, proc.stderr  # Hydra sends everything
 
 
 @EACH_MPI

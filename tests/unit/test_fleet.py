@@ -67,6 +67,21 @@ def test_variables_a_host_sets_count_as_the_users():
     assert back.env == {"NCCL_DEBUG": "INFO"}
 
 
+def test_variables_set_on_the_launcher_only_are_named():
+    """What no rank will see: not sent by mpirun, set on no host that runs ranks; never what
+    mpirun and its daemons read themselves or what a login sets."""
+    workers = [fleet.HostProbe("w0", None, None, env_names=frozenset({"PATH", "SHARED", "W0_ONLY"})),
+               fleet.HostProbe("w1", None, None, env_names=frozenset({"PATH", "SHARED"})),
+               fleet.HostProbe("launcher", None, None, runs_ranks=False, env_names=frozenset({"DATA_DIR"}))]
+    here = {"PATH": "/bin", "SHARED": "1", "W0_ONLY": "1", "DATA_DIR": "/d", "WANDB_PROJECT": "p", "SENT": "1",
+            "OMPI_MCA_orte_default_hostfile": "/etc/mpi/hostfile", "HOSTNAME": "launcher", "SSH_AUTH_SOCK": "/s"}
+    assert fleet.launcher_only(here, {"SENT", "PATH"}, workers, frozenset({"HOSTNAME"})) == ["DATA_DIR", "WANDB_PROJECT"]
+    older = [fleet.HostProbe("w0", None, None)]  # a probe that does not list its variables: say nothing
+    assert fleet.launcher_only(here, set(), older, frozenset()) == []
+    back = fleet.from_json("w0", json.loads(json.dumps(fleet.to_json(fleet.local("w0", env={"A": "1"})))))
+    assert back.env_names == {"A"}
+
+
 def test_probe_takes_only_library_variables_from_the_environment():
     found = fleet.local("here", env={"NCCL_DEBUG": "INFO", "HF_TOKEN": "t", "UCX_TLS": "tcp", "PATH": "/bin"})
     assert found.env == {"NCCL_DEBUG": "INFO", "UCX_TLS": "tcp"}
