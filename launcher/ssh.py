@@ -27,7 +27,10 @@ KEY_NAMES = ("id_rsa", "id_ed25519", "id_ecdsa", "ssh-privatekey")
 KEX = ("curve25519-sha256,curve25519-sha256@libssh.org,ecdh-sha2-nistp256,ecdh-sha2-nistp384,ecdh-sha2-nistp521,"
        "diffie-hellman-group-exchange-sha256,diffie-hellman-group16-sha512,diffie-hellman-group18-sha512,"
        "diffie-hellman-group14-sha256")
-SOCKET_PATH_MAX = 100  # sun_path is 108 bytes; ControlPath appends a 40-character hash
+# A socket path fits sun_path: 107 bytes and a NUL. ControlPath ends in %C, a 40-character
+# hash, and a master first binds "<that path>.<16 random characters>", then renames it.
+SOCKET_PATH_MAX = 107
+MUX_NAME_LEN = 1 + 40 + 17
 
 
 class SshSetupError(RuntimeError):
@@ -102,8 +105,13 @@ def prepare(ssh_dir: Path, state_dir: Path, port: int, connect_timeout: int = 10
         write_private(known, ("\n".join(pinned) + "\n").encode())
     check = (f"StrictHostKeyChecking yes\n  UserKnownHostsFile {known}" if known else
              "StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null")
-    sockets = private_dir(d / "mux" if len(str(d)) + 46 <= SOCKET_PATH_MAX else
-                          Path(tempfile.gettempdir()) / f"mpirt-ssh-{hashlib.sha1(str(d).encode()).hexdigest()[:12]}")
+    sockets = d / "mux"
+    if len(str(sockets)) + MUX_NAME_LEN > SOCKET_PATH_MAX:  # a long --state-dir: a short private one
+        sockets = Path(tempfile.gettempdir()) / f"mpirt-ssh-{hashlib.sha1(str(d).encode()).hexdigest()[:12]}"
+    if len(str(sockets)) + MUX_NAME_LEN > SOCKET_PATH_MAX:
+        raise SshSetupError(f"no directory for ssh's control sockets is short enough ({sockets}); set TMPDIR to a "
+                            f"shorter one (at most {SOCKET_PATH_MAX - MUX_NAME_LEN} characters)")
+    sockets = private_dir(sockets)
     config = d / "ssh_config"
     write_private(config, (
         "# written by mpirt launch\n"

@@ -182,6 +182,24 @@ def test_sessions_get_the_containers_environment(secret, start_worker, tmp_path)
     assert "not passed to ssh sessions (sshd_config cannot hold a line break): T_NEWLINE" in w.proc.stdout.read()
 
 
+@pytest.mark.parametrize("length", [40, 48, 56, 90])
+def test_shared_connections_work_from_a_state_dir_of_any_length(secret, start_worker, length):
+    """ssh binds a master's socket at ControlPath plus 17 characters before renaming it: a
+    --state-dir of 46 to 54 characters once left every host "not ready" (handshake failed)."""
+    w = start_worker(secret).wait_listening()
+    base = Path(tempfile.mkdtemp(prefix="mpirt-len-"))
+    try:
+        client = base / ("d" * (length - len(str(base)) - len("/ssh") - 1)) / "ssh"
+        assert len(str(client)) == length
+        setup = prepare(secret, client, w.port)
+        r = wait_ready(["127.0.0.1"], setup, 10, command="echo $SSH_CONNECTION")[0]
+        assert r.stage == "ready", r.reason
+        assert ssh(setup, "echo", "$SSH_CONNECTION").stdout == r.output  # over the shared connection
+        release(["127.0.0.1"], setup)
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
 def test_ssh_failures_are_read_into_stages():
     from launcher.ready import diagnose
 
