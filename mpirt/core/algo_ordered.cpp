@@ -3,8 +3,9 @@
 // node layout or the run: the same bits as a serial fold over the ranks' buffers. Other
 // algorithms add in an order that depends on where an element falls in its chunk (ring,
 // shm) or on the MPI's choice, so fusing gradients into other buckets changes the result.
-// Per block each rank gathers its slice from every rank (all-to-all), folds the slices in
-// rank order and shares its result (allgather): 2(n-1)/n of the buffer moved, like ring.
+// On one node that is `shm`, which folds in rank order too. Across nodes, per block each rank
+// gathers its slice from every rank (all-to-all), folds the slices in rank order and shares
+// its result (allgather): 2(n-1)/n of the buffer moved, like ring.
 #include <algorithm>
 #include <cstring>
 #include <vector>
@@ -30,6 +31,7 @@ void allreduce_ordered(const Call& c) {
     if (out != in) std::memcpy(out, in, c.count * es);
     return;
   }
+  if (st.layout.node_count == 1) return allreduce_shm(c);  // local ranks are these ranks, in order
   const size_t block = std::max<size_t>(n, kBlockBytes / es);
   const size_t slice = block / n + 1;
   st.scratch.resize(std::max(st.scratch.size(), (n + 1) * slice * es));

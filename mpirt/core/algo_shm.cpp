@@ -4,7 +4,9 @@
 // and copies the other reduced slices out: per rank one read and one write of the buffer
 // in DRAM, like a memcpy. Two barriers per round; rounds alternate between two staging
 // areas so the next round's publish never waits for readers of the last one.
-// Across nodes, each local rank allreduces its slice with the same local rank elsewhere.
+// Within a node every element is folded in local rank order, so the result does not depend on
+// the count or the rounds. Across nodes, each local rank allreduces its slice with the same
+// local rank elsewhere.
 #include <algorithm>
 #include <cstring>
 #include <vector>
@@ -88,9 +90,9 @@ void allreduce_shm(const Call& c) {
 
     const size_t bytes = lo(r + 1) - lo(r);
     if (bytes > 0) {
-      srcs[0] = in + lo(r);  // own contribution first: reduce_n allows dst to alias it
-      for (int j = 0, k = 1; j < n; ++j)
-        if (j != r) srcs[k++] = seg.input(parity, j, n) + lo(r);
+      // in local rank order, own part straight from its buffer: every element is folded in
+      // the same order whichever slice it falls in (`ordered` relies on it within a node)
+      for (int j = 0; j < n; ++j) srcs[j] = j == r ? in + lo(r) : seg.input(parity, j, n) + lo(r);
       char* res = seg.result(parity, n) + lo(r);
       reduce_n(res, srcs.data(), n, bytes / es, c.dtype, c.op);
       if (cross) MPI_Allreduce(MPI_IN_PLACE, res, static_cast<int>(bytes / es), type, op, st.cross_comm);

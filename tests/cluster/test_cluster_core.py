@@ -1,0 +1,28 @@
+"""The compiled core across network-namespace hosts: `ordered` gives a serial fold's bits
+whatever the layout (one rank per host, two per host), through the path it takes across nodes."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from netns import cluster  # noqa: F401  (the fixture)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.mpi]
+
+ORDERED = str(Path(__file__).parents[1] / "mpi" / "ranks" / "ordered_bits.py")
+
+
+@pytest.mark.parametrize("hosts,slots", [(3, 1), (2, 2)], ids=["3x1", "2x2"])
+def test_ordered_across_hosts_gives_the_serial_folds_bits(cluster, hosts, slots):
+    c = cluster(hosts)
+    names = [f"w{i}" for i in range(hosts)]
+    for w in names:
+        c.start_worker(w)
+    proc = c.launch(names, [sys.executable, ORDERED], slots=slots, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if '{"size"' in x)
+    report = json.loads(line[line.index('{"size"'):])
+    assert report["size"] == hosts * slots and report["cases"] == 4 * 3 * 3
+    assert report["n_failures"] == 0, "\n".join(report["failures"])
