@@ -298,7 +298,7 @@ class _Remote:
             print(f"mpirt: warning: {text}; {fix}", file=sys.stderr, flush=True)
         # the ssh modules only where there are remote hosts: a local launch stays light
         from launcher.ssh import prepare
-        from launcher.sshd import LOGIN_OWN, nss_wrapper_env
+        from launcher.sshd import nss_wrapper_env
 
         self.cfg, self.impl, self.env, self.undo, self.source = cfg, impl, env, undo, source
         # Hosts that give no count and no --slots or operator variable for them: one slot per
@@ -317,7 +317,7 @@ class _Remote:
         base.update(mpi.ssh_env(impl, self.setup.ssh_args()))
         self.names, self.ssh_env = [h.name for h in hosts], {**env, **nss}
         self.named = list(named)
-        self.login_own, self.hinted, self.export = LOGIN_OWN, False, []
+        self.hinted, self.export = False, []
         self.oom_before: dict[str, memcg.OomCounter] = {}
 
     def _use(self, hosts: list[hostlib.Host], check: bool = True) -> str:
@@ -331,8 +331,8 @@ class _Remote:
         self.hostfile.write_text(text)
         return text
 
-    def _argv(self, added: dict) -> list[str]:
-        peer = _peer(self.hosts)
+    def _argv(self, added: dict, peer: str | None) -> list[str]:
+        """``peer``: an address of the first host (``_peer``), looked up once per attempt."""
         iface = bootstrap_interface(_read("/proc/net/route"), peer) if peer else None
         added.update({k: v for k, v in mpi.control_env(self.impl, iface).items() if k not in self.env})
         self.export = mpi.forwarded({**self.env, **added}, also=added, named=self.named)
@@ -343,7 +343,7 @@ class _Remote:
         if self.cfg.env_defaults:
             info["env_defaults"] = "set at launch from every host's probe (read during the readiness check)"
         added = dict(base)
-        return added, self._argv(added)
+        return added, self._argv(added, _peer(self.hosts))
 
     def start(self) -> None:
         from launcher.ready import release
@@ -380,10 +380,12 @@ class _Remote:
                 f"{h.name} {h.slots}" for h in self.hosts if not h.slots_given), file=sys.stderr, flush=True)
         if cfg.env_defaults:
             added.update(env_defaults(cfg, self.impl, self.env, [own.result()] + found))
-        argv = self._argv(added)
+        argv = self._argv(added, peer)
         if mpi.TABLE[self.impl.key].export and not self.hinted:  # Open MPI sends only what it is told to
             self.hinted = True
-            missing = fleet.launcher_only(self.env, set(self.export), found, self.login_own)
+            from launcher.sshd import LOGIN_OWN
+
+            missing = fleet.launcher_only(self.env, set(self.export), found, LOGIN_OWN)
             if missing:
                 more = f" and {len(missing) - 8} more" if len(missing) > 8 else ""
                 print(f"mpirt: set on the launcher only, so no rank sees it: {', '.join(missing[:8])}{more}; "
