@@ -4,18 +4,24 @@ No coordinator and no cost on the fast path: the communication thread only notes
 is (``enter``/``leave``). A watchdog thread on every rank answers position queries on a
 private communicator; when its own rank has waited past the warning threshold it asks every
 rank where it is, and the lowest waiting rank prints who is missing and where each of them
-is (step, bucket, or outside any collective). Past the abort threshold (when set) that rank
-writes an error record and aborts the job. Needs MPI_THREAD_MULTIPLE; without it the
-inspector is off and says so once.
+is (step, bucket, or outside any collective) and the line its main thread is running, read
+from the interpreter by the watchdog thread: the answer to "who is stuck, and on what"
+(pytorch#118369, NVIDIA/nccl#1260). Past the abort threshold (when set) that rank writes an
+error record and aborts the job. Needs MPI_THREAD_MULTIPLE; without it the inspector is off
+and says so once.
 """
 
 from __future__ import annotations
 
+import linecache
 import os
 import socket
+import sys
+import sysconfig
 import threading
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 from mpirt import errors
 from mpirt.comm import MPI
@@ -33,6 +39,8 @@ class Position:
     bucket: int
     nbuckets: int
     age: float  # seconds in this position
+    where: str = ""  # the user's line the rank's main thread is running (``main_thread_lines``)
+    inside: str = ""  # the library frame it is running deeper down, if any
 
     @property
     def key(self) -> tuple:
@@ -40,9 +48,39 @@ class Position:
 
     def describe(self) -> str:
         if not self.what:
-            return f"rank {self.rank} ({self.host}): at step {self.step}, outside any collective for {self.age:.0f} s"
-        return (f"rank {self.rank} ({self.host}): waiting in {self.what} of step {self.step}, "
-                f"bucket {self.bucket + 1}/{self.nbuckets} for {self.age:.0f} s")
+            text = f"rank {self.rank} ({self.host}): at step {self.step}, outside any collective for {self.age:.0f} s"
+        else:
+            text = (f"rank {self.rank} ({self.host}): waiting in {self.what} of step {self.step}, "
+                    f"bucket {self.bucket + 1}/{self.nbuckets} for {self.age:.0f} s")
+        return text + (f"\n    its main thread is at {self.where}" if self.where else "") + (
+            f"\n    inside {self.inside}" if self.inside else "")
+
+
+# Frames in these directories are libraries (the standard library, site-packages, mpirt
+# itself); the line to show is the innermost one outside them, the user's own.
+_LIBRARY_DIRS = tuple(sorted({str(Path(d).resolve()) + os.sep for d in (
+    sysconfig.get_path("stdlib"), sysconfig.get_path("platstdlib"), sysconfig.get_path("purelib"),
+    sysconfig.get_path("platlib"), Path(__file__).parent) if d}))
+
+
+def _frame_text(frame) -> str:
+    code = frame.f_code
+    source = linecache.getline(code.co_filename, frame.f_lineno).strip()
+    return f"{code.co_filename}:{frame.f_lineno} in {code.co_name}" + (f": {source}" if source else "")
+
+
+def main_thread_lines(frame) -> tuple[str, str]:
+    """Where the thread whose innermost frame is ``frame`` stands: (the innermost frame of user
+    code, the innermost frame when the thread is deeper inside a library, such as a data loader
+    or a collective, else ""). A thread entirely in library code gives that frame first."""
+    innermost, user = frame, None
+    while frame is not None and user is None:
+        if not str(Path(frame.f_code.co_filename).resolve()).startswith(_LIBRARY_DIRS):
+            user = frame
+        frame = frame.f_back
+    if user is None:
+        return _frame_text(innermost), ""
+    return _frame_text(user), ("" if user is innermost else _frame_text(innermost))
 
 
 class StallInspector:
@@ -71,9 +109,11 @@ class StallInspector:
     def leave(self, step: int) -> None:
         self._where = (step, "", -1, 0, time.monotonic())
 
-    def position(self) -> Position:
+    def position(self, with_line: bool = False) -> Position:
         step, what, bucket, nbuckets, since = self._where
-        return Position(self.rank, self.host, step, what, bucket, nbuckets, time.monotonic() - since)
+        frame = sys._current_frames().get(threading.main_thread().ident) if with_line else None
+        return Position(self.rank, self.host, step, what, bucket, nbuckets, time.monotonic() - since,
+                        *(main_thread_lines(frame) if frame is not None else ("", "")))
 
     def close(self) -> None:
         if self._thread is None:
@@ -92,7 +132,8 @@ class StallInspector:
         while self._comm.iprobe(source=MPI.ANY_SOURCE, tag=_QUERY, status=status):
             asker = status.Get_source()
             token = self._comm.recv(source=asker, tag=_QUERY)
-            self._pending.append(self._comm.isend((token, asdict(self.position())), dest=asker, tag=_REPLY))
+            answer = asdict(self.position(with_line=True))
+            self._pending.append(self._comm.isend((token, answer), dest=asker, tag=_REPLY))
         self._pending = [r for r in self._pending if not r.Test()]
 
     def _survey(self, mine: Position) -> dict[int, Position]:
@@ -123,7 +164,11 @@ class StallInspector:
         for r in missing:
             lines.append("  " + (answers[r].describe() if r in answers else
                                  f"rank {r}: no answer (hung holding the interpreter, or dead)"))
-        lines.append(f"  waiting: ranks {', '.join(map(str, waiting))}")
+        by_line: dict[str, list[int]] = {}
+        for r in waiting:
+            by_line.setdefault(answers[r].where, []).append(r)
+        for where, ranks in by_line.items():  # ranks that reach one collective from different lines show it
+            lines.append(f"  waiting: ranks {', '.join(map(str, ranks))}" + (f", at {where}" if where else ""))
         lines.append("  A missing rank is slower, hung, or on a different code path (a different number of steps "
                      "or batches per rank, an exception caught and ignored, a rank-dependent branch around "
                      "backward). MPIRT_STALL_ABORT_S stops the job after that many seconds.")
@@ -138,7 +183,7 @@ class StallInspector:
                 continue
             if mine.key not in reported:
                 reported.add(mine.key)
-                text = self._report(mine, self._survey(mine))
+                text = self._report(mine, self._survey(self.position(with_line=True)))
                 if text:
                     self.reports.append(text)
                     say(text, err=True)

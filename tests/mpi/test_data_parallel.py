@@ -52,8 +52,14 @@ def test_stalled_rank_is_reported_by_rank_and_step(np_):
     missing = np_ - 1
     assert f"missing ranks: {missing}\n" in proc.stderr
     assert f"rank {missing} (" in proc.stderr and "at step 3, outside any collective" in proc.stderr
+    script = RANKS / "dp_faults.py"
+    lines = script.read_text().splitlines()
+    sleep, backward = (lines.index(text) + 1 for text in ("        time.sleep(float(sys.argv[2]))",
+                                                           "    model(torch.randn(8, 4)).pow(2).mean().backward()"))
+    assert f"its main thread is at {script}:{sleep} in <module>: time.sleep(float(sys.argv[2]))\n" in proc.stderr
     assert "in gradient allreduce of step 3" in proc.stderr
-    assert "waiting: ranks " + ", ".join(str(r) for r in range(missing)) in proc.stderr
+    assert (f"waiting: ranks {', '.join(str(r) for r in range(missing))}, at {script}:{backward} in <module>: "
+            "model(torch.randn(8, 4)).pow(2).mean().backward()\n") in proc.stderr
 
 
 def test_stall_past_the_abort_threshold_ends_the_job(tmp_path):
