@@ -265,6 +265,7 @@ class _Local:
     """Ranks on this machine: no ssh; they share this process's memory cgroup."""
 
     def __init__(self, cfg: LaunchConfig, impl: mpi.MpiImpl, env: dict):
+        mpi.check_local_program(list(cfg.command), env.get("PATH"))
         self.cfg, self.impl, self.env = cfg, impl, env
         self.oom_before: dict[str, memcg.OomCounter] = {}
         self.read_oom = _read_here

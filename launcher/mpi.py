@@ -201,6 +201,15 @@ def check_command(command: list[str]) -> None:
                          "command cannot start with a dash: fix the option, or put the command after --")
 
 
+def check_local_program(command: list[str], path: str | None) -> None:
+    """Local ranks run ``command[0]`` through this PATH: a typo or a missing file is said here,
+    once, rather than by every rank mpirun fails to start (Open MPI 4 then exits 131 or 132,
+    which read like signals)."""
+    if shutil.which(command[0], path=path) is None:
+        where = "is not an executable file" if os.sep in command[0] else f"is not on PATH ({path or ''})"
+        raise ValueError(f"cannot run {command[0]!r}: it {where}; check the name, or give its full path")
+
+
 def launch_argv(impl: MpiImpl, n: int, command: list[str], *, cores: int, uid: int, tag_output: bool) -> list[str]:
     """mpirun argv that starts ``command`` on ``n`` local ranks."""
     check_command(command)

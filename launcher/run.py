@@ -39,6 +39,11 @@ def _killed(rank: str | None, host: str, num: int) -> str:
     return f"{who} on {host} was killed by signal {num}{_signame(num)}" + (f"; usually {hint}" if hint else "")
 
 
+def _not_started(program: str, host: str, why: str) -> str:
+    return (f"{program} could not be started on {host} ({why}): check the name, and that the image on {host} has "
+            "it (a bare name is looked up on that host's PATH)")
+
+
 # mpirun's own words for a failure, most specific first; Open MPI 5 wraps its lines, Hydra
 # (MPICH, Intel MPI) frames them in '=' banners.
 _PATTERNS = (
@@ -60,6 +65,11 @@ _PATTERNS = (
      lambda m: f"host {m[1]} has no DNS record (ssh could not resolve it)"),
     (re.compile(r"ssh: connect to host (\S+) port (\d+): (.+)"),
      lambda m: f"ssh to {m[1]} port {m[2]} failed: {m[3]}"),
+    (re.compile(r"unable to launch the specified application as it could not\s+access(?:\s+or\s+execute)?\s+"
+                r"an\s+executable:\s+Executable: (\S+)\s+Node: (\S+)"),
+     lambda m: _not_started(m[1], m[2], "not there, or not executable")),
+    (re.compile(r"\[proxy:[^\]@]*@([^\]]+)\]\s+HYDU_create_process \([^)]*\): execvp error on file (\S+) \(([^)]+)\)"),
+     lambda m: _not_started(m[2], m[1], m[3])),
     (re.compile(r"Process name: \[\[\d+,\d+\],(\d+)\]\s*\n\s*Exit code:\s+(\d+)"),
      lambda m: f"rank {m[1]} exited with code {m[2]}"),
     (re.compile(r"RANK (\d+) PID \d+ RUNNING AT (\S+)\s*\n=\s+EXIT CODE: (\d+)"),
@@ -277,9 +287,11 @@ def root_cause(code: int, error_dir: str, tail: list[str] = (), lines: int = 12,
     records of the ranks that lost it are consequences, so these come first. ``ranks``: each
     rank's last output lines, shown for the rank mpirun names when there is no record (what
     a native crash or a CUDA error printed before the signal)."""
-    sig = _signame(code - 128) if code > 128 else ""
     records = errors.read_all(error_dir)
     clues = from_output(list(tail))
+    # 128 + N is how a shell reports signal N, but not always mpirun: Open MPI 4 exits 131 or 132
+    # when it cannot start a program. Named only where nothing else explains the code.
+    sig = _signame(code - 128) if code > 128 and (not clues or "signal" in clues[0]) else ""
     if oom:
         also = clues + [f"rank {r['rank']} on {r['host']}: {r['exception']}: {r['message']}" for r in records]
         return "\n".join([f"mpirt: job failed (exit {code}{sig}). Root cause: out of memory: {oom[0]}"] +

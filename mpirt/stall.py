@@ -13,19 +13,17 @@ and says so once.
 
 from __future__ import annotations
 
-import linecache
 import os
 import socket
 import sys
-import sysconfig
 import threading
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from mpirt import errors
 from mpirt.comm import MPI
 from mpirt.console import say
+from mpirt.frames import locate
 
 _QUERY, _REPLY = 7101, 7102
 
@@ -39,7 +37,7 @@ class Position:
     bucket: int
     nbuckets: int
     age: float  # seconds in this position
-    where: str = ""  # the user's line the rank's main thread is running (``main_thread_lines``)
+    where: str = ""  # the user's line the rank's main thread is running (``locate``)
     inside: str = ""  # the library frame it is running deeper down, if any
 
     @property
@@ -54,33 +52,6 @@ class Position:
                     f"bucket {self.bucket + 1}/{self.nbuckets} for {self.age:.0f} s")
         return text + (f"\n    its main thread is at {self.where}" if self.where else "") + (
             f"\n    inside {self.inside}" if self.inside else "")
-
-
-# Frames in these directories are libraries (the standard library, site-packages, mpirt
-# itself); the line to show is the innermost one outside them, the user's own.
-_LIBRARY_DIRS = tuple(sorted({str(Path(d).resolve()) + os.sep for d in (
-    sysconfig.get_path("stdlib"), sysconfig.get_path("platstdlib"), sysconfig.get_path("purelib"),
-    sysconfig.get_path("platlib"), Path(__file__).parent) if d}))
-
-
-def _frame_text(frame) -> str:
-    code = frame.f_code
-    source = linecache.getline(code.co_filename, frame.f_lineno).strip()
-    return f"{code.co_filename}:{frame.f_lineno} in {code.co_name}" + (f": {source}" if source else "")
-
-
-def main_thread_lines(frame) -> tuple[str, str]:
-    """Where the thread whose innermost frame is ``frame`` stands: (the innermost frame of user
-    code, the innermost frame when the thread is deeper inside a library, such as a data loader
-    or a collective, else ""). A thread entirely in library code gives that frame first."""
-    innermost, user = frame, None
-    while frame is not None and user is None:
-        if not str(Path(frame.f_code.co_filename).resolve()).startswith(_LIBRARY_DIRS):
-            user = frame
-        frame = frame.f_back
-    if user is None:
-        return _frame_text(innermost), ""
-    return _frame_text(user), ("" if user is innermost else _frame_text(innermost))
 
 
 class StallInspector:
@@ -113,7 +84,7 @@ class StallInspector:
         step, what, bucket, nbuckets, since = self._where
         frame = sys._current_frames().get(threading.main_thread().ident) if with_line else None
         return Position(self.rank, self.host, step, what, bucket, nbuckets, time.monotonic() - since,
-                        *(main_thread_lines(frame) if frame is not None else ("", "")))
+                        *(locate(frame) if frame is not None else ("", "")))
 
     def close(self) -> None:
         if self._thread is None:

@@ -31,6 +31,12 @@ def test_cli_never_loads_mpi():
     assert out.stdout.strip() == "False False"
 
 
+def test_the_test_process_never_initialises_mpi():
+    """Every test module is imported by now: one that loaded mpi4py.MPI would make this process
+    an MPI singleton whose variables every mpirun a later test starts inherits, and fails on."""
+    assert "mpi4py.MPI" not in sys.modules
+
+
 def test_entrypoint_form_routes_by_role():
     import os
 

@@ -169,6 +169,63 @@ def test_signals_from_every_mpirun_are_named_with_what_they_usually_mean(tmp_pat
         9, str(tmp_path), MPICH_KILLED.splitlines(keepends=True))
 
 
+# Real outputs from this machine for a program that is not there: Open MPI 4 (exit 132; 131
+# for a file without the execute bit), Open MPI 5 (exit 183), and the Hydra of MPICH 4, of
+# Intel MPI and of the MPICH 5 wheel (which writes its tag twice).
+OMPI4_NO_PROGRAM = """--------------------------------------------------------------------------
+mpirun was unable to launch the specified application as it could not access
+or execute an executable:
+
+Executable: /opt/app/train
+Node: w1
+
+while attempting to start process rank 0.
+--------------------------------------------------------------------------
+2 total processes failed to start
+"""
+OMPI5_NO_PROGRAM = """--------------------------------------------------------------------------
+prterun was unable to launch the specified application as it could not
+access an executable:
+
+   Executable: pyhton
+   Node: vm
+
+while attempting to start process rank 0.
+--------------------------------------------------------------------------
+"""
+HYDRA_NO_PROGRAM = ("[proxy:0:0@w2] HYDU_create_process (utils/launch/launch.c:73): execvp error on file pyhton "
+                    "(No such file or directory)\n")
+MPICH5_NO_PROGRAM = ("[proxy:0@vm] [proxy:0@vm] HYDU_create_process (/mpich-5.0.2/src/pm/hydra/lib/utils/launch.c:73):"
+                     " execvp error on file /nonexist (No such file or directory)\n")
+
+
+def test_a_program_mpirun_cannot_start_is_named_with_its_host_and_no_signal_is_guessed(tmp_path):
+    text = root_cause(132, str(tmp_path), OMPI4_NO_PROGRAM.splitlines(keepends=True))
+    assert text.startswith("mpirt: job failed: mpirun exited 132. Root cause (from mpirun's output): /opt/app/train "
+                           "could not be started on w1 (not there, or not executable): check the name, and that the "
+                           "image on w1 has it")
+    assert "SIGILL" not in text
+    assert "pyhton could not be started on vm (not there, or not executable)" in root_cause(
+        183, str(tmp_path), OMPI5_NO_PROGRAM.splitlines(keepends=True))
+    assert "pyhton could not be started on w2 (No such file or directory)" in root_cause(
+        255, str(tmp_path), [HYDRA_NO_PROGRAM])
+    assert "/nonexist could not be started on vm (No such file or directory)" in root_cause(
+        255, str(tmp_path), [MPICH5_NO_PROGRAM])
+
+
+@pytest.mark.parametrize("program", ["pyhton", "script.sh"])
+def test_a_local_program_that_cannot_run_is_said_before_mpirun_starts(tmp_path, program):
+    script = tmp_path / "script.sh"
+    script.write_text("#!/bin/sh\necho hi\n")  # no execute bit
+    program = str(script) if program == "script.sh" else program
+    proc = subprocess.run([sys.executable, "-m", "launcher.cli", "launch", "-np", "2", "--", program, "x"],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    says = f"{script}': it is not an executable file" if program == str(script) else "pyhton': it is not on PATH"
+    assert f"cannot run '{says}" in proc.stderr and "check the name, or give its full path" in proc.stderr
+    assert "mpirun" not in proc.stderr
+
+
 def test_out_of_memory_comes_before_the_records_it_caused(tmp_path):
     errors.write(errors.record("exception", "RuntimeError", "peer gone", "", rank=0), str(tmp_path))
     text = root_cause(137, str(tmp_path), [OMPI_SIGNAL], oom=["the kernel's OOM killer killed 1 process on w1"])

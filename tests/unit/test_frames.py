@@ -5,7 +5,7 @@ import sys
 import threading
 import time
 
-from mpirt.stall import Position, main_thread_lines
+from mpirt.frames import locate
 
 
 def _blocked_thread():
@@ -25,7 +25,7 @@ def _blocked_thread():
 def test_the_user_line_comes_first_then_the_library_frame_it_waits_in():
     t, q = _blocked_thread()
     try:
-        user, inside = main_thread_lines(sys._current_frames()[t.ident])
+        user, inside = locate(sys._current_frames()[t.ident])
     finally:
         q.put(None)
         t.join()
@@ -37,15 +37,8 @@ def test_the_user_line_comes_first_then_the_library_frame_it_waits_in():
 def test_a_thread_in_user_code_shows_just_that_line():
     here = sys._getframe()
     line = here.f_lineno + 1
-    user, inside = main_thread_lines(here)
+    user, inside = locate(here)
     assert inside == ""
     assert user == (f"{__file__}:{line} in test_a_thread_in_user_code_shows_just_that_line: "
-                    "user, inside = main_thread_lines(here)")
+                    "user, inside = locate(here)")
 
-
-def test_the_report_line_carries_the_location():
-    pos = Position(3, "w1", 12, "", -1, 0, 61.0, "train.py:88 in load: batch = next(it)",
-                   "queue.py:171 in get: self.not_empty.wait()")
-    assert pos.describe() == ("rank 3 (w1): at step 12, outside any collective for 61 s\n"
-                              "    its main thread is at train.py:88 in load: batch = next(it)\n"
-                              "    inside queue.py:171 in get: self.not_empty.wait()")
