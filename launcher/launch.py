@@ -35,6 +35,7 @@ from launcher.detect.gpu import device_nodes
 from launcher.detect.netif import bootstrap_interface
 from launcher.roles import detect as detect_role
 from launcher.run import parse_ranks, report, supervise
+from mpirt import stacks
 
 
 @dataclass(frozen=True)
@@ -243,9 +244,17 @@ def _run(cfg: LaunchConfig, undo: ExitStack) -> tuple[int, str]:
         end = supervise(ready, {**env, **added}, cfg.grace_s, log_dir=cfg.log_dir, time_limit_s=cfg.time_limit_s,
                         show=show, timestamps=cfg.timestamp_output)
         failed = end.code != 0 and not end.stopped_by and not end.timed_out
-        oom = postmortem.findings(job.oom_before, job.read_oom) if failed else []
-        code, message = report(end.code, added["MPIRT_ERROR_DIR"], end.stopped_by, end.tail, oom,
-                               cfg.time_limit_s if end.timed_out else None, end.ranks)
+        error_dir, oom, where = added["MPIRT_ERROR_DIR"], [], []
+        if failed:  # the hosts are asked for records and OOM counters at once: a lost host costs its timeout once
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                texts = pool.submit(job.fetch, error_dir, "json")
+                oom = postmortem.findings(job.oom_before, job.read_oom)
+                postmortem.keep_records(texts.result(), error_dir)
+        if end.timed_out:  # where each rank was when the limit stopped it (python -m mpirt dumps it)
+            where = stacks.summary(stacks.read_all(error_dir) +
+                                   [w for text in job.fetch(error_dir, "stacks") for w in stacks.parse(text)])
+        code, message = report(end.code, error_dir, end.stopped_by, end.tail, oom,
+                               cfg.time_limit_s if end.timed_out else None, end.ranks, where)
         if not failed or attempt == cfg.max_restarts:
             break
         print(f"mpirt: attempt {attempt + 1} of {cfg.max_restarts + 1} failed; restarting the job "
@@ -282,6 +291,9 @@ class _Local:
 
     def start(self) -> None:
         pass
+
+    def fetch(self, error_dir: str, suffix: str) -> list[str]:
+        return []  # the ranks wrote their files here
 
     def prepare(self, added: dict) -> list[str]:
         here = memcg.read()
@@ -352,6 +364,15 @@ class _Remote:
         if any(is_this_host(h.name) for h in self.hosts):
             self.undo.callback(_stop, start_own_sshd(self.cfg, self.state))
         self.undo.callback(release, self.names, self.setup, self.ssh_env)
+
+    def fetch(self, error_dir: str, suffix: str) -> list[str]:
+        """The ``rank-*.<suffix>`` files ranks left in ``error_dir`` on the other hosts: each pod
+        has its own filesystem."""
+        from launcher.ready import output_of
+
+        command = postmortem.listing_command(error_dir, suffix)
+        return postmortem.fetch([h for h in self.names if not is_this_host(h)],
+                                lambda h: output_of(h, self.setup, command, self.ssh_env, timeout=5))
 
     def read_oom(self, host: str, counter: memcg.OomCounter) -> int | None:
         from launcher.ready import output_of

@@ -320,12 +320,17 @@ def root_cause(code: int, error_dir: str, tail: list[str] = (), lines: int = 12,
 
 def report(code: int, error_dir: str, stopped_by: int = 0, tail: list[str] = (),
            oom: list[str] = (), time_limit_s: float | None = None,
-           ranks: dict[str, list[str]] | None = None) -> tuple[int, str]:
+           ranks: dict[str, list[str]] | None = None, where: list[str] = ()) -> tuple[int, str]:
     """Say how the job ended: (the launcher's exit status, 128 + signal when stopped, 124 at
-    the time limit; the message). ``time_limit_s``: given when the job ran past it."""
+    the time limit; the message). ``time_limit_s``: given when the job ran past it; ``where``:
+    then, where the ranks were (``mpirt.stacks.summary``)."""
     if time_limit_s:
         text = (f"mpirt: job stopped: it ran past its time limit (--time-limit {time_limit_s:g} s); mpirun exited "
                 f"{code}. A stall report above names the ranks that stopped progressing, if any did")
+        if where:
+            text += "".join(["\n  where the ranks were when it was stopped:"] + [f"\n    {w}" for w in where])
+        else:
+            text += " (run the program under python -m mpirt to learn where each rank was when it was stopped)"
         code = TIME_LIMIT_EXIT
     elif stopped_by:
         text = f"mpirt: stopped by {signal.Signals(stopped_by).name} (forwarded to the ranks); mpirun exited {code}"

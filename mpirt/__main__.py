@@ -1,6 +1,7 @@
 """``python -m mpirt script.py [args]`` / ``-m module`` / ``-c code``: run a program on a rank so
 that an uncaught exception on any rank stops the whole job (instead of leaving the others
-hanging in a collective) after writing that rank's error record for the launcher."""
+hanging in a collective) after writing that rank's error record for the launcher, and that a
+SIGTERM (a time limit, a deleted pod) leaves a dump of where the rank was (``mpirt.stacks``)."""
 
 from __future__ import annotations
 
@@ -17,8 +18,12 @@ def main(argv: list[str]) -> int:
     if argv[0] in ("-m", "-c") and len(argv) < 2:
         print(f"python -m mpirt: {argv[0]} needs an argument\n{USAGE}", file=sys.stderr)
         return 2
-    from mpirt.errors import abort_on_exception
+    import os
 
+    from mpirt import stacks
+    from mpirt.errors import ENV, abort_on_exception, env_rank
+
+    stacks.arm(os.environ.get(ENV), env_rank())
     try:
         if argv[0] == "-m":
             sys.argv = [argv[1], *argv[2:]]

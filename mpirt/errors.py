@@ -2,8 +2,9 @@
 
 A rank that dies of an uncaught exception (or a stall the inspector gives up on) writes
 ``rank-<r>.json`` into ``$MPIRT_ERROR_DIR``: rank, host, pid, kind, exception type, message,
-traceback and time. The launcher reads them all and reports the earliest. Written through a
-temporary file and a rename, so a reader never sees half a record.
+traceback and time, on the host the rank runs on. After a failed job the launcher copies the
+records of every other host into its own directory (over ssh) and reports the earliest.
+Written through a temporary file and a rename, so a reader never sees half a record.
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from pathlib import Path
 ENV = "MPIRT_ERROR_DIR"
 
 
-def _rank() -> int:
+def env_rank() -> int:
+    """This process's rank, as the MPI launcher's variables say (read before MPI starts)."""
     for name in ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "RANK"):
         if os.environ.get(name, "").isdigit():
             return int(os.environ[name])
@@ -28,7 +30,7 @@ def _rank() -> int:
 
 def record(kind: str, exc_type: str, message: str, tb: str, rank: int | None = None) -> dict:
     return {
-        "rank": _rank() if rank is None else rank, "host": socket.gethostname(), "pid": os.getpid(),
+        "rank": env_rank() if rank is None else rank, "host": socket.gethostname(), "pid": os.getpid(),
         "kind": kind, "exception": exc_type, "message": message, "traceback": tb, "time": time.time(),
     }
 
@@ -69,6 +71,25 @@ def read_all(directory: str | Path) -> list[dict]:
         except (OSError, ValueError):
             continue
     return sorted(out, key=lambda r: r.get("time", 0.0))
+
+
+def parse_many(text: str) -> list[dict]:
+    """The records in ``text``, written one after another (another host's records, copied
+    here by the launcher); what is not a record ends the list."""
+    found, decoder, at = [], json.JSONDecoder(), 0
+    while True:
+        while at < len(text) and text[at].isspace():
+            at += 1
+        if at == len(text):
+            return found
+        try:
+            rec, at = decoder.raw_decode(text, at)
+        except ValueError:
+            return found
+        if not (isinstance(rec, dict) and isinstance(rec.get("rank"), int) and rec["rank"] >= 0
+                and isinstance(rec.get("time"), (int, float))):
+            return found
+        found.append(rec)
 
 
 def abort_on_exception(exc: BaseException, code: int = 1) -> None:

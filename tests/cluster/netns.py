@@ -1,5 +1,5 @@
 """A small cluster on this machine: one network namespace per host (veth pair to a bridge,
-its own address, /etc/hosts and host name), each worker running `mpirt worker`, and a
+its own address, /etc/hosts, host name and TMPDIR), each worker running `mpirt worker`, and a
 launcher namespace running `mpirt launch`. Only these namespace addresses are ever targets.
 Used by tests/cluster and benchmarks/launch.py (a module, not a conftest, so that it never
 shadows tests/conftest.py)."""
@@ -19,6 +19,8 @@ import pytest
 
 # Sets the UTS host name of a fresh UTS namespace, then becomes the real command (no shell).
 SETHOST = "import os, socket, sys; socket.sethostname(sys.argv[1]); os.execvp(sys.argv[2], sys.argv[2:])"
+# Mounts a fresh tmpfs at $1, then becomes the command: a pod's own /tmp-like directory.
+PRIVATE_TMP = 'mount -t tmpfs -o mode=1777 pod-tmp "$1" && shift && exec "$@"'
 # Waits, then becomes the command: a pod whose sshd starts late.
 LATER = "import os, sys, time; time.sleep(float(sys.argv[1])); os.execvp(sys.argv[2], sys.argv[2:])"
 
@@ -53,6 +55,10 @@ class Cluster:
         self.names = ["launcher"] + [f"w{i}" for i in range(workers)]
         self.addr = {n: f"{self.subnet}.{i + 1}" for i, n in enumerate(self.names)}
         self.procs: dict[str, subprocess.Popen] = {}
+        # Each host's TMPDIR: the same path everywhere, a separate tmpfs in each host, as every
+        # pod has its own /tmp; what a rank writes there stays on its host.
+        self.pod_tmp = Path(f"/run/mpirt-pod-tmp-{self.tag}")
+        self.pod_tmp.mkdir(exist_ok=True)
         self.secret = self._secret()
         _ip("link", "add", self.bridge, "type", "bridge")
         _ip("link", "set", self.bridge, "up")
@@ -91,8 +97,10 @@ class Cluster:
         ``memory_cgroup`` fixture's), in that cgroup and seeing it, like a pod's container."""
         as_user = [] if self.uid is None else ["setpriv", f"--reuid={self.uid}", f"--regid={self.uid}",
                                                "--clear-groups"]
-        inside = ["unshare", "--uts", sys.executable, "-c", SETHOST, name, *as_user, *argv]
+        inside = ["unshare", "--uts", sys.executable, "-c", SETHOST, name, "sh", "-c", PRIVATE_TMP, "sh",
+                  str(self.pod_tmp), *as_user, *argv]
         cmd = ["ip", "netns", "exec", self.ns(name), *(cgroup.mounted(inside) if cgroup else inside)]
+        kw["env"] = {**kw.get("env", os.environ), "TMPDIR": str(self.pod_tmp)}
         return subprocess.Popen(cgroup.wrap(cmd) if cgroup else cmd, start_new_session=True, **kw)
 
     def start_worker(self, name: str, delay: float = 0.0, cgroup=None, env: dict | None = None) -> None:
@@ -161,6 +169,7 @@ class Cluster:
             shutil.rmtree(Path("/etc/netns") / self.ns(name), ignore_errors=True)
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
         os.chmod(self.secret, 0o755)
+        self.pod_tmp.rmdir()
 
 
 @pytest.fixture

@@ -198,6 +198,23 @@ def test_rank_exit_code_3_names_rank_and_host(cluster):
     assert "Root cause (first failure): rank 1 on w1" in proc.stderr and "SystemExit: 3" in proc.stderr
 
 
+def test_a_hung_job_says_where_each_rank_on_each_host_was(cluster):
+    """At the time limit each rank dumps its stack on its own host; the launcher fetches them."""
+    c = cluster(3)
+    for w in ("w0", "w1", "w2"):
+        c.start_worker(w)
+    proc = c.launch(["w0", "w1", "w2"], [sys.executable, "-m", "mpirt", WHERE, "hang", "1"], "--time-limit", "10",
+                    "--grace", "3")
+    assert proc.returncode == 124, proc.stderr
+    lines = Path(WHERE).read_text().splitlines()
+    sleep = lines.index("        time.sleep(600)") + 1
+    barrier = sleep + 1
+    assert lines[barrier - 1] == "    comm.Barrier()"
+    where = proc.stderr.split("where the ranks were when it was stopped:\n", 1)[1].splitlines()
+    assert where[:2] == [f"    ranks 0, 2 (w0, w2): {WHERE}:{barrier} in <module>",
+                         f"    rank 1 (w1): {WHERE}:{sleep} in <module>"]
+
+
 def test_rank_oom_killed_on_a_worker_is_named_with_its_host(cluster, memory_cgroup):
     """w1 is a pod with a memory limit: its worker, sshd and ranks run in one memory cgroup.
     mpirun says only "signal 9"; the launcher reads w1's OOM counter over ssh and says why."""

@@ -110,3 +110,32 @@ def test_unbuffered_prints_of_several_values_stay_whole_lines():
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.returncode == 0, proc.stderr
     assert sorted(proc.stdout.splitlines()) == ["[1,0]<stdout>:step 3 loss 0.5", "[1,1]<stdout>:step 3 loss 0.5"]
+
+
+HANG = """import sys, time
+from mpi4py import MPI
+comm = MPI.COMM_WORLD
+print("started", flush=True)
+if comm.Get_rank() == comm.Get_size() - 1:
+    time.sleep(600)  # the rank that does not come
+comm.Barrier()  # where the others wait, inside MPI
+"""
+
+
+@pytest.mark.parametrize("np_", [2, 4])
+def test_a_hung_job_stopped_at_its_time_limit_says_where_each_rank_was(tmp_path, np_):
+    """A hang in the program's own MPI calls, which no stall inspector watches: the SIGTERM of
+    the time limit makes each rank under python -m mpirt dump its stack, even from inside
+    MPI_Barrier, and the launcher groups the ranks by their line."""
+    script = tmp_path / "hang.py"
+    script.write_text(HANG)
+    message = tmp_path / "termination-log"
+    proc = launch("-np", str(np_), "--time-limit", "6", "--grace", "3", "--termination-log", str(message), "--",
+                  sys.executable, "-m", "mpirt", str(script), timeout=120)
+    assert proc.returncode == 124, proc.stderr
+    last = np_ - 1
+    others = "rank 0" if np_ == 2 else f"ranks 0-{last - 1}"
+    where = proc.stderr.split("where the ranks were when it was stopped:\n", 1)[1].splitlines()
+    assert where[:2] == [f"    {others} ({where[0].split('(')[1].split(')')[0]}): {script}:7 in <module>",
+                         f"    rank {last} ({where[1].split('(')[1].split(')')[0]}): {script}:6 in <module>"]
+    assert "where the ranks were when it was stopped:" in message.read_text()

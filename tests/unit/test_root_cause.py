@@ -265,3 +265,29 @@ def test_pieces_of_lines_come_back_together_under_their_rank():
     assert reassemble(b"[1,1]<stdout>: b c\n", pending) == [b"[1,1]<stdout>:a b c\n"] and not pending
     assert reassemble(b"mpirun noticed [1] nothing\n", pending) == [b"mpirun noticed [1] nothing\n"]
     assert reassemble(b"[1,2]<stderr>:half", pending) == [] and pending == {b"[1,2]<stderr>:": b"half"}
+
+
+def test_records_left_on_other_hosts_are_copied_here_and_the_first_of_a_rank_wins(tmp_path):
+    """Each pod has its own filesystem: the launcher fetches the records ranks wrote on theirs."""
+    from launcher.postmortem import fetch, keep_records, listing_command
+
+    early = errors.record("exception", "ValueError", "bad batch", "tb", rank=3)
+    late = errors.record("exception", "RuntimeError", "peer gone", "tb", rank=0)
+    early["time"], late["time"] = 100.0, 105.0
+    here = errors.record("exception", "KeyError", "already here", "tb", rank=0)
+    errors.write(here, str(tmp_path))
+    printed = {"w1": json.dumps(early, indent=1) + "\n" + json.dumps(late, indent=1),
+               "w2": "", "w3": json.dumps({"rank": "../x", "time": 1.0}) + json.dumps(early)}
+    keep_records(fetch(["w1", "w2", "w3"], printed.__getitem__), str(tmp_path))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rank-0.json", "rank-3.json"]
+    assert [r["exception"] for r in errors.read_all(tmp_path)] == ["ValueError", "KeyError"]
+    assert listing_command("/tmp/mpirt errors;x", "json") == ("cat -- '/tmp/mpirt errors;x'/rank-*.json 2>/dev/null "
+                                                              "|| true")
+
+
+def test_only_whole_records_are_read_from_a_hosts_output():
+    rec = errors.record("exception", "E", "m", "tb", rank=2)
+    text = json.dumps(rec) + "\n" + json.dumps(rec)[:-5]
+    assert errors.parse_many(text) == [rec]
+    assert errors.parse_many("") == [] and errors.parse_many("Permission denied\n") == []
+    assert errors.parse_many(json.dumps([rec])) == [] and errors.parse_many(json.dumps({**rec, "rank": -1})) == []

@@ -1,5 +1,6 @@
 """Every rank reports (rank, size, host name); rank 0 prints them as one JSON line. With an
-argument R: rank R exits with code 3 (through SystemExit, so `python -m mpirt` records it)."""
+argument R: rank R exits with code 3 (through SystemExit, so `python -m mpirt` records it);
+with `hang R`: rank R sleeps, the others wait for it in a barrier."""
 
 import json
 import socket
@@ -16,6 +17,10 @@ if comm.Get_rank() == 0:
 if len(sys.argv) > 1 and sys.argv[1] == "sleep":
     comm.Barrier()
     time.sleep(float(sys.argv[2]))
+    comm.Barrier()
+elif len(sys.argv) > 1 and sys.argv[1] == "hang":
+    if comm.Get_rank() == int(sys.argv[2]):
+        time.sleep(600)
     comm.Barrier()
 elif len(sys.argv) > 1 and int(sys.argv[1]) == comm.Get_rank():
     sys.exit(3)

@@ -1,0 +1,118 @@
+"""Where each rank was when its job was stopped: the record of a job that hung somewhere the
+stall inspector does not watch (the program's own collectives, a data loader, a deadlock).
+
+``python -m mpirt`` arms it: on SIGTERM, the first thing a time limit or a deleted pod sends,
+faulthandler writes every thread's Python stack to ``rank-<r>.stacks`` in the error directory,
+from the signal handler itself, so even a rank blocked inside an MPI call answers; then
+SIGTERM goes on as before. The launcher fetches the files from every host and groups the
+ranks by the line of their own code they were in.
+"""
+
+from __future__ import annotations
+
+import atexit
+import faulthandler
+import os
+import re
+import signal
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+_HEADER = "mpirt-stacks rank={rank} host={host} pid={pid}\n"
+_HEADER_RE = re.compile(r"^mpirt-stacks rank=(\d+) host=(\S+) pid=\d+$", re.M)
+_THREAD_RE = re.compile(r"^(?:Current thread|Thread) 0x[0-9a-f]+ \(most recent call first\):$", re.M)
+_FRAME_RE = re.compile(r'^\s+File "(.*)", line (\d+) in (.*)$', re.M)
+# Paths of frames that are not the program's own: the standard library, installed packages,
+# the runner. The launcher cannot ask the rank's host, so it goes by the path.
+_LIBRARY = re.compile(r"/(?:site|dist)-packages/|/lib/python3\.\d+/|^<frozen |/mpirt/__main__\.py$")
+
+
+def arm(directory: str | None, rank: int) -> None:
+    """Dump this process's stacks into ``directory`` on SIGTERM (nothing without a directory).
+    An undisturbed run leaves no file behind."""
+    if not directory:
+        return
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    path = d / f"rank-{rank}.stacks"
+    header = _HEADER.format(rank=rank, host=socket.gethostname(), pid=os.getpid())
+    f = open(path, "w")  # open for the life of the process: the handler writes to its descriptor
+    f.write(header)
+    f.flush()
+    faulthandler.register(signal.SIGTERM, file=f, all_threads=True, chain=True)
+    atexit.register(_disarm, f, path, len(header.encode()))
+
+
+def _disarm(f, path: Path, header_size: int) -> None:
+    faulthandler.unregister(signal.SIGTERM)
+    dumped = os.fstat(f.fileno()).st_size > header_size
+    f.close()
+    if not dumped:
+        path.unlink(missing_ok=True)
+
+
+@dataclass(frozen=True)
+class Where:
+    rank: int
+    host: str
+    line: str  # the innermost frame of the program's own code ("" when none was dumped)
+    inside: str  # the innermost frame, when it is deeper, in a library
+
+
+def _frame(match: re.Match) -> str:
+    return f"{match[1]}:{match[2]} in {match[3]}"
+
+
+def parse(text: str) -> list[Where]:
+    """The dumps in ``text`` (one or more files, one after another): for each rank, where its
+    main thread was. faulthandler lists the threads newest first, so the main thread is last."""
+    found = []
+    heads = list(_HEADER_RE.finditer(text))
+    for i, head in enumerate(heads):
+        body = text[head.end():heads[i + 1].start() if i + 1 < len(heads) else len(text)]
+        threads = list(_THREAD_RE.finditer(body))
+        if not threads:
+            continue
+        frames = list(_FRAME_RE.finditer(body[threads[-1].end():]))
+        if not frames:
+            continue
+        own = next((m for m in frames if not _LIBRARY.search(m[1])), None)
+        line = _frame(own or frames[0])
+        inside = _frame(frames[0]) if own is not None and own is not frames[0] else ""
+        found.append(Where(int(head[1]), head[2], line, inside))
+    return found
+
+
+def read_all(directory: str | Path) -> list[Where]:
+    return parse("".join(p.read_text(errors="replace") for p in sorted(Path(directory).glob("rank-*.stacks"))))
+
+
+def _ranges(ranks: list[int]) -> str:
+    parts, start = [], None
+    for i, r in enumerate(ranks):
+        if start is None:
+            start = r
+        if i + 1 == len(ranks) or ranks[i + 1] != r + 1:
+            parts.append(str(start) if start == r else f"{start}-{r}")
+            start = None
+    return ", ".join(parts)
+
+
+def summary(wheres: list[Where]) -> list[str]:
+    """One line per place, ranks grouped (the first dump of a rank counts): the places that
+    differ are what a hang is about."""
+    first: dict[int, Where] = {}
+    for w in wheres:
+        first.setdefault(w.rank, w)
+    groups: dict[tuple[str, str], list[Where]] = {}
+    for w in sorted(first.values(), key=lambda w: w.rank):
+        groups.setdefault((w.line, w.inside), []).append(w)
+    lines = []
+    for (line, inside), ws in sorted(groups.items(), key=lambda kv: kv[1][0].rank):
+        ranks = [w.rank for w in ws]
+        hosts = sorted({w.host for w in ws})
+        who = f"rank{'s' if len(ranks) > 1 else ''} {_ranges(ranks)} ({', '.join(hosts[:4])}" + (
+            f" and {len(hosts) - 4} more hosts)" if len(hosts) > 4 else ")")
+        lines.append(f"{who}: {line}" + (f" (inside {inside})" if inside else ""))
+    return lines

@@ -1,0 +1,73 @@
+"""Where each rank was when its job was stopped: real dumps of real processes, parsed."""
+
+import os
+import queue  # noqa: F401 - the script below blocks in it
+import signal
+import subprocess
+import sys
+import time
+
+from mpirt.stacks import Where, parse, read_all, summary
+
+SCRIPT = """import queue, threading, time
+def loader(q):
+    q.get()
+def wait_for_data():
+    time.sleep(600)
+threading.Thread(target=loader, args=(queue.Queue(),), daemon=True).start()
+print("ready", flush=True)
+wait_for_data()
+"""
+
+
+def _run(tmp_path, rank: int, stop: bool):
+    script = tmp_path / "train.py"
+    script.write_text(SCRIPT if stop else "print('ready', flush=True)\n")
+    env = {**os.environ, "MPIRT_ERROR_DIR": str(tmp_path / "errors"), "OMPI_COMM_WORLD_RANK": str(rank)}
+    proc = subprocess.Popen([sys.executable, "-m", "mpirt", str(script)], env=env, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "ready\n"
+    if stop:
+        time.sleep(0.3)  # into the sleep
+        proc.send_signal(signal.SIGTERM)
+    return proc.wait(timeout=30), script
+
+
+def test_sigterm_leaves_the_main_threads_place_and_still_ends_the_process(tmp_path):
+    code, script = _run(tmp_path, 3, stop=True)
+    assert code == -signal.SIGTERM  # SIGTERM went on as before
+    text = (tmp_path / "errors" / "rank-3.stacks").read_text()
+    assert text.startswith("mpirt-stacks rank=3 host=") and "Thread 0x" in text
+    [where] = parse(text)
+    assert where.rank == 3 and where.inside == ""
+    assert where.line == f"{script}:5 in wait_for_data"  # the main thread, not the loader thread
+
+
+def test_an_undisturbed_run_leaves_no_file(tmp_path):
+    code, _ = _run(tmp_path, 0, stop=False)
+    assert code == 0 and list((tmp_path / "errors").iterdir()) == []
+
+
+def test_ranks_are_grouped_by_place_with_the_library_frame_they_wait_in(tmp_path):
+    dump = """mpirt-stacks rank={r} host={h} pid=7
+Thread 0x00007f01 (most recent call first):
+  File "/usr/lib/python3.11/threading.py", line 320 in wait
+  File "/app/data.py", line 9 in loader
+
+Current thread 0x00007f00 (most recent call first):
+  File "/usr/lib/python3.11/threading.py", line 320 in wait
+  File "/usr/local/lib/python3.11/site-packages/torch/utils/data/dataloader.py", line 1100 in _next
+  File "/app/train.py", line {line} in main
+  File "<frozen runpy>", line 88 in _run_code
+  File "/usr/local/lib/python3.11/site-packages/mpirt/__main__.py", line 40 in main
+"""
+    d = tmp_path
+    for r, h, line in ((0, "w0", 40), (1, "w0", 40), (2, "w1", 40), (3, "w1", 52), (5, "w2", 40)):
+        (d / f"rank-{r}.stacks").write_text(dump.format(r=r, h=h, line=line))
+    (d / "rank-4.stacks").write_text("mpirt-stacks rank=4 host=w2 pid=9\n")  # killed before it could dump
+    wheres = read_all(d)
+    assert [w.rank for w in wheres] == [0, 1, 2, 3, 5]
+    assert wheres[3] == Where(3, "w1", "/app/train.py:52 in main", "/usr/lib/python3.11/threading.py:320 in wait")
+    inside = " (inside /usr/lib/python3.11/threading.py:320 in wait)"
+    assert summary(wheres + [Where(0, "w9", "elsewhere", "")]) == [
+        "ranks 0-2, 5 (w0, w1, w2): /app/train.py:40 in main" + inside,
+        "rank 3 (w1): /app/train.py:52 in main" + inside]
