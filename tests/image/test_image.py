@@ -161,6 +161,24 @@ def test_oom_kill_in_a_worker_container_is_named(image, tmp_path):
         pods.close()
 
 
+FAIL_ON_W1 = ("import socket\nfrom mpi4py import MPI\nMPI.COMM_WORLD.Barrier()\nif socket.gethostname() == 'w1':\n"
+              "    raise ValueError('bad shard on w1')\nMPI.COMM_WORLD.Barrier()\n")
+
+
+def test_the_record_a_rank_leaves_in_its_own_container_is_the_root_cause(image, tmp_path):
+    """Each container has its own filesystem: w1's error record reaches the launcher's root
+    cause only because the launcher fetches it over ssh."""
+    pods = Pods(image, tmp_path, None)
+    try:
+        pods.start_workers()
+        proc = pods.launcher("launch", "--", "python", "-m", "mpirt", "-c", FAIL_ON_W1, timeout=300)
+        assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+        assert "Root cause (first failure): rank 2 on w1 (pid " in proc.stderr, proc.stderr[-3000:]
+        assert "ValueError: bad shard on w1" in proc.stderr.split("Root cause (first failure)", 1)[1]
+    finally:
+        pods.close()
+
+
 def test_doctor_reports_what_the_image_holds(image):
     proc = podman("run", "--rm", *LIMITS, image, "doctor", "--json", check=False, timeout=120)
     assert proc.stdout.lstrip().startswith("{"), proc.stdout + proc.stderr
