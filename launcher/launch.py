@@ -250,7 +250,7 @@ def _run(cfg: LaunchConfig, undo: ExitStack) -> tuple[int, str]:
                 texts = pool.submit(job.fetch, error_dir, "json")
                 oom = postmortem.findings(job.oom_before, job.read_oom)
                 postmortem.keep_records(texts.result(), error_dir)
-        if end.timed_out:  # where each rank was when the limit stopped it (python -m mpirt dumps it)
+        if end.timed_out or end.stopped_by:  # where each rank was when stopped (python -m mpirt dumps it)
             where = stacks.summary(stacks.read_all(error_dir) +
                                    [w for text in job.fetch(error_dir, "stacks") for w in stacks.parse(text)])
         code, message = report(end.code, error_dir, end.stopped_by, end.tail, oom,

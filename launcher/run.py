@@ -324,16 +324,15 @@ def report(code: int, error_dir: str, stopped_by: int = 0, tail: list[str] = (),
     """Say how the job ended: (the launcher's exit status, 128 + signal when stopped, 124 at
     the time limit; the message). ``time_limit_s``: given when the job ran past it; ``where``:
     then, where the ranks were (``mpirt.stacks.summary``)."""
+    places = "".join(["\n  where the ranks were when it was stopped:"] + [f"\n    {w}" for w in where]) if where else ""
     if time_limit_s:
         text = (f"mpirt: job stopped: it ran past its time limit (--time-limit {time_limit_s:g} s); mpirun exited "
                 f"{code}. A stall report above names the ranks that stopped progressing, if any did")
-        if where:
-            text += "".join(["\n  where the ranks were when it was stopped:"] + [f"\n    {w}" for w in where])
-        else:
-            text += " (run the program under python -m mpirt to learn where each rank was when it was stopped)"
+        text += places or " (run the program under python -m mpirt to learn where each rank was when it was stopped)"
         code = TIME_LIMIT_EXIT
     elif stopped_by:
-        text = f"mpirt: stopped by {signal.Signals(stopped_by).name} (forwarded to the ranks); mpirun exited {code}"
+        text = (f"mpirt: stopped by {signal.Signals(stopped_by).name} (forwarded to the ranks); mpirun exited {code}"
+                + places)
         code = 128 + stopped_by
     elif code != 0:
         text = root_cause(code, error_dir, tail, oom=oom, ranks=ranks)

@@ -1,11 +1,11 @@
 """Where each rank was when its job was stopped: the record of a job that hung somewhere the
 stall inspector does not watch (the program's own collectives, a data loader, a deadlock).
 
-``python -m mpirt`` arms it: on SIGTERM, the first thing a time limit or a deleted pod sends,
-faulthandler writes every thread's Python stack to ``rank-<r>.stacks`` in the error directory,
-from the signal handler itself, so even a rank blocked inside an MPI call answers; then
-SIGTERM goes on as before. The launcher fetches the files from every host and groups the
-ranks by the line of their own code they were in.
+``python -m mpirt`` arms it: on SIGTERM, the first thing a time limit or a deleted pod sends
+(and on SIGINT, a Ctrl-C), faulthandler writes every thread's Python stack to
+``rank-<r>.stacks`` in the error directory, from the signal handler itself, so even a rank
+blocked inside an MPI call answers; then the signal goes on as before. The launcher fetches
+the files from every host and groups the ranks by the line of their own code they were in.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+STOPS = (signal.SIGTERM, signal.SIGINT)
 _HEADER = "mpirt-stacks rank={rank} host={host} pid={pid}\n"
 _HEADER_RE = re.compile(r"^mpirt-stacks rank=(\d+) host=(\S+) pid=\d+$", re.M)
 _THREAD_RE = re.compile(r"^(?:Current thread|Thread) 0x[0-9a-f]+ \(most recent call first\):$", re.M)
@@ -29,7 +30,7 @@ _LIBRARY = re.compile(r"/(?:site|dist)-packages/|/lib/python3\.\d+/|^<frozen |/m
 
 
 def arm(directory: str | None, rank: int) -> None:
-    """Dump this process's stacks into ``directory`` on SIGTERM (nothing without a directory).
+    """Dump this process's stacks into ``directory`` on SIGTERM or SIGINT (nothing without a directory).
     An undisturbed run leaves no file behind."""
     if not directory:
         return
@@ -40,12 +41,14 @@ def arm(directory: str | None, rank: int) -> None:
     f = open(path, "w")  # open for the life of the process: the handler writes to its descriptor
     f.write(header)
     f.flush()
-    faulthandler.register(signal.SIGTERM, file=f, all_threads=True, chain=True)
+    for sig in STOPS:
+        faulthandler.register(sig, file=f, all_threads=True, chain=True)
     atexit.register(_disarm, f, path, len(header.encode()))
 
 
 def _disarm(f, path: Path, header_size: int) -> None:
-    faulthandler.unregister(signal.SIGTERM)
+    for sig in STOPS:
+        faulthandler.unregister(sig)
     dumped = os.fstat(f.fileno()).st_size > header_size
     f.close()
     if not dumped:

@@ -139,3 +139,27 @@ def test_a_hung_job_stopped_at_its_time_limit_says_where_each_rank_was(tmp_path,
     assert where[:2] == [f"    {others} ({where[0].split('(')[1].split(')')[0]}): {script}:7 in <module>",
                          f"    rank {last} ({where[1].split('(')[1].split(')')[0]}): {script}:6 in <module>"]
     assert "where the ranks were when it was stopped:" in message.read_text()
+
+
+def test_a_job_stopped_by_sigterm_says_where_each_rank_was(tmp_path):
+    """A deleted pod's SIGTERM reaches the launcher, which passes it on; it still says where."""
+    import signal
+    import time
+
+    script = tmp_path / "hang.py"
+    script.write_text(HANG)
+    proc = subprocess.Popen(["mpirt", "launch", "-np", "2", "--grace", "3", "--", sys.executable, "-m", "mpirt",
+                             str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    started = 0
+    while started < 2:
+        line = proc.stdout.readline()
+        assert line, "the ranks never started"
+        started += line.endswith("started\n")
+    time.sleep(0.5)  # into the sleep and the barrier
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "mpirt: stopped by SIGTERM (forwarded to the ranks)" in err
+    where = err.split("where the ranks were when it was stopped:\n", 1)[1].splitlines()
+    assert where[0].startswith("    rank 0 (") and where[0].endswith(f"): {script}:7 in <module>")
+    assert where[1].startswith("    rank 1 (") and where[1].endswith(f"): {script}:6 in <module>")

@@ -62,6 +62,20 @@ def test_n_ranks_give_the_weights_of_one_rank(tmp_path, one_rank, np_):
         assert torch.allclose(w, one_rank[1][name], rtol=1e-5, atol=1e-6), name
 
 
+def test_a_job_resumed_on_fewer_ranks_continues_the_same_training(tmp_path, one_rank):
+    """Elastic in the MPIJob sense: a job suspended (or cut short) at 4 workers resumes at 2 from
+    its checkpoint. The sampler's position is global and the batch is global, so the run ends
+    with the weights of one rank that never stopped."""
+    train(4, tmp_path, *SAME, "--steps", "3")
+    proc = train(2, tmp_path, *SAME, "--resume")
+    assert "resuming from step 3" in proc.stdout
+    assert "checkpoint was written by 4 ranks, this run has 2: RNG states are not restored" in proc.stderr
+    step, weights = final_weights(tmp_path)
+    assert step == one_rank[0] == 6
+    for name, w in weights.items():
+        assert torch.allclose(w, one_rank[1][name], rtol=1e-5, atol=1e-6), name
+
+
 def descendants(pid):
     children = {}
     for entry in os.listdir("/proc"):

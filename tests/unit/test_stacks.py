@@ -7,6 +7,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 from mpirt.stacks import Where, parse, read_all, summary
 
 SCRIPT = """import queue, threading, time
@@ -20,7 +22,7 @@ wait_for_data()
 """
 
 
-def _run(tmp_path, rank: int, stop: bool):
+def _run(tmp_path, rank: int, stop: bool, sig=signal.SIGTERM):
     script = tmp_path / "train.py"
     script.write_text(SCRIPT if stop else "print('ready', flush=True)\n")
     env = {**os.environ, "MPIRT_ERROR_DIR": str(tmp_path / "errors"), "OMPI_COMM_WORLD_RANK": str(rank)}
@@ -28,13 +30,14 @@ def _run(tmp_path, rank: int, stop: bool):
     assert proc.stdout.readline() == "ready\n"
     if stop:
         time.sleep(0.3)  # into the sleep
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
     return proc.wait(timeout=30), script
 
 
-def test_sigterm_leaves_the_main_threads_place_and_still_ends_the_process(tmp_path):
-    code, script = _run(tmp_path, 3, stop=True)
-    assert code == -signal.SIGTERM  # SIGTERM went on as before
+@pytest.mark.parametrize("sig, ends", [(signal.SIGTERM, -signal.SIGTERM), (signal.SIGINT, 1)])
+def test_a_stop_leaves_the_main_threads_place_and_still_ends_the_process(tmp_path, sig, ends):
+    code, script = _run(tmp_path, 3, stop=True, sig=sig)
+    assert code == ends  # the signal went on as before: SIGTERM kills, SIGINT raises KeyboardInterrupt
     text = (tmp_path / "errors" / "rank-3.stacks").read_text()
     assert text.startswith("mpirt-stacks rank=3 host=") and "Thread 0x" in text
     [where] = parse(text)
