@@ -220,7 +220,7 @@ def bench_compare(base: str, new: str, threshold: str, as_json: bool) -> None:
 
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.option("-np", "--np", "np_", type=click.IntRange(min=1), envvar="MPIRT_NP",
-              help="Ranks to start (default: 1 locally, every slot on remote hosts).")
+              help="Ranks to start (default: every slot; locally one per GPU, or --slots, else 1).")
 @click.option("--hostfile", envvar="MPIRT_HOSTFILE", help="Hostfile ('host slots=N' or 'host:N' lines).")
 @click.option("-H", "--hosts", envvar="MPIRT_HOSTS", help="Comma-separated hosts, e.g. w0:2,w1:2.")
 @click.option("--slots", default="auto", show_default=True, envvar="MPIRT_SLOTS",

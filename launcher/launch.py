@@ -222,7 +222,8 @@ def _run(cfg: LaunchConfig, undo: ExitStack) -> tuple[int, str]:
     base = {"MPIRT_ERROR_DIR": error_dir, **named}
     base.update({k: v for k, v in mpi.grace_env(impl, cfg.grace_s).items() if k not in env})
     info: dict = {"mpi": impl.label, "hosts_from": source}
-    job = _Local(cfg, impl, env) if not hosts else _Remote(cfg, impl, env, hosts, source, undo, base, info, named)
+    job = _Local(cfg, impl, env, info) if not hosts else _Remote(cfg, impl, env, hosts, source, undo, base, info,
+                                                                 named)
     if cfg.dry_run:
         added, argv = job.dry_run(base, info)
         print(json.dumps({**info, "argv": argv, "env": mpi.masked(added)}, indent=1))
@@ -273,16 +274,23 @@ def _run(cfg: LaunchConfig, undo: ExitStack) -> tuple[int, str]:
 class _Local:
     """Ranks on this machine: no ssh; they share this process's memory cgroup."""
 
-    def __init__(self, cfg: LaunchConfig, impl: mpi.MpiImpl, env: dict):
+    def __init__(self, cfg: LaunchConfig, impl: mpi.MpiImpl, env: dict, info: dict):
         mpi.check_local_program(list(cfg.command), env.get("PATH"))
         self.cfg, self.impl, self.env = cfg, impl, env
+        # Without -np, as many ranks as this machine has slots: one per GPU (torchrun's
+        # --nproc-per-node gpu), or --slots N; 1 on a machine without GPUs.
+        self.np, why = (cfg.np, "-np") if cfg.np else hostlib.default_slots(cfg.slots, env,
+                                                                          lambda: device_nodes(Path("/")))
+        info["np"] = f"{self.np} ({why})"
+        if not cfg.np and self.np > 1 and not cfg.dry_run:
+            print(f"mpirt: {self.np} local ranks ({why}; -np sets another number)", file=sys.stderr, flush=True)
         self.oom_before: dict[str, memcg.OomCounter] = {}
         self.read_oom = _read_here
 
     def _argv(self, added: dict) -> list[str]:
         if self.cfg.env_defaults:
             added.update(env_defaults(self.cfg, self.impl, self.env, [fleet.local("localhost")]))
-        return mpi.launch_argv(self.impl, self.cfg.np or 1, list(self.cfg.command), cores=os.cpu_count() or 1,
+        return mpi.launch_argv(self.impl, self.np, list(self.cfg.command), cores=os.cpu_count() or 1,
                                uid=os.getuid(), tag_output=self.cfg.tag_output)
 
     def dry_run(self, base: dict, info: dict) -> tuple[dict, list[str]]:

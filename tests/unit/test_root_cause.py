@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -45,6 +46,24 @@ def test_dry_run_prints_argv_and_env_without_running(tmp_path):
     assert doc["argv"][-3:] == ["python", "-c", "raise SystemExit(7)"]
     assert "-np" in doc["argv"] or "-n" in doc["argv"]
     assert "MPIRT_ERROR_DIR" in doc["env"]
+
+
+def test_local_ranks_default_to_this_machines_slots():
+    """Without -np, local ranks fill the machine's slots (one per GPU, or --slots), as on hosts."""
+    dry = subprocess.run([sys.executable, "-m", "launcher.cli", "launch", "--slots", "3", "--dry-run", "--", "true"],
+                         capture_output=True, text=True, timeout=60)
+    assert dry.returncode == 0, dry.stderr
+    doc = json.loads(dry.stdout)
+    assert doc["np"] == "3 (--slots)" and doc["argv"][doc["argv"].index("-np") + 1] == "3"
+    code = "import os; print('size', os.environ['OMPI_COMM_WORLD_SIZE'])"
+    proc = subprocess.run([sys.executable, "-m", "launcher.cli", "launch", "--slots", "2", "--no-env-defaults", "--",
+                           sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("size 2") == 2 and "mpirt: 2 local ranks (--slots; -np sets another number)" in proc.stderr
+    one = subprocess.run([sys.executable, "-m", "launcher.cli", "launch", "--dry-run", "--", "true"],
+                         capture_output=True, text=True, timeout=60)
+    gpus = len(list(Path("/dev").glob("nvidia[0-9]*")))
+    assert json.loads(one.stdout)["np"] == (f"{gpus} ({gpus} GPU(s) on this machine)" if gpus else "1 (default)")
 
 
 def test_output_of_other_ranks_is_kept_out_of_the_console_only(tmp_path):
