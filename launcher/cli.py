@@ -460,8 +460,13 @@ def worker(port: int, ssh_dir: str, state_dir: str, listen: str, sshd: str, chec
                    "`mpirt launch --max-restarts` restarted).")
 @click.option("--bucket-mb", type=float, default=25.0, show_default=True, envvar="MPIRT_BUCKET_MB")
 @click.option("--first-bucket-mb", type=float, default=1.0, show_default=True, envvar="MPIRT_FIRST_BUCKET_MB")
-@click.option("--compression", type=click.Choice(["none", "fp16", "bf16"]), default="none", show_default=True,
-              envvar="MPIRT_COMPRESSION", help="Gradient dtype on the wire.")
+@click.option("--compression", type=click.Choice(["none", "fp16", "bf16", "powersgd"]), default="none",
+              show_default=True, envvar="MPIRT_COMPRESSION",
+              help="Gradients on the wire: as they are, in 16 bits, or as PowerSGD's low-rank factors.")
+@click.option("--powersgd-rank", type=click.IntRange(min=1), default=4, show_default=True,
+              envvar="MPIRT_POWERSGD_RANK", help="Rank of PowerSGD's approximation (--compression powersgd).")
+@click.option("--powersgd-start", type=click.IntRange(min=0), default=10, show_default=True,
+              envvar="MPIRT_POWERSGD_START", help="Steps averaged exactly before PowerSGD starts.")
 @click.option("--algo", type=click.Choice(["auto", "mpi", "ring", "shm", "ordered", "mpi4py"]), default="auto",
               show_default=True, envvar="MPIRT_ALGO", help="Allreduce algorithm of the core (mpi4py: no core).")
 @click.option("--overlap/--no-overlap", default=True, envvar="MPIRT_OVERLAP",

@@ -18,8 +18,9 @@
   collectives with zero gradients until every rank is done, then all take the weights of the
   rank that trained longest (DDP's ``Join``), instead of hanging;
 - skips communication under ``no_sync()`` (gradient accumulation), optionally sends fp16/bf16
-  on the wire, and handles parameters that get no gradient (zero contribution; with
-  ``find_unused_parameters`` a parameter unused on every rank keeps ``grad = None``).
+  on the wire or PowerSGD's low-rank factors (``mpirt.powersgd``), and handles parameters that
+  get no gradient (zero contribution; with ``find_unused_parameters`` a parameter unused on
+  every rank keeps ``grad = None``).
 
 The communication thread is the only thread that calls MPI during a step; a stall inspector
 (``mpirt.stall``) watches it. ``timeline=PATH`` (or ``$MPIRT_TIMELINE``) records when each
@@ -42,11 +43,13 @@ import torch
 
 from mpirt.comm import MPI
 from mpirt.console import say
+from mpirt.powersgd import BucketCompressor
 from mpirt.signature import ModelMismatchError, describe_mismatch, signature
 from mpirt.stall import StallInspector
 from mpirt.timeline import Timeline
 
-COMPRESSION = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16}
+# compression -> the 16-bit type gradients travel in (PowerSGD sends low-rank factors instead)
+COMPRESSION = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16, "powersgd": None}
 ALGOS = ("auto", "mpi", "ring", "shm", "ordered", "mpi4py")
 DEFAULT_BUCKET_MB = 25.0
 DEFAULT_FIRST_BUCKET_MB = 1.0
@@ -72,6 +75,7 @@ class _Bucket:
     flat: torch.Tensor
     views: list[torch.Tensor]
     wire: torch.Tensor | None
+    psgd: BucketCompressor | None = None
     fired: list[bool] = field(default_factory=list)
     pending: int = 0
     ready: bool = False
@@ -157,15 +161,21 @@ class DataParallel:
                  bucket_mb: float = DEFAULT_BUCKET_MB, first_bucket_mb: float = DEFAULT_FIRST_BUCKET_MB,
                  compression: str = "none", find_unused_parameters: bool = False, algo: str = "auto",
                  overlap: bool = True, comm=None, stall_warn_s: float | None = None,
-                 stall_abort_s: float | None = None, timeline: str | os.PathLike | None = None):
+                 stall_abort_s: float | None = None, timeline: str | os.PathLike | None = None,
+                 powersgd_rank: int = 4, powersgd_start: int = 10):
         if compression not in COMPRESSION:
             raise ValueError(f"compression {compression!r}: use one of {', '.join(COMPRESSION)}")
+        if not (isinstance(powersgd_rank, int) and powersgd_rank >= 1 and isinstance(powersgd_start, int)
+                and powersgd_start >= 0):
+            raise ValueError(f"powersgd_rank={powersgd_rank!r}, powersgd_start={powersgd_start!r}: the rank is a whole "
+                             "number >= 1, the start a step number >= 0")
         if algo not in ALGOS:
             raise ValueError(f"algo {algo!r}: use one of {', '.join(ALGOS)}")
         if not bucket_mb > 0 or not first_bucket_mb > 0:
             raise ValueError(f"bucket sizes must be positive (bucket_mb={bucket_mb}, first_bucket_mb={first_bucket_mb})")
         self.model, self.optimizer = model, optimizer
         self.compression, self.algo, self.find_unused = compression, algo, find_unused_parameters
+        self.powersgd_rank, self.powersgd_start = powersgd_rank, powersgd_start
         self._comm = (comm or MPI.COMM_WORLD).Dup()
         self.rank, self.size = self._comm.Get_rank(), self._comm.Get_size()
         self.step = 0
@@ -181,7 +191,9 @@ class DataParallel:
         self._slot = {id(p): (b.index, i) for b in self._buckets for i, p in enumerate(b.params)}
         self._check_same_model(named, {"bucket_mb": bucket_mb, "first_bucket_mb": first_bucket_mb,
                                        "compression": compression, "algo": algo,
-                                       "find_unused_parameters": find_unused_parameters})
+                                       "find_unused_parameters": find_unused_parameters,
+                                       **({"powersgd_rank": powersgd_rank, "powersgd_start": powersgd_start}
+                                          if compression == "powersgd" else {})})
         self._broadcast_state()
         timeline = timeline or os.environ.get("MPIRT_TIMELINE") or None
         self._timeline = Timeline(self._comm, timeline) if timeline else None
@@ -239,10 +251,12 @@ class DataParallel:
             for _, p in members:
                 views.append(flat[off:off + p.numel()].view_as(p))
                 off += p.numel()
-            wire = None
+            wire, psgd = None, None
             if wire_dtype is not None and p0.dtype in (torch.float32, torch.float64):
                 wire = torch.empty(flat.numel(), dtype=wire_dtype, device=p0.device)
-            buckets.append(_Bucket(i, [n for n, _ in members], [p for _, p in members], flat, views, wire))
+            if self.compression == "powersgd" and p0.dtype in (torch.float32, torch.float64):
+                psgd = BucketCompressor(views, self.powersgd_rank, seed=i)
+            buckets.append(_Bucket(i, [n for n, _ in members], [p for _, p in members], flat, views, wire, psgd))
         return buckets
 
     def _check_same_model(self, named, config) -> None:
@@ -294,16 +308,20 @@ class DataParallel:
         self.inspector.enter(step, "gradient allreduce", b.index, len(self._buckets))
         if b.event is not None:
             b.event.synchronize()
+        sent = b.flat.numel() * b.flat.element_size()
         if b.wire is not None:
             torch.mul(b.flat, 1.0 / self.size, out=b.wire)
             self._allreduce(b.wire, "sum")
             b.flat.copy_(b.wire)
+            sent = b.wire.numel() * b.wire.element_size()
+        elif b.psgd is not None and step >= self.powersgd_start:
+            b.psgd.reduce(self._allreduce)
+            sent = b.psgd.wire_numel * b.flat.element_size()
         else:
             self._allreduce(b.flat, "avg")
         self.inspector.leave(step)
         if self._timeline:
-            self._timeline.span(f"allreduce bucket {b.index}", t0, self._timeline.now(), step=step,
-                                bytes=b.flat.numel() * (b.wire if b.wire is not None else b.flat).element_size(),
+            self._timeline.span(f"allreduce bucket {b.index}", t0, self._timeline.now(), step=step, bytes=sent,
                                 algo=self.algo if self._core is not None else "mpi4py")
 
     def _launch(self, b: _Bucket) -> None:
@@ -502,7 +520,8 @@ class DataParallel:
 def data_parallel(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None, **options) -> DataParallel:
     """Make ``model`` and ``optimizer`` data-parallel across MPI ranks; see the module docstring.
 
-    Options: bucket_mb, first_bucket_mb, compression ("none", "fp16", "bf16"),
+    Options: bucket_mb, first_bucket_mb, compression ("none", "fp16", "bf16", "powersgd";
+    powersgd_rank, default 4, and powersgd_start, the steps averaged exactly first, default 10),
     find_unused_parameters, algo ("auto", "mpi", "ring", "shm", "ordered", "mpi4py"), overlap, comm,
     stall_warn_s / stall_abort_s (default $MPIRT_STALL_WARN_S or 60 s / $MPIRT_STALL_ABORT_S or never),
     timeline (a path for the Chrome-trace timeline; default $MPIRT_TIMELINE, none if unset).

@@ -51,6 +51,8 @@ class TrainConfig:
     bucket_mb: float = DEFAULT_BUCKET_MB
     first_bucket_mb: float = DEFAULT_FIRST_BUCKET_MB
     compression: str = "none"
+    powersgd_rank: int = 4
+    powersgd_start: int = 10
     algo: str = "auto"
     overlap: bool = True
     threads: int | None = None
@@ -115,7 +117,8 @@ def run(cfg: TrainConfig) -> int:
     sampler = DistributedSampler(cfg.samples, cfg.batch_size, w.rank, w.size, cfg.seed)
     start = _resume(cfg, comm, w, model, opt, sampler, ckpt_dir) if cfg.resume else 0
     dp = data_parallel(model, opt, bucket_mb=cfg.bucket_mb, first_bucket_mb=cfg.first_bucket_mb,
-                       compression=cfg.compression, algo=cfg.algo, overlap=cfg.overlap, timeline=cfg.timeline)
+                       compression=cfg.compression, algo=cfg.algo, overlap=cfg.overlap, timeline=cfg.timeline,
+                       powersgd_rank=cfg.powersgd_rank, powersgd_start=cfg.powersgd_start)
     metrics = Metrics(out / "metrics.jsonl", cfg.steps, enabled=w.rank == 0, every=cfg.log_every)
     if w.rank == 0:
         params = sum(p.numel() for p in model.parameters())

@@ -28,9 +28,12 @@ def final_weights(out):
     return step, state["model"]
 
 
-@pytest.mark.parametrize("model", ["mlp", "transformer"])
-def test_readme_job_loss_falls(tmp_path, model):
-    proc = train(2, tmp_path, "--model", model, "--steps", "100" if model == "mlp" else "40", "--log-every", "20")
+@pytest.mark.parametrize("model, extra", [("mlp", ()), ("transformer", ()),
+                                          ("mlp", ("--compression", "powersgd", "--powersgd-start", "5"))],
+                         ids=["mlp", "transformer", "mlp-powersgd"])
+def test_readme_job_loss_falls(tmp_path, model, extra):
+    proc = train(2, tmp_path, "--model", model, "--steps", "100" if model == "mlp" else "40", "--log-every", "20",
+                 *extra)
     assert "on 2 ranks / 1 node" in proc.stdout
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == list(range(1, len(records) + 1))

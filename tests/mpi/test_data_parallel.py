@@ -24,7 +24,8 @@ def test_gradients_match_references(mpiexec, np_):
                  "5 steps == single process", "accumulation (no_sync x2 + sync)", "compression fp16",
                  "compression bf16", "unused parameters find_unused=True", "unused parameters find_unused=False",
                  "two backward passes before a step", "misuse errors", "amp grad scaler",
-                 "equivalence algo=ordered overlap=True", "ordered: bucket size leaves the bits alone"):
+                 "equivalence algo=ordered overlap=True", "ordered: bucket size leaves the bits alone",
+                 "powersgd r=1 start=0", "powersgd r=2 start=2"):
         assert case in report["checked"]
 
 

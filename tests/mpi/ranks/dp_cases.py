@@ -11,6 +11,7 @@ from torch import nn
 
 from mpirt.comm import MPI
 from mpirt.data_parallel import data_parallel
+from mpirt.powersgd import initial_q, shape_of
 from mpirt.sampler import DistributedSampler
 
 comm = MPI.COMM_WORLD
@@ -161,6 +162,60 @@ for comp, tol in (("fp16", 2e-3), ("bf16", 2e-2)):
     compare(model, ref, f"compression {comp}", tol, tol)
     dp.close()
 
+
+# 5b. PowerSGD: each step's gradients equal a one-process run of the scheme over every rank's
+#     gradient (each rank recomputes them all): exact steps first, then compressed ones with
+#     warm-started Q and the error feedback carried from step to step.
+def powersgd_case(r, start, steps):
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    dp = data_parallel(model, opt, compression="powersgd", powersgd_rank=r, powersgd_start=start, bucket_mb=0.002)
+    sim = copy.deepcopy(model)  # rank 0's weights, after the broadcast
+    sim_opt = torch.optim.SGD(sim.parameters(), lr=0.2)
+    state, compressed = {}, 0
+    for step in range(steps):
+        x, y = data(12, seed=20 + step)
+        grads = []  # every rank's own gradient
+        for k in range(size):
+            m = copy.deepcopy(sim)
+            idx = DistributedSampler(12, 12, k, size, shuffle=False).next().indices
+            (loss_fn(m, x[idx], y[idx]) * (len(idx) * size / 12)).backward()
+            grads.append({n: q.grad for n, q in m.named_parameters()})
+        expected = {}
+        for b, names in enumerate(dp.buckets):
+            for i, name in enumerate(names):
+                gs = [g[name] for g in grads]
+                shape = shape_of(gs[0], r)
+                if step < start or shape is None or size == 1:  # one rank sends nothing, so compresses nothing
+                    expected[name] = sum(gs) / size
+                    continue
+                n, mcols, rr = shape
+                q, errs = state.get(name) or (initial_q(mcols, rr, b * 1000 + i).to(gs[0].dtype),
+                                              [torch.zeros(n, mcols, dtype=gs[0].dtype)] * size)
+                ms = [g.reshape(n, mcols) + e for g, e in zip(gs, errs)]
+                pp = torch.linalg.qr(sum(mm @ q for mm in ms) / size).Q
+                q = sum(mm.t() @ pp for mm in ms) / size
+                approx = pp @ q.t()
+                state[name] = (q, [mm - approx for mm in ms])
+                expected[name] = approx.reshape(gs[0].shape)
+                compressed += 1
+        opt.zero_grad()
+        local_step(model, x, y, split(12), 12)
+        dp.synchronize()
+        compare(model, expected, f"powersgd r={r} step {step}", 1e-9, 1e-11)
+        checked.pop()
+        opt.step()
+        for n, q in sim.named_parameters():
+            q.grad = expected[n].clone()
+        sim_opt.step()
+    if size > 1 and not compressed:
+        raise AssertionError("powersgd: no gradient was compressed; the case tests nothing")
+    dp.close()
+
+
+for r, start in ((1, 0), (2, 2)):
+    powersgd_case(r, start, 5)
+    checked.append(f"powersgd r={r} start={start}")
 
 # 6. Unused parameters: head `a` is used on even ranks only, head `b` on no rank.
 class TwoHeads(nn.Module):
