@@ -66,14 +66,37 @@ def _time_steps(model, opt, batch: int, steps: int, warmup: int, device, comm, w
     return statistics.median(times)
 
 
+# --compression powersgd: the same rank and exact warm-up steps for both runtimes.
+POWERSGD_RANK, POWERSGD_START = 4, 2
+
+
+def _ddp_hook(model, compression: str) -> None:
+    """DDP's own hooks for the compression asked: the baseline users know."""
+    from torch.distributed.algorithms.ddp_comm_hooks import default_hooks, powerSGD_hook
+
+    if compression == "fp16":
+        model.register_comm_hook(None, default_hooks.fp16_compress_hook)
+    elif compression == "powersgd":
+        state = powerSGD_hook.PowerSGDState(process_group=None, matrix_approximation_rank=POWERSGD_RANK,
+                                            start_powerSGD_iter=POWERSGD_START)
+        model.register_comm_hook(state, powerSGD_hook.powerSGD_hook)
+
+
 def run_system(system: str, model_name: str, batch: int, args, device, comm) -> float:
     model = make_model(model_name, device)
     if system == "ddp":
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+        # PowerSGD's hook starts its second allreduce from a future's callback, which under gloo
+        # can interleave with the next bucket's in a different order on each rank (gloo then
+        # aborts: "Received data size doesn't match expected size"); one bucket avoids it.
+        one_bucket = args.compression == "powersgd" and device.type == "cpu"
+        model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
+                    **({"bucket_cap_mb": 4096} if one_bucket else {}))
+        _ddp_hook(model, args.compression)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
-    dp = data_parallel(model, opt) if system == "mpirt" else None
+    dp = data_parallel(model, opt, compression=args.compression, powersgd_rank=POWERSGD_RANK,
+                       powersgd_start=POWERSGD_START) if system == "mpirt" else None
     try:
         return _time_steps(model, opt, batch, args.steps, args.warmup, device, comm,
                            wait=dp.synchronize if dp else None)
@@ -110,7 +133,11 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    ap.add_argument("--compression", choices=("none", "fp16", "powersgd"), default="none",
+                    help="gradients on the wire, for mpirt and for DDP (its fp16 and PowerSGD hooks)")
     args = ap.parse_args()
+    if args.compression == "powersgd" and args.warmup < POWERSGD_START:
+        raise SystemExit(f"--compression powersgd: --warmup must cover the {POWERSGD_START} exact steps")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     comm = MPI.COMM_WORLD
     w = world()
@@ -143,7 +170,8 @@ def main() -> None:
             "nccl": ".".join(map(str, torch.cuda.nccl.version())) if device.type == "cuda" else "",
             "threads_per_rank": torch.get_num_threads(), "nodes": w.nodes}
     if w.rank == 0:
-        doc = {"ranks": w.size, "model": args.model, "rank_view": view, "results": results,
+        doc = {"ranks": w.size, "model": args.model, "compression": args.compression, "rank_view": view,
+               "results": results,
                "params": sum(p.numel() for p in make_model(args.model, torch.device("cpu")).parameters())}
         if args.json == "-":  # rank 0 may be on another host than the driver: stdout reaches it
             print(json.dumps(doc), flush=True)

@@ -24,7 +24,9 @@ def test_ib_with_open_mpi_4_golden():
 
 @pytest.mark.parametrize("lib,expect", [
     ("openmpi5", {"OMPI_MCA_pml": "ob1", "OMPI_MCA_btl": "self,sm,tcp", "OMPI_MCA_btl_tcp_if_include": "net1",
-                  "PRTE_MCA_prte_if_include": "net1"}),
+                  "PRTE_MCA_prte_if_include": "net1", "OMPI_MCA_btl_tcp_links": "4"}),
+    ("openmpi4", {"OMPI_MCA_pml": "ob1", "OMPI_MCA_btl": "self,vader,tcp", "OMPI_MCA_btl_tcp_if_include": "net1",
+                  "OMPI_MCA_oob_tcp_if_include": "net1", "OMPI_MCA_btl_tcp_links": "4"}),
     ("mpich", {"FI_PROVIDER": "tcp", "FI_TCP_IFACE": "net1", "HYDRA_IFACE": "net1"}),
     ("intel", {"I_MPI_FABRICS": "shm:ofi", "I_MPI_OFI_PROVIDER": "tcp", "FI_TCP_IFACE": "net1",
                "I_MPI_HYDRA_IFACE": "net1"}),
