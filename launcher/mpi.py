@@ -65,10 +65,16 @@ class Flags:
     # daemons are handed addresses already.
     control_host: tuple[str, ...] = ()
     control_iface: str = ""
+    # A training rank runs many threads (torch's, mpirt's communication thread, data loader
+    # workers). Open MPI binds each rank to one core when there are two or fewer, so all of
+    # them shared a core (Horovod's launcher passes the same flag). Hydra leaves ranks unbound;
+    # Intel's pins each to a domain of cores, which keeps room for threads.
+    unbound: tuple[str, ...] = ()
 
 
 _OMPI = dict(np=("-np", "{n}"), oversubscribe=("--oversubscribe",), as_root=("--allow-run-as-root",),
-             hostfile=("--hostfile", "{hostfile}"), dialect="openmpi", export=("-x", "{name}"))
+             hostfile=("--hostfile", "{hostfile}"), dialect="openmpi", export=("-x", "{name}"),
+             unbound=("--bind-to", "none"))
 _HYDRA = dict(np=("-n", "{n}"), oversubscribe=(), as_root=(), tag_output=("-l",), hostfile=("-f", "{hostfile}"),
               export=(),  # Hydra forwards the whole environment by default
               control_host=("-localhost", "{addr}"))
@@ -213,7 +219,7 @@ def check_local_program(command: list[str], path: str | None) -> None:
 def launch_argv(impl: MpiImpl, n: int, command: list[str], *, cores: int, uid: int, tag_output: bool) -> list[str]:
     """mpirun argv that starts ``command`` on ``n`` local ranks."""
     check_command(command)
-    argv = local_argv(impl, n, cores=cores, uid=uid)
+    argv = local_argv(impl, n, cores=cores, uid=uid) + list(TABLE[impl.key].unbound)
     if tag_output:
         argv += TABLE[impl.key].tag_output
     return argv + list(command)
@@ -255,7 +261,8 @@ def build_argv(impl: MpiImpl, np: int, hostfile: str, command: list[str], *, uid
     if np < 1:
         raise ValueError(f"-np {np}: need at least one rank")
     f = TABLE[impl.key]
-    argv = [impl.mpirun, *(a.format(n=np) for a in f.np), *(a.format(hostfile=hostfile) for a in f.hostfile)]
+    argv = [impl.mpirun, *(a.format(n=np) for a in f.np), *(a.format(hostfile=hostfile) for a in f.hostfile),
+            *f.unbound]
     if uid == 0:
         argv += f.as_root
     if tag_output:

@@ -68,6 +68,8 @@ _PATTERNS = (
     (re.compile(r"unable to launch the specified application as it could not\s+access(?:\s+or\s+execute)?\s+"
                 r"an\s+executable:\s+Executable: (\S+)\s+Node: (\S+)"),
      lambda m: _not_started(m[1], m[2], "not there, or not executable")),
+    (re.compile(r"unable to find the specified executable file[\s\S]*?Node:\s+(\S+)\s+Executable:\s+(\S+)"),
+     lambda m: _not_started(m[2], m[1], "not found")),
     (re.compile(r"\[proxy:[^\]@]*@([^\]]+)\]\s+HYDU_create_process \([^)]*\): execvp error on file (\S+) \(([^)]+)\)"),
      lambda m: _not_started(m[2], m[1], m[3])),
     (re.compile(r"Process name: \[\[\d+,\d+\],(\d+)\]\s*\n\s*Exit code:\s+(\d+)"),
@@ -289,8 +291,8 @@ def root_cause(code: int, error_dir: str, tail: list[str] = (), lines: int = 12,
     a native crash or a CUDA error printed before the signal)."""
     records = errors.read_all(error_dir)
     clues = from_output(list(tail))
-    # 128 + N is how a shell reports signal N, but not always mpirun: Open MPI 4 exits 131 or 132
-    # when it cannot start a program. Named only where nothing else explains the code.
+    # 128 + N is how a shell reports signal N, but not always mpirun: Open MPI 4 exits 131, 132
+    # or 134 when it cannot start a program. Named only where nothing else explains the code.
     sig = _signame(code - 128) if code > 128 and (not clues or "signal" in clues[0]) else ""
     if oom:
         also = clues + [f"rank {r['rank']} on {r['host']}: {r['exception']}: {r['message']}" for r in records]

@@ -198,6 +198,15 @@ def test_rank_exit_code_3_names_rank_and_host(cluster):
     assert "Root cause (first failure): rank 1 on w1" in proc.stderr and "SystemExit: 3" in proc.stderr
 
 
+def test_a_program_missing_on_the_workers_is_named_with_the_host(cluster):
+    c = cluster(1)
+    c.start_worker("w0")
+    proc = c.launch(["w0"], ["no-such-trainer", "--epochs", "3"])
+    assert proc.returncode != 0
+    assert "Root cause (from mpirun's output): no-such-trainer could not be started on w0 (not found)" in proc.stderr
+    assert "SIG" not in proc.stderr.split("mpirt: job failed", 1)[1].split(".")[0]
+
+
 def test_a_hung_job_says_where_each_rank_on_each_host_was(cluster):
     """At the time limit each rank dumps its stack on its own host; the launcher fetches them."""
     c = cluster(3)

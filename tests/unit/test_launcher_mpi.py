@@ -49,7 +49,8 @@ def test_zero_ranks_is_refused():
 def test_launch_argv_tags_output_and_appends_the_command():
     impl = MpiImpl("openmpi", (4, 1, 4), "/usr/bin/mpirun")
     assert launch_argv(impl, 4, ["mpirt", "train"], cores=2, uid=0, tag_output=True) == [
-        "/usr/bin/mpirun", "-np", "4", "--oversubscribe", "--allow-run-as-root", "--tag-output", "mpirt", "train"]
+        "/usr/bin/mpirun", "-np", "4", "--oversubscribe", "--allow-run-as-root", "--bind-to", "none", "--tag-output",
+        "mpirt", "train"]
     mpich = MpiImpl("mpich", (4, 0, 2), "mpiexec")
     assert launch_argv(mpich, 2, ["a.out"], cores=2, uid=1000, tag_output=True) == ["mpiexec", "-n", "2", "-l", "a.out"]
     assert launch_argv(mpich, 2, ["a.out"], cores=2, uid=1000, tag_output=False) == ["mpiexec", "-n", "2", "a.out"]
@@ -80,11 +81,11 @@ def test_multi_host_argv_per_implementation():
     ompi4 = MpiImpl("openmpi", (4, 1, 4), "/usr/bin/mpirun")
     assert build_argv(ompi4, 6, "/s/hostfile", ["python", "t.py"], uid=0, tag_output=True,
                       export=["PATH", "MPIRT_ERROR_DIR"]) == [
-        "/usr/bin/mpirun", "-np", "6", "--hostfile", "/s/hostfile", "--allow-run-as-root", "--tag-output",
-        "-x", "PATH", "-x", "MPIRT_ERROR_DIR", "python", "t.py"]
+        "/usr/bin/mpirun", "-np", "6", "--hostfile", "/s/hostfile", "--bind-to", "none", "--allow-run-as-root",
+        "--tag-output", "-x", "PATH", "-x", "MPIRT_ERROR_DIR", "python", "t.py"]
     ompi5 = MpiImpl("openmpi", (5, 0, 7), "mpirun")
     assert build_argv(ompi5, 2, "hf", ["a"], uid=1000, tag_output=False, export=[]) == [
-        "mpirun", "-np", "2", "--hostfile", "hf", "a"]
+        "mpirun", "-np", "2", "--hostfile", "hf", "--bind-to", "none", "a"]
     mpich = MpiImpl("mpich", (4, 0, 2), "mpiexec")
     assert build_argv(mpich, 4, "hf", ["a"], uid=0, tag_output=True, export=["PATH"]) == [
         "mpiexec", "-n", "4", "-f", "hf", "-l", "a"]
@@ -100,7 +101,7 @@ def test_multi_host_argv_per_implementation():
     assert control_env(intel, "eth0") == {"I_MPI_HYDRA_IFACE": "eth0"} and control_env(intel, None) == {}
     assert control_env(mpich, "eth0") == {} == control_env(ompi4, "eth0")
     assert build_argv(ompi4, 1, "hf", ["a"], uid=1, tag_output=False, export=[], control="10.1.2.3") == [
-        "/usr/bin/mpirun", "-np", "1", "--hostfile", "hf", "a"]
+        "/usr/bin/mpirun", "-np", "1", "--hostfile", "hf", "--bind-to", "none", "a"]
     with pytest.raises(ValueError):
         build_argv(mpich, 1, "hf", ["a"], uid=1, tag_output=False, export=[], control="w0; rm -rf /")
 

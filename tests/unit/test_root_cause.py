@@ -189,7 +189,8 @@ def test_signals_from_every_mpirun_are_named_with_what_they_usually_mean(tmp_pat
 
 
 # Real outputs from this machine for a program that is not there: Open MPI 4 (exit 132; 131
-# for a file without the execute bit), Open MPI 5 (exit 183), and the Hydra of MPICH 4, of
+# for a file without the execute bit; 134 for a name not found on a namespace host's PATH),
+# Open MPI 5 (exit 183), and the Hydra of MPICH 4, of
 # Intel MPI and of the MPICH 5 wheel (which writes its tag twice).
 OMPI4_NO_PROGRAM = """--------------------------------------------------------------------------
 mpirun was unable to launch the specified application as it could not access
@@ -212,6 +213,19 @@ access an executable:
 while attempting to start process rank 0.
 --------------------------------------------------------------------------
 """
+OMPI4_NOT_ON_WORKER = """--------------------------------------------------------------------------
+mpirun was unable to find the specified executable file, and therefore
+did not launch the job.  This error was first reported for process
+rank 0; it may have occurred for other processes as well.
+
+NOTE: A common cause for this error is misspelling a mpirun command
+      line parameter option (remember that mpirun interprets the first
+      unrecognized command line token as the executable).
+
+Node:       w0
+Executable: nooverlap
+--------------------------------------------------------------------------
+"""
 HYDRA_NO_PROGRAM = ("[proxy:0:0@w2] HYDU_create_process (utils/launch/launch.c:73): execvp error on file pyhton "
                     "(No such file or directory)\n")
 MPICH5_NO_PROGRAM = ("[proxy:0@vm] [proxy:0@vm] HYDU_create_process (/mpich-5.0.2/src/pm/hydra/lib/utils/launch.c:73):"
@@ -224,6 +238,9 @@ def test_a_program_mpirun_cannot_start_is_named_with_its_host_and_no_signal_is_g
                            "could not be started on w1 (not there, or not executable): check the name, and that the "
                            "image on w1 has it")
     assert "SIGILL" not in text
+    remote = root_cause(134, str(tmp_path), OMPI4_NOT_ON_WORKER.splitlines(keepends=True))
+    assert remote.startswith("mpirt: job failed: mpirun exited 134. Root cause (from mpirun's output): nooverlap "
+                             "could not be started on w0 (not found)")
     assert "pyhton could not be started on vm (not there, or not executable)" in root_cause(
         183, str(tmp_path), OMPI5_NO_PROGRAM.splitlines(keepends=True))
     assert "pyhton could not be started on w2 (No such file or directory)" in root_cause(
