@@ -43,8 +43,10 @@ def make_model(name: str, device: torch.device) -> nn.Module:
     return MLP(D_IN, spec["hidden"], spec["layers"], CLASSES).to(device)
 
 
-def _time_steps(model, opt, batch: int, steps: int, warmup: int, device, comm, wait=None) -> float:
-    """Median over ``steps`` of the slowest rank's step time."""
+def _time_steps(model, opt, batch: int, steps: int, warmup: int, device, comm) -> float:
+    """Median over ``steps`` of the slowest rank's step time. Both runtimes have averaged the
+    gradients when backward returns; a ``dp.synchronize()`` after the step would start the next
+    step's averaging (of the same gradients), as a rank that ran no backward does."""
     g = torch.Generator().manual_seed(comm.Get_rank())
     x = torch.randn(batch, D_IN, generator=g).to(device)
     y = torch.randint(0, CLASSES, (batch,), generator=g).to(device)
@@ -56,8 +58,6 @@ def _time_steps(model, opt, batch: int, steps: int, warmup: int, device, comm, w
         opt.zero_grad(set_to_none=True)
         loss_fn(model(x), y).backward()
         opt.step()
-        if wait:
-            wait()
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         dt = comm.allreduce(time.perf_counter() - t0, op=MPI.MAX)
@@ -98,8 +98,7 @@ def run_system(system: str, model_name: str, batch: int, args, device, comm) -> 
     dp = data_parallel(model, opt, compression=args.compression, powersgd_rank=POWERSGD_RANK,
                        powersgd_start=POWERSGD_START) if system == "mpirt" else None
     try:
-        return _time_steps(model, opt, batch, args.steps, args.warmup, device, comm,
-                           wait=dp.synchronize if dp else None)
+        return _time_steps(model, opt, batch, args.steps, args.warmup, device, comm)
     finally:
         if dp:
             dp.close()
