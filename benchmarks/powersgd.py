@@ -74,7 +74,8 @@ def markdown(doc: dict) -> str:
              f"model `{MODEL}` ({cfg['params'] / 1e6:.1f} M parameters, {cfg['params'] * 4 / 2**20:.0f} MiB of "
              f"fp32 gradients), per-rank batch {cfg['batch']}; median of {cfg['repeats']} repeats of "
              f"{cfg['steps']} steps; {env['cpu']['model']}, {env['cpu']['cores']} cores; taken {env['timestamp']}",
-             "", "| compression | compute only | mpirt | DDP (gloo, its hooks) | mpirt / DDP | mpirt / mpirt uncompressed |",
+             "", "| compression | compute only | mpirt | DDP (gloo, its hooks) | mpirt / DDP "
+                 "| mpirt / mpirt uncompressed |",
              "|---|---:|---:|---:|---:|---:|"]
     ideal = by["compute-only"]["metrics"]["samples_per_s"]["median"]
     for comp in COMPRESSIONS:
