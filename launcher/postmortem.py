@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import shlex
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable
+from typing import Callable, TypeVar
 
 from launcher.detect.memcg import OomCounter
 from mpirt import errors
 
+T = TypeVar("T")
 FIX = ("give the pod more memory (resources.limits.memory) or use less per rank (a smaller batch or model, "
        "or fewer ranks per host)")
 
@@ -34,10 +35,7 @@ def read_command(counter: OomCounter) -> str:
 
 def findings(before: dict[str, OomCounter], read_now: Callable[[str, OomCounter], int | None]) -> list[str]:
     """Every host whose counter rose, in the order given; hosts are asked in parallel."""
-    if not before:
-        return []
-    with ThreadPoolExecutor(max_workers=min(len(before), 32)) as pool:
-        now = list(pool.map(lambda kv: read_now(*kv), before.items()))
+    now = fetch(list(before), lambda host: read_now(host, before[host]))
     return [f for (host, c), n in zip(before.items(), now) if (f := finding(host, c, n))]
 
 
@@ -49,8 +47,8 @@ def listing_command(error_dir: str, suffix: str) -> str:
     return f"cat -- {shlex.quote(error_dir)}/rank-*.{suffix} 2>/dev/null || true"
 
 
-def fetch(hosts: list[str], read: Callable[[str], str]) -> list[str]:
-    """What each host printed for ``read`` (a ``listing_command``), asked in parallel."""
+def fetch(hosts: list[str], read: Callable[[str], T]) -> list[T]:
+    """``read`` of each host (what a ``listing_command`` printed, a counter), asked in parallel."""
     if not hosts:
         return []
     with ThreadPoolExecutor(max_workers=min(len(hosts), 32)) as pool:

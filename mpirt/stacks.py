@@ -19,6 +19,8 @@ import socket
 from dataclasses import dataclass
 from pathlib import Path
 
+from mpirt.console import ranges
+
 STOPS = (signal.SIGTERM, signal.SIGINT)
 _HEADER = "mpirt-stacks rank={rank} host={host} pid={pid}\n"
 _HEADER_RE = re.compile(r"^mpirt-stacks rank=(\d+) host=(\S+) pid=\d+$", re.M)
@@ -59,8 +61,8 @@ def _disarm(f, path: Path, header_size: int) -> None:
 class Where:
     rank: int
     host: str
-    line: str  # the innermost frame of the program's own code ("" when none was dumped)
-    inside: str  # the innermost frame, when it is deeper, in a library
+    line: str  # the innermost frame of the program's own code (the innermost frame when none is)
+    inside: str  # the innermost frame, when it is deeper, in a library; else ""
 
 
 def _frame(match: re.Match) -> str:
@@ -91,17 +93,6 @@ def read_all(directory: str | Path) -> list[Where]:
     return parse("".join(p.read_text(errors="replace") for p in sorted(Path(directory).glob("rank-*.stacks"))))
 
 
-def _ranges(ranks: list[int]) -> str:
-    parts, start = [], None
-    for i, r in enumerate(ranks):
-        if start is None:
-            start = r
-        if i + 1 == len(ranks) or ranks[i + 1] != r + 1:
-            parts.append(str(start) if start == r else f"{start}-{r}")
-            start = None
-    return ", ".join(parts)
-
-
 def summary(wheres: list[Where]) -> list[str]:
     """One line per place, ranks grouped (the first dump of a rank counts): the places that
     differ are what a hang is about."""
@@ -115,7 +106,7 @@ def summary(wheres: list[Where]) -> list[str]:
     for (line, inside), ws in sorted(groups.items(), key=lambda kv: kv[1][0].rank):
         ranks = [w.rank for w in ws]
         hosts = sorted({w.host for w in ws})
-        who = f"rank{'s' if len(ranks) > 1 else ''} {_ranges(ranks)} ({', '.join(hosts[:4])}" + (
+        who = f"rank{'s' if len(ranks) > 1 else ''} {', '.join(ranges(ranks))} ({', '.join(hosts[:4])}" + (
             f" and {len(hosts) - 4} more hosts)" if len(hosts) > 4 else ")")
         lines.append(f"{who}: {line}" + (f" (inside {inside})" if inside else ""))
     return lines

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from mpirt.console import ranges
+
 # NVML common-ancestor levels -> nvidia-smi topo -m notation.
 LEVELS = {0: "PIX", 10: "PIX", 20: "PXB", 30: "PHB", 40: "NODE", 50: "SYS"}
 
@@ -127,15 +129,7 @@ def _text(v) -> str:
 
 def _cpus(words: list[int]) -> str:
     """An NVML affinity bitmask (64-bit words) as a cpulist: "0-3,8"."""
-    cpus = [w * 64 + b for w, word in enumerate(words) for b in range(64) if word >> b & 1]
-    ranges, start = [], None
-    for i, c in enumerate(cpus):
-        if start is None:
-            start = c
-        if i + 1 == len(cpus) or cpus[i + 1] != c + 1:
-            ranges.append(f"{start}" if start == c else f"{start}-{c}")
-            start = None
-    return ",".join(ranges)
+    return ",".join(ranges([w * 64 + b for w, word in enumerate(words) for b in range(64) if word >> b & 1]))
 
 
 def device_nodes(root: Path) -> int:
