@@ -45,6 +45,13 @@ class Topology:
 _RDMA = ("ib", "roce")
 _TCP_LINKS = ("four TCP connections to each peer: over one, Open MPI 4.1's TCP BTL moved a 64 MiB allreduce at "
               "56 MB/s on a 1 Gbit/s link, over four at 109 MB/s (docs/launcher.md)")
+# Open MPI connects to a peer when it first sends to it. Left so, a 50 MiB allreduce between two
+# hosts over four links ran at one link's rate (77-79 MB/s) in 21 of 48 samples here, and in none
+# of 48 with every peer connected during MPI_Init. That costs a socket per rank on another host,
+# so larger jobs keep the lazy connections (a limit of 1024 open files is common).
+PRECONNECT_MAX_RANKS = 512
+_PRECONNECT = (f"connect to every peer during MPI_Init (jobs up to {PRECONNECT_MAX_RANKS} ranks): connected on first "
+               "use, allreduces over four links ran at one link's rate in 21 of 48 samples (docs/launcher.md)")
 TIER: list[tuple[str, tuple[str, ...], str, str, str]] = [
     ("nccl", ("ib", "roce", "tcp"), "NCCL_SOCKET_IFNAME", "={iface}", "bootstrap traffic on the interface that routes to the other hosts"),
     ("nccl", ("ib", "roce", "tcp"), "GLOO_SOCKET_IFNAME", "{iface}", "Gloo (torch.distributed CPU) on the same interface"),
@@ -61,6 +68,7 @@ TIER: list[tuple[str, tuple[str, ...], str, str, str]] = [
     ("openmpi4", ("tcp",), "OMPI_MCA_pml", "ob1", "no RDMA: the ob1 PML over BTLs"),
     ("openmpi4", ("tcp",), "OMPI_MCA_btl", "self,vader,tcp", "shared memory within a host, TCP between hosts"),
     ("openmpi4", ("tcp",), "OMPI_MCA_btl_tcp_links", "4", _TCP_LINKS),
+    ("openmpi4", ("tcp",), "OMPI_MCA_mpi_preconnect_mpi", "1", _PRECONNECT),
     ("openmpi4", ("ib", "roce", "tcp"), "OMPI_MCA_btl_tcp_if_include", "{iface}", "MPI TCP traffic on the routed interface"),
     ("openmpi4", ("ib", "roce", "tcp"), "OMPI_MCA_oob_tcp_if_include", "{iface}", "mpirun's own traffic on the routed interface"),
     ("openmpi5", _RDMA, "OMPI_MCA_pml", "ucx", "UCX drives InfiniBand/RoCE (openib is gone in 5.0)"),
@@ -68,6 +76,7 @@ TIER: list[tuple[str, tuple[str, ...], str, str, str]] = [
     ("openmpi5", ("tcp",), "OMPI_MCA_pml", "ob1", "no RDMA: the ob1 PML over BTLs"),
     ("openmpi5", ("tcp",), "OMPI_MCA_btl", "self,sm,tcp", "shared memory within a host, TCP between hosts"),
     ("openmpi5", ("tcp",), "OMPI_MCA_btl_tcp_links", "4", _TCP_LINKS),
+    ("openmpi5", ("tcp",), "OMPI_MCA_mpi_preconnect_mpi", "1", _PRECONNECT),
     ("openmpi5", ("ib", "roce", "tcp"), "OMPI_MCA_btl_tcp_if_include", "{iface}", "MPI TCP traffic on the routed interface"),
     ("openmpi5", ("ib", "roce", "tcp"), "PRTE_MCA_prte_if_include", "{iface}", "PRRTE's own traffic on the routed interface"),
     ("mpich", _RDMA, "FI_PROVIDER", "verbs", "libfabric over verbs for InfiniBand/RoCE"),
@@ -131,8 +140,9 @@ def load_profiles(path: str | None) -> dict[str, dict[str, tuple[str, str]]]:
 
 def resolve(tier: str, libraries: list[str], user_env: Mapping[str, str], *, iface: str | None = None,
             hcas: tuple[str, ...] = (), topology: Topology = Topology(), profile: str | None = None,
-            profiles: Mapping[str, Mapping[str, tuple[str, str]]] = PROFILES) -> list[EnvVar]:
-    """The variables to set, each with its source and reason, in a stable order."""
+            profiles: Mapping[str, Mapping[str, tuple[str, str]]] = PROFILES, ranks: int | None = None) -> list[EnvVar]:
+    """The variables to set, each with its source and reason, in a stable order; ``ranks``:
+    the job's size where known (some defaults only suit smaller jobs)."""
     if profile and profile not in profiles:
         raise EnvError(f"unknown profile {profile!r}; known: {', '.join(sorted(profiles))} (add your own in the file "
                        "named by MPIRT_PROFILES)")
@@ -143,6 +153,8 @@ def resolve(tier: str, libraries: list[str], user_env: Mapping[str, str], *, ifa
             needs = [k for k in fill if "{" + k + "}" in template]
             if all(fill[k] for k in needs):
                 chosen[name] = EnvVar(name, template.format(**fill), f"tier:{tier}", reason)
+    if ranks is not None and ranks > PRECONNECT_MAX_RANKS:
+        chosen.pop("OMPI_MCA_mpi_preconnect_mpi", None)
     if "nccl" in libraries:
         if topology.gpus >= 2 and not topology.p2p_ok:
             why = f"{topology.gpus} GPUs without peer-to-peer access between them (PCIe-only, VM or consumer GPUs)"
