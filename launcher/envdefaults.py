@@ -45,13 +45,14 @@ class Topology:
 _RDMA = ("ib", "roce")
 _TCP_LINKS = ("four TCP connections to each peer: over one, Open MPI 4.1's TCP BTL moved a 64 MiB allreduce at "
               "56 MB/s on a 1 Gbit/s link, over four at 109 MB/s (docs/launcher.md)")
-# Open MPI connects to a peer when it first sends to it. Left so, a 50 MiB allreduce between two
-# hosts over four links ran at one link's rate (77-79 MB/s) in 21 of 48 samples here, and in none
-# of 48 with every peer connected during MPI_Init. That costs a socket per rank on another host,
-# so larger jobs keep the lazy connections (a limit of 1024 open files is common).
+# Open MPI connects to a peer when it first sends to it. Two ranks on two hosts joined by one
+# socket ran many of their large allreduces at 2/3 of a 1 Gbit/s link (77-79 against 110-118
+# MB/s); joined by two, never. Connecting every peer during MPI_Init left two in most jobs here
+# (docs/launcher.md). It costs a socket per rank on another host, so larger jobs stay lazy (a
+# limit of 1024 open files is common).
 PRECONNECT_MAX_RANKS = 512
 _PRECONNECT = (f"connect to every peer during MPI_Init (jobs up to {PRECONNECT_MAX_RANKS} ranks): connected on first "
-               "use, allreduces over four links ran at one link's rate in 21 of 48 samples (docs/launcher.md)")
+               "use, two hosts often ran large allreduces at 2/3 of the link's rate (docs/launcher.md)")
 TIER: list[tuple[str, tuple[str, ...], str, str, str]] = [
     ("nccl", ("ib", "roce", "tcp"), "NCCL_SOCKET_IFNAME", "={iface}", "bootstrap traffic on the interface that routes to the other hosts"),
     ("nccl", ("ib", "roce", "tcp"), "GLOO_SOCKET_IFNAME", "{iface}", "Gloo (torch.distributed CPU) on the same interface"),
