@@ -43,7 +43,7 @@ class Topology:
 # (library, tiers) -> [(name, value, reason)]; {iface} and {hcas} are filled in, entries
 # needing an unknown value are left out.
 _RDMA = ("ib", "roce")
-_TCP_LINKS = ("four TCP connections to each peer: over one, Open MPI 4.1's TCP BTL moved a 64 MiB allreduce at "
+_TCP_LINKS = ("four TCP BTL modules instead of one: over one, Open MPI 4.1's TCP BTL moved a 64 MiB allreduce at "
               "56 MB/s on a 1 Gbit/s link, over four at 109 MB/s (docs/launcher.md)")
 # Open MPI connects to a peer when it first sends to it. Two ranks on two hosts joined by one
 # socket ran many of their large allreduces at 2/3 of a 1 Gbit/s link (77-79 against 110-118
