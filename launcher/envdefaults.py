@@ -48,9 +48,9 @@ _TCP_LINKS = ("four TCP BTL modules instead of one: over one, Open MPI 4.1's TCP
 # Open MPI connects to a peer when it first sends to it. Two ranks on two hosts joined by one
 # socket ran many of their large allreduces at 2/3 of a 1 Gbit/s link (77-79 against 110-118
 # MB/s); joined by two, never. Connecting every peer during MPI_Init left two in most jobs here
-# (docs/launcher.md). It costs a socket per rank on another host, so larger jobs stay lazy (a
-# limit of 1024 open files is common).
-PRECONNECT_MAX_RANKS = 512
+# (docs/launcher.md). That is up to two sockets per other rank, so larger jobs stay lazy: 2 x 255
+# and the library's own files stay under a limit of 1024 open files, a common default.
+PRECONNECT_MAX_RANKS = 256
 _PRECONNECT = (f"connect to every peer during MPI_Init (jobs up to {PRECONNECT_MAX_RANKS} ranks): connected on first "
                "use, two hosts often ran large allreduces at 2/3 of the link's rate (docs/launcher.md)")
 TIER: list[tuple[str, tuple[str, ...], str, str, str]] = [
