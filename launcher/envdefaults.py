@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-LIBRARIES = ("nccl", "ucx", "openmpi4", "openmpi5", "mpich", "intel")
+LIBRARIES = ("nccl", "ucx", "openmpi4", "openmpi5", "mpich", "intel", "mpirt")
 # The variables of those libraries: one set on a host counts as set by the user there.
-LIBRARY_PREFIXES = ("NCCL_", "GLOO_", "UCX_", "OMPI_MCA_", "PRTE_MCA_", "FI_", "HYDRA_", "I_MPI_", "MPIR_CVAR_")
+LIBRARY_PREFIXES = ("NCCL_", "GLOO_", "UCX_", "OMPI_MCA_", "PRTE_MCA_", "FI_", "HYDRA_", "I_MPI_", "MPIR_CVAR_",
+                    "MPIRT_AUTO_")
 
 
 class EnvError(ValueError):
@@ -89,6 +90,9 @@ TIER: list[tuple[str, tuple[str, ...], str, str, str]] = [
     ("intel", ("tcp",), "I_MPI_OFI_PROVIDER", "tcp", "no RDMA: OFI over TCP"),
     ("intel", ("tcp",), "FI_TCP_IFACE", "{iface}", "OFI TCP on the routed interface"),
     ("intel", ("ib", "roce", "tcp"), "I_MPI_HYDRA_IFACE", "{iface}", "Hydra's own traffic on the routed interface"),
+    ("mpirt", ("tcp",), "MPIRT_AUTO_RING_MIN_BYTES", "4194304",
+     "algo auto runs mpirt's ring across hosts from 4 MiB: Open MPI 4.1's own choice was 1.5-2.9x slower there on 3 "
+     "and 4 hosts over TCP (docs/allreduce.md)"),
 ]
 
 PROFILES: dict[str, dict[str, tuple[str, str]]] = {

@@ -59,6 +59,9 @@ struct NodeLayout {
   bool oversubscribed;  // more ranks on this node than online cores
 };
 const NodeLayout& node_layout(MPI_Comm comm);
+// From which buffer size `auto` runs `ring` across nodes (MPIRT_AUTO_RING_MIN_BYTES; SIZE_MAX,
+// never, when unset or "off"), agreed by every rank of the communicator when its state is made.
+size_t auto_ring_min_bytes(MPI_Comm comm);
 
 // MPI datatype for (dtype, op), creating the user op 16-bit floats need; plain MPI otherwise.
 void mpi_type_op(DType t, Op o, MPI_Datatype* type, MPI_Op* op);

@@ -77,6 +77,29 @@ size_t shm_chunk_bytes() {
   return bytes / 64 * 64;
 }
 
+// MPIRT_AUTO_RING_MIN_BYTES, agreed over `comm` before anything else is made: `auto` must pick
+// the same algorithm on every rank, so a value that differs (or does not parse) on any rank
+// is an error on all of them rather than a hang.
+size_t agreed_ring_min(MPI_Comm comm) {
+  constexpr uint64_t never = UINT64_MAX, invalid = UINT64_MAX - 1;
+  const char* env = std::getenv("MPIRT_AUTO_RING_MIN_BYTES");
+  uint64_t mine = never;
+  if (env != nullptr && *env != '\0' && std::string(env) != "off") {
+    char* end = nullptr;
+    unsigned long long v = std::strtoull(env, &end, 10);
+    mine = (*end != '\0' || env[0] == '-' || v >= invalid) ? invalid : v;
+  }
+  uint64_t v[2] = {mine, ~mine};  // max, and ~min
+  MPI_Allreduce(MPI_IN_PLACE, v, 2, MPI_UINT64_T, MPI_MAX, comm);
+  if (mine == invalid)
+    throw std::invalid_argument(std::string("MPIRT_AUTO_RING_MIN_BYTES=") + env +
+                                " is not a byte count; give one (e.g. 4194304), or off, or unset it");
+  if (v[0] != ~v[1])
+    throw std::invalid_argument("MPIRT_AUTO_RING_MIN_BYTES differs between ranks (or is wrong on one); "
+                                "set it the same on every rank (mpirt launch forwards the launcher's) or unset it");
+  return static_cast<size_t>(mine);
+}
+
 }  // namespace
 
 void ShmBarrier::wait(int nranks, int spin_limit) {
@@ -101,7 +124,9 @@ static CommState& lookup_or_create(MPI_Comm comm) {
   MPI_Comm_get_attr(comm, g_keyval, &attr, &found);
   if (found) return *static_cast<CommState*>(attr);
 
+  const size_t ring_min = agreed_ring_min(comm);
   auto* st = new CommState();
+  st->auto_ring_min = ring_min;
   int rank, size;
   MPI_Comm_rank(comm, &rank);
   MPI_Comm_size(comm, &size);
@@ -121,6 +146,8 @@ static CommState& lookup_or_create(MPI_Comm comm) {
   MPI_Comm_set_attr(comm, g_keyval, st);
   return *st;
 }
+
+size_t auto_ring_min_bytes(MPI_Comm comm) { return comm_state(comm).auto_ring_min; }
 
 CommState& comm_state(MPI_Comm comm) {
   const uint64_t generation = g_generation.load(std::memory_order_acquire);

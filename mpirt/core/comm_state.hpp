@@ -42,6 +42,7 @@ struct CommState {
   MPI_Comm ring_comm = MPI_COMM_NULL;   // private duplicate: our messages never meet the user's
   ShmSegment shm;                       // allocated on first shm call
   std::vector<char> scratch;            // ring receive buffer, grown on demand
+  size_t auto_ring_min = SIZE_MAX;      // MPIRT_AUTO_RING_MIN_BYTES, the same on every rank
 };
 
 CommState& comm_state(MPI_Comm comm);

@@ -1,5 +1,6 @@
 """The compiled core across network-namespace hosts: `ordered` gives a serial fold's bits
-whatever the layout (one rank per host, two per host), through the path it takes across nodes."""
+whatever the layout (one rank per host, two per host), through the path it takes across nodes;
+`auto` follows the launcher's TCP-tier threshold for `ring`."""
 
 import json
 import sys
@@ -12,6 +13,7 @@ from netns import cluster  # noqa: F401  (the fixture)
 pytestmark = [pytest.mark.e2e, pytest.mark.mpi]
 
 ORDERED = str(Path(__file__).parents[1] / "mpi" / "ranks" / "ordered_bits.py")
+AUTO_CHOICE = str(Path(__file__).parent / "ranks" / "auto_choice.py")
 
 
 @pytest.mark.parametrize("hosts,slots", [(3, 1), (2, 2)], ids=["3x1", "2x2"])
@@ -26,3 +28,22 @@ def test_ordered_across_hosts_gives_the_serial_folds_bits(cluster, hosts, slots)
     report = json.loads(line[line.index('{"size"'):])
     assert report["size"] == hosts * slots and report["cases"] == 4 * 3 * 3
     assert report["n_failures"] == 0, "\n".join(report["failures"])
+
+
+def test_auto_runs_ring_across_tcp_hosts_from_the_launchers_threshold(cluster):
+    """On the TCP tier the launcher sets MPIRT_AUTO_RING_MIN_BYTES (4 MiB): `auto` runs `ring`
+    across hosts from there and MPI_Allreduce below; what the user sets wins."""
+    c = cluster(3)
+    names = ["w0", "w1", "w2"]
+    for w in names:
+        c.start_worker(w)
+
+    def choice(*extra):
+        proc = c.launch(names, [sys.executable, AUTO_CHOICE], *extra, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        line = next(x for x in proc.stdout.splitlines() if '{"threshold"' in x)
+        return json.loads(line[line.index('{"threshold"'):])
+
+    assert choice() == {"threshold": "4194304", "chosen": {"4194300": "mpi", "4194304": "ring"}}
+    assert choice("--env", "MPIRT_AUTO_RING_MIN_BYTES=off") == {
+        "threshold": "off", "chosen": {"4194300": "mpi", "4194304": "mpi"}}

@@ -54,3 +54,17 @@ def test_every_float16_value_matches_numpy(mpiexec, f16c):
     env = {} if f16c == "default" else {"MPIRT_F16C": f16c}
     report = last_json(mpiexec.python(2, "half_every_value.py", env=env).stdout)
     assert report == {"cases": 8, "wrong": {}}
+
+
+@pytest.mark.parametrize("np_", [1, 2, 4])
+def test_auto_ring_threshold_must_agree_on_every_rank(mpiexec, np_):
+    """A threshold that differs between ranks (or does not parse on one) would make `auto` pick
+    different algorithms and hang: every rank gets the error instead."""
+    report = last_json(mpiexec.python(np_, "auto_threshold.py").stdout)
+    differs = ("MPIRT_AUTO_RING_MIN_BYTES differs between ranks (or is wrong on one); set it the same on every "
+               "rank (mpirt launch forwards the launcher's) or unset it")
+    bad = "MPIRT_AUTO_RING_MIN_BYTES=4M is not a byte count; give one (e.g. 4194304), or off, or unset it"
+    assert report["same"] == report["off"] == ["ok"] * np_
+    assert report["differs"] == (["ok"] if np_ == 1 else [differs] * np_)
+    assert report["bad"] == [bad] * np_
+    assert report["bad on one rank"] == ([bad] if np_ == 1 else [differs] * (np_ - 1) + [bad])

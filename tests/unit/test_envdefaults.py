@@ -52,6 +52,13 @@ def test_open_mpi_connects_every_peer_at_start_only_in_smaller_jobs(lib):
     assert "OMPI_MCA_mpi_preconnect_mpi" not in as_dict(resolve("ib", [lib], {}, hcas=("mlx5_0:1",), ranks=2))
 
 
+def test_auto_runs_ring_across_hosts_only_on_the_tcp_tier():
+    assert as_dict(resolve("tcp", ["mpirt"], {}))["MPIRT_AUTO_RING_MIN_BYTES"] == ("4194304", "tier:tcp")
+    assert "MPIRT_AUTO_RING_MIN_BYTES" not in as_dict(resolve("ib", ["mpirt"], {}, hcas=("mlx5_0:1",)))
+    assert as_dict(resolve("tcp", ["mpirt"], {"MPIRT_AUTO_RING_MIN_BYTES": "off"}))["MPIRT_AUTO_RING_MIN_BYTES"] == \
+        ("off", "user")
+
+
 def test_unknown_interface_leaves_interface_variables_out():
     env = as_dict(resolve("roce", ["nccl", "mpich"], {}, hcas=("mlx5_2:1",)))
     assert "NCCL_SOCKET_IFNAME" not in env and "HYDRA_IFACE" not in env and env["FI_PROVIDER"][0] == "verbs"

@@ -1,0 +1,21 @@
+"""Which algorithm `auto` runs just below and at 4 MiB, with the result checked: rank 0
+prints one JSON line (the threshold this rank saw, and size -> algorithm)."""
+
+import json
+import os
+
+import numpy as np
+
+from mpirt.comm import MPI, core
+
+comm = MPI.COMM_WORLD
+chosen = {}
+for nbytes in (4 * 2**20 - 4, 4 * 2**20):
+    a = np.full(nbytes // 4, comm.Get_rank() + 1, np.float32)
+    used = core().allreduce(comm.py2f(), a.ctypes.data, a.ctypes.data, a.size, "float32", "sum", "auto", "cpu")
+    n = comm.Get_size()
+    if not np.all(a == n * (n + 1) / 2):
+        raise SystemExit(f"auto ({used}) gave a wrong sum at {nbytes} bytes")
+    chosen[str(nbytes)] = used
+if comm.Get_rank() == 0:
+    print(json.dumps({"threshold": os.environ.get("MPIRT_AUTO_RING_MIN_BYTES"), "chosen": chosen}))
