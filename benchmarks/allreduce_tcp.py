@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""Allreduce across hosts on a slow TCP network (root, iproute2 with tc, openssh-server):
+
+2, 3 and 4 network-namespace hosts (the tests' cluster), one rank each, every link into a host
+limited by a token bucket (`tc ... tbf rate RATE`, default 1 Gbit/s). `mpirt-allreduce-perf`
+runs MPI_Allreduce, `ring` and `auto` in place through `mpirt launch`, which sets the TCP
+tier's defaults (among them MPIRT_AUTO_RING_MIN_BYTES: from there `auto` runs `ring` across
+hosts). Each world size is measured --repeats times, each a fresh job. Writes
+results/allreduce-tcp.{json,md}.
+
+    python benchmarks/allreduce_tcp.py [--rate 1gbit] [--hosts 2,3,4] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent / "tests" / "cluster"))
+sys.path.insert(0, str(ROOT))
+
+from allreduce import ratio  # noqa: E402  (the one-node benchmark's per-run ratios)
+from netns import Cluster, namespaces_usable  # noqa: E402  (the tests' namespace cluster)
+
+from launcher.mpi import detect, find_mpirun  # noqa: E402
+from mpirt.bench import environment, schema  # noqa: E402
+from mpirt.bench.report import fmt_size  # noqa: E402
+from mpirt.bench.scaling import collective_rows, json_in  # noqa: E402
+
+ALGOS = ("mpi", "ring", "auto")
+ENV_REPORT = ROOT.parent / "tests" / "cluster" / "ranks" / "env_report.py"
+WATCHED = ("MPIRT_AUTO_RING_MIN_BYTES", "OMPI_MCA_btl_tcp_links", "OMPI_MCA_mpi_preconnect_mpi")
+
+
+def measure(hosts: int, args) -> tuple[list[dict], dict]:
+    """Every repeat's harness document at ``hosts`` hosts, and the variables the launcher set."""
+    docs, added = [], {}
+    with tempfile.TemporaryDirectory(prefix="mpirt-bench-tcp-") as tmp:
+        c = Cluster(Path(tmp), hosts)
+        try:
+            for i in range(len(c.names)):
+                subprocess.run(["tc", "qdisc", "add", "dev", f"mv{c.tag}h{i}", "root", "tbf", "rate", args.rate,
+                                "burst", "256kb", "latency", "100ms"], check=True)
+            names = c.names[1:]
+            for w in names:
+                c.start_worker(w)
+            for w in names:
+                c.wait_listening(w)
+            # what the launcher set on the ranks (its tier defaults come from the hosts' probes)
+            seen = c.launch(names, [sys.executable, str(ENV_REPORT), *WATCHED], "--no-tag-output", timeout=120)
+            if seen.returncode != 0:
+                sys.exit(f"mpirt launch cannot start on {hosts} hosts:\n{seen.stderr[-3000:]}")
+            line = next(x for x in seen.stdout.splitlines() if x.startswith("[{"))
+            added = {k: v for k, v in json.loads(line)[0].items() if k in WATCHED and v is not None}
+            harness = ["mpirt-allreduce-perf", "-b", args.min, "-e", args.max, "-f", "4", "-n", str(args.iters), "-w",
+                       "1", "-a", ",".join(ALGOS), "-m", "in-place", "-c", "1", "--json", "-"]
+            for _ in range(args.repeats):
+                proc = c.launch(names, harness, "--no-tag-output", timeout=1200)
+                if proc.returncode != 0:
+                    sys.exit(f"the {hosts}-host job failed:\n{proc.stderr[-3000:]}")
+                docs.append(json_in(proc.stdout, lambda d: "results" in d and "world" in d))
+                print(f"{hosts} hosts: run {len(docs)} done", flush=True)
+        finally:
+            c.close()
+    return docs, added
+
+
+def markdown(doc: dict) -> str:
+    env, cfg = doc["env"], doc["config"]
+    rows = {(r["key"]["np"], r["key"]["size"], r["key"]["algo"]): r for r in doc["rows"]}
+    lines = ["# Allreduce across hosts over a rate-limited TCP link", "",
+             f"Network-namespace hosts on one machine ({env['cpu']['model']}, {env['cpu']['cores']} cores), one rank "
+             f"each, every link into a host limited to {cfg['rate']} (tc tbf); {cfg['dtype']} {cfg['op']}, in place; "
+             f"{env['mpi']['library']}; median of {cfg['repeats']} jobs of {cfg['iters']} timed calls per size; "
+             f"taken {env['timestamp']}. busbw in MB/s (nccl-tests definition); the link carries at most about 119 "
+             "MB/s of payload. Ratios are taken within each job, then their median; ± is twice their coefficient "
+             "of variation.", "",
+             "| hosts | size | mpi busbw | ring busbw | auto busbw (→algo) | ring / mpi | auto / mpi |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    for n, size, algo in sorted(rows):
+        if algo != "mpi":
+            continue
+        m = {a: rows[(n, size, a)]["metrics"]["busbw_gbs"] for a in ALGOS}
+        ring, auto = ratio(m["ring"], m["mpi"]), ratio(m["auto"], m["mpi"])
+        used = rows[(n, size, "auto")]["info"]["algo_used"]
+        lines.append(f"| {n} | {fmt_size(size)} | {m['mpi']['median'] * 1e3:.0f} | {m['ring']['median'] * 1e3:.0f} | "
+                     f"{m['auto']['median'] * 1e3:.0f} (→{used}) | {ring[0]:.2f} ±{ring[1]:.2f} | "
+                     f"{auto[0]:.2f} ±{auto[1]:.2f} |")
+    mine = {k: v["value"] for k, v in env["network"]["env"].items() if k in WATCHED}
+    lines += ["", "Set by the launcher on every rank, among others: " +
+              ", ".join(f"`{k}={v}`" for k, v in sorted(mine.items())), ""]
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rate", default="1gbit", help="tc rate of every link into a host")
+    ap.add_argument("--hosts", default="2,3,4", help="comma list of host counts")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--iters", type=int, default=5, help="timed calls per size")
+    ap.add_argument("--min", default="256K")
+    ap.add_argument("--max", default="64M")
+    ap.add_argument("--out", type=Path, default=ROOT / "results")
+    args = ap.parse_args()
+    reason = namespaces_usable()
+    if reason:
+        sys.exit(f"cannot run: {reason}")
+    runs, added = {}, {}
+    for hosts in (int(h) for h in args.hosts.split(",")):
+        runs[hosts], added = measure(hosts, args)
+    first = next(iter(runs.values()))[0]
+    rows = collective_rows(runs)
+    counts = sorted(runs)
+    env = environment.collect(impl=detect(find_mpirun()), launcher_added=added, argv=sys.argv,
+                              hosts={"count": max(counts), "slots": max(counts), "names": [f"w{i}" for i in
+                                                                                          range(max(counts))],
+                                     "oversubscribed": False, "nodes_seen": max(counts)},
+                              rank_view={"mpi_library": first["mpi"]["library"], "cuda_aware": first["mpi"]["cuda_aware"]})
+    config = {"rate": args.rate, "hosts": counts, "repeats": args.repeats, "iters": args.iters,
+              "dtype": first["config"]["dtype"], "op": first["config"]["op"]}
+    doc = schema.document("allreduce-tcp", env, config, rows)
+    schema.write(doc, args.out / "allreduce-tcp.json")
+    (args.out / "allreduce-tcp.md").write_text(markdown(doc))
+    print(markdown(doc))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
