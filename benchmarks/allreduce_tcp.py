@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -43,9 +42,7 @@ def measure(hosts: int, args) -> tuple[list[dict], dict]:
     with tempfile.TemporaryDirectory(prefix="mpirt-bench-tcp-") as tmp:
         c = Cluster(Path(tmp), hosts)
         try:
-            for i in range(len(c.names)):
-                subprocess.run(["tc", "qdisc", "add", "dev", f"mv{c.tag}h{i}", "root", "tbf", "rate", args.rate,
-                                "burst", "256kb", "latency", "100ms"], check=True)
+            c.limit_rate(args.rate)
             names = c.names[1:]
             for w in names:
                 c.start_worker(w)

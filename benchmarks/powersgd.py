@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -104,9 +103,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="mpirt-bench-powersgd-") as tmp:
         c = Cluster(Path(tmp), 2)
         try:
-            for i, name in enumerate(c.names):
-                subprocess.run(["tc", "qdisc", "add", "dev", f"mv{c.tag}h{i}", "root", "tbf", "rate", args.rate,
-                                "burst", "256kb", "latency", "100ms"], check=True)
+            c.limit_rate(args.rate)
             for w in ("w0", "w1"):
                 c.start_worker(w)
             for w in ("w0", "w1"):

@@ -112,6 +112,13 @@ class Cluster:
         self.procs[name] = self.run_in(name, argv, cgroup, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                        env={**os.environ, **(env or {})})
 
+    def limit_rate(self, rate: str) -> None:
+        """Every link into a host limited to ``rate`` (e.g. 1gbit) by a token bucket (tc tbf):
+        a slow TCP network, for the benchmarks."""
+        for i in range(len(self.names)):
+            subprocess.run(["tc", "qdisc", "add", "dev", f"mv{self.tag}h{i}", "root", "tbf", "rate", rate, "burst",
+                            "256kb", "latency", "100ms"], check=True)
+
     def wait_listening(self, name: str, timeout: float = 20) -> None:
         deadline = time.time() + timeout
         while time.time() < deadline:
