@@ -338,7 +338,7 @@ def env_cmd(profile, explain, as_json, peer, root, mpirun) -> None:
     if here.probe is None:
         raise CliError(here.error)
     found = here.probe
-    libs = ["nccl", "ucx", "mpirt"]
+    libs = ["nccl", "ucx"]
     try:
         libs.append(detect(find_mpirun(mpirun)).key)
     except MpiError:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-LIBRARIES = ("nccl", "ucx", "openmpi4", "openmpi5", "mpich", "intel", "mpirt")
+LIBRARIES = ("nccl", "ucx", "openmpi4", "openmpi5", "mpich", "intel")
 # The variables of those libraries: one set on a host counts as set by the user there.
 LIBRARY_PREFIXES = ("NCCL_", "GLOO_", "UCX_", "OMPI_MCA_", "PRTE_MCA_", "FI_", "HYDRA_", "I_MPI_", "MPIR_CVAR_",
                     "MPIRT_AUTO_")
@@ -71,6 +71,9 @@ TIER: list[tuple[str, tuple[str, ...], str, str, str]] = [
     ("openmpi4", ("tcp",), "OMPI_MCA_btl", "self,vader,tcp", "shared memory within a host, TCP between hosts"),
     ("openmpi4", ("tcp",), "OMPI_MCA_btl_tcp_links", "4", _TCP_LINKS),
     ("openmpi4", ("tcp",), "OMPI_MCA_mpi_preconnect_mpi", "1", _PRECONNECT),
+    ("openmpi4", ("tcp",), "MPIRT_AUTO_RING_MIN_BYTES", "4194304",
+     "mpirt's algo auto runs its ring across hosts from 4 MiB: Open MPI 4.1's own choice was 1.1-2.9x slower there on "
+     "3 and 4 hosts (docs/allreduce.md)"),
     ("openmpi4", ("ib", "roce", "tcp"), "OMPI_MCA_btl_tcp_if_include", "{iface}", "MPI TCP traffic on the routed interface"),
     ("openmpi4", ("ib", "roce", "tcp"), "OMPI_MCA_oob_tcp_if_include", "{iface}", "mpirun's own traffic on the routed interface"),
     ("openmpi5", _RDMA, "OMPI_MCA_pml", "ucx", "UCX drives InfiniBand/RoCE (openib is gone in 5.0)"),
@@ -90,9 +93,6 @@ TIER: list[tuple[str, tuple[str, ...], str, str, str]] = [
     ("intel", ("tcp",), "I_MPI_OFI_PROVIDER", "tcp", "no RDMA: OFI over TCP"),
     ("intel", ("tcp",), "FI_TCP_IFACE", "{iface}", "OFI TCP on the routed interface"),
     ("intel", ("ib", "roce", "tcp"), "I_MPI_HYDRA_IFACE", "{iface}", "Hydra's own traffic on the routed interface"),
-    ("mpirt", ("tcp",), "MPIRT_AUTO_RING_MIN_BYTES", "4194304",
-     "algo auto runs mpirt's ring across hosts from 4 MiB: Open MPI 4.1's own choice was 1.5-2.9x slower there on 3 "
-     "and 4 hosts over TCP (docs/allreduce.md)"),
 ]
 
 PROFILES: dict[str, dict[str, tuple[str, str]]] = {

@@ -138,7 +138,7 @@ def env_defaults(cfg: LaunchConfig, impl: mpi.MpiImpl, env: dict, probes: list[f
     if not cfg.env_defaults:
         return {}
     plan = fleet.combine(probes)
-    values = resolve(plan.tier, ["nccl", "ucx", impl.key, "mpirt"], {**plan.host_env, **env}, iface=plan.iface,
+    values = resolve(plan.tier, ["nccl", "ucx", impl.key], {**plan.host_env, **env}, iface=plan.iface,
                      hcas=plan.hcas, topology=plan.topology, profile=cfg.profile,
                      profiles=load_profiles(env.get("MPIRT_PROFILES")), ranks=ranks)
     chosen = {v.name: v.value for v in values if v.source != "user"}
