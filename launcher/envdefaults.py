@@ -44,16 +44,6 @@ class Topology:
 # (library, tiers) -> [(name, value, reason)]; {iface} and {hcas} are filled in, entries
 # needing an unknown value are left out.
 _RDMA = ("ib", "roce")
-_TCP_LINKS = ("four TCP BTL modules instead of one: over one, Open MPI 4.1's TCP BTL moved a 64 MiB allreduce at "
-              "56 MB/s on a 1 Gbit/s link, over four at 109 MB/s (docs/launcher.md)")
-# Open MPI connects to a peer when it first sends to it. Two ranks on two hosts joined by one
-# socket ran many of their large allreduces at 2/3 of a 1 Gbit/s link (77-79 against 110-118
-# MB/s); joined by two, never. Connecting every peer during MPI_Init left two in most jobs here
-# (docs/launcher.md). That is up to two sockets per other rank, so larger jobs stay lazy: 2 x 255
-# and the library's own files stay under a limit of 1024 open files, a common default.
-PRECONNECT_MAX_RANKS = 256
-_PRECONNECT = (f"connect to every peer during MPI_Init (jobs up to {PRECONNECT_MAX_RANKS} ranks): connected on first "
-               "use, two hosts often ran large allreduces at 2/3 of the link's rate (docs/launcher.md)")
 TIER: list[tuple[str, tuple[str, ...], str, str, str]] = [
     ("nccl", ("ib", "roce", "tcp"), "NCCL_SOCKET_IFNAME", "={iface}", "bootstrap traffic on the interface that routes to the other hosts"),
     ("nccl", ("ib", "roce", "tcp"), "GLOO_SOCKET_IFNAME", "{iface}", "Gloo (torch.distributed CPU) on the same interface"),
@@ -69,8 +59,6 @@ TIER: list[tuple[str, tuple[str, ...], str, str, str]] = [
     ("openmpi4", _RDMA, "OMPI_MCA_btl", "^openib", "the legacy openib BTL must not compete with UCX"),
     ("openmpi4", ("tcp",), "OMPI_MCA_pml", "ob1", "no RDMA: the ob1 PML over BTLs"),
     ("openmpi4", ("tcp",), "OMPI_MCA_btl", "self,vader,tcp", "shared memory within a host, TCP between hosts"),
-    ("openmpi4", ("tcp",), "OMPI_MCA_btl_tcp_links", "4", _TCP_LINKS),
-    ("openmpi4", ("tcp",), "OMPI_MCA_mpi_preconnect_mpi", "1", _PRECONNECT),
     ("openmpi4", ("tcp",), "MPIRT_AUTO_RING_MIN_BYTES", "4194304",
      "mpirt's algo auto runs its ring across hosts from 4 MiB: Open MPI 4.1's own choice was 1.1-2.9x slower there on "
      "3 and 4 hosts (docs/allreduce.md)"),
@@ -80,8 +68,6 @@ TIER: list[tuple[str, tuple[str, ...], str, str, str]] = [
     ("openmpi5", _RDMA, "OMPI_MCA_osc", "ucx", "one-sided operations over UCX too"),
     ("openmpi5", ("tcp",), "OMPI_MCA_pml", "ob1", "no RDMA: the ob1 PML over BTLs"),
     ("openmpi5", ("tcp",), "OMPI_MCA_btl", "self,sm,tcp", "shared memory within a host, TCP between hosts"),
-    ("openmpi5", ("tcp",), "OMPI_MCA_btl_tcp_links", "4", _TCP_LINKS),
-    ("openmpi5", ("tcp",), "OMPI_MCA_mpi_preconnect_mpi", "1", _PRECONNECT),
     ("openmpi5", ("ib", "roce", "tcp"), "OMPI_MCA_btl_tcp_if_include", "{iface}", "MPI TCP traffic on the routed interface"),
     ("openmpi5", ("ib", "roce", "tcp"), "PRTE_MCA_prte_if_include", "{iface}", "PRRTE's own traffic on the routed interface"),
     ("mpich", _RDMA, "FI_PROVIDER", "verbs", "libfabric over verbs for InfiniBand/RoCE"),
@@ -145,9 +131,8 @@ def load_profiles(path: str | None) -> dict[str, dict[str, tuple[str, str]]]:
 
 def resolve(tier: str, libraries: list[str], user_env: Mapping[str, str], *, iface: str | None = None,
             hcas: tuple[str, ...] = (), topology: Topology = Topology(), profile: str | None = None,
-            profiles: Mapping[str, Mapping[str, tuple[str, str]]] = PROFILES, ranks: int | None = None) -> list[EnvVar]:
-    """The variables to set, each with its source and reason, in a stable order; ``ranks``:
-    the job's size where known (some defaults only suit smaller jobs)."""
+            profiles: Mapping[str, Mapping[str, tuple[str, str]]] = PROFILES) -> list[EnvVar]:
+    """The variables to set, each with its source and reason, in a stable order."""
     if profile and profile not in profiles:
         raise EnvError(f"unknown profile {profile!r}; known: {', '.join(sorted(profiles))} (add your own in the file "
                        "named by MPIRT_PROFILES)")
@@ -158,8 +143,6 @@ def resolve(tier: str, libraries: list[str], user_env: Mapping[str, str], *, ifa
             needs = [k for k in fill if "{" + k + "}" in template]
             if all(fill[k] for k in needs):
                 chosen[name] = EnvVar(name, template.format(**fill), f"tier:{tier}", reason)
-    if ranks is not None and ranks > PRECONNECT_MAX_RANKS:
-        chosen.pop("OMPI_MCA_mpi_preconnect_mpi", None)
     if "nccl" in libraries:
         if topology.gpus >= 2 and not topology.p2p_ok:
             why = f"{topology.gpus} GPUs without peer-to-peer access between them (PCIe-only, VM or consumer GPUs)"

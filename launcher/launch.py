@@ -130,17 +130,14 @@ def _stop(child: subprocess.Popen) -> None:
     child.wait()
 
 
-def env_defaults(cfg: LaunchConfig, impl: mpi.MpiImpl, env: dict, probes: list[fleet.HostProbe],
-                 ranks: int) -> dict[str, str]:
-    """The tier defaults every rank of a ``ranks``-rank job gets, with the one-line summary. What
-    the user set wins: on the launcher (forwarded to every rank) or on a host (its ranks see it,
-    launcher.sshd)."""
+def env_defaults(cfg: LaunchConfig, impl: mpi.MpiImpl, env: dict, probes: list[fleet.HostProbe]) -> dict[str, str]:
+    """The tier defaults every rank gets, with the one-line summary. What the user set wins:
+    on the launcher (forwarded to every rank) or on a host (its ranks see it, launcher.sshd)."""
     if not cfg.env_defaults:
         return {}
     plan = fleet.combine(probes)
-    values = resolve(plan.tier, ["nccl", "ucx", impl.key], {**plan.host_env, **env}, iface=plan.iface,
-                     hcas=plan.hcas, topology=plan.topology, profile=cfg.profile,
-                     profiles=load_profiles(env.get("MPIRT_PROFILES")), ranks=ranks)
+    values = resolve(plan.tier, ["nccl", "ucx", impl.key], {**plan.host_env, **env}, iface=plan.iface, hcas=plan.hcas,
+                     topology=plan.topology, profile=cfg.profile, profiles=load_profiles(env.get("MPIRT_PROFILES")))
     chosen = {v.name: v.value for v in values if v.source != "user"}
     left = tuple(v.name for v in values if v.source == "user" and v.name not in env)
     print(fleet.summary(plan, probes, cfg.profile, len(chosen), left), file=sys.stderr, flush=True)
@@ -292,7 +289,7 @@ class _Local:
 
     def _argv(self, added: dict) -> list[str]:
         if self.cfg.env_defaults:
-            added.update(env_defaults(self.cfg, self.impl, self.env, [fleet.local("localhost")], self.np))
+            added.update(env_defaults(self.cfg, self.impl, self.env, [fleet.local("localhost")]))
         return mpi.launch_argv(self.impl, self.np, list(self.cfg.command), cores=os.cpu_count() or 1,
                                uid=os.getuid(), tag_output=self.cfg.tag_output)
 
@@ -412,7 +409,7 @@ class _Remote:
             print("mpirt: slots from each host's GPUs: " + ", ".join(
                 f"{h.name} {h.slots}" for h in self.hosts if not h.slots_given), file=sys.stderr, flush=True)
         if cfg.env_defaults:
-            added.update(env_defaults(cfg, self.impl, self.env, [own.result()] + found, self.np))
+            added.update(env_defaults(cfg, self.impl, self.env, [own.result()] + found))
         argv = self._argv(added, peer)
         if mpi.TABLE[self.impl.key].export and not self.hinted:  # Open MPI sends only what it is told to
             self.hinted = True

@@ -4,8 +4,7 @@ bad profile input; the bootstrap interface from a routing table."""
 import pytest
 
 from launcher.detect.netif import bootstrap_interface
-from launcher.envdefaults import (LIBRARY_PREFIXES, PRECONNECT_MAX_RANKS, PROFILES, TIER, EnvError, Topology,
-                                  load_profiles, resolve)
+from launcher.envdefaults import LIBRARY_PREFIXES, PROFILES, TIER, EnvError, Topology, load_profiles, resolve
 
 
 def as_dict(env):
@@ -25,11 +24,9 @@ def test_ib_with_open_mpi_4_golden():
 
 @pytest.mark.parametrize("lib,expect", [
     ("openmpi5", {"OMPI_MCA_pml": "ob1", "OMPI_MCA_btl": "self,sm,tcp", "OMPI_MCA_btl_tcp_if_include": "net1",
-                  "PRTE_MCA_prte_if_include": "net1", "OMPI_MCA_btl_tcp_links": "4",
-                  "OMPI_MCA_mpi_preconnect_mpi": "1"}),
+                  "PRTE_MCA_prte_if_include": "net1"}),
     ("openmpi4", {"OMPI_MCA_pml": "ob1", "OMPI_MCA_btl": "self,vader,tcp", "OMPI_MCA_btl_tcp_if_include": "net1",
-                  "OMPI_MCA_oob_tcp_if_include": "net1", "OMPI_MCA_btl_tcp_links": "4",
-                  "OMPI_MCA_mpi_preconnect_mpi": "1", "MPIRT_AUTO_RING_MIN_BYTES": "4194304"}),
+                  "OMPI_MCA_oob_tcp_if_include": "net1", "MPIRT_AUTO_RING_MIN_BYTES": "4194304"}),
     ("mpich", {"FI_PROVIDER": "tcp", "FI_TCP_IFACE": "net1", "HYDRA_IFACE": "net1"}),
     ("intel", {"I_MPI_FABRICS": "shm:ofi", "I_MPI_OFI_PROVIDER": "tcp", "FI_TCP_IFACE": "net1",
                "I_MPI_HYDRA_IFACE": "net1"}),
@@ -39,17 +36,6 @@ def test_tcp_tier_per_mpi_golden(lib, expect):
     assert {k: env[k][0] for k in expect} == expect
     assert env["NCCL_IB_DISABLE"] == ("1", "tier:tcp")
     assert set(env) == set(expect) | {"NCCL_IB_DISABLE", "NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME", "NCCL_DEBUG"}
-
-
-@pytest.mark.parametrize("lib", ["openmpi4", "openmpi5"])
-def test_open_mpi_connects_every_peer_at_start_only_in_smaller_jobs(lib):
-    def preconnect(ranks, user=None):
-        return as_dict(resolve("tcp", [lib], user or {}, ranks=ranks)).get("OMPI_MCA_mpi_preconnect_mpi")
-
-    assert preconnect(None) == preconnect(2) == preconnect(PRECONNECT_MAX_RANKS) == ("1", "tier:tcp")
-    assert preconnect(PRECONNECT_MAX_RANKS + 1) is None  # a socket per remote rank: lazy above the limit
-    assert preconnect(4, {"OMPI_MCA_mpi_preconnect_mpi": "0"}) == ("0", "user")
-    assert "OMPI_MCA_mpi_preconnect_mpi" not in as_dict(resolve("ib", [lib], {}, hcas=("mlx5_0:1",), ranks=2))
 
 
 def test_auto_runs_ring_across_hosts_only_where_measured():
