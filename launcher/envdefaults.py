@@ -60,7 +60,7 @@ TIER: list[tuple[str, tuple[str, ...], str, str, str]] = [
     ("openmpi4", ("tcp",), "OMPI_MCA_pml", "ob1", "no RDMA: the ob1 PML over BTLs"),
     ("openmpi4", ("tcp",), "OMPI_MCA_btl", "self,vader,tcp", "shared memory within a host, TCP between hosts"),
     ("openmpi4", ("tcp",), "MPIRT_AUTO_RING_MIN_BYTES", "4194304",
-     "mpirt's algo auto runs its ring across hosts from 4 MiB: Open MPI 4.1's own choice was 1.1-2.9x slower there on "
+     "mpirt's algo auto runs its ring across hosts from 4 MiB: Open MPI 4.1's own choice was up to 2.9x slower there on "
      "3 and 4 hosts (docs/allreduce.md)"),
     ("openmpi4", ("ib", "roce", "tcp"), "OMPI_MCA_btl_tcp_if_include", "{iface}", "MPI TCP traffic on the routed interface"),
     ("openmpi4", ("ib", "roce", "tcp"), "OMPI_MCA_oob_tcp_if_include", "{iface}", "mpirun's own traffic on the routed interface"),

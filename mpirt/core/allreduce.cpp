@@ -128,7 +128,7 @@ Algo choose_algorithm(const Call& c) {
   // fast or faster); oversubscribed, shm's barriers cost a scheduler round trip and pay off from
   // 4 KiB. Across nodes MPI's own algorithms stay in charge unless MPIRT_AUTO_RING_MIN_BYTES
   // says from which size `ring` wins: the launcher sets it on the TCP tier, where Open MPI 4.1
-  // picked an algorithm 1.1-2.9 times slower than `ring` for large buffers on 3 and 4 hosts.
+  // picked an algorithm up to 2.9 times slower than `ring` for large buffers on 3 and 4 hosts.
   static const size_t shm_min = env_bytes("MPIRT_AUTO_SHM_MIN_BYTES", 2048);
   static const size_t shm_min_oversubscribed = env_bytes("MPIRT_AUTO_SHM_MIN_BYTES_OVERSUBSCRIBED", 4096);
   const NodeLayout& L = node_layout(c.comm);
