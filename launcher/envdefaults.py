@@ -18,7 +18,7 @@ from typing import Mapping
 LIBRARIES = ("nccl", "ucx", "openmpi4", "openmpi5", "mpich", "intel")
 # The variables of those libraries: one set on a host counts as set by the user there.
 LIBRARY_PREFIXES = ("NCCL_", "GLOO_", "UCX_", "OMPI_MCA_", "PRTE_MCA_", "FI_", "HYDRA_", "I_MPI_", "MPIR_CVAR_",
-                    "MPIRT_AUTO_")
+                    "MPIRT_AUTO_", "MPIRT_RING_")
 
 
 class EnvError(ValueError):
@@ -62,6 +62,10 @@ TIER: list[tuple[str, tuple[str, ...], str, str, str]] = [
     ("openmpi4", ("tcp",), "MPIRT_AUTO_RING_MIN_BYTES", "4194304",
      "mpirt's algo auto runs its ring across hosts from 4 MiB: Open MPI 4.1's own choice was up to 2.9x slower there on "
      "3 and 4 hosts (docs/allreduce.md)"),
+    ("openmpi4", ("tcp",), "MPIRT_RING_SEGMENT_BYTES", "61440",
+     "mpirt's ring sends 60 KiB segments, eager under the TCP BTL's 64 KiB limit: larger ones wait for a rendezvous "
+     "reply queued behind the peer's data on the same socket, which halved the rate between 2 hosts "
+     "(docs/allreduce.md)"),
     ("openmpi4", ("ib", "roce", "tcp"), "OMPI_MCA_btl_tcp_if_include", "{iface}", "MPI TCP traffic on the routed interface"),
     ("openmpi4", ("ib", "roce", "tcp"), "OMPI_MCA_oob_tcp_if_include", "{iface}", "mpirun's own traffic on the routed interface"),
     ("openmpi5", _RDMA, "OMPI_MCA_pml", "ucx", "UCX drives InfiniBand/RoCE (openib is gone in 5.0)"),

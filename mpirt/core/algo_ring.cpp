@@ -1,6 +1,7 @@
 // `ring`: reduce-scatter then allgather around a ring of ranks, each step's chunk split into
-// segments that are all in flight at once so the reduction of one segment overlaps the
-// transfer of the next. Moves 2(n-1)/n of the buffer per rank: bandwidth-optimal.
+// segments (MPIRT_RING_SEGMENT_BYTES, 256 KiB unless set) that are all in flight at once so
+// the reduction of one segment overlaps the transfer of the next. Moves 2(n-1)/n of the
+// buffer per rank: bandwidth-optimal.
 #include <algorithm>
 #include <vector>
 
@@ -9,8 +10,6 @@
 
 namespace mpirt {
 namespace {
-
-constexpr size_t kSegmentBytes = 256 * 1024;
 
 struct Chunks {
   size_t base, rem;
@@ -44,7 +43,7 @@ void allreduce_ring_with(const Call& c, const MemOps& mem, char* scratch) {
   if (n == 1) return;
 
   const Chunks ch{c.count / n, c.count % n};
-  const size_t seg = std::max(es, kSegmentBytes / es * es);
+  const size_t seg = std::max(es, st.ring_segment / es * es);
   const int right = (r + 1) % n, left = (r + n - 1) % n;
   std::vector<MPI_Request> sends, recvs;
 

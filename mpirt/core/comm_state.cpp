@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <cstdlib>
@@ -77,27 +78,54 @@ size_t shm_chunk_bytes() {
   return bytes / 64 * 64;
 }
 
-// MPIRT_AUTO_RING_MIN_BYTES, agreed over `comm` before anything else is made: `auto` must pick
-// the same algorithm on every rank, so a value that differs (or does not parse) on any rank
-// is an error on all of them rather than a hang.
-size_t agreed_ring_min(MPI_Comm comm) {
-  constexpr uint64_t never = UINT64_MAX, invalid = UINT64_MAX - 1;
-  const char* env = std::getenv("MPIRT_AUTO_RING_MIN_BYTES");
-  uint64_t mine = never;
-  if (env != nullptr && *env != '\0' && std::string(env) != "off") {
-    char* end = nullptr;
-    unsigned long long v = std::strtoull(env, &end, 10);
-    mine = (*end != '\0' || env[0] == '-' || v >= invalid) ? invalid : v;
+// Settings that must be the same on every rank: `auto` must pick the same algorithm, and ring
+// segments must match between sender and receiver. Agreed over `comm` before anything else
+// is made, so a value that differs (or does not parse) on any rank is an error on all of them
+// rather than a hang or a truncated message.
+struct Setting {
+  const char* name;
+  uint64_t unset;    // value when unset or empty
+  bool off;          // "off" means never (UINT64_MAX)
+  uint64_t lo, hi;   // accepted range
+  const char* fix;   // what is wrong with a bad value, and what to give instead
+};
+constexpr Setting kSettings[] = {
+    {"MPIRT_AUTO_RING_MIN_BYTES", UINT64_MAX, true, 0, UINT64_MAX - 2,
+     "is not a byte count; give one (e.g. 4194304), or off, or unset it"},
+    {"MPIRT_RING_SEGMENT_BYTES", 256 * 1024, false, 4096, 1ull << 30,
+     "is not a byte count from 4096 to 1073741824; give one (e.g. 61440) or unset it"},
+};
+constexpr size_t kSettingCount = sizeof(kSettings) / sizeof(kSettings[0]);
+constexpr uint64_t kInvalid = UINT64_MAX - 1;
+
+uint64_t parse_setting(const Setting& s) {
+  const char* env = std::getenv(s.name);
+  if (env == nullptr || *env == '\0') return s.unset;
+  if (s.off && std::string(env) == "off") return UINT64_MAX;
+  char* end = nullptr;
+  unsigned long long v = std::strtoull(env, &end, 10);
+  return (*end != '\0' || env[0] == '-' || v < s.lo || v > s.hi) ? kInvalid : v;
+}
+
+std::array<uint64_t, kSettingCount> agreed_settings(MPI_Comm comm) {
+  std::array<uint64_t, kSettingCount> mine;
+  uint64_t v[2 * kSettingCount];  // each value's max, and ~min
+  for (size_t i = 0; i < kSettingCount; ++i) {
+    mine[i] = parse_setting(kSettings[i]);
+    v[2 * i] = mine[i];
+    v[2 * i + 1] = ~mine[i];
   }
-  uint64_t v[2] = {mine, ~mine};  // max, and ~min
-  MPI_Allreduce(MPI_IN_PLACE, v, 2, MPI_UINT64_T, MPI_MAX, comm);
-  if (mine == invalid)
-    throw std::invalid_argument(std::string("MPIRT_AUTO_RING_MIN_BYTES=") + env +
-                                " is not a byte count; give one (e.g. 4194304), or off, or unset it");
-  if (v[0] != ~v[1])
-    throw std::invalid_argument("MPIRT_AUTO_RING_MIN_BYTES differs between ranks (or is wrong on one); "
-                                "set it the same on every rank (mpirt launch forwards the launcher's) or unset it");
-  return static_cast<size_t>(mine);
+  MPI_Allreduce(MPI_IN_PLACE, v, 2 * kSettingCount, MPI_UINT64_T, MPI_MAX, comm);
+  for (size_t i = 0; i < kSettingCount; ++i)
+    if (mine[i] == kInvalid)
+      throw std::invalid_argument(std::string(kSettings[i].name) + "=" + std::getenv(kSettings[i].name) + " " +
+                                  kSettings[i].fix);
+  for (size_t i = 0; i < kSettingCount; ++i)
+    if (v[2 * i] != ~v[2 * i + 1])
+      throw std::invalid_argument(std::string(kSettings[i].name) +
+                                  " differs between ranks (or is wrong on one); set it the same on every rank "
+                                  "(mpirt launch forwards the launcher's) or unset it");
+  return mine;
 }
 
 }  // namespace
@@ -124,9 +152,10 @@ static CommState& lookup_or_create(MPI_Comm comm) {
   MPI_Comm_get_attr(comm, g_keyval, &attr, &found);
   if (found) return *static_cast<CommState*>(attr);
 
-  const size_t ring_min = agreed_ring_min(comm);
+  const auto settings = agreed_settings(comm);
   auto* st = new CommState();
-  st->auto_ring_min = ring_min;
+  st->auto_ring_min = static_cast<size_t>(settings[0]);
+  st->ring_segment = static_cast<size_t>(settings[1]);
   int rank, size;
   MPI_Comm_rank(comm, &rank);
   MPI_Comm_size(comm, &size);

@@ -43,6 +43,7 @@ struct CommState {
   ShmSegment shm;                       // allocated on first shm call
   std::vector<char> scratch;            // ring receive buffer, grown on demand
   size_t auto_ring_min = SIZE_MAX;      // MPIRT_AUTO_RING_MIN_BYTES, the same on every rank
+  size_t ring_segment = 256 * 1024;     // MPIRT_RING_SEGMENT_BYTES, the same on every rank
 };
 
 CommState& comm_state(MPI_Comm comm);

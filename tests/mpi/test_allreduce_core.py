@@ -57,14 +57,21 @@ def test_every_float16_value_matches_numpy(mpiexec, f16c):
 
 
 @pytest.mark.parametrize("np_", [1, 2, 4])
-def test_auto_ring_threshold_must_agree_on_every_rank(mpiexec, np_):
-    """A threshold that differs between ranks (or does not parse on one) would make `auto` pick
-    different algorithms and hang: every rank gets the error instead."""
-    report = last_json(mpiexec.python(np_, "auto_threshold.py").stdout)
-    differs = ("MPIRT_AUTO_RING_MIN_BYTES differs between ranks (or is wrong on one); set it the same on every "
-               "rank (mpirt launch forwards the launcher's) or unset it")
-    bad = "MPIRT_AUTO_RING_MIN_BYTES=4M is not a byte count; give one (e.g. 4194304), or off, or unset it"
-    assert report["same"] == report["off"] == ["ok"] * np_
-    assert report["differs"] == (["ok"] if np_ == 1 else [differs] * np_)
-    assert report["bad"] == [bad] * np_
-    assert report["bad on one rank"] == ([bad] if np_ == 1 else [differs] * (np_ - 1) + [bad])
+def test_settings_that_must_agree_are_checked_on_every_rank(mpiexec, np_):
+    """A ring threshold that differs between ranks (or does not parse on one) would make `auto`
+    pick different algorithms and hang; a ring segment that differs would truncate messages:
+    every rank gets the error instead. With 4 KiB segments `ring` still gives the right sum."""
+    report = last_json(mpiexec.python(np_, "agreed_settings.py").stdout)
+    fixes = {"MPIRT_AUTO_RING_MIN_BYTES": ("4M", "4M", "is not a byte count; give one (e.g. 4194304), or off, or "
+                                                       "unset it"),
+             "MPIRT_RING_SEGMENT_BYTES": ("1024", "0x1000", "is not a byte count from 4096 to 1073741824; give one "
+                                                            "(e.g. 61440) or unset it")}
+    for name, (bad, bad_on_last, fix) in fixes.items():
+        differs = (f"{name} differs between ranks (or is wrong on one); set it the same on every rank (mpirt launch "
+                   "forwards the launcher's) or unset it")
+        assert report[f"{name} same"] == ["ok"] * np_
+        assert report[f"{name} differs"] == (["ok"] if np_ == 1 else [differs] * np_)
+        assert report[f"{name} bad"] == [f"{name}={bad} {fix}"] * np_
+        on_last = f"{name}={bad_on_last} {fix}"
+        assert report[f"{name} bad on one rank"] == ([on_last] if np_ == 1 else [differs] * (np_ - 1) + [on_last])
+    assert report["MPIRT_AUTO_RING_MIN_BYTES off"] == ["ok"] * np_

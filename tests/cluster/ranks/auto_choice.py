@@ -1,5 +1,5 @@
 """Which algorithm `auto` runs just below and at 4 MiB, with the result checked: rank 0
-prints one JSON line (the threshold this rank saw, and size -> algorithm)."""
+prints one JSON line (the ring settings this rank saw, and size -> algorithm)."""
 
 import json
 import os
@@ -18,4 +18,5 @@ for nbytes in (4 * 2**20 - 4, 4 * 2**20):
         raise SystemExit(f"auto ({used}) gave a wrong sum at {nbytes} bytes")
     chosen[str(nbytes)] = used
 if comm.Get_rank() == 0:
-    print(json.dumps({"threshold": os.environ.get("MPIRT_AUTO_RING_MIN_BYTES"), "chosen": chosen}))
+    print(json.dumps({"threshold": os.environ.get("MPIRT_AUTO_RING_MIN_BYTES"),
+                      "segment": os.environ.get("MPIRT_RING_SEGMENT_BYTES"), "chosen": chosen}))
