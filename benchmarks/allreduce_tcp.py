@@ -5,7 +5,7 @@
 limited by a token bucket (`tc ... tbf rate RATE`, default 1 Gbit/s). `mpirt-allreduce-perf`
 runs MPI_Allreduce, `ring` and `auto` in place through `mpirt launch`, which sets the TCP
 tier's defaults (among them MPIRT_AUTO_RING_MIN_BYTES: from there `auto` runs `ring` across
-hosts). Each world size is measured --repeats times, each a fresh job. Writes
+hosts; and MPIRT_RING_SEGMENT_BYTES: the size of the ring's messages). Each world size is measured --repeats times, each a fresh job. Writes
 results/allreduce-tcp.{json,md}.
 
     python benchmarks/allreduce_tcp.py [--rate 1gbit] [--hosts 2,3,4] [--repeats 3]
@@ -33,7 +33,7 @@ from mpirt.bench.scaling import collective_rows, json_in  # noqa: E402
 
 ALGOS = ("mpi", "ring", "auto")
 ENV_REPORT = ROOT.parent / "tests" / "cluster" / "ranks" / "env_report.py"
-WATCHED = ("MPIRT_AUTO_RING_MIN_BYTES", "OMPI_MCA_btl_tcp_links", "OMPI_MCA_mpi_preconnect_mpi")
+WATCHED = ("MPIRT_AUTO_RING_MIN_BYTES", "MPIRT_RING_SEGMENT_BYTES", "OMPI_MCA_btl_tcp_links", "OMPI_MCA_mpi_preconnect_mpi")
 
 
 def measure(hosts: int, args) -> tuple[list[dict], dict]:
