@@ -59,9 +59,9 @@ TIER: list[tuple[str, tuple[str, ...], str, str, str]] = [
     ("openmpi4", _RDMA, "OMPI_MCA_btl", "^openib", "the legacy openib BTL must not compete with UCX"),
     ("openmpi4", ("tcp",), "OMPI_MCA_pml", "ob1", "no RDMA: the ob1 PML over BTLs"),
     ("openmpi4", ("tcp",), "OMPI_MCA_btl", "self,vader,tcp", "shared memory within a host, TCP between hosts"),
-    ("openmpi4", ("tcp",), "MPIRT_AUTO_RING_MIN_BYTES", "4194304",
-     "mpirt's algo auto runs its ring across hosts from 4 MiB: Open MPI 4.1's own choice was up to 2.9x slower there on "
-     "3 and 4 hosts (docs/allreduce.md)"),
+    ("openmpi4", ("tcp",), "MPIRT_AUTO_RING_MIN_BYTES", "1048576",
+     "mpirt's algo auto runs its ring across hosts from 1 MiB: Open MPI 4.1's own choice was up to 3x slower there on "
+     "2 to 4 hosts (docs/allreduce.md)"),
     ("openmpi4", ("tcp",), "MPIRT_RING_SEGMENT_BYTES", "61440",
      "mpirt's ring sends 60 KiB segments, eager under the TCP BTL's 64 KiB limit: larger ones wait for a rendezvous "
      "reply queued behind the peer's data on the same socket, which halved the rate between 2 hosts "

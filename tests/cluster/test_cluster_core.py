@@ -31,7 +31,7 @@ def test_ordered_across_hosts_gives_the_serial_folds_bits(cluster, hosts, slots)
 
 
 def test_auto_runs_ring_across_tcp_hosts_from_the_launchers_threshold(cluster):
-    """On the TCP tier the launcher sets MPIRT_AUTO_RING_MIN_BYTES (4 MiB): `auto` runs `ring`
+    """On the TCP tier the launcher sets MPIRT_AUTO_RING_MIN_BYTES (1 MiB): `auto` runs `ring`
     (in 60 KiB segments) across hosts from there and MPI_Allreduce below; what the user sets wins."""
     c = cluster(3)
     names = ["w0", "w1", "w2"]
@@ -44,7 +44,7 @@ def test_auto_runs_ring_across_tcp_hosts_from_the_launchers_threshold(cluster):
         line = next(x for x in proc.stdout.splitlines() if '{"threshold"' in x)
         return json.loads(line[line.index('{"threshold"'):])
 
-    assert choice() == {"threshold": "4194304", "segment": "61440",
-                        "chosen": {"4194300": "mpi", "4194304": "ring"}}
+    assert choice() == {"threshold": "1048576", "segment": "61440",
+                        "chosen": {"1048572": "mpi", "1048576": "ring"}}
     assert choice("--env", "MPIRT_AUTO_RING_MIN_BYTES=off", "--env", "MPIRT_RING_SEGMENT_BYTES=8192") == {
-        "threshold": "off", "segment": "8192", "chosen": {"4194300": "mpi", "4194304": "mpi"}}
+        "threshold": "off", "segment": "8192", "chosen": {"1048572": "mpi", "1048576": "mpi"}}

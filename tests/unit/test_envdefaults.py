@@ -26,7 +26,7 @@ def test_ib_with_open_mpi_4_golden():
     ("openmpi5", {"OMPI_MCA_pml": "ob1", "OMPI_MCA_btl": "self,sm,tcp", "OMPI_MCA_btl_tcp_if_include": "net1",
                   "PRTE_MCA_prte_if_include": "net1"}),
     ("openmpi4", {"OMPI_MCA_pml": "ob1", "OMPI_MCA_btl": "self,vader,tcp", "OMPI_MCA_btl_tcp_if_include": "net1",
-                  "OMPI_MCA_oob_tcp_if_include": "net1", "MPIRT_AUTO_RING_MIN_BYTES": "4194304",
+                  "OMPI_MCA_oob_tcp_if_include": "net1", "MPIRT_AUTO_RING_MIN_BYTES": "1048576",
                   "MPIRT_RING_SEGMENT_BYTES": "61440"}),
     ("mpich", {"FI_PROVIDER": "tcp", "FI_TCP_IFACE": "net1", "HYDRA_IFACE": "net1"}),
     ("intel", {"I_MPI_FABRICS": "shm:ofi", "I_MPI_OFI_PROVIDER": "tcp", "FI_TCP_IFACE": "net1",
@@ -39,7 +39,7 @@ def test_tcp_tier_per_mpi_golden(lib, expect):
     assert set(env) == set(expect) | {"NCCL_IB_DISABLE", "NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME", "NCCL_DEBUG"}
 
 
-@pytest.mark.parametrize("name,value", [("MPIRT_AUTO_RING_MIN_BYTES", "4194304"),
+@pytest.mark.parametrize("name,value", [("MPIRT_AUTO_RING_MIN_BYTES", "1048576"),
                                         ("MPIRT_RING_SEGMENT_BYTES", "61440")])
 def test_ring_settings_only_where_measured(name, value):
     """Open MPI 4.1 on the TCP tier: its own choice was the slow one, and 256 KiB ring segments

@@ -1,4 +1,4 @@
-"""Which algorithm `auto` runs just below and at 4 MiB, with the result checked: rank 0
+"""Which algorithm `auto` runs just below and at 1 MiB, with the result checked: rank 0
 prints one JSON line (the ring settings this rank saw, and size -> algorithm)."""
 
 import json
@@ -10,7 +10,7 @@ from mpirt.comm import MPI, core
 
 comm = MPI.COMM_WORLD
 chosen = {}
-for nbytes in (4 * 2**20 - 4, 4 * 2**20):
+for nbytes in (2**20 - 4, 2**20):
     a = np.full(nbytes // 4, comm.Get_rank() + 1, np.float32)
     used = core().allreduce(comm.py2f(), a.ctypes.data, a.ctypes.data, a.size, "float32", "sum", "auto", "cpu")
     n = comm.Get_size()
