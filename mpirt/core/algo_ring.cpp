@@ -1,7 +1,11 @@
 // `ring`: reduce-scatter then allgather around a ring of ranks, each step's chunk split into
 // segments (MPIRT_RING_SEGMENT_BYTES, 256 KiB unless set) that are all in flight at once so
 // the reduction of one segment overlaps the transfer of the next. Moves 2(n-1)/n of the
-// buffer per rank: bandwidth-optimal.
+// buffer per rank: bandwidth-optimal. With MPIRT_RING_WAIT_US it waits by testing and
+// sleeping instead of polling inside MPI, leaving the core to the training thread and the
+// kernel's network work while a slow link drains (the socket buffers keep it busy meanwhile).
+#include <time.h>
+
 #include <algorithm>
 #include <vector>
 
@@ -26,6 +30,20 @@ void post_segments(char* buf, size_t bytes, size_t seg, int peer, MPI_Comm comm,
       MPI_Irecv(buf + off, n, MPI_BYTE, peer, 0, comm, &reqs.back());
     else
       MPI_Isend(buf + off, n, MPI_BYTE, peer, 0, comm, &reqs.back());
+  }
+}
+
+// MPI_Waitall, or with `sleep_us` a test every `sleep_us` microseconds.
+void wait_all(int n, MPI_Request* reqs, unsigned sleep_us) {
+  if (sleep_us == 0) {
+    MPI_Waitall(n, reqs, MPI_STATUSES_IGNORE);
+    return;
+  }
+  const timespec pause{0, static_cast<long>(sleep_us) * 1000};
+  for (int done = 0;;) {
+    MPI_Testall(n, reqs, &done, MPI_STATUSES_IGNORE);
+    if (done) return;
+    nanosleep(&pause, nullptr);
   }
 }
 
@@ -54,12 +72,12 @@ void allreduce_ring_with(const Call& c, const MemOps& mem, char* scratch) {
     post_segments(scratch, ch.len(ri) * es, seg, left, st.ring_comm, true, recvs);
     post_segments(out + ch.lo(si) * es, ch.len(si) * es, seg, right, st.ring_comm, false, sends);
     for (size_t k = 0; k < recvs.size(); ++k) {
-      MPI_Wait(&recvs[k], MPI_STATUS_IGNORE);
+      wait_all(1, &recvs[k], st.ring_wait_us);
       const size_t off = k * seg;
       const size_t elems = std::min(seg, ch.len(ri) * es - off) / es;
       mem.reduce_into(out + ch.lo(ri) * es + off, scratch + off, elems, c.dtype, c.op);
     }
-    MPI_Waitall(static_cast<int>(sends.size()), sends.data(), MPI_STATUSES_IGNORE);
+    wait_all(static_cast<int>(sends.size()), sends.data(), st.ring_wait_us);
   }
   const int owned = (r + 1) % n;
   if (c.op == Op::avg) mem.scale_avg(out + ch.lo(owned) * es, ch.len(owned), c.dtype, n);
@@ -69,7 +87,7 @@ void allreduce_ring_with(const Call& c, const MemOps& mem, char* scratch) {
     sends.clear();  // receives and sends alike: nothing to do between them
     post_segments(out + ch.lo(ri) * es, ch.len(ri) * es, seg, left, st.ring_comm, true, sends);
     post_segments(out + ch.lo(si) * es, ch.len(si) * es, seg, right, st.ring_comm, false, sends);
-    MPI_Waitall(static_cast<int>(sends.size()), sends.data(), MPI_STATUSES_IGNORE);
+    wait_all(static_cast<int>(sends.size()), sends.data(), st.ring_wait_us);
   }
 }
 

@@ -78,10 +78,11 @@ size_t shm_chunk_bytes() {
   return bytes / 64 * 64;
 }
 
-// Settings that must be the same on every rank: `auto` must pick the same algorithm, and ring
-// segments must match between sender and receiver. Agreed over `comm` before anything else
-// is made, so a value that differs (or does not parse) on any rank is an error on all of them
-// rather than a hang or a truncated message.
+// The core's settings, agreed over `comm` before anything else is made: `auto` must pick the
+// same algorithm on every rank and ring segments must match between sender and receiver, so a
+// value that differs (or does not parse) on any rank is an error on all of them rather than a
+// hang or a truncated message. (The ring's wait could differ; checking it with the others
+// keeps a bad value from failing one rank while the rest wait for it.)
 struct Setting {
   const char* name;
   uint64_t unset;    // value when unset or empty
@@ -94,6 +95,8 @@ constexpr Setting kSettings[] = {
      "is not a byte count; give one (e.g. 4194304), or off, or unset it"},
     {"MPIRT_RING_SEGMENT_BYTES", 256 * 1024, false, 4096, 1ull << 30,
      "is not a byte count from 4096 to 1073741824; give one (e.g. 61440) or unset it"},
+    {"MPIRT_RING_WAIT_US", 0, false, 0, 100000,
+     "is not a number of microseconds from 0 to 100000; give one (e.g. 50), or 0 to poll, or unset it"},
 };
 constexpr size_t kSettingCount = sizeof(kSettings) / sizeof(kSettings[0]);
 constexpr uint64_t kInvalid = UINT64_MAX - 1;
@@ -156,6 +159,7 @@ static CommState& lookup_or_create(MPI_Comm comm) {
   auto* st = new CommState();
   st->auto_ring_min = static_cast<size_t>(settings[0]);
   st->ring_segment = static_cast<size_t>(settings[1]);
+  st->ring_wait_us = static_cast<unsigned>(settings[2]);
   int rank, size;
   MPI_Comm_rank(comm, &rank);
   MPI_Comm_size(comm, &size);

@@ -44,6 +44,7 @@ struct CommState {
   std::vector<char> scratch;            // ring receive buffer, grown on demand
   size_t auto_ring_min = SIZE_MAX;      // MPIRT_AUTO_RING_MIN_BYTES, the same on every rank
   size_t ring_segment = 256 * 1024;     // MPIRT_RING_SEGMENT_BYTES, the same on every rank
+  unsigned ring_wait_us = 0;            // MPIRT_RING_WAIT_US: 0 polls in MPI_Wait
 };
 
 CommState& comm_state(MPI_Comm comm);

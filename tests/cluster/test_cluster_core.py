@@ -32,7 +32,7 @@ def test_ordered_across_hosts_gives_the_serial_folds_bits(cluster, hosts, slots)
 
 def test_auto_runs_ring_across_tcp_hosts_from_the_launchers_threshold(cluster):
     """On the TCP tier the launcher sets MPIRT_AUTO_RING_MIN_BYTES (1 MiB): `auto` runs `ring`
-    (in 60 KiB segments) across hosts from there and MPI_Allreduce below; what the user sets wins."""
+    (in 60 KiB segments, sleeping between tests) across hosts from there and MPI_Allreduce below; what the user sets wins."""
     c = cluster(3)
     names = ["w0", "w1", "w2"]
     for w in names:
@@ -44,7 +44,8 @@ def test_auto_runs_ring_across_tcp_hosts_from_the_launchers_threshold(cluster):
         line = next(x for x in proc.stdout.splitlines() if '{"threshold"' in x)
         return json.loads(line[line.index('{"threshold"'):])
 
-    assert choice() == {"threshold": "1048576", "segment": "61440",
+    assert choice() == {"threshold": "1048576", "segment": "61440", "wait": "50",
                         "chosen": {"1048572": "mpi", "1048576": "ring"}}
-    assert choice("--env", "MPIRT_AUTO_RING_MIN_BYTES=off", "--env", "MPIRT_RING_SEGMENT_BYTES=8192") == {
-        "threshold": "off", "segment": "8192", "chosen": {"1048572": "mpi", "1048576": "mpi"}}
+    assert choice("--env", "MPIRT_AUTO_RING_MIN_BYTES=off", "--env", "MPIRT_RING_SEGMENT_BYTES=8192", "--env",
+                  "MPIRT_RING_WAIT_US=0") == {
+        "threshold": "off", "segment": "8192", "wait": "0", "chosen": {"1048572": "mpi", "1048576": "mpi"}}

@@ -19,4 +19,5 @@ for nbytes in (2**20 - 4, 2**20):
     chosen[str(nbytes)] = used
 if comm.Get_rank() == 0:
     print(json.dumps({"threshold": os.environ.get("MPIRT_AUTO_RING_MIN_BYTES"),
-                      "segment": os.environ.get("MPIRT_RING_SEGMENT_BYTES"), "chosen": chosen}))
+                      "segment": os.environ.get("MPIRT_RING_SEGMENT_BYTES"),
+                      "wait": os.environ.get("MPIRT_RING_WAIT_US"), "chosen": chosen}))
