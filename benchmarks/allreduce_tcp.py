@@ -33,7 +33,8 @@ from mpirt.bench.scaling import collective_rows, json_in  # noqa: E402
 
 ALGOS = ("mpi", "ring", "auto")
 ENV_REPORT = ROOT.parent / "tests" / "cluster" / "ranks" / "env_report.py"
-WATCHED = ("MPIRT_AUTO_RING_MIN_BYTES", "MPIRT_RING_SEGMENT_BYTES", "OMPI_MCA_btl_tcp_links", "OMPI_MCA_mpi_preconnect_mpi")
+WATCHED = ("MPIRT_AUTO_RING_MIN_BYTES", "MPIRT_RING_SEGMENT_BYTES", "MPIRT_RING_WAIT_US", "OMPI_MCA_btl_tcp_links",
+           "OMPI_MCA_mpi_preconnect_mpi")
 
 
 def measure(hosts: int, args) -> tuple[list[dict], dict]:

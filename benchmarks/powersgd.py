@@ -34,7 +34,8 @@ from mpirt.bench.schema import stat  # noqa: E402
 COMPRESSIONS = ("none", "fp16", "powersgd")
 MODEL = "comm"
 ENV_REPORT = ROOT.parent / "tests" / "cluster" / "ranks" / "env_report.py"
-WATCHED = ("MPIRT_AUTO_RING_MIN_BYTES", "MPIRT_RING_SEGMENT_BYTES", "OMPI_MCA_btl", "OMPI_MCA_pml")
+WATCHED = ("MPIRT_AUTO_RING_MIN_BYTES", "MPIRT_RING_SEGMENT_BYTES", "MPIRT_RING_WAIT_US", "OMPI_MCA_btl",
+           "OMPI_MCA_pml")
 
 
 def launcher_added(c: Cluster, names: list[str]) -> dict:

@@ -310,7 +310,10 @@ class DataParallel:
             b.event.synchronize()
         sent = b.flat.numel() * b.flat.element_size()
         if b.wire is not None:
-            torch.mul(b.flat, 1.0 / self.size, out=b.wire)
+            # scaled at full precision, rounded once; in place then a copy: torch.mul(out=) of another
+            # dtype took 6-15 ms for 4 M elements here, these two about 1.5
+            b.flat.mul_(1.0 / self.size)
+            b.wire.copy_(b.flat)
             self._allreduce(b.wire, "sum")
             b.flat.copy_(b.wire)
             sent = b.wire.numel() * b.wire.element_size()
