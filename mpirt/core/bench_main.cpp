@@ -283,6 +283,10 @@ void Bench::print_header() const {
   std::printf("# algorithms: %s | sizes %zu..%zu B factor %g | iters %s warmup %s\n", algos.c_str(), o_.minbytes,
               o_.maxbytes, o_.factor, o_.iters > 0 ? std::to_string(o_.iters).c_str() : "by size",
               o_.warmup >= 0 ? std::to_string(o_.warmup).c_str() : "iters/10");
+  const CommState& st = comm_state(w_.comm);  // made on every rank with the layout
+  std::printf("# ring: %zu B segments, %s | auto: ring across nodes %s\n", st.ring_segment,
+              st.ring_wait_us ? ("waits in " + std::to_string(st.ring_wait_us) + " us sleeps").c_str() : "polls",
+              st.auto_ring_min == SIZE_MAX ? "never" : ("from " + std::to_string(st.auto_ring_min) + " B").c_str());
   std::printf("#\n");
   const char* half = "     time      p99   algbw   busbw  #wrong";
   std::printf("# %10s %12s %9s %5s %10s  %s  %s\n", "", "", "", "", "", "out-of-place / memcpy      ", "   in-place");
@@ -355,6 +359,7 @@ void write_atomically(const std::string& path, const std::string& text) {
 
 void Bench::write_json(const std::map<std::string, double>& avg_busbw, long long wrong, bool passed,
                        const std::vector<std::string>& failures) const {
+  const CommState& st = comm_state(w_.comm);
   std::ostringstream s;
   std::string cmd = "mpirt-allreduce-perf";  // argv[0] without the install path
   for (size_t i = 1; i < argv_.size(); ++i) cmd += " " + argv_[i];
@@ -374,7 +379,10 @@ void Bench::write_json(const std::map<std::string, double>& avg_busbw, long long
     << ", \"minbytes\": " << o_.minbytes << ", \"maxbytes\": " << o_.maxbytes << ", \"factor\": " << json_num(o_.factor)
     << ", \"iters\": " << (o_.iters > 0 ? std::to_string(o_.iters) : "null")
     << ", \"warmup\": " << (o_.warmup >= 0 ? std::to_string(o_.warmup) : "null") << ", \"check\": " << o_.check
-    << ", \"min_busbw_gbs\": " << json_num(o_.min_busbw) << "},\n  \"results\": [";
+    << ", \"min_busbw_gbs\": " << json_num(o_.min_busbw) << "},\n"
+    << "  \"settings\": {\"ring_segment_bytes\": " << st.ring_segment << ", \"ring_wait_us\": " << st.ring_wait_us
+    << ", \"auto_ring_min_bytes\": " << (st.auto_ring_min == SIZE_MAX ? "null" : std::to_string(st.auto_ring_min))
+    << "},\n  \"results\": [";
   for (size_t i = 0; i < rows_.size(); ++i) s << (i ? ",\n    " : "\n    ") << row_json(rows_[i]);
   s << "\n  ],\n  \"memcpy\": [";
   for (size_t i = 0; i < memcpy_rows_.size(); ++i) s << (i ? ",\n    " : "\n    ") << row_json(memcpy_rows_[i]);

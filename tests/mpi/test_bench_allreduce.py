@@ -40,6 +40,21 @@ def test_json_rows_follow_the_nccl_tests_formulas(mpiexec, np_, tmp_path):
     assert doc["summary"]["passed"] is True
 
 
+def test_header_and_json_say_how_the_ring_runs(mpiexec, tmp_path):
+    """The ring's settings change its speed: a result must carry them (here set, and default)."""
+    out = tmp_path / "r.json"
+    env = {"MPIRT_RING_SEGMENT_BYTES": "8192", "MPIRT_RING_WAIT_US": "20", "MPIRT_AUTO_RING_MIN_BYTES": "65536"}
+    proc = mpiexec(2, [PERF, "-b", "64K", "-e", "64K", "-a", "ring", "-n", "3", "-J", str(out)], env=env)
+    assert "# ring: 8192 B segments, waits in 20 us sleeps | auto: ring across nodes from 65536 B" in proc.stdout
+    assert json.loads(out.read_text())["settings"] == {"ring_segment_bytes": 8192, "ring_wait_us": 20,
+                                                       "auto_ring_min_bytes": 65536}
+    unset = {k: "" for k in env}
+    proc = mpiexec(2, [PERF, "-b", "64K", "-e", "64K", "-a", "ring", "-n", "3", "-J", str(out)], env=unset)
+    assert "# ring: 262144 B segments, polls | auto: ring across nodes never" in proc.stdout
+    assert json.loads(out.read_text())["settings"] == {"ring_segment_bytes": 262144, "ring_wait_us": 0,
+                                                       "auto_ring_min_bytes": None}
+
+
 def test_csv_has_one_row_per_measurement(mpiexec, tmp_path):
     out = tmp_path / "r.csv"
     run_bench(mpiexec, 2, "-b", "1K", "-e", "4K", "-a", "shm,mpi", "-m", "in-place", "-d", "bfloat16",
