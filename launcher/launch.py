@@ -35,7 +35,7 @@ from launcher.detect.gpu import device_nodes
 from launcher.detect.netif import bootstrap_interface
 from launcher.roles import detect as detect_role
 from launcher.run import parse_ranks, report, supervise
-from mpirt import stacks
+from mpirt import divert, stacks
 
 
 @dataclass(frozen=True)
@@ -254,6 +254,9 @@ def _run(cfg: LaunchConfig, undo: ExitStack) -> tuple[int, str]:
         if end.timed_out or end.stopped_by:  # where each rank was when stopped (python -m mpirt dumps it)
             where = stacks.summary(stacks.read_all(error_dir) +
                                    [w for text in job.fetch(error_dir, "stacks") for w in stacks.parse(text)])
+            said = divert.summary(divert.read_all(error_dir) + "".join(job.fetch(error_dir, "out")))
+            if said:  # what ranks printed once mpirun had stopped relaying it (mpirt.divert)
+                print("\n".join(["mpirt: the ranks' output after the stop:", *said]), file=sys.stderr, flush=True)
         code, message = report(end.code, error_dir, end.stopped_by, end.tail, oom,
                                cfg.time_limit_s if end.timed_out else None, end.ranks, where)
         if not failed or attempt == cfg.max_restarts:

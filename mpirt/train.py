@@ -25,6 +25,7 @@ from mpirt import checkpoint
 from mpirt.comm import MPI
 from mpirt.console import say
 from mpirt.data_parallel import DEFAULT_BUCKET_MB, DEFAULT_FIRST_BUCKET_MB, data_parallel
+from mpirt.divert import divert
 from mpirt.metrics import Metrics
 from mpirt.models import build
 from mpirt.sampler import DistributedSampler
@@ -73,14 +74,18 @@ class TrainConfig:
 
 
 class _Stop:
-    """SIGTERM/SIGINT ask for a stop at the next step boundary (all ranks agree on which)."""
+    """SIGTERM/SIGINT ask for a stop at the next step boundary (all ranks agree on which). The
+    rank's output goes to its error directory from then on (``mpirt.divert``): mpirun relays
+    none while it waits to kill, and a blocked print would cost the checkpoint."""
 
-    def __init__(self):
-        self.requested = 0
+    def __init__(self, rank: int):
+        self.requested, self.rank = 0, rank
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._handler)
 
     def _handler(self, signum, _frame):
+        if not self.requested:
+            divert(self.rank)
         self.requested = signum
 
 
@@ -125,7 +130,7 @@ def run(cfg: TrainConfig) -> int:
         say(f"mpirt train: {cfg.model} ({params / 1e6:.2f} M parameters, {len(dp.buckets)} bucket{'s' if len(dp.buckets) != 1 else ''}) on {w.size} "
             f"rank{'s' if w.size > 1 else ''} / {w.nodes} node{'s' if w.nodes > 1 else ''}, global batch "
             f"{cfg.batch_size}, steps {start + 1}..{cfg.steps}")
-    stop = _Stop()
+    stop = _Stop(w.rank)
     step, loss_value, rates = start, float("nan"), []
     t_begin = time.perf_counter()
     try:
