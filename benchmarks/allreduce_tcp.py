@@ -14,9 +14,7 @@ results/allreduce-tcp.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
@@ -24,7 +22,7 @@ sys.path.insert(0, str(ROOT.parent / "tests" / "cluster"))
 sys.path.insert(0, str(ROOT))
 
 from allreduce import ratio  # noqa: E402  (the one-node benchmark's per-run ratios)
-from netns import Cluster, namespaces_usable  # noqa: E402  (the tests' namespace cluster)
+from netns import namespaces_usable, rate_limited  # noqa: E402  (the tests' namespace cluster)
 
 from launcher.mpi import detect, find_mpirun  # noqa: E402
 from mpirt.bench import environment, schema  # noqa: E402
@@ -32,39 +30,23 @@ from mpirt.bench.report import fmt_size  # noqa: E402
 from mpirt.bench.scaling import collective_rows, json_in  # noqa: E402
 
 ALGOS = ("mpi", "ring", "auto")
-ENV_REPORT = ROOT.parent / "tests" / "cluster" / "ranks" / "env_report.py"
 WATCHED = ("MPIRT_AUTO_RING_MIN_BYTES", "MPIRT_RING_SEGMENT_BYTES", "MPIRT_RING_WAIT_US", "OMPI_MCA_btl_tcp_links",
            "OMPI_MCA_mpi_preconnect_mpi")
 
 
 def measure(hosts: int, args) -> tuple[list[dict], dict]:
     """Every repeat's harness document at ``hosts`` hosts, and the variables the launcher set."""
-    docs, added = [], {}
-    with tempfile.TemporaryDirectory(prefix="mpirt-bench-tcp-") as tmp:
-        c = Cluster(Path(tmp), hosts)
-        try:
-            c.limit_rate(args.rate)
-            names = c.names[1:]
-            for w in names:
-                c.start_worker(w)
-            for w in names:
-                c.wait_listening(w)
-            # what the launcher set on the ranks (its tier defaults come from the hosts' probes)
-            seen = c.launch(names, [sys.executable, str(ENV_REPORT), *WATCHED], "--no-tag-output", timeout=120)
-            if seen.returncode != 0:
-                sys.exit(f"mpirt launch cannot start on {hosts} hosts:\n{seen.stderr[-3000:]}")
-            line = next(x for x in seen.stdout.splitlines() if x.startswith("[{"))
-            added = {k: v for k, v in json.loads(line)[0].items() if k in WATCHED and v is not None}
-            harness = ["mpirt-allreduce-perf", "-b", args.min, "-e", args.max, "-f", "4", "-n", str(args.iters), "-w",
-                       "1", "-a", ",".join(ALGOS), "-m", "in-place", "-c", "1", "--json", "-"]
-            for _ in range(args.repeats):
-                proc = c.launch(names, harness, "--no-tag-output", timeout=1200)
-                if proc.returncode != 0:
-                    sys.exit(f"the {hosts}-host job failed:\n{proc.stderr[-3000:]}")
-                docs.append(json_in(proc.stdout, lambda d: "results" in d and "world" in d))
-                print(f"{hosts} hosts: run {len(docs)} done", flush=True)
-        finally:
-            c.close()
+    docs = []
+    with rate_limited(hosts, args.rate, "mpirt-bench-tcp-") as (c, names):
+        added = c.rank_env(names, WATCHED)
+        harness = ["mpirt-allreduce-perf", "-b", args.min, "-e", args.max, "-f", "4", "-n", str(args.iters), "-w",
+                   "1", "-a", ",".join(ALGOS), "-m", "in-place", "-c", "1", "--json", "-"]
+        for _ in range(args.repeats):
+            proc = c.launch(names, harness, "--no-tag-output", timeout=1200)
+            if proc.returncode != 0:
+                sys.exit(f"the {hosts}-host job failed:\n{proc.stderr[-3000:]}")
+            docs.append(json_in(proc.stdout, lambda d: "results" in d and "world" in d))
+            print(f"{hosts} hosts: run {len(docs)} done", flush=True)
     return docs, added
 
 

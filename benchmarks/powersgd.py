@@ -15,16 +15,14 @@ warm-up). Writes results/powersgd-tcp.{json,md}.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent / "tests" / "cluster"))
 
-from netns import Cluster, namespaces_usable  # noqa: E402  (the tests' namespace cluster)
+from netns import Cluster, namespaces_usable, rate_limited  # noqa: E402  (the tests' namespace cluster)
 
 from launcher.mpi import detect, find_mpirun  # noqa: E402
 from mpirt.bench import environment, schema  # noqa: E402
@@ -33,18 +31,8 @@ from mpirt.bench.schema import stat  # noqa: E402
 
 COMPRESSIONS = ("none", "fp16", "powersgd")
 MODEL = "comm"
-ENV_REPORT = ROOT.parent / "tests" / "cluster" / "ranks" / "env_report.py"
 WATCHED = ("MPIRT_AUTO_RING_MIN_BYTES", "MPIRT_RING_SEGMENT_BYTES", "MPIRT_RING_WAIT_US", "OMPI_MCA_btl",
            "OMPI_MCA_pml")
-
-
-def launcher_added(c: Cluster, names: list[str]) -> dict:
-    """What the launcher set on the ranks (its tier defaults come from the hosts' probes)."""
-    seen = c.launch(names, [sys.executable, str(ENV_REPORT), *WATCHED], "--no-tag-output", timeout=120)
-    if seen.returncode != 0:
-        sys.exit(f"mpirt launch cannot start on {len(names)} hosts:\n{seen.stderr[-3000:]}")
-    line = next(x for x in seen.stdout.splitlines() if x.startswith("[{"))
-    return {k: v for k, v in json.loads(line)[0].items() if k in WATCHED and v is not None}
 
 
 def measure(c: Cluster, names: list[str], compression: str, args) -> dict:
@@ -124,25 +112,14 @@ def main() -> int:
     rows, params, view, added = [], 0, {}, {}
     counts = [int(h) for h in args.hosts.split(",")]
     for n in counts:
-        with tempfile.TemporaryDirectory(prefix="mpirt-bench-powersgd-") as tmp:
-            c = Cluster(Path(tmp), n)
-            try:
-                c.limit_rate(args.rate)
-                names = c.names[1:]
-                for w in names:
-                    c.start_worker(w)
-                for w in names:
-                    c.wait_listening(w)
-                added = launcher_added(c, names)
-                for comp in COMPRESSIONS:
-                    doc = measure(c, names, comp, args)
-                    params, view = doc["params"], doc["rank_view"]
-                    rows += [r for r in rows_of(doc, comp) if comp == "none" or r["key"]["system"] != "compute-only"]
-                    print(f"{n} hosts, {comp}: " + ", ".join(
-                        f"{r['system']} {statistics.median(r['step_s']) * 1e3:.0f} ms" for r in doc["results"]),
-                        flush=True)
-            finally:
-                c.close()
+        with rate_limited(n, args.rate, "mpirt-bench-powersgd-") as (c, names):
+            added = c.rank_env(names, WATCHED)
+            for comp in COMPRESSIONS:
+                doc = measure(c, names, comp, args)
+                params, view = doc["params"], doc["rank_view"]
+                rows += [r for r in rows_of(doc, comp) if comp == "none" or r["key"]["system"] != "compute-only"]
+                print(f"{n} hosts, {comp}: " + ", ".join(
+                    f"{r['system']} {statistics.median(r['step_s']) * 1e3:.0f} ms" for r in doc["results"]), flush=True)
     derive(rows)
     impl = detect(find_mpirun())
     top = max(counts)

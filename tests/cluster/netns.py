@@ -6,6 +6,7 @@ shadows tests/conftest.py)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -23,6 +25,7 @@ SETHOST = "import os, socket, sys; socket.sethostname(sys.argv[1]); os.execvp(sy
 PRIVATE_TMP = 'mount -t tmpfs -o mode=1777 pod-tmp "$1" && shift && exec "$@"'
 # Waits, then becomes the command: a pod whose sshd starts late.
 LATER = "import os, sys, time; time.sleep(float(sys.argv[1])); os.execvp(sys.argv[2], sys.argv[2:])"
+ENV_REPORT = Path(__file__).parent / "ranks" / "env_report.py"
 
 
 def _ip(*args: str) -> None:
@@ -152,6 +155,15 @@ class Cluster:
             pytest.fail(f"mpirt launch hung past {timeout} s:\n{out}\n{err}")
         return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
+    def rank_env(self, hosts: list[str], names: tuple[str, ...]) -> dict[str, str]:
+        """The variables among ``names`` that rank 0 sees under ``mpirt launch`` on ``hosts``
+        (the launcher's defaults, from the hosts' probes), for a benchmark's record."""
+        proc = self.launch(hosts, [sys.executable, str(ENV_REPORT), *names], "--no-tag-output", timeout=120)
+        if proc.returncode != 0:
+            sys.exit(f"mpirt launch cannot start on {len(hosts)} hosts:\n{proc.stderr[-3000:]}")
+        line = next(x for x in proc.stdout.splitlines() if x.startswith("[{"))
+        return {k: v for k, v in json.loads(line)[0].items() if k in names and v is not None}
+
     def kill_host(self, name: str) -> None:
         """Every process in the host's network namespace dies at once, as when a pod is lost."""
         pids = subprocess.run(["ip", "netns", "pids", self.ns(name)], capture_output=True, text=True).stdout.split()
@@ -177,6 +189,24 @@ class Cluster:
         subprocess.run(["ip", "link", "del", self.bridge], capture_output=True)
         os.chmod(self.secret, 0o755)
         self.pod_tmp.rmdir()
+
+
+@contextmanager
+def rate_limited(hosts: int, rate: str, prefix: str):
+    """``hosts`` workers serving ssh, every link into a host limited to ``rate``: the benchmarks'
+    slow network. Yields the cluster and the worker names."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        c = Cluster(Path(tmp), hosts)
+        try:
+            c.limit_rate(rate)
+            names = c.names[1:]
+            for w in names:
+                c.start_worker(w)
+            for w in names:
+                c.wait_listening(w)
+            yield c, names
+        finally:
+            c.close()
 
 
 @pytest.fixture
