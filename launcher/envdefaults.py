@@ -59,16 +59,6 @@ TIER: list[tuple[str, tuple[str, ...], str, str, str]] = [
     ("openmpi4", _RDMA, "OMPI_MCA_btl", "^openib", "the legacy openib BTL must not compete with UCX"),
     ("openmpi4", ("tcp",), "OMPI_MCA_pml", "ob1", "no RDMA: the ob1 PML over BTLs"),
     ("openmpi4", ("tcp",), "OMPI_MCA_btl", "self,vader,tcp", "shared memory within a host, TCP between hosts"),
-    ("openmpi4", ("tcp",), "MPIRT_AUTO_RING_MIN_BYTES", "1048576",
-     "mpirt's algo auto runs its ring across hosts from 1 MiB: Open MPI 4.1's own choice was up to 3x slower there on "
-     "2 to 4 hosts (docs/allreduce.md)"),
-    ("openmpi4", ("tcp",), "MPIRT_RING_SEGMENT_BYTES", "61440",
-     "mpirt's ring sends 60 KiB segments, eager under the TCP BTL's 64 KiB limit: larger ones wait for a rendezvous "
-     "reply queued behind the peer's data on the same socket, which halved the rate between 2 hosts "
-     "(docs/allreduce.md)"),
-    ("openmpi4", ("tcp",), "MPIRT_RING_WAIT_US", "50",
-     "mpirt's ring waits for the network by testing every 50 us instead of polling, leaving the cores to training: "
-     "3 namespace hosts trained 0.89x -> 0.98x DDP's speed (docs/allreduce.md)"),
     ("openmpi4", ("ib", "roce", "tcp"), "OMPI_MCA_btl_tcp_if_include", "{iface}", "MPI TCP traffic on the routed interface"),
     ("openmpi4", ("ib", "roce", "tcp"), "OMPI_MCA_oob_tcp_if_include", "{iface}", "mpirun's own traffic on the routed interface"),
     ("openmpi5", _RDMA, "OMPI_MCA_pml", "ucx", "UCX drives InfiniBand/RoCE (openib is gone in 5.0)"),
@@ -87,6 +77,21 @@ TIER: list[tuple[str, tuple[str, ...], str, str, str]] = [
     ("intel", ("tcp",), "FI_TCP_IFACE", "{iface}", "OFI TCP on the routed interface"),
     ("intel", ("ib", "roce", "tcp"), "I_MPI_HYDRA_IFACE", "{iface}", "Hydra's own traffic on the routed interface"),
 ]
+# mpirt's own ring on the TCP tier, where measured (docs/allreduce.md, across hosts over TCP): Open
+# MPI 4.1 and 5.0, whose ob1 PML and TCP BTL behave alike there.
+RING_TCP = [
+    ("MPIRT_AUTO_RING_MIN_BYTES", "1048576",
+     "mpirt's algo auto runs its ring across hosts from 1 MiB: Open MPI's own choice (4.1 and 5.0) was 3-4x slower "
+     "there on 3 hosts (docs/allreduce.md)"),
+    ("MPIRT_RING_SEGMENT_BYTES", "61440",
+     "mpirt's ring sends 60 KiB segments, eager under the TCP BTL's 64 KiB limit: larger ones wait for a rendezvous "
+     "reply queued behind the peer's data on the same socket, which halved the rate between 2 hosts "
+     "(docs/allreduce.md)"),
+    ("MPIRT_RING_WAIT_US", "50",
+     "mpirt's ring waits for the network by testing every 50 us instead of polling, leaving the cores to training: "
+     "3 namespace hosts trained 0.89x -> 0.98x DDP's speed (docs/allreduce.md)"),
+]
+TIER += [(lib, ("tcp",), name, value, reason) for lib in ("openmpi4", "openmpi5") for name, value, reason in RING_TCP]
 
 PROFILES: dict[str, dict[str, tuple[str, str]]] = {
     "rl": {

@@ -155,10 +155,12 @@ class Cluster:
             pytest.fail(f"mpirt launch hung past {timeout} s:\n{out}\n{err}")
         return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
-    def rank_env(self, hosts: list[str], names: tuple[str, ...]) -> dict[str, str]:
-        """The variables among ``names`` that rank 0 sees under ``mpirt launch`` on ``hosts``
-        (the launcher's defaults, from the hosts' probes), for a benchmark's record."""
-        proc = self.launch(hosts, [sys.executable, str(ENV_REPORT), *names], "--no-tag-output", timeout=120)
+    def rank_env(self, hosts: list[str], names: tuple[str, ...], *extra: str,
+                 python: str = sys.executable) -> dict[str, str]:
+        """The variables among ``names`` that rank 0 sees under ``mpirt launch ...extra`` on
+        ``hosts`` (the launcher's defaults, from the hosts' probes), for a benchmark's record;
+        ``python``: one whose mpi4py matches the MPI launched."""
+        proc = self.launch(hosts, [python, str(ENV_REPORT), *names], "--no-tag-output", *extra, timeout=120)
         if proc.returncode != 0:
             sys.exit(f"mpirt launch cannot start on {len(hosts)} hosts:\n{proc.stderr[-3000:]}")
         line = next(x for x in proc.stdout.splitlines() if x.startswith("[{"))

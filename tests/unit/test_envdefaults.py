@@ -24,7 +24,8 @@ def test_ib_with_open_mpi_4_golden():
 
 @pytest.mark.parametrize("lib,expect", [
     ("openmpi5", {"OMPI_MCA_pml": "ob1", "OMPI_MCA_btl": "self,sm,tcp", "OMPI_MCA_btl_tcp_if_include": "net1",
-                  "PRTE_MCA_prte_if_include": "net1"}),
+                  "PRTE_MCA_prte_if_include": "net1", "MPIRT_AUTO_RING_MIN_BYTES": "1048576",
+                  "MPIRT_RING_SEGMENT_BYTES": "61440", "MPIRT_RING_WAIT_US": "50"}),
     ("openmpi4", {"OMPI_MCA_pml": "ob1", "OMPI_MCA_btl": "self,vader,tcp", "OMPI_MCA_btl_tcp_if_include": "net1",
                   "OMPI_MCA_oob_tcp_if_include": "net1", "MPIRT_AUTO_RING_MIN_BYTES": "1048576",
                   "MPIRT_RING_SEGMENT_BYTES": "61440", "MPIRT_RING_WAIT_US": "50"}),
@@ -42,11 +43,12 @@ def test_tcp_tier_per_mpi_golden(lib, expect):
 @pytest.mark.parametrize("name,value", [("MPIRT_AUTO_RING_MIN_BYTES", "1048576"),
                                         ("MPIRT_RING_SEGMENT_BYTES", "61440"), ("MPIRT_RING_WAIT_US", "50")])
 def test_ring_settings_only_where_measured(name, value):
-    """Open MPI 4.1 on the TCP tier: its own choice was the slow one, 256 KiB ring segments ran
-    at half the link between 2 hosts, and a polling ring took cores from training. Elsewhere
-    unmeasured: unset. The user's value wins."""
-    assert as_dict(resolve("tcp", ["openmpi4"], {}))[name] == (value, "tier:tcp")
-    for tier, lib in (("ib", "openmpi4"), ("tcp", "openmpi5"), ("tcp", "mpich"), ("tcp", "intel")):
+    """Open MPI 4.1 and 5.0 on the TCP tier: their own choice was the slow one, 256 KiB ring
+    segments ran at half the link between 2 hosts, and a polling ring took cores from training.
+    Elsewhere unmeasured: unset. The user's value wins."""
+    for lib in ("openmpi4", "openmpi5"):
+        assert as_dict(resolve("tcp", [lib], {}))[name] == (value, "tier:tcp")
+    for tier, lib in (("ib", "openmpi4"), ("roce", "openmpi5"), ("tcp", "mpich"), ("tcp", "intel")):
         assert name not in as_dict(resolve(tier, [lib], {}, hcas=("mlx5_0:1",)))
     assert as_dict(resolve("tcp", ["openmpi4"], {name: "8192"}))[name] == ("8192", "user")
 
