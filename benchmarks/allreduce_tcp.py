@@ -45,12 +45,12 @@ WATCHED = ("MPIRT_AUTO_RING_MIN_BYTES", "MPIRT_RING_SEGMENT_BYTES", "MPIRT_RING_
 def measure(hosts: int, args) -> tuple[list[dict], dict]:
     """Every repeat's harness document at ``hosts`` hosts, and the variables the launcher set."""
     docs = []
-    prefix = [f"{args.mpi}/bin/"] if args.mpi else [""]
-    extra = ["--mpirun", f"{args.mpi}/bin/mpirun"] if args.mpi else []
+    bindir = f"{args.mpi}/bin/" if args.mpi else ""
+    extra = ["--mpirun", f"{bindir}mpirun"] if args.mpi else []
     with rate_limited(hosts, args.rate, "mpirt-bench-tcp-") as (c, names):
-        added = c.rank_env(names, WATCHED, *extra, python=f"{args.mpi}/bin/python" if args.mpi else sys.executable)
-        harness = [f"{prefix[0]}mpirt-allreduce-perf", "-b", args.min, "-e", args.max, "-f", "4", "-n", str(args.iters), "-w",
-                   "1", "-a", ",".join(ALGOS), "-m", "in-place", "-c", "1", "--json", "-"]
+        added = c.rank_env(names, WATCHED, *extra, python=f"{bindir}python" if args.mpi else sys.executable)
+        harness = [f"{bindir}mpirt-allreduce-perf", "-b", args.min, "-e", args.max, "-f", "4", "-n", str(args.iters),
+                   "-w", "1", "-a", ",".join(ALGOS), "-m", "in-place", "-c", "1", "--json", "-"]
         for _ in range(args.repeats):
             proc = c.launch(names, harness, "--no-tag-output", *extra, timeout=1200)
             if proc.returncode != 0:

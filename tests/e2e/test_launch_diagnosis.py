@@ -136,8 +136,9 @@ def test_a_hung_job_stopped_at_its_time_limit_says_where_each_rank_was(tmp_path,
     last = np_ - 1
     others = "rank 0" if np_ == 2 else f"ranks 0-{last - 1}"
     where = proc.stderr.split("where the ranks were when it was stopped:\n", 1)[1].splitlines()
-    assert where[:2] == [f"    {others} ({where[0].split('(')[1].split(')')[0]}): {script}:7 in <module>",
-                         f"    rank {last} ({where[1].split('(')[1].split(')')[0]}): {script}:6 in <module>"], proc.stderr
+    hosts = [w.split("(")[1].split(")")[0] for w in where[:2]]
+    assert where[:2] == [f"    {others} ({hosts[0]}): {script}:7 in <module>",
+                         f"    rank {last} ({hosts[1]}): {script}:6 in <module>"], proc.stderr
     assert "where the ranks were when it was stopped:" in message.read_text()
 
 
