@@ -93,7 +93,7 @@ RING_TCP = [
      "3 namespace hosts trained 0.89x -> 0.98x DDP's speed (docs/allreduce.md)"),
 ]
 TIER += [(lib, ("tcp",), name, value, reason) for lib in ("openmpi4", "openmpi5") for name, value, reason in RING_TCP]
-TIER.append(("mpich", ("tcp",), "MPIRT_AUTO_RING_MIN_BYTES", "1048576",
+TIER.append(("mpich", ("tcp",), *RING_TCP[0][:2],  # the threshold alone
              "mpirt's algo auto runs its ring across hosts from 1 MiB: MPICH 5.0's own allreduce was 1.9-2.5x slower "
              "there on 3 hosts (docs/allreduce.md)"))
 

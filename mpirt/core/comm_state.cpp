@@ -90,6 +90,7 @@ struct Setting {
   uint64_t lo, hi;   // accepted range
   const char* fix;   // what is wrong with a bad value, and what to give instead
 };
+enum SettingIndex { kRingMin, kRingSegment, kRingWait };  // positions in kSettings
 constexpr Setting kSettings[] = {
     {"MPIRT_AUTO_RING_MIN_BYTES", UINT64_MAX, true, 0, UINT64_MAX - 2,
      "is not a byte count; give one (e.g. 4194304), or off, or unset it"},
@@ -157,9 +158,9 @@ static CommState& lookup_or_create(MPI_Comm comm) {
 
   const auto settings = agreed_settings(comm);
   auto* st = new CommState();
-  st->auto_ring_min = static_cast<size_t>(settings[0]);
-  st->ring_segment = static_cast<size_t>(settings[1]);
-  st->ring_wait_us = static_cast<unsigned>(settings[2]);
+  st->auto_ring_min = static_cast<size_t>(settings[kRingMin]);
+  st->ring_segment = static_cast<size_t>(settings[kRingSegment]);
+  st->ring_wait_us = static_cast<unsigned>(settings[kRingWait]);
   int rank, size;
   MPI_Comm_rank(comm, &rank);
   MPI_Comm_size(comm, &size);
