@@ -2,6 +2,7 @@
 the cgroup the ranks run in (a pod's container), told apart from a plain kill -9; and the
 outcome written where Kubernetes keeps it (the termination message)."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,10 +14,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.mpi]
 HOG = str(Path(__file__).parents[1] / "cluster" / "ranks" / "hog.py")
 
 
-def launch(*args, wrap=lambda argv: argv, timeout=180):
+def launch(*args, wrap=lambda argv: argv, timeout=180, env=None):
     argv = wrap(["mpirt", "launch", *args])
     try:
-        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                              env={**os.environ, **env} if env else None)
     except subprocess.TimeoutExpired as e:
         pytest.fail(f"mpirt launch hung past {timeout} s:\n{e.stdout}\n{e.stderr}")
 
@@ -126,19 +128,24 @@ comm.Barrier()  # where the others wait, inside MPI
 def test_a_hung_job_stopped_at_its_time_limit_says_where_each_rank_was(tmp_path, np_):
     """A hang in the program's own MPI calls, which no stall inspector watches: the SIGTERM of
     the time limit makes each rank under python -m mpirt dump its stack, even from inside
-    MPI_Barrier, and the launcher groups the ranks by their line."""
+    MPI_Barrier, and the launcher groups the ranks by their line. The grace period is long
+    enough for the slowest of 4 ranks on 2 cores: Open MPI 4 cuts its wait for the SIGKILL short
+    by up to a second for each rank that dies (docs/launcher.md): with --grace 3 it waits 2 s,
+    three quick deaths left nothing, and a rank not yet scheduled lost its dump, 1 run in 5."""
     script = tmp_path / "hang.py"
     script.write_text(HANG)
     message = tmp_path / "termination-log"
-    proc = launch("-np", str(np_), "--time-limit", "6", "--grace", "3", "--termination-log", str(message), "--",
-                  sys.executable, "-m", "mpirt", str(script), timeout=120)
+    errors = tmp_path / "errors"
+    proc = launch("-np", str(np_), "--time-limit", "6", "--grace", "10", "--termination-log", str(message), "--",
+                  sys.executable, "-m", "mpirt", str(script), timeout=120, env={"MPIRT_ERROR_DIR": str(errors)})
     assert proc.returncode == 124, proc.stderr
     last = np_ - 1
     others = "rank 0" if np_ == 2 else f"ranks 0-{last - 1}"
     where = proc.stderr.split("where the ranks were when it was stopped:\n", 1)[1].splitlines()
     hosts = [w.split("(")[1].split(")")[0] for w in where[:2]]
     assert where[:2] == [f"    {others} ({hosts[0]}): {script}:7 in <module>",
-                         f"    rank {last} ({hosts[1]}): {script}:6 in <module>"], proc.stderr
+                         f"    rank {last} ({hosts[1]}): {script}:6 in <module>"], (
+        proc.stderr + "".join(f"\n{p.name}:\n{p.read_text()}" for p in sorted(errors.iterdir())))
     assert "where the ranks were when it was stopped:" in message.read_text()
 
 
