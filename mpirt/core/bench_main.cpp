@@ -284,7 +284,8 @@ void Bench::print_header() const {
               o_.maxbytes, o_.factor, o_.iters > 0 ? std::to_string(o_.iters).c_str() : "by size",
               o_.warmup >= 0 ? std::to_string(o_.warmup).c_str() : "iters/10");
   const CommState& st = comm_state(w_.comm);  // made on every rank with the layout
-  std::printf("# ring: %zu B segments, %s | auto: ring across nodes %s\n", st.ring_segment,
+  std::printf("# shm: %zu B rounds | ring: %zu B segments, %s | auto: ring across nodes %s\n", st.shm_chunk,
+              st.ring_segment,
               st.ring_wait_us ? ("waits in " + std::to_string(st.ring_wait_us) + " us sleeps").c_str() : "polls",
               st.auto_ring_min == SIZE_MAX ? "never" : ("from " + std::to_string(st.auto_ring_min) + " B").c_str());
   std::printf("#\n");
@@ -380,7 +381,8 @@ void Bench::write_json(const std::map<std::string, double>& avg_busbw, long long
     << ", \"iters\": " << (o_.iters > 0 ? std::to_string(o_.iters) : "null")
     << ", \"warmup\": " << (o_.warmup >= 0 ? std::to_string(o_.warmup) : "null") << ", \"check\": " << o_.check
     << ", \"min_busbw_gbs\": " << json_num(o_.min_busbw) << "},\n"
-    << "  \"settings\": {\"ring_segment_bytes\": " << st.ring_segment << ", \"ring_wait_us\": " << st.ring_wait_us
+    << "  \"settings\": {\"shm_chunk_bytes\": " << st.shm_chunk << ", \"ring_segment_bytes\": " << st.ring_segment
+    << ", \"ring_wait_us\": " << st.ring_wait_us
     << ", \"auto_ring_min_bytes\": " << (st.auto_ring_min == SIZE_MAX ? "null" : std::to_string(st.auto_ring_min))
     << "},\n  \"results\": [";
   for (size_t i = 0; i < rows_.size(); ++i) s << (i ? ",\n    " : "\n    ") << row_json(rows_[i]);

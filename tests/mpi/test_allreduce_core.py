@@ -60,15 +60,18 @@ def test_every_float16_value_matches_numpy(mpiexec, f16c):
 def test_settings_that_must_agree_are_checked_on_every_rank(mpiexec, np_):
     """A ring threshold that differs between ranks (or does not parse on one) would make `auto`
     pick different algorithms and hang; a ring segment that differs would truncate messages:
-    every rank gets the error instead. With 4 KiB segments, and waiting by sleeping 50 us
-    between tests, `ring` still gives the right sum."""
+    every rank gets the error instead, as for `shm` rounds that differ (each rank would read the
+    others' staging at the wrong places). With 4 KiB segments, waiting by sleeping 50 us between
+    tests, `ring` still gives the right sum, and so does `shm` in 4 KiB rounds."""
     report = last_json(mpiexec.python(np_, "agreed_settings.py").stdout)
     fixes = {"MPIRT_AUTO_RING_MIN_BYTES": ("4M", "4M", "is not a byte count; give one (e.g. 4194304), or off, or "
                                                        "unset it"),
              "MPIRT_RING_SEGMENT_BYTES": ("1024", "0x1000", "is not a byte count from 4096 to 1073741824; give one "
                                                             "(e.g. 61440) or unset it"),
              "MPIRT_RING_WAIT_US": ("-1", "1e3", "is not a number of microseconds from 0 to 100000; give one (e.g. "
-                                                 "50), or 0 to poll, or unset it")}
+                                                 "50), or 0 to poll, or unset it"),
+             "MPIRT_SHM_CHUNK": ("1024", "4k", "is not a byte count from 4096 to 1073741824; give one (e.g. 1048576) "
+                                               "or unset it")}
     for name, (bad, bad_on_last, fix) in fixes.items():
         differs = (f"{name} differs between ranks (or is wrong on one); set it the same on every rank (mpirt launch "
                    "forwards the launcher's) or unset it")

@@ -3,6 +3,7 @@
 import csv
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -40,19 +41,35 @@ def test_json_rows_follow_the_nccl_tests_formulas(mpiexec, np_, tmp_path):
     assert doc["summary"]["passed"] is True
 
 
-def test_header_and_json_say_how_the_ring_runs(mpiexec, tmp_path):
-    """The ring's settings change its speed: a result must carry them (here set, and default)."""
+def default_shm_chunk(local_size: int) -> int:
+    """`shm`'s rounds where MPIRT_SHM_CHUNK is unset: two rounds' staging in half the L3 that
+    sysfs gives, from 64 KiB to 1 MiB (8 MiB of cache assumed where sysfs does not say)."""
+    cache = 8 << 20
+    for d in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        size = (d / "size").read_text().strip()
+        if (d / "level").read_text().strip() == "3" and size.endswith("K"):
+            cache = int(size[:-1]) << 10
+            break
+    return min(max(cache // (4 * (local_size + 1)), 64 << 10), 1 << 20) // 64 * 64
+
+
+def test_header_and_json_say_how_shm_and_the_ring_run(mpiexec, tmp_path):
+    """The settings change the speed: a result must carry them (here set, and default; `shm`
+    rounds are whole cache lines)."""
     out = tmp_path / "r.json"
-    env = {"MPIRT_RING_SEGMENT_BYTES": "8192", "MPIRT_RING_WAIT_US": "20", "MPIRT_AUTO_RING_MIN_BYTES": "65536"}
-    proc = mpiexec(2, [PERF, "-b", "64K", "-e", "64K", "-a", "ring", "-n", "3", "-J", str(out)], env=env)
-    assert "# ring: 8192 B segments, waits in 20 us sleeps | auto: ring across nodes from 65536 B" in proc.stdout
-    assert json.loads(out.read_text())["settings"] == {"ring_segment_bytes": 8192, "ring_wait_us": 20,
-                                                       "auto_ring_min_bytes": 65536}
+    env = {"MPIRT_RING_SEGMENT_BYTES": "8192", "MPIRT_RING_WAIT_US": "20", "MPIRT_AUTO_RING_MIN_BYTES": "65536",
+           "MPIRT_SHM_CHUNK": "65636"}
+    proc = mpiexec(2, [PERF, "-b", "64K", "-e", "64K", "-a", "ring,shm", "-n", "3", "-J", str(out)], env=env)
+    assert ("# shm: 65600 B rounds | ring: 8192 B segments, waits in 20 us sleeps | auto: ring across nodes from "
+            "65536 B") in proc.stdout
+    assert json.loads(out.read_text())["settings"] == {"shm_chunk_bytes": 65600, "ring_segment_bytes": 8192,
+                                                       "ring_wait_us": 20, "auto_ring_min_bytes": 65536}
     unset = {k: "" for k in env}
-    proc = mpiexec(2, [PERF, "-b", "64K", "-e", "64K", "-a", "ring", "-n", "3", "-J", str(out)], env=unset)
-    assert "# ring: 262144 B segments, polls | auto: ring across nodes never" in proc.stdout
-    assert json.loads(out.read_text())["settings"] == {"ring_segment_bytes": 262144, "ring_wait_us": 0,
-                                                       "auto_ring_min_bytes": None}
+    proc = mpiexec(2, [PERF, "-b", "64K", "-e", "64K", "-a", "ring,shm", "-n", "3", "-J", str(out)], env=unset)
+    chunk = default_shm_chunk(2)
+    assert f"# shm: {chunk} B rounds | ring: 262144 B segments, polls | auto: ring across nodes never" in proc.stdout
+    assert json.loads(out.read_text())["settings"] == {"shm_chunk_bytes": chunk, "ring_segment_bytes": 262144,
+                                                       "ring_wait_us": 0, "auto_ring_min_bytes": None}
 
 
 def test_csv_has_one_row_per_measurement(mpiexec, tmp_path):

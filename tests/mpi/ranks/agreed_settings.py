@@ -1,7 +1,7 @@
 """The core's settings, checked on every rank together (MPIRT_AUTO_RING_MIN_BYTES,
-MPIRT_RING_SEGMENT_BYTES, MPIRT_RING_WAIT_US): each case sets one on this rank, then makes a fresh
-communicator's first core call (`ring` for the ring's, on a count that leaves a short last
-segment); rank 0 prints every rank's outcome per case as JSON."""
+MPIRT_RING_SEGMENT_BYTES, MPIRT_RING_WAIT_US, MPIRT_SHM_CHUNK): each case sets one on this rank,
+then makes a fresh communicator's first core call (`ring` or `shm` for theirs, on a count that
+leaves a short last segment or round); rank 0 prints every rank's outcome per case as JSON."""
 
 import json
 import os
@@ -20,6 +20,8 @@ settings = {
                                           "bad on one rank": "0x1000" if rank == size - 1 else "4096"}),
     "MPIRT_RING_WAIT_US": ("ring", {"same": "50", "differs": str(50 + rank), "bad": "-1",
                                     "bad on one rank": "1e3" if rank == size - 1 else "50"}),
+    "MPIRT_SHM_CHUNK": ("shm", {"same": "4096", "differs": str(4096 + 64 * rank), "bad": "1024",
+                                "bad on one rank": "4k" if rank == size - 1 else "4096"}),
 }
 report = {}
 for name, (algo, cases) in settings.items():
