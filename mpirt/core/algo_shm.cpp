@@ -1,8 +1,8 @@
 // `shm`: ranks on a node exchange through one shared segment, in rounds small enough to
 // stay in the shared cache. Per round each rank publishes the parts of its block that the
-// others reduce, reduces its own 1/n slice (its own part read straight from its buffer),
-// and copies the other reduced slices out: per rank one read and one write of the buffer
-// in DRAM, like a memcpy. Two barriers per round; rounds alternate between two staging
+// others reduce, reduces its own 1/n slice (its own part read straight from its buffer) a
+// tile at a time, copying each tile out while it is in L1, and copies the other reduced
+// slices out: per rank one read and one write of the buffer in DRAM, like a memcpy. Two barriers per round; rounds alternate between two staging
 // areas so the next round's publish never waits for readers of the last one.
 // Within a node every element is folded in local rank order, so the result does not depend on
 // the count or the rounds. Across nodes, each local rank allreduces its slice with the same
@@ -21,6 +21,7 @@ namespace mpirt {
 namespace {
 
 constexpr size_t kStreamBytes = 8u << 20;
+constexpr size_t kTileBytes = 16u << 10;
 
 void plain_copy(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
 
@@ -89,15 +90,18 @@ void allreduce_shm(const Call& c) {
     seg.barrier->wait(n, seg.spin_limit);
 
     const size_t bytes = lo(r + 1) - lo(r);
-    if (bytes > 0) {
+    // Within a node the slice goes a tile at a time, so its own copy out reads the tile from L1.
+    const size_t tile = cross ? bytes : kTileBytes / es * es;
+    for (size_t t = 0; t < bytes; t += tile) {
+      const size_t tb = std::min(tile, bytes - t);
       // in local rank order, own part straight from its buffer: every element is folded in
       // the same order whichever slice it falls in (`ordered` relies on it within a node)
-      for (int j = 0; j < n; ++j) srcs[j] = j == r ? in + lo(r) : seg.input(parity, j, n) + lo(r);
-      char* res = seg.result(parity, n) + lo(r);
-      reduce_n(res, srcs.data(), n, bytes / es, c.dtype, c.op);
-      if (cross) MPI_Allreduce(MPI_IN_PLACE, res, static_cast<int>(bytes / es), type, op, st.cross_comm);
-      if (c.op == Op::avg) scale_avg(res, bytes / es, c.dtype, world);
-      copy_out(out + lo(r), res, bytes);
+      for (int j = 0; j < n; ++j) srcs[j] = (j == r ? in : seg.input(parity, j, n)) + lo(r) + t;
+      char* res = seg.result(parity, n) + lo(r) + t;
+      reduce_n(res, srcs.data(), n, tb / es, c.dtype, c.op);
+      if (cross) MPI_Allreduce(MPI_IN_PLACE, res, static_cast<int>(tb / es), type, op, st.cross_comm);
+      if (c.op == Op::avg) scale_avg(res, tb / es, c.dtype, world);
+      copy_out(out + lo(r) + t, res, tb);
     }
     seg.barrier->wait(n, seg.spin_limit);
     const char* result = seg.result(parity, n);
