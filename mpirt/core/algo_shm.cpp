@@ -8,6 +8,7 @@
 // the count or the rounds. Across nodes, each local rank allreduces its slice with the same
 // local rank elsewhere.
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <vector>
 
@@ -22,6 +23,7 @@ namespace {
 
 constexpr size_t kStreamBytes = 8u << 20;
 constexpr size_t kTileBytes = 16u << 10;
+constexpr size_t kMeasuredBytes = 256u << 10;  // calls from this size choose their stores by measurement
 
 void plain_copy(void* dst, const void* src, size_t bytes) { std::memcpy(dst, src, bytes); }
 
@@ -77,6 +79,12 @@ void allreduce_shm(const Call& c) {
   char* recv = static_cast<char*>(c.recv);
   // Large outputs bypass the cache on the way out: no read-for-ownership of the destination.
   const auto copy_out = c.count * es >= kStreamBytes ? stream_copy : plain_copy;
+  // Staging with streaming stores: the others then read it from DRAM, not from this core's cache.
+  const bool measured = st.shm_policy == ShmStores::kAuto && !cross && c.count * es >= kMeasuredBytes;
+  const bool streaming = st.shm_policy == ShmStores::kStreaming || (measured && st.shm_stores.pick(c.count * es));
+  const auto stage = streaming ? stream_copy : plain_copy;
+  thread_local std::vector<char> tile_buf(kTileBytes);
+  const auto t0 = std::chrono::steady_clock::now();
   int parity = 0;
   for (size_t off = 0; off < c.count; off += block, parity ^= 1) {
     const size_t m = std::min(block, c.count - off);
@@ -86,7 +94,8 @@ void allreduce_shm(const Call& c) {
     char* out = recv + off * es;
     char* mine = seg.input(parity, r, n);
     for (int j = 0; j < n; ++j)
-      if (j != r) plain_copy(mine + lo(j), in + lo(j), lo(j + 1) - lo(j));
+      if (j != r) stage(mine + lo(j), in + lo(j), lo(j + 1) - lo(j));
+    if (streaming) stream_fence();
     seg.barrier->wait(n, seg.spin_limit);
 
     const size_t bytes = lo(r + 1) - lo(r);
@@ -98,17 +107,25 @@ void allreduce_shm(const Call& c) {
       // the same order whichever slice it falls in (`ordered` relies on it within a node)
       for (int j = 0; j < n; ++j) srcs[j] = (j == r ? in : seg.input(parity, j, n)) + lo(r) + t;
       char* res = seg.result(parity, n) + lo(r) + t;
-      reduce_n(res, srcs.data(), n, tb / es, c.dtype, c.op);
-      if (cross) MPI_Allreduce(MPI_IN_PLACE, res, static_cast<int>(tb / es), type, op, st.cross_comm);
-      if (c.op == Op::avg) scale_avg(res, tb / es, c.dtype, world);
-      copy_out(out + lo(r) + t, res, tb);
+      char* sum = streaming && !cross ? tile_buf.data() : res;
+      reduce_n(sum, srcs.data(), n, tb / es, c.dtype, c.op);
+      if (cross) MPI_Allreduce(MPI_IN_PLACE, sum, static_cast<int>(tb / es), type, op, st.cross_comm);
+      if (c.op == Op::avg) scale_avg(sum, tb / es, c.dtype, world);
+      if (sum != res) stream_copy(res, sum, tb);
+      copy_out(out + lo(r) + t, sum, tb);
     }
+    if (streaming) stream_fence();
     seg.barrier->wait(n, seg.spin_limit);
     const char* result = seg.result(parity, n);
     for (int j = 0; j < n; ++j)
       if (j != r) copy_out(out + lo(j), result + lo(j), lo(j + 1) - lo(j));
   }
   stream_fence();
+  ++st.shm_stores.used;
+  st.shm_stores.streamed += streaming;
+  if (measured)
+    st.shm_stores.record(c.count * es, streaming, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() /
+                                        static_cast<double>(c.count * es));
 }
 
 }  // namespace mpirt

@@ -43,6 +43,7 @@ struct Row {
   Stats t;
   double algbw, busbw;
   long long wrong;  // -1: not checked
+  double streamed = -1;  // share of timed `shm` calls that staged with streaming stores; -1: no `shm` call
 };
 
 struct World {
@@ -191,6 +192,8 @@ Row Bench::measure(Buffers& b, size_t bytes, Algo algo, Mode mode) {
   Algo used = algo;
   for (int i = 0; i < row.warmup; ++i) used = allreduce(call, algo, o_.device);
   std::vector<double> times(static_cast<size_t>(row.iters));
+  const ShmStores& stores = comm_state(w_.comm).shm_stores;
+  double chose[2] = {-static_cast<double>(stores.used), -static_cast<double>(stores.streamed)};
   for (int i = 0; i < row.iters; ++i) {
     MPI_Barrier(w_.comm);
     const double t0 = MPI_Wtime();
@@ -198,6 +201,10 @@ Row Bench::measure(Buffers& b, size_t bytes, Algo algo, Mode mode) {
     times[static_cast<size_t>(i)] = MPI_Wtime() - t0;
   }
   row.algo_used = algorithm(used).name;
+  chose[0] += static_cast<double>(stores.used);
+  chose[1] += static_cast<double>(stores.streamed);
+  MPI_Allreduce(MPI_IN_PLACE, chose, 2, MPI_DOUBLE, MPI_SUM, w_.comm);
+  if (chose[0] > 0) row.streamed = chose[1] / chose[0];
   row.t = reduce_times(w_, times);
   row.algbw = static_cast<double>(bytes) / 1e9 / row.t.avg;
   row.busbw = row.algbw * 2.0 * (w_.size - 1) / w_.size;
@@ -342,7 +349,8 @@ std::string row_json(const Row& r) {
     << ", \"p50\": " << json_num(r.t.p50 * 1e6) << ", \"p99\": " << json_num(r.t.p99 * 1e6)
     << "}, \"algbw_gbs\": " << json_num(r.algbw) << ", \"busbw_gbs\": "
     << (r.algo == "memcpy" ? "null" : json_num(r.busbw)) << ", \"wrong\": "
-    << (r.wrong < 0 ? "null" : std::to_string(r.wrong)) << "}";
+    << (r.wrong < 0 ? "null" : std::to_string(r.wrong))
+    << ", \"shm_streamed\": " << (r.streamed < 0 ? "null" : json_num(r.streamed)) << "}";
   return s.str();
 }
 

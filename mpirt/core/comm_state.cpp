@@ -93,16 +93,19 @@ size_t default_shm_chunk(int local_size) {
 // same algorithm on every rank and ring segments must match between sender and receiver, so a
 // value that differs (or does not parse) on any rank is an error on all of them rather than a
 // hang or a truncated message; the ranks of a node must cut `shm`'s rounds alike, or they
-// would read each other's staging at the wrong places. (The ring's wait could differ; checking it with the others
-// keeps a bad value from failing one rank while the rest wait for it.)
+// would read each other's staging at the wrong places. (The ring's wait and `shm`'s stores
+// could differ; checking them with the others keeps a bad value from failing one rank while the
+// rest wait for it.)
 struct Setting {
   const char* name;
   uint64_t unset;    // value when unset or empty
   bool off;          // "off" means never (UINT64_MAX)
   uint64_t lo, hi;   // accepted range
   const char* fix;   // what is wrong with a bad value, and what to give instead
+  const char* const* words = nullptr;  // a word setting: its value is the word's index
 };
-enum SettingIndex { kRingMin, kRingSegment, kRingWait, kShmChunk };  // positions in kSettings
+constexpr const char* kStoreWords[] = {"auto", "cached", "streaming", nullptr};
+enum SettingIndex { kRingMin, kRingSegment, kRingWait, kShmChunk, kShmStores };  // positions in kSettings
 constexpr Setting kSettings[] = {
     {"MPIRT_AUTO_RING_MIN_BYTES", UINT64_MAX, true, 0, UINT64_MAX - 2,
      "is not a byte count; give one (e.g. 4194304), or off, or unset it"},
@@ -112,6 +115,8 @@ constexpr Setting kSettings[] = {
      "is not a number of microseconds from 0 to 100000; give one (e.g. 50), or 0 to poll, or unset it"},
     {"MPIRT_SHM_CHUNK", 0, false, 4096, 1ull << 30,  // 0: default_shm_chunk
      "is not a byte count from 4096 to 1073741824; give one (e.g. 1048576) or unset it"},
+    {"MPIRT_SHM_STORES", 0, false, 0, 0, "is not auto, cached or streaming; give one of them or unset it",
+     kStoreWords},
 };
 constexpr size_t kSettingCount = sizeof(kSettings) / sizeof(kSettings[0]);
 constexpr uint64_t kInvalid = UINT64_MAX - 1;
@@ -120,6 +125,11 @@ uint64_t parse_setting(const Setting& s) {
   const char* env = std::getenv(s.name);
   if (env == nullptr || *env == '\0') return s.unset;
   if (s.off && std::string(env) == "off") return UINT64_MAX;
+  if (s.words) {
+    for (uint64_t i = 0; s.words[i]; ++i)
+      if (std::string(env) == s.words[i]) return i;
+    return kInvalid;
+  }
   char* end = nullptr;
   unsigned long long v = std::strtoull(env, &end, 10);
   return (*end != '\0' || env[0] == '-' || v < s.lo || v > s.hi) ? kInvalid : v;
@@ -147,6 +157,40 @@ std::array<uint64_t, kSettingCount> agreed_settings(MPI_Comm comm) {
 }
 
 }  // namespace
+
+namespace {
+ShmStores::Class& size_class(ShmStores& s, size_t bytes) {
+  int k = 0;
+  while (k + 1 < ShmStores::kClasses && bytes >= (size_t{512} << 10 << k)) ++k;
+  return s.classes[k];
+}
+}  // namespace
+
+double ShmStores::Class::cost(int streaming) const {
+  const double* r = recent[streaming];
+  return std::max(std::min(r[0], r[1]), std::min(std::max(r[0], r[1]), r[2]));
+}
+
+bool ShmStores::pick(size_t bytes) {
+  Class& c = size_class(*this, bytes);
+  ++c.calls;
+  if (c.calls <= 4) return c.calls > 2;
+  const bool better = c.cost(1) < c.cost(0);
+  return c.calls % 32 == 0 ? !better : better;
+}
+
+void ShmStores::record(size_t bytes, bool streaming, double seconds_per_byte) {
+  Class& c = size_class(*this, bytes);
+  if (c.calls == 1 || c.calls == 3) return;
+  double* r = c.recent[streaming];
+  if (c.calls <= 4 || c.calls % 32 == 0) {
+    r[0] = r[1] = r[2] = seconds_per_byte;
+  } else {
+    r[0] = r[1];
+    r[1] = r[2];
+    r[2] = seconds_per_byte;
+  }
+}
 
 void ShmBarrier::wait(int nranks, int spin_limit) {
   const uint32_t gen = generation.load(std::memory_order_acquire);
@@ -190,6 +234,7 @@ static CommState& lookup_or_create(MPI_Comm comm) {
   MPI_Allreduce(MPI_IN_PLACE, minmax, 2, MPI_INT, MPI_MAX, comm);
   st->layout.uniform = -minmax[0] == minmax[1];
   st->layout.oversubscribed = st->layout.local_size > sysconf(_SC_NPROCESSORS_ONLN);
+  st->shm_policy = static_cast<int>(settings[kShmStores]);
   st->shm_chunk = settings[kShmChunk] ? static_cast<size_t>(settings[kShmChunk]) / 64 * 64
                                       : default_shm_chunk(st->layout.local_size);
   g_live.push_back(st);

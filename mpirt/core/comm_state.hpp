@@ -35,6 +35,28 @@ struct ShmSegment {
   char* result(int parity, int local_size) const { return input(parity, local_size, local_size); }
 };
 
+// How `shm` stages, chosen per rank by measurement (MPIRT_SHM_STORES=auto): with cached stores
+// the other ranks read each staged line from the cache of the core that wrote it; with
+// streaming (non-temporal) stores, from DRAM. The first is faster where the ranks share a cache,
+// the second where moving a written line between their cores is slow. Each rank's choice is its
+// own (the bytes staged are the same), so nothing needs to agree. Sizes are measured apart, by
+// their power of two: a buffer in cache and one in DRAM favour different stores.
+struct ShmStores {
+  enum Policy { kAuto = 0, kCached = 1, kStreaming = 2 };
+  static constexpr int kClasses = 12;  // 256 KiB, 512 KiB, ... 512 MiB and up
+  struct Class {
+    double recent[2][3] = {};  // seconds per byte of the last three calls: [0] cached, [1] streaming
+    unsigned long long calls = 0;
+    double cost(int streaming) const;  // their median: one slow call (a preempted rank) moves nothing
+  };
+  Class classes[kClasses];
+  unsigned long long used = 0, streamed = 0;  // every `shm` call, and those that streamed
+  // For the next call of this size: cached twice, streaming twice (the first of each warms up and
+  // is not counted), then the cheaper, and every 32nd call the other, whose figures then restart.
+  bool pick(size_t bytes);
+  void record(size_t bytes, bool streaming, double seconds_per_byte);
+};
+
 struct CommState {
   NodeLayout layout{};
   MPI_Comm node_comm = MPI_COMM_NULL;   // ranks sharing memory with this one
@@ -46,6 +68,8 @@ struct CommState {
   size_t ring_segment = 256 * 1024;     // MPIRT_RING_SEGMENT_BYTES, the same on every rank
   unsigned ring_wait_us = 0;            // MPIRT_RING_WAIT_US: 0 polls in MPI_Wait
   size_t shm_chunk = 0;                 // `shm` staging per rank per round (MPIRT_SHM_CHUNK or by cache size)
+  int shm_policy = ShmStores::kAuto;    // MPIRT_SHM_STORES
+  ShmStores shm_stores;
 };
 
 CommState& comm_state(MPI_Comm comm);

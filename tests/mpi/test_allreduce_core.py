@@ -9,9 +9,16 @@ pytestmark = pytest.mark.mpi
 ALGOS, DTYPES, OPS, COUNTS, MODES = 5, 5, 4, 5, 2
 
 
+STAGING = {"default": {}, "cached": {"MPIRT_SHM_STORES": "cached", "MPIRT_SHM_CHUNK": "4096"},
+           "streaming": {"MPIRT_SHM_STORES": "streaming", "MPIRT_SHM_CHUNK": "4096"}}
+
+
 @pytest.mark.parametrize("np_", [1, 2, 4])
-def test_every_algorithm_dtype_op_matches_numpy(mpiexec, np_):
-    report = last_json(mpiexec.python(np_, "allreduce_matrix.py", timeout=600).stdout)
+@pytest.mark.parametrize("staging", list(STAGING))
+def test_every_algorithm_dtype_op_matches_numpy(mpiexec, np_, staging):
+    """By default (1 MiB rounds; from 256 KiB `shm` measures which stores stage faster, so both
+    run), and with each kind of store forced in 4 KiB rounds (many rounds, short last ones)."""
+    report = last_json(mpiexec.python(np_, "allreduce_matrix.py", env=STAGING[staging], timeout=600).stdout)
     assert report["size"] == np_
     assert report["cases"] == ALGOS * DTYPES * OPS * COUNTS * MODES + ALGOS
     assert report["n_failures"] == 0, "\n".join(report["failures"])
@@ -71,7 +78,8 @@ def test_settings_that_must_agree_are_checked_on_every_rank(mpiexec, np_):
              "MPIRT_RING_WAIT_US": ("-1", "1e3", "is not a number of microseconds from 0 to 100000; give one (e.g. "
                                                  "50), or 0 to poll, or unset it"),
              "MPIRT_SHM_CHUNK": ("1024", "4k", "is not a byte count from 4096 to 1073741824; give one (e.g. 1048576) "
-                                               "or unset it")}
+                                               "or unset it"),
+             "MPIRT_SHM_STORES": ("nt", "Cached", "is not auto, cached or streaming; give one of them or unset it")}
     for name, (bad, bad_on_last, fix) in fixes.items():
         differs = (f"{name} differs between ranks (or is wrong on one); set it the same on every rank (mpirt launch "
                    "forwards the launcher's) or unset it")

@@ -72,6 +72,21 @@ def test_header_and_json_say_how_shm_and_the_ring_run(mpiexec, tmp_path):
                                                        "ring_wait_us": 0, "auto_ring_min_bytes": None}
 
 
+@pytest.mark.parametrize("stores", ["auto", "cached", "streaming"])
+def test_json_says_how_shm_staged(mpiexec, tmp_path, stores):
+    """From 256 KiB `shm` measures which stores stage faster and keeps trying the other every
+    32nd call of a size, so by default a row mixes both; forced, it holds one; below 256 KiB it caches;
+    an algorithm that never runs `shm` says nothing."""
+    out = tmp_path / "r.json"
+    mpiexec(2, [PERF, "-b", "64K", "-e", "1M", "-f", "16", "-a", "shm,ring", "-m", "out-of-place", "-n", "40",
+                "-J", str(out)], env={"MPIRT_SHM_STORES": stores})
+    rows = {(r["algo"], r["size"]): r["shm_streamed"] for r in json.loads(out.read_text())["results"]}
+    share = rows[("shm", 1 << 20)]
+    assert {"auto": 0 < share < 1, "cached": share == 0, "streaming": share == 1}[stores], share
+    assert rows[("shm", 64 << 10)] == (1 if stores == "streaming" else 0)
+    assert rows[("ring", 1 << 20)] is None
+
+
 def test_csv_has_one_row_per_measurement(mpiexec, tmp_path):
     out = tmp_path / "r.csv"
     run_bench(mpiexec, 2, "-b", "1K", "-e", "4K", "-a", "shm,mpi", "-m", "in-place", "-d", "bfloat16",

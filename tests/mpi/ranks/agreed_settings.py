@@ -1,6 +1,6 @@
 """The core's settings, checked on every rank together (MPIRT_AUTO_RING_MIN_BYTES,
-MPIRT_RING_SEGMENT_BYTES, MPIRT_RING_WAIT_US, MPIRT_SHM_CHUNK): each case sets one on this rank,
-then makes a fresh communicator's first core call (`ring` or `shm` for theirs, on a count that
+MPIRT_RING_SEGMENT_BYTES, MPIRT_RING_WAIT_US, MPIRT_SHM_CHUNK, MPIRT_SHM_STORES): each case sets
+one on this rank, then makes a fresh communicator's first core call (`ring` or `shm` for theirs, on a count that
 leaves a short last segment or round); rank 0 prints every rank's outcome per case as JSON."""
 
 import json
@@ -22,6 +22,8 @@ settings = {
                                     "bad on one rank": "1e3" if rank == size - 1 else "50"}),
     "MPIRT_SHM_CHUNK": ("shm", {"same": "4096", "differs": str(4096 + 64 * rank), "bad": "1024",
                                 "bad on one rank": "4k" if rank == size - 1 else "4096"}),
+    "MPIRT_SHM_STORES": ("shm", {"same": "streaming", "differs": ["cached", "streaming"][rank % 2], "bad": "nt",
+                                 "bad on one rank": "Cached" if rank == size - 1 else "cached"}),
 }
 report = {}
 for name, (algo, cases) in settings.items():

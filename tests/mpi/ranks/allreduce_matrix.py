@@ -14,7 +14,7 @@ from failures import report  # beside this script
 
 comm = MPI.COMM_WORLD
 rank, size = comm.Get_rank(), comm.Get_size()
-# 0, 1, fewer than the ranks, not divisible by them, and more than one shm round of float32.
+# 0, 1, fewer than the ranks, not divisible by them, and (float32) past where shm measures its stores.
 COUNTS = [0, 1, 3, 4 * size + 3, 70001]
 DTYPES = ["float32", "float64", "float16", "bfloat16", "int32"]
 EPS = {"float32": 1.2e-7, "float64": 2.2e-16, "float16": 9.8e-4, "bfloat16": 7.9e-3, "int32": 0}
