@@ -78,7 +78,9 @@ void allreduce_shm(const Call& c) {
   const char* send = static_cast<const char*>(c.send);
   char* recv = static_cast<char*>(c.recv);
   // Large outputs bypass the cache on the way out: no read-for-ownership of the destination.
-  const auto copy_out = c.count * es >= kStreamBytes ? stream_copy : plain_copy;
+  // In place the output is the input this round just read, still cached: plain stores (16 MiB
+  // in place here: 11.1-12.4 GB/s against 7.8-8.4 streaming).
+  const auto copy_out = c.count * es >= kStreamBytes && c.send != c.recv ? stream_copy : plain_copy;
   // Staging with streaming stores: the others then read it from DRAM, not from this core's cache.
   const bool measured = st.shm_policy == ShmStores::kAuto && !cross && c.count * es >= kMeasuredBytes;
   const bool streaming = st.shm_policy == ShmStores::kStreaming || (measured && st.shm_stores.pick(c.count * es));
