@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -44,7 +45,8 @@ def to_document(raws: list[dict], argv: list[str]) -> dict:
              "oversubscribed": n > (os.cpu_count() or 1), "nodes_seen": raw["world"]["nodes"]}
     env = environment.collect(impl=detect(find_mpirun()), hosts=hosts, launcher_added={}, argv=argv,
                               rank_view={"mpi_library": raw["mpi"]["library"], "cuda_aware": raw["mpi"]["cuda_aware"]})
-    config = {**raw["config"], "harness_command": raw["command"], "staging": raw["staging"], "repeats": len(raws)}
+    config = {**raw["config"], "harness_command": raw["command"], "staging": raw["staging"], "repeats": len(raws),
+              "core_round_trip_ns": [r.get("core_round_trip_ns") for r in raws]}
     return schema.document("allreduce", env, config, rows)
 
 
@@ -60,6 +62,21 @@ def ratio(a: dict, b: dict) -> tuple[float, float]:
         return float("nan"), 0.0
     s = stat(rs)
     return s["median"], 2 * s["cv"]
+
+
+SHARED_L3_NS = 150  # a cache line's round trip between the ranks' cores: about 55 ns sharing an L3 here, 330 not
+
+
+def placements(doc: dict) -> dict[str, list[int]]:
+    """Runs by where the ranks' cores were (the harness times a round trip before and after the
+    sweep): sharing an L3, not, or mixed (moved during the run). Empty for older results."""
+    out: dict[str, list[int]] = {}
+    for i, rt in enumerate(doc["config"].get("core_round_trip_ns") or []):
+        if rt:
+            key = ("shared L3" if max(rt) < SHARED_L3_NS else "no shared L3" if min(rt) >= SHARED_L3_NS
+                   else "moved during the run")
+            out.setdefault(key, []).append(i)
+    return out
 
 
 def summarize(doc: dict) -> str:
@@ -103,6 +120,13 @@ def summarize(doc: dict) -> str:
                    f"{max(b[0][0] for b in big):.2f}× (target ≥ 2×); shm algbw / memory bound from "
                    f"{min(b[1][0] for b in big):.0%} to {max(b[1][0] for b in big):.0%} (target ≥ 70%); in the "
                    f"best single run from {min(b[4] for b in big):.0%} to {max(b[4] for b in big):.0%}.")
+        for where, runs in placements(doc).items():
+            trips = [t for i in runs for t in doc["config"]["core_round_trip_ns"][i]]
+            shares = [statistics.median([per_run(rows[(size, "shm", mode)]["metrics"]["algbw_gbs"], memcpy[size])[i]
+                                         for i in runs]) for _, _, size, mode, _ in big]
+            out.append(f"  - run{'s' if len(runs) > 1 else ''} {', '.join(str(i + 1) for i in runs)}, {where} "
+                       f"(round trip {min(trips):.0f}–{max(trips):.0f} ns): shm algbw / memory bound from "
+                       f"{min(shares):.0%} to {max(shares):.0%} (median of these runs).")
     for label, items, limit in (("≤ 4 KiB", auto_small, 1.10), ("every size", auto_all, 1.05)):
         (worst, noise), size, mode = max(items, key=lambda t: t[0][0])
         beyond = [f"{fmt_size(sz)} {md}" for (r, nz), sz, md in items if r > limit + nz]

@@ -8,6 +8,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -159,6 +161,50 @@ Stats reduce_times(const World& w, std::vector<double>& times) {
   return s;
 }
 
+// How far apart the cores of local ranks 0 and 1 are: the round trip of one cache line between
+// them, in ns (-1: fewer than two ranks on a node, or more ranks than cores). `shm` moves its
+// data the same way, so where a VM or the scheduler puts the ranks shows in its figures (here:
+// about 55 ns on cores that share an L3, about 330 on cores that do not). Collective.
+double core_round_trip_ns(const World& w) {
+  MPI_Comm node;
+  MPI_Comm_split_type(w.comm, MPI_COMM_TYPE_SHARED, w.rank, MPI_INFO_NULL, &node);
+  int local_rank, local_size;
+  MPI_Comm_rank(node, &local_rank);
+  MPI_Comm_size(node, &local_size);
+  double ns = -1;
+  if (local_size >= 2 && !w.layout.oversubscribed) {
+    MPI_Win win;
+    std::atomic<int>* flag = nullptr;
+    void* mine = nullptr;
+    MPI_Win_allocate_shared(local_rank == 0 ? 64 : 0, 1, MPI_INFO_NULL, node, &mine, &win);
+    MPI_Aint size;
+    int disp;
+    MPI_Win_shared_query(win, 0, &size, &disp, &flag);
+    if (local_rank == 0) new (flag) std::atomic<int>(0);
+    MPI_Barrier(node);
+    constexpr int kWarm = 1000, kTrips = 20000;
+    if (local_rank < 2) {
+      auto t0 = std::chrono::steady_clock::now();
+      for (int i = 0; i < kWarm + kTrips; ++i) {
+        if (i == kWarm) t0 = std::chrono::steady_clock::now();
+        if (local_rank == 0) {
+          flag->store(2 * i + 1, std::memory_order_release);
+          while (flag->load(std::memory_order_acquire) != 2 * i + 2) {}
+        } else {
+          while (flag->load(std::memory_order_acquire) != 2 * i + 1) {}
+          flag->store(2 * i + 2, std::memory_order_release);
+        }
+      }
+      ns = std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0).count() / kTrips;
+    }
+    MPI_Barrier(node);
+    MPI_Win_free(&win);
+  }
+  MPI_Comm_free(&node);
+  MPI_Bcast(&ns, 1, MPI_DOUBLE, 0, w.comm);
+  return ns;
+}
+
 class Bench {
  public:
   Bench(const BenchOptions& o, const World& w, const std::vector<std::string>& argv)
@@ -181,6 +227,7 @@ class Bench {
   std::vector<std::string> argv_;
   std::vector<Row> rows_, memcpy_rows_;
   std::string timestamp_;
+  double round_trip_ns_[2] = {-1, -1};  // core_round_trip_ns before and after the sweep
 };
 
 Row Bench::measure(Buffers& b, size_t bytes, Algo algo, Mode mode) {
@@ -392,7 +439,9 @@ void Bench::write_json(const std::map<std::string, double>& avg_busbw, long long
     << "  \"settings\": {\"shm_chunk_bytes\": " << st.shm_chunk << ", \"ring_segment_bytes\": " << st.ring_segment
     << ", \"ring_wait_us\": " << st.ring_wait_us
     << ", \"auto_ring_min_bytes\": " << (st.auto_ring_min == SIZE_MAX ? "null" : std::to_string(st.auto_ring_min))
-    << "},\n  \"results\": [";
+    << "},\n  \"core_round_trip_ns\": "
+    << (round_trip_ns_[0] < 0 ? "null" : "[" + json_num(round_trip_ns_[0]) + ", " + json_num(round_trip_ns_[1]) + "]")
+    << ",\n  \"results\": [";
   for (size_t i = 0; i < rows_.size(); ++i) s << (i ? ",\n    " : "\n    ") << row_json(rows_[i]);
   s << "\n  ],\n  \"memcpy\": [";
   for (size_t i = 0; i < memcpy_rows_.size(); ++i) s << (i ? ",\n    " : "\n    ") << row_json(memcpy_rows_[i]);
@@ -432,6 +481,7 @@ int Bench::run() {
   timestamp_ = ts;
   if (o_.device == Device::cuda) cuda::set_device(w_.layout.local_rank % cuda::device_count());
   Buffers b(o_.device, o_.maxbytes);
+  round_trip_ns_[0] = core_round_trip_ns(w_);
   if (w_.rank == 0) print_header();
   for (size_t bytes : sizes(o_)) {
     if (o_.memcpy_baseline) {
@@ -445,6 +495,7 @@ int Bench::run() {
       if (w_.rank == 0) print_row(pair[0], pair.size() > 1 ? &pair[1] : nullptr);
     }
   }
+  round_trip_ns_[1] = core_round_trip_ns(w_);
   std::map<std::string, std::pair<double, int>> sums;
   long long wrong = 0;
   for (const Row& r : rows_) {
@@ -463,6 +514,9 @@ int Bench::run() {
   }
   const bool passed = failures.empty();
   if (w_.rank == 0) {
+    if (round_trip_ns_[1] >= 0)
+      std::printf("# Core to core (local ranks 0 and 1): a cache line's round trip %.0f ns before, %.0f ns after\n",
+                  round_trip_ns_[0], round_trip_ns_[1]);
     std::printf("# Out of bounds values : %lld %s\n", wrong, wrong ? "FAILED" : (o_.check ? "OK" : "N/A"));
     for (const auto& [algo, v] : avg_busbw) std::printf("# Avg bus bandwidth    : %s %s GB/s\n", algo.c_str(), fmt_num(v, 9).c_str());
     for (const auto& f : failures) std::printf("# FAILED: %s\n", f.c_str());

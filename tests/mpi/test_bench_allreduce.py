@@ -87,6 +87,21 @@ def test_json_says_how_shm_staged(mpiexec, tmp_path, stores):
     assert rows[("ring", 1 << 20)] is None
 
 
+@pytest.mark.parametrize("np_", [1, 2, 4])
+def test_it_says_how_far_apart_the_ranks_cores_are(mpiexec, tmp_path, np_):
+    """`shm` depends on where the ranks run (sharing an L3 or not): the harness times a cache
+    line's round trip between local ranks 0 and 1 before and after the sweep; with one rank,
+    or more ranks than cores, there is nothing to time."""
+    out = tmp_path / "r.json"
+    proc = mpiexec(np_, [PERF, "-b", "4K", "-e", "4K", "-a", "shm", "-n", "5", "-J", str(out)])
+    trips = json.loads(out.read_text())["core_round_trip_ns"]
+    if np_ == 2:
+        assert len(trips) == 2 and all(0 < t < 1e6 for t in trips), trips
+        assert f"a cache line's round trip {trips[0]:.0f} ns before, {trips[1]:.0f} ns after" in proc.stdout
+    else:
+        assert trips is None and "Core to core" not in proc.stdout
+
+
 def test_csv_has_one_row_per_measurement(mpiexec, tmp_path):
     out = tmp_path / "r.csv"
     run_bench(mpiexec, 2, "-b", "1K", "-e", "4K", "-a", "shm,mpi", "-m", "in-place", "-d", "bfloat16",
