@@ -93,6 +93,9 @@ RING_TCP = [
      "3 namespace hosts trained 0.89x -> 0.98x DDP's speed (docs/allreduce.md)"),
 ]
 TIER += [(lib, ("tcp",), name, value, reason) for lib in ("openmpi4", "openmpi5") for name, value, reason in RING_TCP]
+# Only a job across hosts runs the ring over TCP; on one host the sleeping wait only slowed an
+# explicit `ring` over shared memory (0.002 GB/s at 1 KiB on 2 local ranks).
+ACROSS_HOSTS = frozenset(name for name, _, _ in RING_TCP)
 TIER.append(("mpich", ("tcp",), *RING_TCP[0][:2],  # the threshold alone
              "mpirt's algo auto runs its ring across hosts from 1 MiB: MPICH 5.0's own allreduce was 1.9-2.5x slower "
              "there on 3 hosts (docs/allreduce.md)"))
@@ -147,15 +150,16 @@ def load_profiles(path: str | None) -> dict[str, dict[str, tuple[str, str]]]:
 
 def resolve(tier: str, libraries: list[str], user_env: Mapping[str, str], *, iface: str | None = None,
             hcas: tuple[str, ...] = (), topology: Topology = Topology(), profile: str | None = None,
-            profiles: Mapping[str, Mapping[str, tuple[str, str]]] = PROFILES) -> list[EnvVar]:
-    """The variables to set, each with its source and reason, in a stable order."""
+            profiles: Mapping[str, Mapping[str, tuple[str, str]]] = PROFILES, hosts: int | None = None) -> list[EnvVar]:
+    """The variables to set, each with its source and reason, in a stable order. ``hosts``: the
+    job's host count where known (one host gets none of the across-hosts settings)."""
     if profile and profile not in profiles:
         raise EnvError(f"unknown profile {profile!r}; known: {', '.join(sorted(profiles))} (add your own in the file "
                        "named by MPIRT_PROFILES)")
     chosen: dict[str, EnvVar] = {}
     fill = {"iface": iface, "hcas": ",".join(hcas)}
     for lib, tiers, name, template, reason in TIER:
-        if lib in libraries and tier in tiers:
+        if lib in libraries and tier in tiers and not (hosts == 1 and name in ACROSS_HOSTS):
             needs = [k for k in fill if "{" + k + "}" in template]
             if all(fill[k] for k in needs):
                 chosen[name] = EnvVar(name, template.format(**fill), f"tier:{tier}", reason)

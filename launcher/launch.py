@@ -137,7 +137,8 @@ def env_defaults(cfg: LaunchConfig, impl: mpi.MpiImpl, env: dict, probes: list[f
         return {}
     plan = fleet.combine(probes)
     values = resolve(plan.tier, ["nccl", "ucx", impl.key], {**plan.host_env, **env}, iface=plan.iface, hcas=plan.hcas,
-                     topology=plan.topology, profile=cfg.profile, profiles=load_profiles(env.get("MPIRT_PROFILES")))
+                     topology=plan.topology, profile=cfg.profile, profiles=load_profiles(env.get("MPIRT_PROFILES")),
+                     hosts=sum(p.runs_ranks for p in probes))
     chosen = {v.name: v.value for v in values if v.source != "user"}
     left = tuple(v.name for v in values if v.source == "user" and v.name not in env)
     print(fleet.summary(plan, probes, cfg.profile, len(chosen), left), file=sys.stderr, flush=True)

@@ -55,6 +55,8 @@ def test_ring_settings_only_where_measured(name, value):
     for tier, lib in unset:
         assert name not in as_dict(resolve(tier, [lib], {}, hcas=("mlx5_0:1",)))
     assert as_dict(resolve("tcp", ["openmpi4"], {name: "8192"}))[name] == ("8192", "user")
+    assert name not in as_dict(resolve("tcp", ["openmpi4", "mpich"], {}, hosts=1))  # no ring across hosts
+    assert as_dict(resolve("tcp", ["openmpi4"], {}, hosts=2))[name] == (value, "tier:tcp")
 
 
 def test_unknown_interface_leaves_interface_variables_out():

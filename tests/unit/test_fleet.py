@@ -112,6 +112,7 @@ def test_launch_sets_tier_defaults_keeps_the_users_and_says_so():
     env = json.loads(proc.stdout)["env"]
     assert env["NCCL_IB_DISABLE"] == "1" and env["OMPI_MCA_btl"] == "self,vader,tcp"  # this machine: tcp
     assert "NCCL_DEBUG" not in env  # the user's TRACE stands
+    assert not any(k.startswith(("MPIRT_RING_", "MPIRT_AUTO_RING")) for k in env)  # one host: no ring across hosts
     line = proc.stderr.splitlines()[0]
     assert line.startswith("mpirt: tier tcp (1 host), interface ") and line.endswith("(mpirt env --explain says why)")
     assert f"{len(env) - 2} variables set" in line  # all but MPIRT_ERROR_DIR and the grace period
