@@ -2,8 +2,9 @@
 // stay in the shared cache. Per round each rank publishes the parts of its block that the
 // others reduce, reduces its own 1/n slice (its own part read straight from its buffer) a
 // tile at a time, copying each tile out while it is in L1, and copies the other reduced
-// slices out: per rank one read and one write of the buffer in DRAM, like a memcpy. Two barriers per round; rounds alternate between two staging
-// areas so the next round's publish never waits for readers of the last one.
+// slices out: per rank one read and one write of the buffer in DRAM, like a memcpy. Two
+// barriers per round; rounds alternate between two staging areas so the next round's publish
+// never waits for readers of the last one.
 // Within a node every element is folded in local rank order, so the result does not depend on
 // the count or the rounds. Across nodes, each local rank allreduces its slice with the same
 // local rank elsewhere.
@@ -83,7 +84,8 @@ void allreduce_shm(const Call& c) {
   const auto copy_out = c.count * es >= kStreamBytes && c.send != c.recv ? stream_copy : plain_copy;
   // Staging with streaming stores: the others then read it from DRAM, not from this core's cache.
   const bool measured = st.shm_policy == ShmStores::kAuto && !cross && c.count * es >= kMeasuredBytes;
-  const bool streaming = st.shm_policy == ShmStores::kStreaming || (measured && st.shm_stores.pick(c.count * es));
+  const bool streaming =
+      st.shm_policy == ShmStores::kStreaming || (measured && st.shm_stores.pick(c.count * es));
   const auto stage = streaming ? stream_copy : plain_copy;
   thread_local std::vector<char> tile_buf(kTileBytes);
   const auto t0 = std::chrono::steady_clock::now();
@@ -125,9 +127,10 @@ void allreduce_shm(const Call& c) {
   stream_fence();
   ++st.shm_stores.used;
   st.shm_stores.streamed += streaming;
-  if (measured)
-    st.shm_stores.record(c.count * es, streaming, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() /
-                                        static_cast<double>(c.count * es));
+  if (measured) {
+    const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    st.shm_stores.record(c.count * es, streaming, seconds / static_cast<double>(c.count * es));
+  }
 }
 
 }  // namespace mpirt

@@ -156,14 +156,12 @@ std::array<uint64_t, kSettingCount> agreed_settings(MPI_Comm comm) {
   return mine;
 }
 
-}  // namespace
-
-namespace {
 ShmStores::Class& size_class(ShmStores& s, size_t bytes) {
   int k = 0;
   while (k + 1 < ShmStores::kClasses && bytes >= (size_t{512} << 10 << k)) ++k;
   return s.classes[k];
 }
+
 }  // namespace
 
 double ShmStores::Class::cost(int streaming) const {

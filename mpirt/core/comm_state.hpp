@@ -67,7 +67,7 @@ struct CommState {
   size_t auto_ring_min = SIZE_MAX;      // MPIRT_AUTO_RING_MIN_BYTES, the same on every rank
   size_t ring_segment = 256 * 1024;     // MPIRT_RING_SEGMENT_BYTES, the same on every rank
   unsigned ring_wait_us = 0;            // MPIRT_RING_WAIT_US: 0 polls in MPI_Wait
-  size_t shm_chunk = 0;                 // `shm` staging per rank per round (MPIRT_SHM_CHUNK or by cache size)
+  size_t shm_chunk = 0;                 // `shm` staging per rank per round (MPIRT_SHM_CHUNK, or by L3 size)
   int shm_policy = ShmStores::kAuto;    // MPIRT_SHM_STORES
   ShmStores shm_stores;
 };
