@@ -46,8 +46,11 @@ def default_shm_chunk(local_size: int) -> int:
     sysfs gives, from 64 KiB to 1 MiB (8 MiB of cache assumed where sysfs does not say)."""
     cache = 8 << 20
     for d in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
-        size = (d / "size").read_text().strip()
-        if (d / "level").read_text().strip() == "3" and size.endswith("K"):
+        try:
+            level, size = (d / "level").read_text().strip(), (d / "size").read_text().strip()
+        except OSError:
+            continue
+        if level == "3" and size.endswith("K"):
             cache = int(size[:-1]) << 10
             break
     return min(max(cache // (4 * (local_size + 1)), 64 << 10), 1 << 20) // 64 * 64
