@@ -118,7 +118,8 @@ def main() -> int:
     first = next(iter(runs.values()))[0]
     rows = collective_rows(runs)
     counts = sorted(runs)
-    env = environment.collect(impl=detect(f"{args.mpi}/bin/{args.mpirun}" if args.mpi else find_mpirun()), launcher_added=added, argv=sys.argv,
+    impl = detect(f"{args.mpi}/bin/{args.mpirun}" if args.mpi else find_mpirun())
+    env = environment.collect(impl=impl, launcher_added=added, argv=sys.argv,
                               hosts={"count": max(counts), "slots": max(counts), "names": [f"w{i}" for i in
                                                                                           range(max(counts))],
                                      "oversubscribed": False, "nodes_seen": max(counts)},

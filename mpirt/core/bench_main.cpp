@@ -166,13 +166,11 @@ Stats reduce_times(const World& w, std::vector<double>& times) {
 // data the same way, so where a VM or the scheduler puts the ranks shows in its figures (here:
 // about 55 ns on cores that share an L3, about 330 on cores that do not). Collective.
 double core_round_trip_ns(const World& w) {
-  MPI_Comm node;
-  MPI_Comm_split_type(w.comm, MPI_COMM_TYPE_SHARED, w.rank, MPI_INFO_NULL, &node);
-  int local_rank, local_size;
-  MPI_Comm_rank(node, &local_rank);
-  MPI_Comm_size(node, &local_size);
+  const CommState& st = comm_state(w.comm);  // its node communicator and layout
+  const MPI_Comm node = st.node_comm;
+  const int local_rank = st.layout.local_rank;
   double ns = -1;
-  if (local_size >= 2 && !w.layout.oversubscribed) {
+  if (st.layout.local_size >= 2 && !st.layout.oversubscribed) {
     MPI_Win win;
     std::atomic<int>* flag = nullptr;
     void* mine = nullptr;
@@ -200,7 +198,6 @@ double core_round_trip_ns(const World& w) {
     MPI_Barrier(node);
     MPI_Win_free(&win);
   }
-  MPI_Comm_free(&node);
   MPI_Bcast(&ns, 1, MPI_DOUBLE, 0, w.comm);
   return ns;
 }
