@@ -19,7 +19,7 @@ class Buffer:
     addr: int
     count: int
     dtype: str
-    device: str  # "cpu" or "cuda"
+    device: str  # "cpu" or "cuda:N", as torch names the device
     writable: bool
 
 
@@ -36,10 +36,9 @@ def describe(buf) -> Buffer:
             raise TypeError(f"tensor dtype {buf.dtype} is not supported; use one of {sorted(_TORCH_DTYPES)}")
         if not buf.is_contiguous():
             raise ValueError("tensor is not contiguous; pass tensor.contiguous()")
-        device = buf.device.type
-        if device not in ("cpu", "cuda"):
+        if buf.device.type not in ("cpu", "cuda"):
             raise ValueError(f"tensor on device {buf.device} is not supported; use a CPU or CUDA tensor")
-        return Buffer(buf.data_ptr(), buf.numel(), name, device, True)
+        return Buffer(buf.data_ptr(), buf.numel(), name, str(buf.device), True)
     if module.startswith("numpy"):
         name = _NUMPY_DTYPES.get(buf.dtype.name)
         if name is None:
@@ -72,9 +71,13 @@ def allreduce(send, recv=None, op: str = "sum", algo: str = "auto", comm=None):
         )
     if not dst.writable:
         raise ValueError("the result buffer is read-only; pass a writable array (a.copy())")
-    if src.device == "cuda":
-        import torch
+    if src.device == "cpu":
+        core().allreduce(comm.py2f(), src.addr, dst.addr, src.count, src.dtype, op, algo, src.device)
+        return send if recv is None else recv
+    import torch
 
+    # torch's device guard keeps the caller's current device (the core would leave the tensor's)
+    with torch.cuda.device(torch.device(src.device)):
         torch.cuda.current_stream().synchronize()  # the core works on the device's default stream
-    core().allreduce(comm.py2f(), src.addr, dst.addr, src.count, src.dtype, op, algo, src.device)
+        core().allreduce(comm.py2f(), src.addr, dst.addr, src.count, src.dtype, op, algo, src.device)
     return send if recv is None else recv

@@ -186,6 +186,7 @@ class DataParallel:
         self._trained = 0  # steps this rank took part in with its own gradients (for join)
         self._queued = False  # the end-of-backward callback is queued
         self._core = self._load_core()
+        self._streams: dict[torch.device, torch.cuda.Stream] = {}
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self._buckets = self._make_buckets(named, int(bucket_mb * 2**20), int(first_bucket_mb * 2**20))
         self._slot = {id(p): (b.index, i) for b in self._buckets for i, p in enumerate(b.params)}
@@ -290,9 +291,11 @@ class DataParallel:
 
     # Reduction.
     def _allreduce(self, t: torch.Tensor, op: str) -> None:
+        if t.is_cuda:  # the core copies on a stream of its own: the tensor's work must be done
+            torch.cuda.current_stream(t.device).synchronize()
         if self._core is not None:
             self._core.allreduce(self._comm.py2f(), t.data_ptr(), t.data_ptr(), t.numel(),
-                                 str(t.dtype).removeprefix("torch."), op, self.algo, t.device.type)
+                                 str(t.dtype).removeprefix("torch."), op, self.algo, str(t.device))
             return
         host = t if t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64, torch.int32) else \
             t.to("cpu", torch.float32 if t.is_floating_point() else t.dtype)
@@ -303,11 +306,26 @@ class DataParallel:
         if host is not t:
             t.copy_(host)
 
+    def _comm_stream(self, t: torch.Tensor):
+        """A CUDA bucket's casts, copies and staging run on a stream of the communication
+        thread's own: on the default stream they would queue behind the rest of backward."""
+        if not t.is_cuda:
+            return contextlib.nullcontext()
+        if t.device not in self._streams:
+            self._streams[t.device] = torch.cuda.Stream(device=t.device)
+        return torch.cuda.stream(self._streams[t.device])
+
     def _reduce_bucket(self, b: _Bucket, step: int) -> None:
+        with self._comm_stream(b.flat):
+            self._reduce_bucket_here(b, step)
+            if b.flat.is_cuda:  # averaged in place before the training thread reads the gradients
+                torch.cuda.current_stream(b.flat.device).synchronize()
+
+    def _reduce_bucket_here(self, b: _Bucket, step: int) -> None:
         t0 = self._timeline.now() if self._timeline else 0
         self.inspector.enter(step, "gradient allreduce", b.index, len(self._buckets))
-        if b.event is not None:
-            b.event.synchronize()
+        if b.event is not None:  # the gradients (or a shadowed step's zeros) are written
+            torch.cuda.current_stream(b.flat.device).wait_event(b.event)
         sent = b.flat.numel() * b.flat.element_size()
         if b.wire is not None:
             # scaled at full precision, rounded once; in place then a copy: torch.mul(out=) of another
@@ -333,9 +351,14 @@ class DataParallel:
             return
         if self._joining and b.index == 0:  # before this step's first collective
             self._worker.submit(lambda: self._still_training(1))
-        if b.flat.device.type == "cuda":
+        self._submit(b)
+
+    def _submit(self, b: _Bucket) -> None:
+        """Queue the bucket's reduction. A CUDA bucket's writes so far are marked by an event on
+        this thread's stream of its device, for the communication stream to wait for."""
+        if b.flat.is_cuda:
             b.event = torch.cuda.Event()
-            b.event.record()
+            b.event.record(torch.cuda.current_stream(b.flat.device))
         self._worker.submit(lambda b=b, s=self.step: self._reduce_bucket(b, s))
 
     def _mark_ready(self, b: _Bucket) -> None:
@@ -464,7 +487,7 @@ class DataParallel:
         while counts[-1] > 0:  # shadow one step of the ranks still training
             for b in self._buckets:
                 b.flat.zero_()
-                self._worker.submit(lambda b=b, s=self.step: self._reduce_bucket(b, s))
+                self._submit(b)
             if self.find_unused:
                 mask = torch.zeros(sum(len(b.params) for b in self._buckets), dtype=torch.int32)
                 self._worker.submit(lambda: self._allreduce_mask(mask))

@@ -9,7 +9,9 @@
 
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "comm_state.hpp"
@@ -34,17 +36,24 @@ size_t env_bytes(const char* name, size_t fallback) {
   return static_cast<size_t>(x);
 }
 
-// Pinned staging for device buffers when the MPI cannot take them, grown on demand.
+// Pinned staging for device buffers when the MPI cannot take them, and device scratch for the
+// ring, grown on demand; one set per thread (and per device), so that calls from two threads
+// never share them, freed when the thread ends.
 struct Pinned {
   void* ptr = nullptr;
   size_t bytes = 0;
   void* get(size_t want) {
     if (want > bytes) {
       if (ptr) cuda::free_pinned(ptr);
+      ptr = nullptr;
+      bytes = 0;
       ptr = cuda::alloc_pinned(want);
       bytes = want;
     }
     return ptr;
+  }
+  ~Pinned() {
+    if (ptr) cuda::free_pinned(ptr);
   }
 };
 
@@ -54,25 +63,50 @@ struct DeviceScratch {
   char* get(size_t want) {
     if (want > bytes) {
       if (ptr) cuda::free_device(ptr);
+      ptr = nullptr;
+      bytes = 0;
       ptr = cuda::alloc_device(want);
       bytes = want;
     }
     return static_cast<char*>(ptr);
   }
+  ~DeviceScratch() {
+    if (ptr) cuda::free_device(ptr);
+  }
 };
 
-Algo run_on_device(const Call& c, Algo chosen) {
+void check_device_buffer(const void* p, const char* which, int device) {
+  const int holder = cuda::device_of(p);
+  if (holder == device || holder == -2) return;
+  throw std::invalid_argument(std::string("the ") + which + " buffer is " +
+                              (holder == -1 ? std::string("host memory") : "on CUDA device " + std::to_string(holder)) +
+                              ", not on CUDA device " + std::to_string(device) +
+                              " as the call says; pass both buffers on the device named");
+}
+
+Algo run_on_device(const Call& c, Algo chosen, int device_index) {
   if (!cuda::available())
     throw std::runtime_error("CUDA buffers were given but " + cuda::describe() +
                              "; use --device cpu or run on a machine with a GPU");
+  const int visible = cuda::device_count();
+  if (device_index >= visible)
+    throw std::invalid_argument("CUDA device " + std::to_string(device_index) + " was named but this process sees " +
+                                std::to_string(visible) + (visible == 1 ? " device" : " devices") +
+                                "; check the tensors' device and CUDA_VISIBLE_DEVICES");
+  // Made current and left so: setting device 0 back would create a context there (CUDA 12),
+  // the stray context on GPU 0 that every rank of a node would otherwise own.
+  if (device_index >= 0 && cuda::current_device() != device_index) cuda::set_device(device_index);
+  const int device = cuda::current_device();
+  check_device_buffer(c.send, "send", device);
+  check_device_buffer(c.recv, "receive", device);
   const size_t bytes = c.count * dtype_size(c.dtype);
   const bool half = c.dtype == DType::f16 || c.dtype == DType::bf16;  // host user op in MPI
   if (mpi_cuda_aware() && (chosen == Algo::ring || (chosen == Algo::mpi && !half))) {
     int n;
     MPI_Comm_size(c.comm, &n);
     if (chosen == Algo::ring) {
-      static DeviceScratch scratch;
-      allreduce_ring_with(c, cuda::device_ops(), scratch.get(ring_scratch_bytes(c)));
+      thread_local std::map<int, DeviceScratch> scratch;
+      allreduce_ring_with(c, cuda::device_ops(), scratch[device].get(ring_scratch_bytes(c)));
     } else {
       MPI_Datatype type;
       MPI_Op op;
@@ -81,10 +115,9 @@ Algo run_on_device(const Call& c, Algo chosen) {
                     type, op, c.comm);
       if (c.op == Op::avg) cuda::device_ops().scale_avg(c.recv, c.count, c.dtype, n);
     }
-    cuda::synchronize();
-    return chosen;
+    return chosen;  // every kernel and copy finished on the core's stream; MPI's data is in place
   }
-  static Pinned staging;
+  thread_local Pinned staging;
   void* host = staging.get(bytes);
   cuda::to_host(host, c.send, bytes);
   Call staged = c;
@@ -141,7 +174,7 @@ Algo choose_algorithm(const Call& c) {
 
 const NodeLayout& node_layout(MPI_Comm comm) { return comm_state(comm).layout; }
 
-Algo allreduce(const Call& c, Algo algo, Device device) {
+Algo allreduce(const Call& c, Algo algo, Device device, int device_index) {
   int initialized = 0, finalized = 0;
   MPI_Initialized(&initialized);
   MPI_Finalized(&finalized);
@@ -154,7 +187,7 @@ Algo allreduce(const Call& c, Algo algo, Device device) {
     throw std::invalid_argument(
         "algorithm shm needs the same number of ranks on every node; use ring, mpi or auto");
   if (c.count == 0) return chosen;
-  if (device == Device::cuda) return run_on_device(c, chosen);
+  if (device == Device::cuda) return run_on_device(c, chosen, device_index);
   algorithm(chosen).run(c);
   return chosen;
 }

@@ -44,7 +44,10 @@ Algo choose_algorithm(const Call& call);
 
 // Runs one allreduce and returns the algorithm that actually ran (auto resolved).
 // Throws std::invalid_argument / std::runtime_error with a message meant for users.
-Algo allreduce(const Call& call, Algo algo, Device device);
+// CUDA buffers live on `device_index`, which the call makes this thread's current device (each
+// thread has its own, device 0 at first: a communication thread would otherwise launch kernels
+// and stage on device 0, and own a context there); -1: the thread's current device.
+Algo allreduce(const Call& call, Algo algo, Device device, int device_index = -1);
 
 // Plug-in entry points (one file each).
 void allreduce_mpi(const Call& call);

@@ -4,6 +4,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <map>
 #include <stdexcept>
 #include <string>
 
@@ -15,6 +16,32 @@ namespace {
 void check(cudaError_t err, const char* what) {
   if (err != cudaSuccess)
     throw std::runtime_error(std::string(what) + " failed: " + cudaGetErrorString(err));
+}
+
+// The core's own stream on the calling thread's current device, one per thread and device:
+// non-blocking, so its copies and kernels neither wait for nor hold up the training's work on
+// the default stream (a bucket's copy would otherwise queue behind the rest of backward).
+// Callers hand over finished buffers (an event or a stream synchronised before the call), and
+// every operation here finishes on its stream before it returns.
+struct Streams {
+  std::map<int, cudaStream_t> by_device;
+  ~Streams() {
+    for (auto& [device, s] : by_device) cudaStreamDestroy(s);
+  }
+};
+
+cudaStream_t stream() {
+  thread_local Streams streams;
+  int device = 0;
+  check(cudaGetDevice(&device), "cudaGetDevice");
+  cudaStream_t& s = streams.by_device[device];
+  if (s == nullptr) check(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+  return s;
+}
+
+void finish(cudaStream_t s, const char* what) {
+  check(cudaGetLastError(), what);
+  check(cudaStreamSynchronize(s), what);
 }
 
 template <class T>
@@ -81,43 +108,49 @@ dim3 grid_for(size_t n) {
 void device_reduce_into(void* dst, const void* src, size_t n, DType t, Op o) {
   if (n == 0) return;
   const int op = static_cast<int>(o);
+  cudaStream_t st = stream();
   switch (t) {
     case DType::f32:
-      reduce_kernel<float, float><<<grid_for(n), 256>>>(static_cast<float*>(dst), static_cast<const float*>(src), n, op);
+      reduce_kernel<float, float><<<grid_for(n), 256, 0, st>>>(static_cast<float*>(dst), static_cast<const float*>(src), n, op);
       break;
     case DType::f64:
-      reduce_kernel<double, double><<<grid_for(n), 256>>>(static_cast<double*>(dst), static_cast<const double*>(src), n, op);
+      reduce_kernel<double, double><<<grid_for(n), 256, 0, st>>>(static_cast<double*>(dst), static_cast<const double*>(src), n, op);
       break;
     case DType::f16:
-      reduce_kernel<__half, float><<<grid_for(n), 256>>>(static_cast<__half*>(dst), static_cast<const __half*>(src), n, op);
+      reduce_kernel<__half, float><<<grid_for(n), 256, 0, st>>>(static_cast<__half*>(dst), static_cast<const __half*>(src), n, op);
       break;
     case DType::bf16:
-      reduce_kernel<__nv_bfloat16, float><<<grid_for(n), 256>>>(static_cast<__nv_bfloat16*>(dst), static_cast<const __nv_bfloat16*>(src), n, op);
+      reduce_kernel<__nv_bfloat16, float><<<grid_for(n), 256, 0, st>>>(static_cast<__nv_bfloat16*>(dst), static_cast<const __nv_bfloat16*>(src), n, op);
       break;
     case DType::i32:
-      reduce_kernel<int32_t, int32_t><<<grid_for(n), 256>>>(static_cast<int32_t*>(dst), static_cast<const int32_t*>(src), n, op);
+      reduce_kernel<int32_t, int32_t><<<grid_for(n), 256, 0, st>>>(static_cast<int32_t*>(dst), static_cast<const int32_t*>(src), n, op);
       break;
   }
-  check(cudaGetLastError(), "reduce kernel launch");
-  // The next MPI call reads this memory from the host side of the library: finish first.
-  check(cudaDeviceSynchronize(), "reduce kernel");
+  finish(st, "reduce kernel");  // the next MPI call reads this memory: finish first
 }
 
 void device_scale(void* buf, size_t n, DType t, int div) {
   if (n == 0 || div == 1) return;
+  cudaStream_t st = stream();
   switch (t) {
-    case DType::f32: scale_kernel<float><<<grid_for(n), 256>>>(static_cast<float*>(buf), n, div); break;
-    case DType::f64: scale_kernel<double><<<grid_for(n), 256>>>(static_cast<double*>(buf), n, div); break;
-    case DType::f16: scale_kernel<__half><<<grid_for(n), 256>>>(static_cast<__half*>(buf), n, div); break;
-    case DType::bf16: scale_kernel<__nv_bfloat16><<<grid_for(n), 256>>>(static_cast<__nv_bfloat16*>(buf), n, div); break;
-    case DType::i32: scale_kernel<int32_t><<<grid_for(n), 256>>>(static_cast<int32_t*>(buf), n, div); break;
+    case DType::f32: scale_kernel<float><<<grid_for(n), 256, 0, st>>>(static_cast<float*>(buf), n, div); break;
+    case DType::f64: scale_kernel<double><<<grid_for(n), 256, 0, st>>>(static_cast<double*>(buf), n, div); break;
+    case DType::f16: scale_kernel<__half><<<grid_for(n), 256, 0, st>>>(static_cast<__half*>(buf), n, div); break;
+    case DType::bf16: scale_kernel<__nv_bfloat16><<<grid_for(n), 256, 0, st>>>(static_cast<__nv_bfloat16*>(buf), n, div); break;
+    case DType::i32: scale_kernel<int32_t><<<grid_for(n), 256, 0, st>>>(static_cast<int32_t*>(buf), n, div); break;
   }
-  check(cudaGetLastError(), "scale kernel launch");
-  check(cudaDeviceSynchronize(), "scale kernel");
+  finish(st, "scale kernel");
+}
+
+void copy_on_stream(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, const char* what) {
+  if (bytes == 0) return;
+  cudaStream_t st = stream();
+  check(cudaMemcpyAsync(dst, src, bytes, kind, st), what);
+  finish(st, what);
 }
 
 void device_copy(void* dst, const void* src, size_t bytes) {
-  if (bytes) check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToDevice), "cudaMemcpy D2D");
+  copy_on_stream(dst, src, bytes, cudaMemcpyDeviceToDevice, "cudaMemcpy D2D");
 }
 
 }  // namespace
@@ -161,17 +194,32 @@ void* alloc_device(size_t bytes) {
 void free_device(void* p) { cudaFree(p); }
 void* alloc_pinned(size_t bytes) {
   void* p = nullptr;
-  check(cudaMallocHost(&p, bytes ? bytes : 1), "cudaMallocHost");
+  // portable: pinned for every device's context, whichever device a later call works on
+  check(cudaHostAlloc(&p, bytes ? bytes : 1, cudaHostAllocPortable), "cudaHostAlloc");
   return p;
 }
 void free_pinned(void* p) { cudaFreeHost(p); }
 void to_host(void* dst, const void* src, size_t bytes) {
-  if (bytes) check(cudaMemcpy(dst, src, bytes, cudaMemcpyDeviceToHost), "cudaMemcpy D2H");
+  copy_on_stream(dst, src, bytes, cudaMemcpyDeviceToHost, "cudaMemcpy D2H");
 }
 void to_device(void* dst, const void* src, size_t bytes) {
-  if (bytes) check(cudaMemcpy(dst, src, bytes, cudaMemcpyHostToDevice), "cudaMemcpy H2D");
+  copy_on_stream(dst, src, bytes, cudaMemcpyHostToDevice, "cudaMemcpy H2D");
 }
 void synchronize() { check(cudaDeviceSynchronize(), "cudaDeviceSynchronize"); }
 void set_device(int index) { check(cudaSetDevice(index), "cudaSetDevice"); }
+int current_device() {
+  int d = 0;
+  check(cudaGetDevice(&d), "cudaGetDevice");
+  return d;
+}
+int device_of(const void* p) {
+  cudaPointerAttributes a{};
+  if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+    cudaGetLastError();  // clear it: not a pointer CUDA knows, so host memory
+    return -1;
+  }
+  if (a.type == cudaMemoryTypeManaged) return -2;
+  return a.type == cudaMemoryTypeDevice ? a.device : -1;
+}
 
 }  // namespace mpirt::cuda

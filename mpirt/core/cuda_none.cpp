@@ -23,6 +23,8 @@ void to_host(void*, const void*, size_t) { unavailable(); }
 void to_device(void*, const void*, size_t) { unavailable(); }
 void synchronize() {}
 void set_device(int) { unavailable(); }
+int current_device() { unavailable(); }
+int device_of(const void*) { unavailable(); }
 int device_count() { return 0; }
 
 }  // namespace mpirt::cuda

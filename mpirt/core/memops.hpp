@@ -29,8 +29,10 @@ void* alloc_pinned(size_t bytes);
 void free_pinned(void* p);
 void to_host(void* dst, const void* src, size_t bytes);
 void to_device(void* dst, const void* src, size_t bytes);
-void synchronize();
+void synchronize();  // the whole device: for timing (the core's own work finishes on its stream)
 void set_device(int index);
+int current_device();  // of the calling thread: each thread has its own (device 0 at first)
+int device_of(const void* p);  // the device holding p, or -1 for host memory (managed: -2)
 int device_count();
 }  // namespace cuda
 

@@ -29,8 +29,18 @@ PyObject* py_allreduce(PyObject*, PyObject* args) {
   if (!parse_op(op_s, &op)) return PyErr_Format(PyExc_ValueError, "unknown op '%s': use sum, min, max or avg", op_s);
   if (!parse_algo(algo_s, &algo))
     return PyErr_Format(PyExc_ValueError, "unknown algorithm '%s': use mpi, ring, shm, auto or ordered", algo_s);
+  // "cpu", "cuda" (the calling thread's current device) or "cuda:N", as torch writes a device
   const std::string dev(device_s);
-  if (dev != "cpu" && dev != "cuda") return PyErr_Format(PyExc_ValueError, "unknown device '%s'", device_s);
+  int device_index = -1;
+  const bool cuda = dev == "cuda" || dev.rfind("cuda:", 0) == 0;
+  if (dev.rfind("cuda:", 0) == 0) {
+    const std::string digits = dev.substr(5);
+    if (digits.empty() || digits.size() > 4 || digits.find_first_not_of("0123456789") != std::string::npos)
+      return PyErr_Format(PyExc_ValueError, "unknown device '%s': use cpu, cuda or cuda:N", device_s);
+    device_index = std::stoi(digits);
+  }
+  if (!cuda && dev != "cpu")
+    return PyErr_Format(PyExc_ValueError, "unknown device '%s': use cpu, cuda or cuda:N", device_s);
   Call call{reinterpret_cast<const void*>(send), reinterpret_cast<void*>(recv), static_cast<size_t>(count), dtype, op,
             MPI_COMM_NULL};
   std::string error;
@@ -39,7 +49,7 @@ PyObject* py_allreduce(PyObject*, PyObject* args) {
   Py_BEGIN_ALLOW_THREADS;
   try {
     call.comm = MPI_Comm_f2c(static_cast<MPI_Fint>(fcomm));
-    used = allreduce(call, algo, dev == "cuda" ? Device::cuda : Device::cpu);
+    used = allreduce(call, algo, cuda ? Device::cuda : Device::cpu, device_index);
   } catch (const std::invalid_argument& e) {
     error = e.what();
     invalid = true;

@@ -36,6 +36,7 @@ def test_ordered_gives_the_serial_folds_bits_however_the_buffer_is_split(mpiexec
 def test_bad_buffers_are_refused_with_the_fix(mpiexec):
     out = mpiexec.python(1, "allreduce_errors.py").stdout
     report = last_json(out)
+    devices = {k: report.pop(k) for k in ("cuda", "cuda-index", "host-as-cuda", "no-such-device") if k in report}
     assert report == {
         "noncontiguous": "array is not C-contiguous; pass numpy.ascontiguousarray(a)",
         "mismatch": "recv (3 x float32 on cpu) does not match send (4 x float32 on cpu); allocate recv like send",
@@ -44,8 +45,27 @@ def test_bad_buffers_are_refused_with_the_fix(mpiexec):
         "op": "unknown op 'prod'; use one of sum, min, max, avg",
         "algo": "unknown algorithm 'tree'; use one of mpi, ring, shm, auto, ordered",
         "readonly": "the result buffer is read-only; pass a writable array (a.copy())",
-        "cuda": "CUDA buffers were given but",
+        "device-name": "ValueError: unknown device 'gpu': use cpu, cuda or cuda:N",
+        "device-index": "ValueError: unknown device 'cuda:x': use cpu, cuda or cuda:N",
     }
+    assert_device_errors(devices)
+
+
+def assert_device_errors(seen: dict) -> None:
+    """What the core says of CUDA buffers: here without a device, or, on a GPU machine, of a
+    host address named as device memory and of a device that is not there."""
+    import torch
+
+    if not torch.cuda.is_available():
+        assert set(seen) == {"cuda", "cuda-index"}
+        for message in seen.values():
+            assert message.startswith("RuntimeError: CUDA buffers were given but "), message
+        return
+    assert seen == {"host-as-cuda": "ValueError: the send buffer is host memory, not on CUDA device 0 as the call "
+                                    "says; pass both buffers on the device named",
+                    "no-such-device": "ValueError: CUDA device 99 was named but this process sees "
+                                      f"{torch.cuda.device_count()} device{'' if torch.cuda.device_count() == 1 else 's'}; "
+                                      "check the tensors' device and CUDA_VISIBLE_DEVICES"}
 
 
 @pytest.mark.parametrize("np_", [1, 2, 4])

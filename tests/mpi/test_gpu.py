@@ -27,6 +27,17 @@ def test_data_parallel_on_cuda_matches_reference(mpiexec, np_):
     assert report == {"ranks": np_, "checked": ["none", "bf16", "amp"]}
 
 
+@pytest.mark.parametrize("np_", [1, 2])
+def test_a_thread_on_device_0_reduces_on_the_tensors_device(mpiexec, np_):
+    """With two GPUs or more the tensors are on the last devices, so the thread's device 0 is
+    the wrong one: the core must switch, as it must for data_parallel's communication thread."""
+    proc = mpiexec.python(np_, "cuda_thread_device.py")
+    report = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
+    devices = report["devices"]
+    assert report["per_rank"] == [{"mpi": True, "ring": True, "auto": True, "thread device": devices - 1 - r % devices,
+                                   "python entry": True, "main device": 0} for r in range(np_)]
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="the NCCL baseline needs two GPUs (NCCL refuses two ranks on one)")
 def test_scaling_on_gpus_has_nccl_beside_the_core(tmp_path):
     import subprocess

@@ -22,17 +22,28 @@ for name, call in cases.items():
     except (ValueError, TypeError) as e:
         report[name] = str(e)
 
-# A CUDA tensor where the core has no usable device must fail with a message, not crash.
+# Device names the extension refuses, and CUDA buffers it cannot take: a message, not a crash.
 import torch  # noqa: E402
 
-if torch.cuda.is_available():
-    report["cuda"] = "CUDA buffers were given but"  # a real device: nothing to refuse here
-else:
-    from mpirt.comm import MPI, core  # noqa: E402
+from mpirt.comm import MPI, core  # noqa: E402
 
+
+def raw(device, addr=1):
+    core().allreduce(MPI.COMM_WORLD.py2f(), addr, addr, 4, "float32", "sum", "mpi", device)
+
+
+host = np.zeros(4, np.float32)
+device_cases = {"device-name": lambda: raw("gpu"), "device-index": lambda: raw("cuda:x")}
+if torch.cuda.is_available():
+    device_cases["host-as-cuda"] = lambda: raw("cuda:0", host.ctypes.data)
+    device_cases["no-such-device"] = lambda: raw("cuda:99", host.ctypes.data)
+else:
+    device_cases["cuda"] = lambda: raw("cuda")
+    device_cases["cuda-index"] = lambda: raw("cuda:1")
+for name, call in device_cases.items():
     try:
-        core().allreduce(MPI.COMM_WORLD.py2f(), 1, 1, 4, "float32", "sum", "mpi", "cuda")
-        report["cuda"] = "no error"
-    except RuntimeError as e:
-        report["cuda"] = str(e)[: len("CUDA buffers were given but")]
+        call()
+        report[name] = "no error"
+    except (ValueError, RuntimeError) as e:
+        report[name] = f"{type(e).__name__}: {e}"
 print(json.dumps(report))
