@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from mpirt import torchdist
 from mpirt.comm import MPI
 from mpirt.console import say
 from mpirt.powersgd import BucketCompressor
@@ -50,7 +51,7 @@ from mpirt.timeline import Timeline
 
 # compression -> the 16-bit type gradients travel in (PowerSGD sends low-rank factors instead)
 COMPRESSION = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16, "powersgd": None}
-ALGOS = ("auto", "mpi", "ring", "shm", "ordered", "mpi4py")
+ALGOS = ("auto", "mpi", "ring", "shm", "ordered", "mpi4py", "torch")
 DEFAULT_BUCKET_MB = 25.0
 DEFAULT_FIRST_BUCKET_MB = 1.0
 
@@ -195,6 +196,7 @@ class DataParallel:
                                        "find_unused_parameters": find_unused_parameters,
                                        **({"powersgd_rank": powersgd_rank, "powersgd_start": powersgd_start}
                                           if compression == "powersgd" else {})})
+        self._own_group = self.algo == "torch" and self.size > 1 and torchdist.join_default_group(self._comm)
         self._broadcast_state()
         timeline = timeline or os.environ.get("MPIRT_TIMELINE") or None
         self._timeline = Timeline(self._comm, timeline) if timeline else None
@@ -214,7 +216,7 @@ class DataParallel:
 
     # Construction.
     def _load_core(self):
-        if self.algo == "mpi4py":
+        if self.algo in ("mpi4py", "torch"):
             return None
         try:
             from mpirt.comm import core
@@ -291,6 +293,12 @@ class DataParallel:
 
     # Reduction.
     def _allreduce(self, t: torch.Tensor, op: str) -> None:
+        if self.algo == "torch":  # on this thread's stream; a CUDA bucket's is synchronised after
+            torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX if op == "max" else
+                                         torch.distributed.ReduceOp.SUM)
+            if op == "avg":
+                t.div_(self.size)
+            return
         if t.is_cuda:  # the core copies on a stream of its own: the tensor's work must be done
             torch.cuda.current_stream(t.device).synchronize()
         if self._core is not None:
@@ -343,7 +351,7 @@ class DataParallel:
         self.inspector.leave(step)
         if self._timeline:
             self._timeline.span(f"allreduce bucket {b.index}", t0, self._timeline.now(), step=step, bytes=sent,
-                                algo=self.algo if self._core is not None else "mpi4py")
+                                algo=self.algo if self._core is not None or self.algo == "torch" else "mpi4py")
 
     def _launch(self, b: _Bucket) -> None:
         b.launched = True
@@ -538,6 +546,8 @@ class DataParallel:
                         "(chrome://tracing or ui.perfetto.dev)", err=True)
             else:
                 self._timeline.write_own()
+        if self._own_group:
+            torchdist.leave_default_group()
         if not MPI.Is_finalized():
             self._comm.Free()
         atexit.unregister(self.close)
@@ -548,7 +558,7 @@ def data_parallel(model: torch.nn.Module, optimizer: torch.optim.Optimizer | Non
 
     Options: bucket_mb, first_bucket_mb, compression ("none", "fp16", "bf16", "powersgd";
     powersgd_rank, default 4, and powersgd_start, the steps averaged exactly first, default 10),
-    find_unused_parameters, algo ("auto", "mpi", "ring", "shm", "ordered", "mpi4py"), overlap, comm,
+    find_unused_parameters, algo ("auto", "mpi", "ring", "shm", "ordered", "mpi4py", "torch"), overlap, comm,
     stall_warn_s / stall_abort_s (default $MPIRT_STALL_WARN_S or 60 s / $MPIRT_STALL_ABORT_S or never),
     timeline (a path for the Chrome-trace timeline; default $MPIRT_TIMELINE, none if unset).
     """

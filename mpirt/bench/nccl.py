@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
-from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
+from mpirt import torchdist
 from mpirt.comm import MPI
 from mpirt.world import world
 
@@ -24,12 +23,6 @@ def sizes(lo: int, hi: int, factor: int) -> list[int]:
         out.append(s)
         s *= factor
     return out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("", 0))
-        return s.getsockname()[1]
 
 
 def main() -> None:
@@ -45,9 +38,7 @@ def main() -> None:
     dev = torch.device("cuda", w.local_rank % torch.cuda.device_count())
     torch.cuda.set_device(dev)
     comm = MPI.COMM_WORLD
-    port = comm.bcast(free_port() if w.rank == 0 else None, root=0)
-    dist.init_process_group("nccl", init_method=f"tcp://{w.master_addr}:{port}", rank=w.rank, world_size=w.size,
-                            timeout=timedelta(seconds=120))
+    torchdist.join_default_group(comm, "nccl", timeout_s=120)
     rows = []
     for size in sizes(max(4, args.minbytes), args.maxbytes, args.factor):
         x = torch.full((size // 4,), float(w.rank + 1), device=dev)

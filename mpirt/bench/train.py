@@ -17,14 +17,13 @@ import json
 import os
 import statistics
 import time
-from datetime import timedelta
 
 import torch
 from torch import nn
 
+from mpirt import torchdist
 from mpirt.comm import MPI
 from mpirt.data_parallel import data_parallel
-from mpirt.bench.nccl import free_port
 from mpirt.models import MLP
 from mpirt.world import world
 
@@ -146,10 +145,7 @@ def main() -> None:
 
     import torch.distributed as dist
 
-    port = comm.bcast(free_port() if w.rank == 0 else None, root=0)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                            init_method=f"tcp://{w.master_addr}:{port}", rank=w.rank, world_size=w.size,
-                            timeout=timedelta(seconds=120))
+    torchdist.join_default_group(comm, "nccl" if device.type == "cuda" else "gloo", timeout_s=120)
     results = []
     for scaling in args.scaling.split(","):
         batch = per_rank_batch(scaling, args.batch, args.global_batch, w.size)

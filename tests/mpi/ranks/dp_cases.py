@@ -72,7 +72,7 @@ def split(n):
 
 # 1. Equivalence with one big batch, every algorithm, tiny buckets (many, reduced in order),
 #    an uneven split (global batch 10), with and without the communication thread.
-for algo in ("auto", "mpi", "ring", "shm", "ordered", "mpi4py"):
+for algo in ("auto", "mpi", "ring", "shm", "ordered", "mpi4py", "torch"):
     for overlap in (True, False):
         model = make_model()
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
@@ -271,8 +271,23 @@ with dp.no_sync():
     except RuntimeError as e:
         if "no_sync" not in str(e):
             raise
-checked.append("misuse errors")
 dp.close()
+# algo="torch" over a torch.distributed group that disagrees with MPI (here one group per
+# rank): refused on every rank, naming both views, before any reduction could pair wrong ranks.
+if size > 1:
+    import torch.distributed as dist
+
+    from mpirt.torchdist import free_port
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0, world_size=1)
+    try:
+        data_parallel(make_model(), None, algo="torch")
+        raise AssertionError("algo=torch accepted a torch.distributed group of other ranks")
+    except ValueError as e:
+        if f"torch.distributed is initialised as rank 0 of 1 but MPI says rank {rank} of {size}" not in str(e):
+            raise
+    dist.destroy_process_group()
+checked.append("misuse errors")
 
 # 8. AMP's recipe as PyTorch documents it, no synchronize(): GradScaler.unscale_ and gradient
 #    clipping right after backward see averaged gradients; an inf on one rank only makes every
