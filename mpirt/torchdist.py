@@ -39,10 +39,15 @@ def join_default_group(comm, backend: str | None = None, timeout_s: float = 600.
     if not dist.is_available():
         raise RuntimeError("this torch has no torch.distributed; reduce with the core's algorithms (algo='auto')")
     rank, size = comm.Get_rank(), comm.Get_size()
-    if dist.is_initialized():
-        if (dist.get_rank(), dist.get_world_size()) != (rank, size):
-            raise ValueError(f"torch.distributed is initialised as rank {dist.get_rank()} of {dist.get_world_size()} "
-                             f"but MPI says rank {rank} of {size}; initialise it with MPI's ranks, or leave it to mpirt")
+    # every rank's view, so that all raise or none does (a rank alone joining would hang the rest)
+    views = comm.allgather((dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else None)
+    if any(v is not None for v in views):
+        wrong = [f"MPI rank {r} " + ("has no group" if v is None else f"is its rank {v[0]} of {v[1]}")
+                 for r, v in enumerate(views) if v != (r, size)]
+        if wrong:
+            raise ValueError(f"torch.distributed disagrees with MPI about the {size} ranks: {', '.join(wrong[:4])}"
+                             f"{', ...' if len(wrong) > 4 else ''}; initialise it on every rank with MPI's rank and "
+                             "size, or leave it to mpirt")
         return False
     if backend is None:
         node = comm.Split_type(MPI.COMM_TYPE_SHARED)

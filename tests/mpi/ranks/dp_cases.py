@@ -284,7 +284,8 @@ if size > 1:
         data_parallel(make_model(), None, algo="torch")
         raise AssertionError("algo=torch accepted a torch.distributed group of other ranks")
     except ValueError as e:
-        if f"torch.distributed is initialised as rank 0 of 1 but MPI says rank {rank} of {size}" not in str(e):
+        if not str(e).startswith(f"torch.distributed disagrees with MPI about the {size} ranks: MPI rank 0 is its "
+                                 "rank 0 of 1, MPI rank 1 is its rank 0 of 1"):
             raise
     dist.destroy_process_group()
 checked.append("misuse errors")
