@@ -54,8 +54,9 @@ for np in 1 2; do
     step "allreduce cuda np$np" 300 mpirt bench allreduce --np "$np" -D cuda -a all -b 8 -e 256M -c 1 \
         --json "$out/allreduce-cuda-np$np.json"
 done
-# the built-in model trains on the CPU: this is the launcher and MPICH 5 end to end there
-step "train np2 bf16" 300 mpirt launch -np 2 -- mpirt train --model transformer --steps 100 \
+# the README job on the GPU (both ranks share it where there is one): launcher, MPICH 5 and the
+# core's pinned staging end to end
+step "train np2 bf16" 300 mpirt launch -np 2 -- mpirt train --device cuda --model transformer --steps 100 \
     --compression bf16 --verify-every 25 --out /tmp/mpirt-gpu-train
 cp /tmp/mpirt-gpu-train/summary.json "$out/train-summary.json" 2>/dev/null
 echo "=== steps failed: $failed"

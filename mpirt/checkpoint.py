@@ -78,7 +78,7 @@ def load(path: str | Path) -> dict:
     if hashlib.sha256(payload).digest() != digest:
         raise CheckpointError("corrupt: checksum mismatch")
     try:
-        return torch.load(io.BytesIO(payload), weights_only=True)
+        return torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)  # resumable on any device
     except Exception as e:  # noqa: BLE001 - any unreadable payload is a bad checkpoint
         raise CheckpointError(f"unreadable payload: {e}") from e
 

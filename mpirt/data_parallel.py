@@ -147,6 +147,17 @@ class _CommThread:
             self._thread = None
 
 
+def _on_cpu(obj):
+    """``obj`` (a state dict: dicts, lists, tuples, tensors) with every tensor on the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.cpu()
+    if isinstance(obj, dict):
+        return {k: _on_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_on_cpu(v) for v in obj)
+    return obj
+
+
 def _env_float(name: str, default: float) -> float:
     raw = os.environ.get(name)
     if raw is None or raw == "":
@@ -286,8 +297,8 @@ class DataParallel:
                     n = t.numel() * t.element_size()
                     t.copy_(flat[off:off + n].view(t.dtype).view(t.shape))
                     off += n
-        if self.optimizer is not None:
-            state = self._comm.bcast(self.optimizer.state_dict() if self.rank == root else None, root=root)
+        if self.optimizer is not None:  # via the CPU: unpickled CUDA tensors would land on rank 0's GPU index
+            state = self._comm.bcast(_on_cpu(self.optimizer.state_dict()) if self.rank == root else None, root=root)
             if self.rank != root and state["state"]:
                 self.optimizer.load_state_dict(state)
 

@@ -58,8 +58,14 @@ class Task:
     inputs: torch.Tensor
     targets: torch.Tensor | None
 
+    def to(self, device: torch.device) -> Task:
+        """The model and the whole dataset (a few MB) on ``device``."""
+        return Task(self.model.to(device), self.inputs.to(device),
+                    None if self.targets is None else self.targets.to(device))
+
     def loss(self, indices: torch.Tensor) -> torch.Tensor:
         """Mean loss over the samples ``indices``."""
+        indices = indices.to(self.inputs.device)
         if self.targets is not None:
             return F.cross_entropy(self.model(self.inputs[indices]), self.targets[indices])
         seq = self.inputs[indices]

@@ -29,7 +29,7 @@ from mpirt.divert import divert
 from mpirt.metrics import Metrics
 from mpirt.models import build
 from mpirt.sampler import DistributedSampler
-from mpirt.world import export_torch_env, world
+from mpirt.world import export_torch_env, pick_device, world
 
 OPTIMIZERS = ("adam", "sgd")
 
@@ -60,6 +60,7 @@ class TrainConfig:
     verify_every: int = 0
     log_every: int = 10
     timeline: str | None = None  # Chrome-trace timeline of the communication (mpirt.timeline)
+    device: str = "auto"  # auto: the local rank's GPU where torch sees one, else the CPU
 
     def check(self) -> None:
         for name in ("steps", "batch_size", "samples"):
@@ -71,6 +72,7 @@ class TrainConfig:
             raise ValueError(f"--lr must be positive (got {self.lr})")
         if self.checkpoint_every < 0 or self.verify_every < 0 or self.keep < 1:
             raise ValueError("--checkpoint-every and --verify-every must be >= 0 and --keep >= 1")
+        pick_device(self.device, 0)  # a device this machine lacks is refused before any rank starts
 
 
 class _Stop:
@@ -115,7 +117,10 @@ def run(cfg: TrainConfig) -> int:
         say(f"mpirt: warning: global batch {cfg.batch_size} < {w.size} ranks: some ranks get no samples", err=True)
     out = Path(cfg.out)
     ckpt_dir = out / "checkpoints"
-    task = build(cfg.model, cfg.samples, cfg.seed, cfg.hidden, cfg.layers)
+    device = pick_device(cfg.device, w.local_rank)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    task = build(cfg.model, cfg.samples, cfg.seed, cfg.hidden, cfg.layers).to(device)
     model = task.model
     opt = (torch.optim.Adam(model.parameters(), lr=cfg.lr) if cfg.optimizer == "adam"
            else torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9))
@@ -128,7 +133,7 @@ def run(cfg: TrainConfig) -> int:
     if w.rank == 0:
         params = sum(p.numel() for p in model.parameters())
         say(f"mpirt train: {cfg.model} ({params / 1e6:.2f} M parameters, {len(dp.buckets)} bucket{'s' if len(dp.buckets) != 1 else ''}) on {w.size} "
-            f"rank{'s' if w.size > 1 else ''} / {w.nodes} node{'s' if w.nodes > 1 else ''}, global batch "
+            f"rank{'s' if w.size > 1 else ''} / {w.nodes} node{'s' if w.nodes > 1 else ''} ({device.type}), global batch "
             f"{cfg.batch_size}, steps {start + 1}..{cfg.steps}")
     stop = _Stop(w.rank)
     step, loss_value, rates = start, float("nan"), []
@@ -169,7 +174,7 @@ def run(cfg: TrainConfig) -> int:
         metrics.close()
         dp.close()
     if w.rank == 0:
-        summary = {"model": cfg.model, "ranks": w.size, "steps": step, "final_loss": loss_value,
+        summary = {"model": cfg.model, "ranks": w.size, "device": device.type, "steps": step, "final_loss": loss_value,
                    "samples_per_s_median": sorted(rates)[len(rates) // 2] if rates else 0.0,
                    "wall_s": time.perf_counter() - t_begin, "config": asdict(cfg)}
         (out / "summary.json").write_text(json.dumps(summary, indent=1))

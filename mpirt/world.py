@@ -43,6 +43,20 @@ def world() -> World:
         local.Free()
 
 
+def pick_device(choice: str, local_rank: int):
+    """``auto``: the local rank's GPU where torch sees one (ranks beyond the GPU count share
+    them round robin), else the CPU; ``cpu``; ``cuda``: the local rank's GPU, or a ValueError."""
+    import torch
+
+    if choice not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"--device {choice!r}: use auto, cpu or cuda")
+    if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise ValueError("--device cuda: torch sees no CUDA device here; use --device cpu (or auto)")
+    return torch.device("cuda", local_rank % torch.cuda.device_count())
+
+
 def export_torch_env(w: World | None = None) -> dict[str, str]:
     """Set the torchrun-style variables for code that reads them; returns what it set."""
     w = w or world()

@@ -25,7 +25,7 @@ from mpirt import torchdist
 from mpirt.comm import MPI
 from mpirt.data_parallel import data_parallel
 from mpirt.models import MLP
-from mpirt.world import world
+from mpirt.world import pick_device, world
 
 # compute-bound: many FLOPs per gradient byte; communication-bound: the reverse.
 MODELS = {
@@ -112,14 +112,6 @@ def per_rank_batch(scaling: str, batch: int, global_batch: int, size: int) -> in
     return global_batch // size
 
 
-def pick_device(choice: str, local_rank: int) -> torch.device:
-    if choice == "cpu" or (choice == "auto" and not torch.cuda.is_available()):
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise SystemExit("--device cuda: torch sees no CUDA device on this rank; use --device cpu")
-    return torch.device("cuda", local_rank % torch.cuda.device_count())
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", required=True, help="rank 0 writes the measurements here (-: stdout)")
@@ -139,7 +131,10 @@ def main() -> None:
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     comm = MPI.COMM_WORLD
     w = world()
-    device = pick_device(args.device, w.local_rank)
+    try:
+        device = pick_device(args.device, w.local_rank)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     if device.type == "cuda":
         torch.cuda.set_device(device)
 

@@ -219,6 +219,15 @@ def test_bad_option_is_a_clear_error(tmp_path):
     assert "--steps must be at least 1 (got 0)" in proc.stderr
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: tests/mpi/test_gpu.py trains on it")
+def test_cuda_asked_for_where_there_is_none_is_refused_before_training(tmp_path):
+    proc = subprocess.run(["mpirt", "train", "--device", "cuda", "--out", str(tmp_path)], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 2
+    assert "--device cuda: torch sees no CUDA device here; use --device cpu (or auto)" in proc.stderr
+    assert not (tmp_path / "metrics.jsonl").exists()
+
+
 def test_time_limit_stops_the_job_as_sigterm_does_and_exits_124(tmp_path):
     """Past --time-limit the ranks get SIGTERM (and checkpoint) before the kill; the launcher says why."""
     message = tmp_path / "termination-log"

@@ -38,6 +38,27 @@ def test_a_thread_on_device_0_reduces_on_the_tensors_device(mpiexec, np_):
                                    "python entry": True, "main device": 0} for r in range(np_)]
 
 
+def test_mpirt_train_on_gpus_gives_the_weights_of_one_rank(tmp_path):
+    """The README job on the local ranks' GPUs: 2 ranks end where 1 rank does (within float
+    tolerance: GPU kernels may sum in another order), and say they trained on CUDA."""
+    import subprocess
+
+    from mpirt import checkpoint
+
+    same = ["--device", "cuda", "--optimizer", "sgd", "--lr", "0.05", "--steps", "8", "--batch-size", "24",
+            "--samples", "240", "--checkpoint-every", "0", "--bucket-mb", "0.02"]
+    weights = []
+    for np_ in (1, 2):
+        out = tmp_path / f"np{np_}"
+        proc = subprocess.run(["mpirt", "launch", "-np", str(np_), "--", "mpirt", "train", "--out", str(out), *same],
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert json.loads((out / "summary.json").read_text())["device"] == "cuda"
+        weights.append(checkpoint.load_latest(out / "checkpoints")[1]["model"])
+    for name, w1 in weights[0].items():
+        assert torch.allclose(w1, weights[1][name], rtol=1e-4, atol=1e-5), name
+
+
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="the NCCL baseline needs two GPUs (NCCL refuses two ranks on one)")
 def test_scaling_on_gpus_has_nccl_beside_the_core(tmp_path):
     import subprocess
