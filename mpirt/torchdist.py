@@ -18,6 +18,9 @@ import torch.distributed as dist
 from mpirt.comm import MPI
 
 
+_holders = 0  # callers sharing the group this module created; the last to leave destroys it
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("", 0))
@@ -34,8 +37,10 @@ def default_backend(local_ranks: int) -> str:
 
 def join_default_group(comm, backend: str | None = None, timeout_s: float = 600.0) -> bool:
     """Make torch's default process group span ``comm``'s ranks, with MPI's rank and size;
-    returns whether this call created it (its creator destroys it). An existing group must
-    agree with MPI about this rank, or reductions through it would pair the wrong ranks."""
+    returns whether the caller holds it: then ``leave_default_group()`` when done, and the
+    last holder destroys it. A group the user made stays theirs (False). An existing group
+    must agree with MPI about every rank, or reductions through it would pair the wrong ranks."""
+    global _holders
     if not dist.is_available():
         raise RuntimeError("this torch has no torch.distributed; reduce with the core's algorithms (algo='auto')")
     rank, size = comm.Get_rank(), comm.Get_size()
@@ -48,7 +53,9 @@ def join_default_group(comm, backend: str | None = None, timeout_s: float = 600.
             raise ValueError(f"torch.distributed disagrees with MPI about the {size} ranks: {', '.join(wrong[:4])}"
                              f"{', ...' if len(wrong) > 4 else ''}; initialise it on every rank with MPI's rank and "
                              "size, or leave it to mpirt")
-        return False
+        if _holders:
+            _holders += 1
+        return _holders > 0
     if backend is None:
         node = comm.Split_type(MPI.COMM_TYPE_SHARED)
         backend = default_backend(node.Get_size())
@@ -58,10 +65,16 @@ def join_default_group(comm, backend: str | None = None, timeout_s: float = 600.
     where = comm.bcast((host, free_port()) if rank == 0 else None, root=0)
     dist.init_process_group(backend, init_method=f"tcp://{where[0]}:{where[1]}", rank=rank, world_size=size,
                             timeout=timedelta(seconds=timeout_s))
+    _holders = 1
     return True
 
 
 def leave_default_group() -> None:
-    if dist.is_available() and dist.is_initialized():
+    """One holder done; the last destroys the group (collective: every rank, in step)."""
+    global _holders
+    if _holders == 0:
+        return
+    _holders -= 1
+    if _holders == 0 and dist.is_initialized():
         dist.destroy_process_group()
 

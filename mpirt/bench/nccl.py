@@ -58,7 +58,7 @@ def main() -> None:
         rows.append({"size": size, "count": size // 4, "algo": "nccl", "algo_used": "nccl", "mode": "out-of-place",
                      "iters": args.iters, "time_us": {"avg": t * 1e6}, "algbw_gbs": algbw,
                      "busbw_gbs": algbw * 2 * (w.size - 1) / w.size, "wrong": comm.allreduce(wrong)})
-    dist.destroy_process_group()
+    torchdist.leave_default_group()
     if w.rank == 0:
         print(json.dumps({"schema": "mpirt.bench.nccl/1", "config": {"dtype": "float32", "op": "sum"},
                           "device": "cuda", "world": {"nodes": w.nodes}, "results": rows,

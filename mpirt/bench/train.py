@@ -138,8 +138,6 @@ def main() -> None:
     if device.type == "cuda":
         torch.cuda.set_device(device)
 
-    import torch.distributed as dist
-
     torchdist.join_default_group(comm, "nccl" if device.type == "cuda" else "gloo", timeout_s=120)
     results = []
     for scaling in args.scaling.split(","):
@@ -151,7 +149,7 @@ def main() -> None:
                 times[system].append(run_system(system, args.model, batch, args, device, comm))
         results += [{"scaling": scaling, "system": s, "per_rank_batch": batch, "global_batch": batch * w.size,
                      "step_s": times[s]} for s in SYSTEMS]
-    dist.destroy_process_group()
+    torchdist.leave_default_group()
     from mpirt.comm import core
 
     view = {"mpi_library": MPI.Get_library_version().replace("\x00", "").strip().splitlines()[0],

@@ -90,6 +90,18 @@ for algo in ("auto", "mpi", "ring", "shm", "ordered", "mpi4py", "torch"):
         same_on_all_ranks(list(model.parameters()), f"weights after step algo={algo}")
         dp.close()
 
+# 1a. algo="torch" twice at once: closing the first leaves the group to the second.
+first = data_parallel(make_model(), None, algo="torch")
+model = make_model()
+second = data_parallel(model, None, algo="torch", bucket_mb=0.002)
+first.close()
+x, y = data(10)
+ref = reference_grads(model, [(x, y)])
+local_step(model, x, y, split(10), 10)
+second.synchronize()
+compare(model, ref, "algo=torch: a second object outlives the first", 1e-12, 1e-12)
+second.close()
+
 # 1b. algo="ordered": the same bits whatever the bucket size (with the others, at 3 or more
 #     ranks the bucket boundaries decide the order of additions).
 def trained(bucket_mb):
