@@ -50,6 +50,13 @@ _RANK_VIEW = (
     "    out.update(core='ok', cuda_aware=bool(info['cuda_aware']), cuda_built=bool(info['cuda_built']))\n"
     "except Exception as e:\n"
     "    out['core'] = f'{type(e).__name__}: {e}'\n"
+    "try:\n"
+    "    import torch, torch.distributed as dist\n"
+    "    nccl = dist.is_available() and dist.is_nccl_available() and torch.cuda.is_available()\n"
+    "    out['torch'] = {'version': torch.__version__, 'gpus': torch.cuda.device_count() if torch.cuda.is_available()"
+    " else 0, 'nccl': '.'.join(map(str, torch.cuda.nccl.version())) if nccl else None}\n"
+    "except Exception as e:\n"
+    "    out['torch'] = {'error': f'{type(e).__name__}: {e}'}\n"
     "print(json.dumps(out))\n"
 )
 
@@ -91,6 +98,7 @@ def run_checks(cfg: DoctorConfig) -> list[Check]:
                             "" if core == "ok" else "pip install --force-reinstall --no-deps . (rebuild the core)"))
     gpus = gpu_local()
     checks += _build_checks(impl, bool(gpus.gpus))
+    checks.append(torch_check(view.get("torch"), len(gpus.gpus)))
     if gpus.gpus:
         checks.append(Check("gpus", "pass", f"{len(gpus.gpus)} x {gpus.gpus[0].name}; P2P "
                             f"{'ok' if gpus.p2p_ok else 'not available (NCCL P2P/SHM get disabled)'}"
@@ -125,6 +133,22 @@ def run_checks(cfg: DoctorConfig) -> list[Check]:
     checks.append(_memory_check(Path(cfg.root)))
     checks += _ssh_checks(cfg)
     return checks
+
+
+def torch_check(seen: dict | None, gpus: int) -> Check:
+    """What torch sees on this host (from a rank's view) against the GPUs NVML found: a CPU
+    build of torch in a GPU image would train every rank on the CPU without a word."""
+    if not seen or "error" in seen:
+        return Check("torch", "warn", f"torch does not load ({(seen or {}).get('error', 'not reported')}): the "
+                     "training runtime needs it", "pip install torch (a CUDA build on GPU hosts)")
+    version, visible, nccl = seen["version"], seen["gpus"], seen["nccl"]
+    if gpus and not visible:
+        return Check("torch", "fail", f"torch {version} sees no GPU where this host has {gpus}: every rank would "
+                     "train on the CPU", "install a CUDA build of torch matching the driver (the +cpu wheels have no "
+                     "CUDA), or check CUDA_VISIBLE_DEVICES")
+    over = f"NCCL {nccl}" if nccl else "gloo (no NCCL in this torch)" if visible else "gloo"
+    return Check("torch", "pass", f"torch {version}, {visible} GPU{'s' if visible != 1 else ''} visible; "
+                 f"data_parallel(algo='torch') reduces over {over}")
 
 
 def _memory_check(root: Path) -> Check:

@@ -15,8 +15,8 @@ def test_json_schema_on_this_machine():
     doc = json.loads(proc.stdout)
     assert doc["schema"] == "mpirt.doctor/1" and set(doc) == {"schema", "ok", "checks"}
     names = [c["name"] for c in doc["checks"]]
-    for name in ("mpi", "mpi4py", "core", "build", "ucx", "gpus", "network", "memlock", "/dev/shm", "memory",
-                 "ssh key"):
+    for name in ("mpi", "mpi4py", "core", "build", "ucx", "gpus", "torch", "network", "memlock", "/dev/shm",
+                 "memory", "ssh key"):
         assert name in names
     for c in doc["checks"]:
         assert set(c) == {"name", "status", "detail", "fix"} and c["status"] in STATUSES and c["detail"]
@@ -28,6 +28,20 @@ def test_json_schema_on_this_machine():
     assert by_name["mpi4py"]["status"] == "pass" and by_name["core"]["status"] == "pass"
     # the installed core's build options, as CMake recorded them
     assert "compiler unknown" not in by_name["build"]["detail"] and "MPI from system" in by_name["build"]["detail"]
+
+
+def test_torch_that_cannot_see_the_hosts_gpus_fails_with_the_fix():
+    from launcher.doctor import torch_check
+
+    cpu_build = torch_check({"version": "2.13.0+cpu", "gpus": 0, "nccl": None}, gpus=8)
+    assert cpu_build.status == "fail" and "sees no GPU where this host has 8" in cpu_build.detail
+    assert "install a CUDA build of torch" in cpu_build.fix
+    gpu_node = torch_check({"version": "2.13.0", "gpus": 8, "nccl": "2.27.5"}, gpus=8)
+    assert gpu_node.status == "pass" and gpu_node.detail == ("torch 2.13.0, 8 GPUs visible; "
+                                                             "data_parallel(algo='torch') reduces over NCCL 2.27.5")
+    assert torch_check({"version": "2.13.0+cpu", "gpus": 0, "nccl": None}, gpus=0).status == "pass"
+    missing = torch_check({"error": "ModuleNotFoundError: No module named 'torch'"}, gpus=0)
+    assert missing.status == "warn" and "No module named 'torch'" in missing.detail and missing.fix
 
 
 def test_missing_mpirun_fails_with_the_fix():
