@@ -30,6 +30,7 @@ bucket was ready and reduced, for chrome://tracing (``mpirt.timeline``).
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
 import hashlib
 import os
@@ -90,9 +91,29 @@ class _Bucket:
         self.event = None
 
 
+@dataclass
+class _InFlight:
+    """A reduction started and not yet waited for (torch.distributed's async work)."""
+    work: object
+    finish: object  # waits for the work and completes the bucket, on the communication thread
+
+    def __post_init__(self):
+        # the future, not work.is_completed(): under gloo that can still say False in the
+        # future's done-callback, which would leave the reduction unfinished
+        self.future = self.work.get_future()
+
+
+_WAKE = object()  # queued when a reduction in flight completes
+
+
 class _CommThread:
-    """Runs reductions one at a time in submission order; inline when MPI cannot take a
-    second thread. Records busy time and the first error."""
+    """Runs reductions in submission order; inline when MPI cannot take a second thread. A job
+    may return an ``_InFlight``: the thread goes on with the next job, then finishes the
+    reductions in order as each completes, with at most two in flight (as ProcessGroupGloo's
+    two workers carry DDP's buckets), so one bucket's casts overlap another's transfer.
+    Records busy time (while anything runs or is in flight) and the first error."""
+
+    MAX_IN_FLIGHT = 2
 
     def __init__(self, threaded: bool):
         self.threaded = threaded
@@ -101,33 +122,68 @@ class _CommThread:
         self._outstanding = 0
         self._cv = threading.Condition()
         self._q: queue.SimpleQueue = queue.SimpleQueue()
+        self._pending: collections.deque[_InFlight] = collections.deque()
+        self._busy_since: float | None = None
         self._thread = None
         if threaded:
             self._thread = threading.Thread(target=self._loop, name="mpirt-comm", daemon=True)
             self._thread.start()
 
-    def _run(self, job) -> None:
-        t0 = time.perf_counter()
+    def _call(self, fn):
         try:
             if self._error is None:
-                job()
+                return fn()
         except BaseException as e:  # noqa: BLE001 - handed to the training thread
             self._error = e
-        self.busy_s += time.perf_counter() - t0
+        return None
 
-    def _loop(self) -> None:
-        while True:
-            job = self._q.get()
-            if job is None:
-                return
-            self._run(job)
+    def _start(self, job) -> None:
+        if self._busy_since is None:
+            self._busy_since = time.perf_counter()
+        started = self._call(job)
+        if isinstance(started, _InFlight):
+            self._pending.append(started)
+            if self.threaded:
+                started.future.add_done_callback(lambda _: self._q.put(_WAKE))
+            while self._pending and (len(self._pending) > self.MAX_IN_FLIGHT or not self.threaded):
+                self._finish_first()
+        else:
+            self._done_one()
+        self._idle()
+
+    def _finish_first(self) -> None:
+        self._call(self._pending.popleft().finish)
+        self._done_one()
+
+    def _done_one(self) -> None:
+        if self.threaded:
             with self._cv:
                 self._outstanding -= 1
                 self._cv.notify_all()
 
+    def _idle(self) -> None:
+        if self._busy_since is not None and not self._pending:
+            self.busy_s += time.perf_counter() - self._busy_since
+            self._busy_since = None
+
+    def _loop(self) -> None:
+        while True:
+            job = self._q.get()
+            if job is _WAKE:
+                while self._pending and self._pending[0].future.done():
+                    self._finish_first()
+                self._idle()
+            elif job is None:
+                while self._pending:
+                    self._finish_first()
+                self._idle()
+                return
+            else:
+                self._start(job)
+
     def submit(self, job) -> None:
         if not self.threaded:
-            self._run(job)
+            self._start(job)
             return
         with self._cv:
             self._outstanding += 1
@@ -334,31 +390,45 @@ class DataParallel:
             self._streams[t.device] = torch.cuda.Stream(device=t.device)
         return torch.cuda.stream(self._streams[t.device])
 
-    def _reduce_bucket(self, b: _Bucket, step: int) -> None:
+    def _reduce_bucket(self, b: _Bucket, step: int) -> _InFlight | None:
+        """Average bucket ``b``: to the end here, or, through torch.distributed, started here
+        and returned in flight for the communication thread to finish after the next start."""
         with self._comm_stream(b.flat):
-            self._reduce_bucket_here(b, step)
-            if b.flat.is_cuda:  # averaged in place before the training thread reads the gradients
-                torch.cuda.current_stream(b.flat.device).synchronize()
+            t0 = self._timeline.now() if self._timeline else 0
+            self.inspector.enter(step, "gradient allreduce", b.index, len(self._buckets))
+            if b.event is not None:  # the gradients (or a shadowed step's zeros) are written
+                torch.cuda.current_stream(b.flat.device).wait_event(b.event)
+            if b.psgd is not None and step >= self.powersgd_start:
+                b.psgd.reduce(self._allreduce)  # its reductions depend on one another: in turn
+                self._complete(b, step, t0, None, b.psgd.wire_numel * b.flat.element_size())
+                return None
+            if b.wire is not None:
+                # scaled at full precision, rounded once; in place then a copy: torch.mul(out=) of
+                # another dtype took 6-15 ms for 4 M elements here, these two about 1.5
+                b.flat.mul_(1.0 / self.size)
+                b.wire.copy_(b.flat)
+            t = b.flat if b.wire is None else b.wire
+            sent = t.numel() * t.element_size()
+            if self.algo == "torch":
+                work = torch.distributed.all_reduce(t, async_op=True)
+                return _InFlight(work, lambda: self._complete(b, step, t0, work, sent))
+            self._allreduce(t, "avg" if b.wire is None else "sum")
+            self._complete(b, step, t0, None, sent)
+            return None
 
-    def _reduce_bucket_here(self, b: _Bucket, step: int) -> None:
-        t0 = self._timeline.now() if self._timeline else 0
-        self.inspector.enter(step, "gradient allreduce", b.index, len(self._buckets))
-        if b.event is not None:  # the gradients (or a shadowed step's zeros) are written
-            torch.cuda.current_stream(b.flat.device).wait_event(b.event)
-        sent = b.flat.numel() * b.flat.element_size()
-        if b.wire is not None:
-            # scaled at full precision, rounded once; in place then a copy: torch.mul(out=) of another
-            # dtype took 6-15 ms for 4 M elements here, these two about 1.5
-            b.flat.mul_(1.0 / self.size)
-            b.wire.copy_(b.flat)
-            self._allreduce(b.wire, "sum")
-            b.flat.copy_(b.wire)
-            sent = b.wire.numel() * b.wire.element_size()
-        elif b.psgd is not None and step >= self.powersgd_start:
-            b.psgd.reduce(self._allreduce)
-            sent = b.psgd.wire_numel * b.flat.element_size()
-        else:
-            self._allreduce(b.flat, "avg")
+    def _complete(self, b: _Bucket, step: int, t0: int, work, sent: int) -> None:
+        """After the reduction (waiting for it if in flight): the average back in the bucket,
+        finished on the device before the training thread may read it."""
+        with self._comm_stream(b.flat):
+            if work is not None:
+                self.inspector.enter(step, "gradient allreduce", b.index, len(self._buckets))
+                work.wait()
+                if b.wire is None:
+                    b.flat.div_(self.size)
+            if b.wire is not None:
+                b.flat.copy_(b.wire)
+            if b.flat.is_cuda:
+                torch.cuda.current_stream(b.flat.device).synchronize()
         self.inspector.leave(step)
         if self._timeline:
             self._timeline.span(f"allreduce bucket {b.index}", t0, self._timeline.now(), step=step, bytes=sent,
