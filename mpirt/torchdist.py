@@ -35,6 +35,18 @@ def default_backend(local_ranks: int) -> str:
     return "gloo"
 
 
+def rank0_address() -> str:
+    """Where the others reach this rank: MASTER_ADDR if set, else this host's name, given as
+    the address it resolves to here (a pod's IP in Kubernetes: no DNS lookup, no wait for the
+    headless Service's record), or as the name where that is loopback (127.0.1.1 on Debian)."""
+    host = os.environ.get("MASTER_ADDR") or socket.gethostname()
+    try:
+        address = socket.gethostbyname(host)
+    except OSError:
+        return host
+    return host if address.startswith("127.") else address
+
+
 def join_default_group(comm, backend: str | None = None, timeout_s: float = 600.0) -> bool:
     """Make torch's default process group span ``comm``'s ranks, with MPI's rank and size;
     returns whether the caller holds it: then ``leave_default_group()`` when done, and the
@@ -60,9 +72,7 @@ def join_default_group(comm, backend: str | None = None, timeout_s: float = 600.
         node = comm.Split_type(MPI.COMM_TYPE_SHARED)
         backend = default_backend(node.Get_size())
         node.Free()
-    # MASTER_ADDR as rank 0 sees it (the user's, or mpirt's export), else rank 0's host name
-    host = os.environ.get("MASTER_ADDR") or socket.gethostname()
-    where = comm.bcast((host, free_port()) if rank == 0 else None, root=0)
+    where = comm.bcast((rank0_address(), free_port()) if rank == 0 else None, root=0)
     dist.init_process_group(backend, init_method=f"tcp://{where[0]}:{where[1]}", rank=rank, world_size=size,
                             timeout=timedelta(seconds=timeout_s))
     _holders = 1
