@@ -14,7 +14,7 @@ import torch.distributed as dist
 
 from mpirt import torchdist
 from mpirt.comm import MPI
-from mpirt.world import world
+from mpirt.world import pick_device, world
 
 
 def sizes(lo: int, hi: int, factor: int) -> list[int]:
@@ -35,7 +35,7 @@ def main() -> None:
     w = world()
     if not torch.cuda.is_available() or not dist.is_nccl_available():
         raise SystemExit("the NCCL baseline needs CUDA and a torch built with NCCL")
-    dev = torch.device("cuda", w.local_rank % torch.cuda.device_count())
+    dev = pick_device("cuda", w.local_rank)
     torch.cuda.set_device(dev)
     comm = MPI.COMM_WORLD
     torchdist.join_default_group(comm, "nccl", timeout_s=120)

@@ -39,41 +39,26 @@ size_t env_bytes(const char* name, size_t fallback) {
 // Pinned staging for device buffers when the MPI cannot take them, and device scratch for the
 // ring, grown on demand; one set per thread (and per device), so that calls from two threads
 // never share them, freed when the thread ends.
-struct Pinned {
-  void* ptr = nullptr;
-  size_t bytes = 0;
-  void* get(size_t want) {
-    if (want > bytes) {
-      if (ptr) cuda::free_pinned(ptr);
-      ptr = nullptr;
-      bytes = 0;
-      ptr = cuda::alloc_pinned(want);
-      bytes = want;
-    }
-    return ptr;
-  }
-  ~Pinned() {
-    if (ptr) cuda::free_pinned(ptr);
-  }
-};
-
-struct DeviceScratch {
+template <void* (*Alloc)(size_t), void (*Free)(void*)>
+struct Grown {
   void* ptr = nullptr;
   size_t bytes = 0;
   char* get(size_t want) {
     if (want > bytes) {
-      if (ptr) cuda::free_device(ptr);
+      if (ptr) Free(ptr);
       ptr = nullptr;
       bytes = 0;
-      ptr = cuda::alloc_device(want);
+      ptr = Alloc(want);
       bytes = want;
     }
     return static_cast<char*>(ptr);
   }
-  ~DeviceScratch() {
-    if (ptr) cuda::free_device(ptr);
+  ~Grown() {
+    if (ptr) Free(ptr);
   }
 };
+using Pinned = Grown<cuda::alloc_pinned, cuda::free_pinned>;
+using DeviceScratch = Grown<cuda::alloc_device, cuda::free_device>;
 
 void check_device_buffer(const void* p, const char* which, int device) {
   const int holder = cuda::device_of(p);
