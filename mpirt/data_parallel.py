@@ -8,7 +8,9 @@
 - packs gradients into flat buckets in reverse parameter order (the order backward produces
   them; a small first bucket so communication starts early), and from a per-parameter
   post-accumulate hook hands each full bucket to one communication thread, which averages it
-  with the compiled core while backward goes on. Buckets are always reduced in index order,
+  while backward goes on: with the compiled core, or (``algo="auto"`` on a CUDA model where
+  every rank of a node has a GPU of its own and torch has NCCL) with NCCL through
+  torch.distributed, DDP's own path to NVLink and GPUDirect. Buckets are always reduced in index order,
   so every rank issues the same collectives in the same order;
 - waits for all buckets when backward ends (a callback queued on the autograd engine), so the
   gradients are final when ``backward()`` returns, as with DDP: gradient clipping, AMP's
@@ -53,6 +55,14 @@ from mpirt.timeline import Timeline
 # compression -> the 16-bit type gradients travel in (PowerSGD sends low-rank factors instead)
 COMPRESSION = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16, "powersgd": None}
 ALGOS = ("auto", "mpi", "ring", "shm", "ordered", "mpi4py", "torch")
+
+
+def choose_algo(requested: str, cuda_model: bool, nccl: bool) -> str:
+    """What ``algo`` runs: ``auto`` is NCCL through torch.distributed (``torch``) for a CUDA
+    model where NCCL can serve every rank (each rank of a node on a GPU of its own; staging
+    through host memory could not come near NVLink or GPUDirect), else the core's ``auto``.
+    Any other name is kept as it is."""
+    return "torch" if requested == "auto" and cuda_model and nccl else requested
 DEFAULT_BUCKET_MB = 25.0
 DEFAULT_FIRST_BUCKET_MB = 1.0
 
@@ -227,7 +237,7 @@ def _env_float(name: str, default: float) -> float:
 class DataParallel:
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
                  bucket_mb: float = DEFAULT_BUCKET_MB, first_bucket_mb: float = DEFAULT_FIRST_BUCKET_MB,
-                 compression: str = "none", find_unused_parameters: bool = False, algo: str = "auto",
+                 compression: str = "none", find_unused_parameters: bool = False, algo: str | None = None,
                  overlap: bool = True, comm=None, stall_warn_s: float | None = None,
                  stall_abort_s: float | None = None, timeline: str | os.PathLike | None = None,
                  powersgd_rank: int = 4, powersgd_start: int = 10):
@@ -237,15 +247,20 @@ class DataParallel:
                 and powersgd_start >= 0):
             raise ValueError(f"powersgd_rank={powersgd_rank!r}, powersgd_start={powersgd_start!r}: the rank is a whole "
                              "number >= 1, the start a step number >= 0")
-        if algo not in ALGOS:
+        if algo is None:
+            algo = os.environ.get("MPIRT_ALGO") or "auto"
+            if algo not in ALGOS:
+                raise ValueError(f"MPIRT_ALGO={algo!r} is not an algorithm: set one of {', '.join(ALGOS)}, or unset it")
+        elif algo not in ALGOS:
             raise ValueError(f"algo {algo!r}: use one of {', '.join(ALGOS)}")
         if not bucket_mb > 0 or not first_bucket_mb > 0:
             raise ValueError(f"bucket sizes must be positive (bucket_mb={bucket_mb}, first_bucket_mb={first_bucket_mb})")
         self.model, self.optimizer = model, optimizer
-        self.compression, self.algo, self.find_unused = compression, algo, find_unused_parameters
+        self.compression, self.find_unused = compression, find_unused_parameters
         self.powersgd_rank, self.powersgd_start = powersgd_rank, powersgd_start
         self._comm = (comm or MPI.COMM_WORLD).Dup()
         self.rank, self.size = self._comm.Get_rank(), self._comm.Get_size()
+        self.algo = self._resolve(algo, model)
         self.step = 0
         self.last_stats: StepStats | None = None
         self._sync = True
@@ -259,7 +274,7 @@ class DataParallel:
         self._buckets = self._make_buckets(named, int(bucket_mb * 2**20), int(first_bucket_mb * 2**20))
         self._slot = {id(p): (b.index, i) for b in self._buckets for i, p in enumerate(b.params)}
         self._check_same_model(named, {"bucket_mb": bucket_mb, "first_bucket_mb": first_bucket_mb,
-                                       "compression": compression, "algo": algo,
+                                       "compression": compression, "algo": self.algo,
                                        "find_unused_parameters": find_unused_parameters,
                                        **({"powersgd_rank": powersgd_rank, "powersgd_start": powersgd_start}
                                           if compression == "powersgd" else {})})
@@ -282,6 +297,15 @@ class DataParallel:
         atexit.register(self.close)
 
     # Construction.
+    def _resolve(self, algo: str, model: torch.nn.Module) -> str:
+        if algo != "auto":
+            return algo
+        node = self._comm.Split_type(MPI.COMM_TYPE_SHARED)  # on every rank: a collective
+        local_ranks = node.Get_size()
+        node.Free()
+        cuda_model = any(p.is_cuda for p in model.parameters())
+        return choose_algo(algo, cuda_model, cuda_model and "nccl" in torchdist.default_backend(local_ranks))
+
     def _load_core(self):
         if self.algo in ("mpi4py", "torch"):
             return None
@@ -639,7 +663,9 @@ def data_parallel(model: torch.nn.Module, optimizer: torch.optim.Optimizer | Non
 
     Options: bucket_mb, first_bucket_mb, compression ("none", "fp16", "bf16", "powersgd";
     powersgd_rank, default 4, and powersgd_start, the steps averaged exactly first, default 10),
-    find_unused_parameters, algo ("auto", "mpi", "ring", "shm", "ordered", "mpi4py", "torch"), overlap, comm,
+    find_unused_parameters, algo ("auto", the default, or $MPIRT_ALGO: NCCL for a CUDA model where every rank
+    of a node has its own GPU, else the core's choice; "mpi", "ring", "shm", "ordered": one of the core's;
+    "mpi4py": no core; "torch": torch.distributed, NCCL on GPUs, gloo on CPUs), overlap, comm,
     stall_warn_s / stall_abort_s (default $MPIRT_STALL_WARN_S or 60 s / $MPIRT_STALL_ABORT_S or never),
     timeline (a path for the Chrome-trace timeline; default $MPIRT_TIMELINE, none if unset).
     """

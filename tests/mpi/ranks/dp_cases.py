@@ -4,13 +4,14 @@ Prints one JSON line on rank 0 with what was checked; any wrong value raises."""
 
 import copy
 import json
+import os
 import sys
 
 import torch
 from torch import nn
 
 from mpirt.comm import MPI
-from mpirt.data_parallel import data_parallel
+from mpirt.data_parallel import choose_algo, data_parallel
 from mpirt.powersgd import initial_q, shape_of
 from mpirt.sampler import DistributedSampler
 
@@ -301,6 +302,26 @@ if size > 1:
                                  "rank 0 of 1, MPI rank 1 is its rank 0 of 1"):
             raise
     dist.destroy_process_group()
+# what auto runs: NCCL for a CUDA model only where NCCL serves every rank; names stay as given
+for args, runs in ((("auto", True, True), "torch"), (("auto", True, False), "auto"), (("auto", False, True), "auto"),
+                   (("auto", False, False), "auto"), (("ring", True, True), "ring"), (("mpi4py", True, True), "mpi4py")):
+    if choose_algo(*args) != runs:
+        raise AssertionError(f"choose_algo{args} = {choose_algo(*args)!r}, not {runs!r}")
+# MPIRT_ALGO is the default an argument overrides; a wrong one is refused by name.
+os.environ["MPIRT_ALGO"] = "mpi4py"
+for given, runs in ((None, "mpi4py"), ("shm", "shm"), ("auto", "auto")):  # a CPU model: the core's auto
+    dp = data_parallel(make_model(), None, algo=given)
+    if dp.algo != runs:
+        raise AssertionError(f"algo={given!r} with MPIRT_ALGO=mpi4py ran {dp.algo!r}, not {runs!r}")
+    dp.close()
+os.environ["MPIRT_ALGO"] = "nccl"
+try:
+    data_parallel(make_model(), None)
+    raise AssertionError("MPIRT_ALGO=nccl was accepted")
+except ValueError as e:
+    if not str(e).startswith("MPIRT_ALGO='nccl' is not an algorithm: set one of auto, mpi,"):
+        raise
+del os.environ["MPIRT_ALGO"]
 checked.append("misuse errors")
 
 # 8. AMP's recipe as PyTorch documents it, no synchronize(): GradScaler.unscale_ and gradient
