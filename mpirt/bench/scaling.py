@@ -320,7 +320,9 @@ def run(cfg: ScalingConfig) -> dict:
               "collective": {"minbytes": cfg.minbytes, "maxbytes": cfg.maxbytes, "factor": cfg.factor,
                              "algos": cfg.algos, "iters": cfg.iters, "mode": "out-of-place"},
               "train": {"model": cfg.model, "scalings": list(cfg.scalings), "batch_per_rank": cfg.batch,
-                        "global_batch": gb, "steps": cfg.steps}}
+                        "global_batch": gb, "steps": cfg.steps,
+                        # what reduced the gradients: data_parallel's algo for mpirt, the backend for DDP
+                        "reduced_by": rank_view.get("reduced_by", {})}}
     doc = schema.document("scaling", env, config, rows)
     schema.write(doc, cfg.out)
     return doc

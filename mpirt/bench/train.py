@@ -81,7 +81,8 @@ def _ddp_hook(model, compression: str) -> None:
         model.register_comm_hook(state, powerSGD_hook.powerSGD_hook)
 
 
-def run_system(system: str, model_name: str, batch: int, args, device, comm) -> float:
+def run_system(system: str, model_name: str, batch: int, args, device, comm) -> tuple[float, str]:
+    """Seconds per step, and the allreduce that ran (data_parallel's algo, or DDP's backend)."""
     model = make_model(model_name, device)
     if system == "ddp":
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -97,7 +98,8 @@ def run_system(system: str, model_name: str, batch: int, args, device, comm) -> 
     dp = data_parallel(model, opt, compression=args.compression, powersgd_rank=POWERSGD_RANK,
                        powersgd_start=POWERSGD_START) if system == "mpirt" else None
     try:
-        return _time_steps(model, opt, batch, args.steps, args.warmup, device, comm)
+        return (_time_steps(model, opt, batch, args.steps, args.warmup, device, comm),
+                dp.algo if dp else torch.distributed.get_backend() if system == "ddp" else "none")
     finally:
         if dp:
             dp.close()
@@ -139,14 +141,15 @@ def main() -> None:
         torch.cuda.set_device(device)
 
     torchdist.join_default_group(comm, "nccl" if device.type == "cuda" else "gloo", timeout_s=120)
-    results = []
+    results, reduced_by = [], {}
     for scaling in args.scaling.split(","):
         batch = per_rank_batch(scaling, args.batch, args.global_batch, w.size)
         times: dict[str, list[float]] = {s: [] for s in SYSTEMS}
         for r in range(args.repeats):
             order = SYSTEMS[r % len(SYSTEMS):] + SYSTEMS[:r % len(SYSTEMS)]
             for system in order:
-                times[system].append(run_system(system, args.model, batch, args, device, comm))
+                seconds, reduced_by[system] = run_system(system, args.model, batch, args, device, comm)
+                times[system].append(seconds)
         results += [{"scaling": scaling, "system": s, "per_rank_batch": batch, "global_batch": batch * w.size,
                      "step_s": times[s]} for s in SYSTEMS]
     torchdist.leave_default_group()
@@ -156,7 +159,7 @@ def main() -> None:
             "cuda_aware": bool(core().info()["cuda_aware"]),
             "device": device.type, "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else "",
             "nccl": ".".join(map(str, torch.cuda.nccl.version())) if device.type == "cuda" else "",
-            "threads_per_rank": torch.get_num_threads(), "nodes": w.nodes}
+            "threads_per_rank": torch.get_num_threads(), "nodes": w.nodes, "reduced_by": reduced_by}
     if w.rank == 0:
         doc = {"ranks": w.size, "model": args.model, "compression": args.compression, "rank_view": view,
                "results": results,
