@@ -469,7 +469,8 @@ def worker(port: int, ssh_dir: str, state_dir: str, listen: str, sshd: str, chec
               envvar="MPIRT_POWERSGD_START", help="Steps averaged exactly before PowerSGD starts.")
 @click.option("--algo", type=click.Choice(["auto", "mpi", "ring", "shm", "ordered", "mpi4py", "torch"]), default="auto",
               show_default=True, envvar="MPIRT_ALGO",
-              help="Allreduce algorithm of the core (mpi4py: no core; torch: torch.distributed, NCCL on GPUs).")
+              help="How gradients are reduced: auto (NCCL on GPUs where each rank has its own, else the core's "
+                   "choice), one of the core's algorithms, mpi4py (no core), or torch (torch.distributed).")
 @click.option("--overlap/--no-overlap", default=True, envvar="MPIRT_OVERLAP",
               help="Reduce buckets on a communication thread during backward.")
 @click.option("--threads", type=click.IntRange(min=1), envvar="MPIRT_TRAIN_THREADS",

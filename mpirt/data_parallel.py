@@ -375,7 +375,9 @@ class DataParallel:
                 off = 0
                 for t in tensors:
                     n = t.numel() * t.element_size()
-                    t.copy_(flat[off:off + n].view(t.dtype).view(t.shape))
+                    # a copy starts at offset 0: a view of bytes as a wider dtype needs an offset
+                    # its size divides (an int64 after an odd number of float32s has none)
+                    t.copy_(flat[off:off + n].clone().view(t.dtype).view(t.shape))
                     off += n
         if self.optimizer is not None:  # via the CPU: unpickled CUDA tensors would land on rank 0's GPU index
             state = self._comm.bcast(_on_cpu(self.optimizer.state_dict()) if self.rank == root else None, root=root)

@@ -126,6 +126,17 @@ checked.append("ordered: bucket size leaves the bits alone")
 model = make_model()
 dp = data_parallel(model, None)
 same_on_all_ranks(list(model.parameters()), "broadcast of initial weights")
+dp.close()
+# Mixed dtypes whose bytes pack unaligned: three float16s, then float32s 6 bytes in, then
+# BatchNorm's int64 counter 34 bytes in; every rank's values differ, all become rank 0's.
+torch.manual_seed(50 + rank)
+model = nn.Sequential(nn.Linear(3, 1, bias=False).half(), nn.Linear(2, 1), nn.BatchNorm1d(1))
+model[2].running_mean.fill_(rank + 0.5)
+model[2].num_batches_tracked.fill_(rank + 7)
+dp = data_parallel(model, None)
+same_on_all_ranks(list(model.parameters()) + list(model.buffers()), "broadcast of unaligned mixed dtypes")
+if model[2].num_batches_tracked.item() != 7 or model[2].running_mean.item() != 0.5:
+    raise AssertionError(f"broadcast: BatchNorm's buffers are not rank 0's: {list(model[2].buffers())}")
 checked.append("broadcast")
 dp.close()
 
