@@ -1,6 +1,7 @@
 """Data-parallel training over MPI: gradient buckets reduced while backward still runs.
 
-``dp = mpirt.data_parallel(model, optimizer)`` is the whole API. It
+``from mpirt.data_parallel import data_parallel``; ``dp = data_parallel(model, optimizer)``
+is the whole API. It
 
 - checks that every rank built the same model (names, shapes, dtypes, bucket layout) before
   any collective, and names the first differing parameter and the ranks that differ;
@@ -386,6 +387,8 @@ class DataParallel:
 
     # Reduction.
     def _allreduce(self, t: torch.Tensor, op: str) -> None:
+        if t.is_complex():  # sums and averages part by part: reduce the real view
+            t = torch.view_as_real(t).view(-1)
         if self.algo == "torch":  # on this thread's stream; a CUDA bucket's is synchronised after
             torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX if op == "max" else
                                          torch.distributed.ReduceOp.SUM)

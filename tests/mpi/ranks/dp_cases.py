@@ -44,7 +44,8 @@ def reference_grads(model, batches):
 
 
 def same_on_all_ranks(tensors, what):
-    flat = torch.cat([t.detach().reshape(-1).to(torch.float64) for t in tensors]).numpy()
+    flat = torch.cat([(torch.view_as_real(t) if t.is_complex() else t).detach().reshape(-1).to(torch.float64)
+                      for t in tensors]).numpy()
     gathered = comm.allgather(flat.tobytes())
     if any(g != gathered[0] for g in gathered):
         raise AssertionError(f"{what}: ranks hold different values")
@@ -121,6 +122,19 @@ def trained(bucket_mb):
 if not torch.equal(trained(0.0005), trained(25.0)):
     raise AssertionError("algo=ordered: weights depend on the bucket size")
 checked.append("ordered: bucket size leaves the bits alone")
+
+# Complex parameters: averaged as their real and imaginary parts, by the core and by torch.
+for algo in ("auto", "torch"):
+    torch.manual_seed(60 + rank)
+    model = nn.Linear(3, 2).to(torch.complex64)
+    dp = data_parallel(model, None, algo=algo)
+    x = torch.randn(8, 3, dtype=torch.complex64, generator=torch.Generator().manual_seed(61))
+    ref_model = copy.deepcopy(model)
+    ref_model(x).abs().pow(2).mean().backward()
+    idx = split(8)
+    (model(x[idx]).abs().pow(2).mean() * (len(idx) * size / 8)).backward()
+    compare(model, {n: p.grad for n, p in ref_model.named_parameters()}, f"complex parameters algo={algo}", 1e-5, 1e-6)
+    dp.close()
 
 # 2. The broadcast: different initial weights on every rank become rank 0's.
 model = make_model()
