@@ -40,6 +40,9 @@ def describe(buf) -> Buffer:
             raise ValueError(f"tensor on device {buf.device} is not supported; use a CPU or CUDA tensor")
         return Buffer(buf.data_ptr(), buf.numel(), name, str(buf.device), True)
     if module.startswith("numpy"):
+        if not hasattr(buf, "ctypes"):
+            raise TypeError(f"allreduce takes a numpy array, not the scalar numpy.{type(buf).__name__}; "
+                            "reduce numpy.array([x]) and read its element")
         name = _NUMPY_DTYPES.get(buf.dtype.name)
         if name is None:
             raise TypeError(
@@ -78,6 +81,6 @@ def allreduce(send, recv=None, op: str = "sum", algo: str = "auto", comm=None):
 
     # torch's device guard keeps the caller's current device (the core would leave the tensor's)
     with torch.cuda.device(torch.device(src.device)):
-        torch.cuda.current_stream().synchronize()  # the core works on the device's default stream
+        torch.cuda.current_stream().synchronize()  # the core copies on a stream of its own: finish first
         core().allreduce(comm.py2f(), src.addr, dst.addr, src.count, src.dtype, op, algo, src.device)
     return send if recv is None else recv

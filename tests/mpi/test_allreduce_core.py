@@ -45,6 +45,8 @@ def test_bad_buffers_are_refused_with_the_fix(mpiexec):
         "op": "unknown op 'prod'; use one of sum, min, max, avg",
         "algo": "unknown algorithm 'tree'; use one of mpi, ring, shm, auto, ordered",
         "readonly": "the result buffer is read-only; pass a writable array (a.copy())",
+        "scalar": "allreduce takes a numpy array, not the scalar numpy.float32; reduce numpy.array([x]) and read "
+                  "its element",
         "device-name": "ValueError: unknown device 'gpu': use cpu, cuda or cuda:N",
         "device-index": "ValueError: unknown device 'cuda:x': use cpu, cuda or cuda:N",
     }

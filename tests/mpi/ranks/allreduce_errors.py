@@ -13,6 +13,7 @@ cases = {
     "op": lambda: allreduce(np.zeros(4, np.float32), op="prod"),
     "algo": lambda: allreduce(np.zeros(4, np.float32), algo="tree"),
     "readonly": lambda: allreduce(np.frombuffer(b"\0" * 16, np.float32)),
+    "scalar": lambda: allreduce(np.float32(3.0)),
 }
 report = {}
 for name, call in cases.items():
