@@ -146,9 +146,13 @@ def torch_check(seen: dict | None, gpus: int) -> Check:
         return Check("torch", "fail", f"torch {version} sees no GPU where this host has {gpus}: every rank would "
                      "train on the CPU", "install a CUDA build of torch matching the driver (the +cpu wheels have no "
                      "CUDA), or check CUDA_VISIBLE_DEVICES")
-    over = f"NCCL {nccl}" if nccl else "gloo (no NCCL in this torch)" if visible else "gloo"
-    return Check("torch", "pass", f"torch {version}, {visible} GPU{'s' if visible != 1 else ''} visible; "
-                 f"data_parallel(algo='torch') reduces over {over}")
+    seen_gpus = f"torch {version}, {visible} GPU{'s' if visible != 1 else ''} visible"
+    if visible and nccl:
+        return Check("torch", "pass", f"{seen_gpus}; data_parallel reduces a model on GPUs over NCCL {nccl} with up "
+                     f"to {visible} rank{'s' if visible != 1 else ''} here (more share GPUs, which NCCL refuses: the "
+                     "core then stages through host memory)")
+    return Check("torch", "pass", f"{seen_gpus}; data_parallel reduces with the compiled core (algo='torch': over "
+                 f"gloo{', no NCCL in this torch' if visible else ''})")
 
 
 def _memory_check(root: Path) -> Check:
