@@ -84,7 +84,7 @@ def test_model_mismatch_names_the_parameter_and_ranks():
 
 
 @pytest.mark.parametrize("np_", [1, 2, 4])
-@pytest.mark.parametrize("variant", ["plain", "fp16", "unused"])
+@pytest.mark.parametrize("variant", ["plain", "fp16", "unused", "torch"])
 def test_uneven_inputs_under_join_end_together_with_the_same_weights(mpiexec, np_, variant):
     proc = mpiexec(np_, [sys.executable, "-m", "mpirt", str(RANKS / "dp_join.py"), variant], timeout=120)
     report = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])

@@ -1,6 +1,6 @@
-"""Uneven inputs under ``dp.join()``: rank r has 2 + r batches (with compression, or an
-unused head, per argv[1]). No rank may hang; afterwards every rank holds the same weights and
-momentum, equal to a one-process simulation in which the ranks that ran out of batches
+"""Uneven inputs under ``dp.join()``: rank r has 2 + r batches (with compression, an unused
+head, or through torch.distributed, per argv[1]). No rank may hang; afterwards every rank
+holds the same weights and momentum, equal to a one-process simulation in which the ranks that ran out of batches
 contribute zero gradients to an average over the whole world. Prints one JSON line on rank 0."""
 
 import copy
@@ -49,7 +49,7 @@ reference = copy.deepcopy(model)
 opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
 dp = data_parallel(model, opt, bucket_mb=0.0005, first_bucket_mb=0.0002,
                    compression="fp16" if variant == "fp16" else "none",
-                   find_unused_parameters=variant == "unused")
+                   find_unused_parameters=variant == "unused", algo="torch" if variant == "torch" else None)
 steps = [2 + r for r in range(size)]
 with dp.join():
     for t in range(steps[rank]):
