@@ -467,10 +467,12 @@ def worker(port: int, ssh_dir: str, state_dir: str, listen: str, sshd: str, chec
               envvar="MPIRT_POWERSGD_RANK", help="Rank of PowerSGD's approximation (--compression powersgd).")
 @click.option("--powersgd-start", type=click.IntRange(min=0), default=10, show_default=True,
               envvar="MPIRT_POWERSGD_START", help="Steps averaged exactly before PowerSGD starts.")
-@click.option("--algo", type=click.Choice(["auto", "mpi", "ring", "shm", "ordered", "mpi4py", "torch"]), default="auto",
+@click.option("--algo", type=click.Choice(["auto", "core", "mpi", "ring", "shm", "ordered", "mpi4py", "torch"]),
+              default="auto",
               show_default=True, envvar="MPIRT_ALGO",
-              help="How gradients are reduced: auto (NCCL on GPUs where each rank has its own, else the core's "
-                   "choice), one of the core's algorithms, mpi4py (no core), or torch (torch.distributed).")
+              help="How gradients are reduced: auto (NCCL on GPUs where each rank has its own, else core), core "
+                   "(the compiled core, its algorithm chosen per size), one of the core's algorithms, mpi4py (no "
+                   "core), or torch (torch.distributed).")
 @click.option("--overlap/--no-overlap", default=True, envvar="MPIRT_OVERLAP",
               help="Reduce buckets on a communication thread during backward.")
 @click.option("--threads", type=click.IntRange(min=1), envvar="MPIRT_TRAIN_THREADS",

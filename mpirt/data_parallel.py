@@ -55,15 +55,17 @@ from mpirt.timeline import Timeline
 
 # compression -> the 16-bit type gradients travel in (PowerSGD sends low-rank factors instead)
 COMPRESSION = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16, "powersgd": None}
-ALGOS = ("auto", "mpi", "ring", "shm", "ordered", "mpi4py", "torch")
+ALGOS = ("auto", "core", "mpi", "ring", "shm", "ordered", "mpi4py", "torch")
 
 
 def choose_algo(requested: str, cuda_model: bool, nccl: bool) -> str:
     """What ``algo`` runs: ``auto`` is NCCL through torch.distributed (``torch``) for a CUDA
     model where NCCL can serve every rank (each rank of a node on a GPU of its own; staging
-    through host memory could not come near NVLink or GPUDirect), else the core's ``auto``.
-    Any other name is kept as it is."""
-    return "torch" if requested == "auto" and cuda_model and nccl else requested
+    through host memory could not come near NVLink or GPUDirect), else ``core``: the compiled
+    core, choosing its algorithm per size and layout. Any other name is kept as it is."""
+    if requested != "auto":
+        return requested
+    return "torch" if cuda_model and nccl else "core"
 DEFAULT_BUCKET_MB = 25.0
 DEFAULT_FIRST_BUCKET_MB = 1.0
 
@@ -399,7 +401,8 @@ class DataParallel:
             torch.cuda.current_stream(t.device).synchronize()
         if self._core is not None:
             self._core.allreduce(self._comm.py2f(), t.data_ptr(), t.data_ptr(), t.numel(),
-                                 str(t.dtype).removeprefix("torch."), op, self.algo, str(t.device))
+                                 str(t.dtype).removeprefix("torch."), op, "auto" if self.algo == "core" else self.algo,
+                                 str(t.device))
             return
         host = t if t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64, torch.int32) else \
             t.to("cpu", torch.float32 if t.is_floating_point() else t.dtype)
@@ -669,7 +672,8 @@ def data_parallel(model: torch.nn.Module, optimizer: torch.optim.Optimizer | Non
     Options: bucket_mb, first_bucket_mb, compression ("none", "fp16", "bf16", "powersgd";
     powersgd_rank, default 4, and powersgd_start, the steps averaged exactly first, default 10),
     find_unused_parameters, algo ("auto", the default, or $MPIRT_ALGO: NCCL for a CUDA model where every rank
-    of a node has its own GPU, else the core's choice; "mpi", "ring", "shm", "ordered": one of the core's;
+    of a node has its own GPU, else "core"; "core": the compiled core, its algorithm chosen per size and
+    layout; "mpi", "ring", "shm", "ordered": one of the core's;
     "mpi4py": no core; "torch": torch.distributed, NCCL on GPUs, gloo on CPUs), overlap, comm,
     stall_warn_s / stall_abort_s (default $MPIRT_STALL_WARN_S or 60 s / $MPIRT_STALL_ABORT_S or never),
     timeline (a path for the Chrome-trace timeline; default $MPIRT_TIMELINE, none if unset).

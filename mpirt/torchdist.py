@@ -54,7 +54,7 @@ def join_default_group(comm, backend: str | None = None, timeout_s: float = 600.
     must agree with MPI about every rank, or reductions through it would pair the wrong ranks."""
     global _holders
     if not dist.is_available():
-        raise RuntimeError("this torch has no torch.distributed; reduce with the core's algorithms (algo='auto')")
+        raise RuntimeError("this torch has no torch.distributed; reduce with the compiled core (algo='core')")
     rank, size = comm.Get_rank(), comm.Get_size()
     # every rank's view, so that all raise or none does (a rank alone joining would hang the rest)
     views = comm.allgather((dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else None)

@@ -42,7 +42,7 @@ def test_readme_job_loss_falls(tmp_path, model, extra):
     assert all(r["samples_per_s"] > 0 and 0 <= r["overlap"] <= 1 for r in records)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["ranks"] == 2 and summary["steps"] == len(records)
-    assert summary["algo"] == "auto" and "(cpu, algo auto)" in proc.stdout  # the core's choice on CPU
+    assert summary["algo"] == "core" and "(cpu, algo core)" in proc.stdout  # auto: the core on CPU
 
 
 SAME = ["--optimizer", "sgd", "--lr", "0.05", "--steps", "6", "--batch-size", "24", "--samples", "240",

@@ -56,7 +56,7 @@ def test_mpirt_train_on_gpus_gives_the_weights_of_one_rank(tmp_path):
         summary = json.loads((out / "summary.json").read_text())
         # auto: NCCL where every rank has a GPU of its own, the core where ranks share one
         nccl = torch.distributed.is_nccl_available() and torch.cuda.device_count() >= np_
-        assert (summary["device"], summary["algo"]) == ("cuda", "torch" if nccl else "auto"), summary
+        assert (summary["device"], summary["algo"]) == ("cuda", "torch" if nccl else "core"), summary
         weights.append(checkpoint.load_latest(out / "checkpoints")[1]["model"])
     for name, w1 in weights[0].items():
         assert torch.allclose(w1, weights[1][name], rtol=1e-4, atol=1e-5), name

@@ -328,13 +328,14 @@ if size > 1:
             raise
     dist.destroy_process_group()
 # what auto runs: NCCL for a CUDA model only where NCCL serves every rank; names stay as given
-for args, runs in ((("auto", True, True), "torch"), (("auto", True, False), "auto"), (("auto", False, True), "auto"),
-                   (("auto", False, False), "auto"), (("ring", True, True), "ring"), (("mpi4py", True, True), "mpi4py")):
+for args, runs in ((("auto", True, True), "torch"), (("auto", True, False), "core"), (("auto", False, True), "core"),
+                   (("auto", False, False), "core"), (("core", True, True), "core"), (("ring", True, True), "ring"),
+                   (("mpi4py", True, True), "mpi4py")):
     if choose_algo(*args) != runs:
         raise AssertionError(f"choose_algo{args} = {choose_algo(*args)!r}, not {runs!r}")
 # MPIRT_ALGO is the default an argument overrides; a wrong one is refused by name.
 os.environ["MPIRT_ALGO"] = "mpi4py"
-for given, runs in ((None, "mpi4py"), ("shm", "shm"), ("auto", "auto")):  # a CPU model: the core's auto
+for given, runs in ((None, "mpi4py"), ("shm", "shm"), ("auto", "core")):  # a CPU model: the core
     dp = data_parallel(make_model(), None, algo=given)
     if dp.algo != runs:
         raise AssertionError(f"algo={given!r} with MPIRT_ALGO=mpi4py ran {dp.algo!r}, not {runs!r}")
@@ -344,7 +345,7 @@ try:
     data_parallel(make_model(), None)
     raise AssertionError("MPIRT_ALGO=nccl was accepted")
 except ValueError as e:
-    if not str(e).startswith("MPIRT_ALGO='nccl' is not an algorithm: set one of auto, mpi,"):
+    if not str(e).startswith("MPIRT_ALGO='nccl' is not an algorithm: set one of auto, core, mpi,"):
         raise
 del os.environ["MPIRT_ALGO"]
 checked.append("misuse errors")
