@@ -138,7 +138,7 @@ def _csv(value: str) -> tuple[str, ...]:
 @click.option("-e", "--maxbytes", default="16M", show_default=True, envvar="MPIRT_BENCH_MAXBYTES")
 @click.option("-f", "--factor", type=click.IntRange(min=2), default=4, show_default=True, envvar="MPIRT_BENCH_FACTOR")
 @click.option("--algos", default="all", show_default=True, envvar="MPIRT_BENCH_ALGOS",
-              help="Core algorithms: comma list of mpi, ring, shm, auto, ordered, or all.")
+              help="Core algorithms: comma list of mpi, ring, shm, auto, ordered, hier, or all.")
 @click.option("-n", "--iters", type=click.IntRange(min=1), envvar="MPIRT_BENCH_ITERS",
               help="Collective iterations per size (default: the harness's, by size).")
 @click.option("--model", type=click.Choice(["comm", "compute"]), default="comm", show_default=True,
@@ -467,7 +467,7 @@ def worker(port: int, ssh_dir: str, state_dir: str, listen: str, sshd: str, chec
               envvar="MPIRT_POWERSGD_RANK", help="Rank of PowerSGD's approximation (--compression powersgd).")
 @click.option("--powersgd-start", type=click.IntRange(min=0), default=10, show_default=True,
               envvar="MPIRT_POWERSGD_START", help="Steps averaged exactly before PowerSGD starts.")
-@click.option("--algo", type=click.Choice(["auto", "core", "mpi", "ring", "shm", "ordered", "mpi4py", "torch"]),
+@click.option("--algo", type=click.Choice(["auto", "core", "mpi", "ring", "shm", "ordered", "hier", "mpi4py", "torch"]),
               default="auto",
               show_default=True, envvar="MPIRT_ALGO",
               help="How gradients are reduced: auto (NCCL on GPUs where each rank has its own, else core), core "

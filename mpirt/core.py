@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from mpirt.comm import MPI, core
 
 OPS = ("sum", "min", "max", "avg")
-ALGOS = ("mpi", "ring", "shm", "auto", "ordered")
+ALGOS = ("mpi", "ring", "shm", "auto", "ordered", "hier")
 
 
 @dataclass(frozen=True)
@@ -58,8 +58,9 @@ def describe(buf) -> Buffer:
 def allreduce(send, recv=None, op: str = "sum", algo: str = "auto", comm=None):
     """Reduce ``send`` across ``comm`` (default COMM_WORLD) into ``recv``, or in place when
     ``recv`` is None; returns the buffer holding the result. ``op``: sum, min, max, avg
-    (16-bit floats accumulate in fp32). ``algo``: mpi, ring, shm, auto or ordered (the same bits
-    for any split of a buffer into calls, any node layout and any run: see docs/allreduce.md)."""
+    (16-bit floats accumulate in fp32). ``algo``: mpi, ring, shm, auto, ordered (the same bits
+    for any split of a buffer into calls, any node layout and any run) or hier (node-aware, for
+    several ranks a node across a slow network): see docs/allreduce.md."""
     if op not in OPS:
         raise ValueError(f"unknown op {op!r}; use one of {', '.join(OPS)}")
     if algo not in ALGOS:

@@ -55,7 +55,7 @@ from mpirt.timeline import Timeline
 
 # compression -> the 16-bit type gradients travel in (PowerSGD sends low-rank factors instead)
 COMPRESSION = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16, "powersgd": None}
-ALGOS = ("auto", "core", "mpi", "ring", "shm", "ordered", "mpi4py", "torch")
+ALGOS = ("auto", "core", "mpi", "ring", "shm", "ordered", "hier", "mpi4py", "torch")
 
 
 def choose_algo(requested: str, cuda_model: bool, nccl: bool) -> str:
@@ -673,7 +673,7 @@ def data_parallel(model: torch.nn.Module, optimizer: torch.optim.Optimizer | Non
     powersgd_rank, default 4, and powersgd_start, the steps averaged exactly first, default 10),
     find_unused_parameters, algo ("auto", the default, or $MPIRT_ALGO: NCCL for a CUDA model where every rank
     of a node has its own GPU, else "core"; "core": the compiled core, its algorithm chosen per size and
-    layout; "mpi", "ring", "shm", "ordered": one of the core's;
+    layout; "mpi", "ring", "shm", "ordered", "hier": one of the core's;
     "mpi4py": no core; "torch": torch.distributed, NCCL on GPUs, gloo on CPUs), overlap, comm,
     stall_warn_s / stall_abort_s (default $MPIRT_STALL_WARN_S or 60 s / $MPIRT_STALL_ABORT_S or never),
     timeline (a path for the Chrome-trace timeline; default $MPIRT_TIMELINE, none if unset).

@@ -24,7 +24,7 @@ from pathlib import Path
 from mpirt.bench import schema
 from mpirt.bench.allreduce import EXECUTABLE, executable
 
-ALGOS = ("mpi", "ring", "shm", "auto", "ordered")  # the core's (mpirt.core imports MPI; this runs in the launcher)
+ALGOS = ("mpi", "ring", "shm", "auto", "ordered", "hier")  # the core's (mpirt.core imports MPI; this runs in the launcher)
 
 
 class ScalingError(ValueError):

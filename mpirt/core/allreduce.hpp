@@ -14,7 +14,7 @@
 
 namespace mpirt {
 
-enum class Algo : int { mpi = 0, ring = 1, shm = 2, automatic = 3, ordered = 4 };
+enum class Algo : int { mpi = 0, ring = 1, shm = 2, automatic = 3, ordered = 4, hier = 5 };
 enum class Device : int { cpu = 0, cuda = 1 };
 
 struct Call {
@@ -34,7 +34,7 @@ struct AlgoPlugin {
   void (*run)(const Call& call);
 };
 
-const std::vector<AlgoPlugin>& algorithms();  // mpi, ring, shm, auto, ordered (in that order)
+const std::vector<AlgoPlugin>& algorithms();  // mpi, ring, shm, auto, ordered, hier (in that order)
 const AlgoPlugin& algorithm(Algo a);
 bool parse_algo(const std::string& s, Algo* out);
 
@@ -54,6 +54,7 @@ void allreduce_mpi(const Call& call);
 void allreduce_ring(const Call& call);
 void allreduce_shm(const Call& call);
 void allreduce_ordered(const Call& call);
+void allreduce_hier(const Call& call);
 
 // Node layout of a communicator, computed once per communicator and cached on it.
 struct NodeLayout {

@@ -49,7 +49,7 @@ const char* usage() {
          "  -w, --warmup N          untimed iterations per size    [iters/10, at least 2]\n"
          "  -d, --datatype T        float32|float64|float16|bfloat16|int32          [float32]\n"
          "  -o, --op OP             sum|min|max|avg                                  [sum]\n"
-         "  -a, --algo LIST         comma list of mpi,ring,shm,auto,ordered, or all  [all]\n"
+         "  -a, --algo LIST         comma list of mpi,ring,shm,auto,ordered,hier or all [all]\n"
          "  -m, --mode MODE         out-of-place|in-place|both                       [both]\n"
          "  -D, --device DEV        cpu|cuda (cuda: local rank picks the GPU)        [cpu]\n"
          "  -c, --check N           check N results against locally computed values  [1]\n"
@@ -128,10 +128,10 @@ BenchOptions parse_options(int argc, char** argv) {
           }
           Algo a;
           if (!parse_algo(name, &a))
-            throw UsageError("-a/--algo " + name + ": unknown algorithm; use mpi, ring, shm, auto, ordered or all");
+            throw UsageError("-a/--algo " + name + ": unknown algorithm; use mpi, ring, shm, auto, ordered, hier or all");
           o.algos.push_back(a);
         }
-        if (o.algos.empty()) throw UsageError("-a/--algo: give at least one of mpi, ring, shm, auto, ordered");
+        if (o.algos.empty()) throw UsageError("-a/--algo: give at least one of mpi, ring, shm, auto, ordered, hier");
         break;
       }
       case 'm':

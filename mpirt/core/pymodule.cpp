@@ -28,7 +28,7 @@ PyObject* py_allreduce(PyObject*, PyObject* args) {
     return PyErr_Format(PyExc_ValueError, "unknown dtype '%s': use float32, float64, float16, bfloat16 or int32", dtype_s);
   if (!parse_op(op_s, &op)) return PyErr_Format(PyExc_ValueError, "unknown op '%s': use sum, min, max or avg", op_s);
   if (!parse_algo(algo_s, &algo))
-    return PyErr_Format(PyExc_ValueError, "unknown algorithm '%s': use mpi, ring, shm, auto or ordered", algo_s);
+    return PyErr_Format(PyExc_ValueError, "unknown algorithm '%s': use mpi, ring, shm, auto, ordered or hier", algo_s);
   // "cpu", "cuda" (the calling thread's current device) or "cuda:N", as torch writes a device
   const std::string dev(device_s);
   int device_index = -1;

@@ -113,7 +113,7 @@ def test_small_real_sweep_at_1_2_and_4_ranks(tmp_path):
     assert d["benchmark"] == "scaling" and d["env"]["hosts"]["oversubscribed"] is True
     assert d["env"]["mpi"]["library"] and d["env"]["mpirt"]["git_commit"]
     coll = {(r["key"]["np"], r["key"]["algo"]) for r in d["rows"] if r["kind"] == "collective"}
-    assert coll == {(n, a) for n in (2, 4) for a in ("mpi", "ring", "shm", "auto", "ordered")}
+    assert coll == {(n, a) for n in (2, 4) for a in ("mpi", "ring", "shm", "auto", "ordered", "hier")}
     train = [r for r in d["rows"] if r["kind"] == "train"]
     assert d["config"]["train"]["reduced_by"] == {"compute-only": "none", "mpirt": "core", "ddp": "gloo"}
     assert {(r["key"]["np"], r["key"]["scaling"], r["key"]["system"]) for r in train} == {

@@ -1,6 +1,8 @@
 """The compiled core across network-namespace hosts: `ordered` gives a serial fold's bits
 whatever the layout (one rank per host, two per host), through the path it takes across nodes;
-`auto` follows the launcher's TCP-tier threshold for `ring`."""
+every algorithm is right on two hosts of two ranks (`hier`'s node phases and rings between
+real nodes); `auto` follows the launcher's TCP-tier threshold for `ring`, `hier` with several
+ranks a host."""
 
 import json
 import sys
@@ -14,6 +16,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.mpi]
 
 ORDERED = str(Path(__file__).parents[1] / "mpi" / "ranks" / "ordered_bits.py")
 AUTO_CHOICE = str(Path(__file__).parent / "ranks" / "auto_choice.py")
+MATRIX = str(Path(__file__).parents[1] / "mpi" / "ranks" / "allreduce_matrix.py")
 
 
 @pytest.mark.parametrize("hosts,slots", [(3, 1), (2, 2)], ids=["3x1", "2x2"])
@@ -49,3 +52,22 @@ def test_auto_runs_ring_across_tcp_hosts_from_the_launchers_threshold(cluster):
     assert choice("--env", "MPIRT_AUTO_RING_MIN_BYTES=off", "--env", "MPIRT_RING_SEGMENT_BYTES=8192", "--env",
                   "MPIRT_RING_WAIT_US=0") == {
         "threshold": "off", "segment": "8192", "wait": "0", "chosen": {"1048572": "mpi", "1048576": "mpi"}}
+
+
+def test_every_algorithm_on_two_hosts_of_two_ranks_and_auto_picks_hier(cluster):
+    """In 4 KiB rounds, so `hier` and `shm` take many rounds with short last ones; `auto` runs
+    `hier` from the launcher's threshold when every host has several ranks."""
+    c = cluster(2)
+    names = ["w0", "w1"]
+    for w in names:
+        c.start_worker(w)
+    proc = c.launch(names, [sys.executable, MATRIX], "--env", "MPIRT_SHM_CHUNK=4096", slots=2, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if '{"size"' in x)
+    report = json.loads(line[line.index('{"size"'):])
+    assert report["size"] == 4 and report["cases"] == 6 * 5 * 4 * 5 * 2 + 6
+    assert report["n_failures"] == 0, "\n".join(report["failures"])
+    proc = c.launch(names, [sys.executable, AUTO_CHOICE], slots=2, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if '{"threshold"' in x)
+    assert json.loads(line[line.index('{"threshold"'):])["chosen"] == {"1048572": "mpi", "1048576": "hier"}

@@ -6,7 +6,7 @@ from conftest import last_json
 
 pytestmark = pytest.mark.mpi
 
-ALGOS, DTYPES, OPS, COUNTS, MODES = 5, 5, 4, 5, 2
+ALGOS, DTYPES, OPS, COUNTS, MODES = 6, 5, 4, 5, 2
 
 
 STAGING = {"default": {}, "cached": {"MPIRT_SHM_STORES": "cached", "MPIRT_SHM_CHUNK": "4096"},
@@ -43,7 +43,7 @@ def test_bad_buffers_are_refused_with_the_fix(mpiexec):
         "dtype": "array dtype int64 is not supported; use float32, float64, float16 or int32 "
                  "(bfloat16 through a torch tensor)",
         "op": "unknown op 'prod'; use one of sum, min, max, avg",
-        "algo": "unknown algorithm 'tree'; use one of mpi, ring, shm, auto, ordered",
+        "algo": "unknown algorithm 'tree'; use one of mpi, ring, shm, auto, ordered, hier",
         "readonly": "the result buffer is read-only; pass a writable array (a.copy())",
         "scalar": "allreduce takes a numpy array, not the scalar numpy.float32; reduce numpy.array([x]) and read "
                   "its element",

@@ -27,7 +27,7 @@ def test_json_rows_follow_the_nccl_tests_formulas(mpiexec, np_, tmp_path):
     sizes = sorted({r["size"] for r in doc["results"]})
     assert sizes == [8, 64, 512, 4096, 32768]
     assert {(r["algo"], r["mode"]) for r in doc["results"]} == {
-        (a, m) for a in ("mpi", "ring", "shm", "auto", "ordered") for m in ("out-of-place", "in-place")}
+        (a, m) for a in ("mpi", "ring", "shm", "auto", "ordered", "hier") for m in ("out-of-place", "in-place")}
     for r in doc["results"]:
         t = r["time_us"]
         assert 0 < t["min"] <= t["avg"] <= t["max"]
@@ -36,7 +36,7 @@ def test_json_rows_follow_the_nccl_tests_formulas(mpiexec, np_, tmp_path):
         assert r["algbw_gbs"] == pytest.approx(r["size"] / (t["avg"] * 1e-6) / 1e9, rel=1e-3)
         assert r["busbw_gbs"] == pytest.approx(r["algbw_gbs"] * 2 * (np_ - 1) / np_, rel=1e-3, abs=1e-9)
         assert r["wrong"] == 0
-        assert r["algo_used"] in ("mpi", "ring", "shm", "ordered")
+        assert r["algo_used"] in ("mpi", "ring", "shm", "ordered", "hier")
     assert len(doc["memcpy"]) == len(sizes)
     assert doc["summary"]["passed"] is True
 
@@ -153,7 +153,7 @@ def test_only_rank_0_prints(mpiexec):
     (["-b", "6", "-e", "6"], "not a multiple of the float32 element size"),
     (["-d", "complex64"], "unknown type; use float32"),
     (["-o", "prod"], "unknown op; use sum, min, max or avg"),
-    (["-a", "tree"], "unknown algorithm; use mpi, ring, shm, auto, ordered or all"),
+    (["-a", "tree"], "unknown algorithm; use mpi, ring, shm, auto, ordered, hier or all"),
     (["-D", "cuda"], "; use --device cpu"),
     (["-f", "1"], "must be greater than 1"),
     (["--bogus"], "unknown option --bogus"),

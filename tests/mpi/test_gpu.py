@@ -76,5 +76,5 @@ def test_scaling_on_gpus_has_nccl_beside_the_core(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     d = schema.load(out)
     algos = {r["key"]["algo"] for r in d["rows"] if r["kind"] == "collective"}
-    assert algos == {"mpi", "ring", "shm", "auto", "ordered", "nccl"}
+    assert algos == {"mpi", "ring", "shm", "auto", "ordered", "hier", "nccl"}
     assert {r["key"]["device"] for r in d["rows"]} == {"cuda"} and d["env"]["gpus"]
