@@ -1,15 +1,16 @@
 #!/usr/bin/env python3
 """Allreduce across hosts on a slow TCP network (root, iproute2 with tc, openssh-server):
 
-2, 3 and 4 network-namespace hosts (the tests' cluster), one rank each, every link into a host
-limited by a token bucket (`tc ... tbf rate RATE`, default 1 Gbit/s). `mpirt-allreduce-perf`
-runs MPI_Allreduce, `ring` and `auto` in place through `mpirt launch`, which sets the TCP
+2, 3 and 4 network-namespace hosts (the tests' cluster), one rank each (--slots: more), every
+link into a host limited by a token bucket (`tc ... tbf rate RATE`, default 1 Gbit/s).
+`mpirt-allreduce-perf` runs MPI_Allreduce, `ring` and `auto` (and `hier` with several ranks a
+host) in place through `mpirt launch`, which sets the TCP
 tier's defaults (among them MPIRT_AUTO_RING_MIN_BYTES: from there `auto` runs `ring` across
 hosts; MPIRT_RING_SEGMENT_BYTES, the size of the ring's messages; MPIRT_RING_WAIT_US, how it
 waits). Each world size is measured --repeats times, each a fresh job. Writes
-results/allreduce-tcp.{json,md}.
+results/allreduce-tcp.{json,md} (allreduce-tcp-Nperhost.* with --slots N).
 
-    python benchmarks/allreduce_tcp.py [--rate 1gbit] [--hosts 2,3,4] [--repeats 3]
+    python benchmarks/allreduce_tcp.py [--rate 1gbit] [--hosts 2,3,4] [--slots 1] [--repeats 3]
 
 With --mpi PREFIX the jobs use PREFIX/bin/mpirun and PREFIX/bin/mpirt-allreduce-perf: another
 MPI with mpirt built against it, e.g. Open MPI 5 from its wheel (results/allreduce-tcp-NAME.*):
@@ -46,6 +47,10 @@ WATCHED = ("MPIRT_AUTO_RING_MIN_BYTES", "MPIRT_RING_SEGMENT_BYTES", "MPIRT_RING_
            "OMPI_MCA_mpi_preconnect_mpi")
 
 
+def algos(slots: int) -> tuple[str, ...]:
+    return ALGOS + (("hier",) if slots > 1 else ())
+
+
 def measure(hosts: int, args) -> tuple[list[dict], dict]:
     """Every repeat's harness document at ``hosts`` hosts, and the variables the launcher set."""
     docs = []
@@ -54,9 +59,9 @@ def measure(hosts: int, args) -> tuple[list[dict], dict]:
     with rate_limited(hosts, args.rate, "mpirt-bench-tcp-") as (c, names):
         added = c.rank_env(names, WATCHED, *extra, python=f"{bindir}python" if args.mpi else sys.executable)
         harness = [f"{bindir}mpirt-allreduce-perf", "-b", args.min, "-e", args.max, "-f", "4", "-n", str(args.iters),
-                   "-w", "1", "-a", ",".join(ALGOS), "-m", "in-place", "-c", "1", "--json", "-"]
+                   "-w", "1", "-a", ",".join(algos(args.slots)), "-m", "in-place", "-c", "1", "--json", "-"]
         for _ in range(args.repeats):
-            proc = c.launch(names, harness, "--no-tag-output", *extra, timeout=1200)
+            proc = c.launch(names, harness, "--no-tag-output", *extra, timeout=1200, slots=args.slots)
             if proc.returncode != 0:
                 sys.exit(f"the {hosts}-host job failed:\n{proc.stderr[-3000:]}")
             docs.append(json_in(proc.stdout, lambda d: "results" in d and "world" in d))
@@ -67,24 +72,27 @@ def measure(hosts: int, args) -> tuple[list[dict], dict]:
 def markdown(doc: dict) -> str:
     env, cfg = doc["env"], doc["config"]
     rows = {(r["key"]["np"], r["key"]["size"], r["key"]["algo"]): r for r in doc["rows"]}
+    slots = cfg.get("slots", 1)
+    names = algos(slots)
     lines = ["# Allreduce across hosts over a rate-limited TCP link", "",
-             f"Network-namespace hosts on one machine ({env['cpu']['model']}, {env['cpu']['cores']} cores), one rank "
-             f"each, every link into a host limited to {cfg['rate']} (tc tbf); {cfg['dtype']} {cfg['op']}, in place; "
+             f"Network-namespace hosts on one machine ({env['cpu']['model']}, {env['cpu']['cores']} cores), "
+             f"{'one rank' if slots == 1 else f'{slots} ranks'} each, every link into a host limited to {cfg['rate']} (tc tbf); {cfg['dtype']} {cfg['op']}, in place; "
              f"{env['mpi']['library']}; median of {cfg['repeats']} jobs of {cfg['iters']} timed calls per size; "
              f"taken {env['timestamp']}. busbw in MB/s (nccl-tests definition); the link carries at most about 119 "
              "MB/s of payload. Ratios are taken within each job, then their median; ± is twice their coefficient "
              "of variation.", "",
-             "| hosts | size | mpi busbw | ring busbw | auto busbw (→algo) | ring / mpi | auto / mpi |",
-             "|---:|---:|---:|---:|---:|---:|---:|"]
+             "| hosts | ranks | size | " + " | ".join(f"{a} busbw" + (" (→algo)" if a == "auto" else "") for a in names)
+             + " | " + " | ".join(f"{a} / mpi" for a in names[1:]) + (" | hier / ring |" if "hier" in names else " |"),
+             "|---:" * (3 + 2 * len(names) - 1 + ("hier" in names)) + "|"]
     for n, size, algo in sorted(rows):
         if algo != "mpi":
             continue
-        m = {a: rows[(n, size, a)]["metrics"]["busbw_gbs"] for a in ALGOS}
-        ring, auto = ratio(m["ring"], m["mpi"]), ratio(m["auto"], m["mpi"])
+        m = {a: rows[(n, size, a)]["metrics"]["busbw_gbs"] for a in names}
         used = rows[(n, size, "auto")]["info"]["algo_used"]
-        lines.append(f"| {n} | {fmt_size(size)} | {m['mpi']['median'] * 1e3:.0f} | {m['ring']['median'] * 1e3:.0f} | "
-                     f"{m['auto']['median'] * 1e3:.0f} (→{used}) | {ring[0]:.2f} ±{ring[1]:.2f} | "
-                     f"{auto[0]:.2f} ±{auto[1]:.2f} |")
+        ratios = [ratio(m[a], m["mpi"]) for a in names[1:]] + ([ratio(m["hier"], m["ring"])] if "hier" in names else [])
+        lines.append(f"| {n // slots} | {n} | {fmt_size(size)} | " +
+                     " | ".join(f"{m[a]['median'] * 1e3:.0f}" + (f" (→{used})" if a == "auto" else "") for a in names)
+                     + " | " + " | ".join(f"{x:.2f} ±{nz:.2f}" for x, nz in ratios) + " |")
     mine = {k: v["value"] for k, v in env["network"]["env"].items() if k in WATCHED}
     lines += ["", "Set by the launcher on every rank, among others: " +
               ", ".join(f"`{k}={v}`" for k, v in sorted(mine.items())), ""]
@@ -95,6 +103,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rate", default="1gbit", help="tc rate of every link into a host")
     ap.add_argument("--hosts", default="2,3,4", help="comma list of host counts")
+    ap.add_argument("--slots", type=int, default=1, help="ranks on each host")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--iters", type=int, default=5, help="timed calls per size")
     ap.add_argument("--min", default="256K")
@@ -114,20 +123,20 @@ def main() -> int:
         sys.exit(f"cannot run: {reason}")
     runs, added = {}, {}
     for hosts in (int(h) for h in args.hosts.split(",")):
-        runs[hosts], added = measure(hosts, args)
+        runs[hosts * args.slots], added = measure(hosts, args)  # by world size, as every result
     first = next(iter(runs.values()))[0]
     rows = collective_rows(runs)
-    counts = sorted(runs)
+    counts = sorted(n // args.slots for n in runs)
     impl = detect(f"{args.mpi}/bin/{args.mpirun}" if args.mpi else find_mpirun())
     env = environment.collect(impl=impl, launcher_added=added, argv=sys.argv,
-                              hosts={"count": max(counts), "slots": max(counts), "names": [f"w{i}" for i in
-                                                                                          range(max(counts))],
-                                     "oversubscribed": False, "nodes_seen": max(counts)},
+                              hosts={"count": max(counts), "slots": args.slots, "names": [f"w{i}" for i in
+                                                                                         range(max(counts))],
+                                     "oversubscribed": args.slots > 1, "nodes_seen": max(counts)},
                               rank_view={"mpi_library": first["mpi"]["library"], "cuda_aware": first["mpi"]["cuda_aware"]})
-    config = {"rate": args.rate, "hosts": counts, "repeats": args.repeats, "iters": args.iters,
+    config = {"rate": args.rate, "hosts": counts, "slots": args.slots, "repeats": args.repeats, "iters": args.iters,
               "dtype": first["config"]["dtype"], "op": first["config"]["op"]}
     doc = schema.document("allreduce-tcp", env, config, rows)
-    stem = "allreduce-tcp" + (f"-{args.name}" if args.name else "")
+    stem = "allreduce-tcp" + (f"-{args.name}" if args.name else "") + (f"-{args.slots}perhost" if args.slots > 1 else "")
     schema.write(doc, args.out / f"{stem}.json")
     (args.out / f"{stem}.md").write_text(markdown(doc))
     print(markdown(doc))
