@@ -76,12 +76,14 @@ def markdown(doc: dict) -> str:
     names = algos(slots)
     lines = ["# Allreduce across hosts over a rate-limited TCP link", "",
              f"Network-namespace hosts on one machine ({env['cpu']['model']}, {env['cpu']['cores']} cores), "
-             f"{'one rank' if slots == 1 else f'{slots} ranks'} each, every link into a host limited to {cfg['rate']} (tc tbf); {cfg['dtype']} {cfg['op']}, in place; "
+             f"{'one rank' if slots == 1 else f'{slots} ranks'} each, every link into a host limited to "
+             f"{cfg['rate']} (tc tbf); {cfg['dtype']} {cfg['op']}, in place; "
              f"{env['mpi']['library']}; median of {cfg['repeats']} jobs of {cfg['iters']} timed calls per size; "
              f"taken {env['timestamp']}. busbw in MB/s (nccl-tests definition); the link carries at most about 119 "
              "MB/s of payload. Ratios are taken within each job, then their median; ± is twice their coefficient "
              "of variation.", "",
-             "| hosts | ranks | size | " + " | ".join(f"{a} busbw" + (" (→algo)" if a == "auto" else "") for a in names)
+             "| hosts | ranks | size | "
+             + " | ".join(f"{a} busbw" + (" (→algo)" if a == "auto" else "") for a in names)
              + " | " + " | ".join(f"{a} / mpi" for a in names[1:]) + (" | hier / ring |" if "hier" in names else " |"),
              "|---:" * (3 + 2 * len(names) - 1 + ("hier" in names)) + "|"]
     for n, size, algo in sorted(rows):
@@ -136,7 +138,8 @@ def main() -> int:
     config = {"rate": args.rate, "hosts": counts, "slots": args.slots, "repeats": args.repeats, "iters": args.iters,
               "dtype": first["config"]["dtype"], "op": first["config"]["op"]}
     doc = schema.document("allreduce-tcp", env, config, rows)
-    stem = "allreduce-tcp" + (f"-{args.name}" if args.name else "") + (f"-{args.slots}perhost" if args.slots > 1 else "")
+    stem = ("allreduce-tcp" + (f"-{args.name}" if args.name else "")
+            + (f"-{args.slots}perhost" if args.slots > 1 else ""))
     schema.write(doc, args.out / f"{stem}.json")
     (args.out / f"{stem}.md").write_text(markdown(doc))
     print(markdown(doc))

@@ -11,8 +11,8 @@ is the whole API. It
   post-accumulate hook hands each full bucket to one communication thread, which averages it
   while backward goes on: with the compiled core, or (``algo="auto"`` on a CUDA model where
   every rank of a node has a GPU of its own and torch has NCCL) with NCCL through
-  torch.distributed, DDP's own path to NVLink and GPUDirect. Buckets are always reduced in index order,
-  so every rank issues the same collectives in the same order;
+  torch.distributed, DDP's own path to NVLink and GPUDirect. Buckets are always reduced in
+  index order, so every rank issues the same collectives in the same order;
 - waits for all buckets when backward ends (a callback queued on the autograd engine), so the
   gradients are final when ``backward()`` returns, as with DDP: gradient clipping, AMP's
   ``GradScaler.unscale_``/inf check and a second loss's backward all see averaged gradients.
@@ -56,6 +56,8 @@ from mpirt.timeline import Timeline
 # compression -> the 16-bit type gradients travel in (PowerSGD sends low-rank factors instead)
 COMPRESSION = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16, "powersgd": None}
 ALGOS = ("auto", "core", "mpi", "ring", "shm", "ordered", "hier", "mpi4py", "torch")
+DEFAULT_BUCKET_MB = 25.0
+DEFAULT_FIRST_BUCKET_MB = 1.0
 
 
 def choose_algo(requested: str, cuda_model: bool, nccl: bool) -> str:
@@ -66,8 +68,6 @@ def choose_algo(requested: str, cuda_model: bool, nccl: bool) -> str:
     if requested != "auto":
         return requested
     return "torch" if cuda_model and nccl else "core"
-DEFAULT_BUCKET_MB = 25.0
-DEFAULT_FIRST_BUCKET_MB = 1.0
 
 
 @dataclass(frozen=True)

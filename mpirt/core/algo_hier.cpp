@@ -65,7 +65,8 @@ void allreduce_hier(const Call& c) {
     held += bytes;
     seg.barrier->wait(n, seg.spin_limit);
     char* out = recv + off * es;
-    for (int j = 0; j < n; ++j) std::memcpy(out + slices(off, j), result + slices(off, j), slices(off, j + 1) - slices(off, j));
+    for (int j = 0; j < n; ++j)
+      std::memcpy(out + slices(off, j), result + slices(off, j), slices(off, j + 1) - slices(off, j));
   }
 }
 
