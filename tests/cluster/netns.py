@@ -134,18 +134,19 @@ class Cluster:
         pytest.fail(f"worker {name} never listened on 2222")
 
     def start_launch(self, hosts: list[str], command: list[str], *extra: str, env: dict | None = None,
-                     slots: int | None = 1) -> subprocess.Popen:
+                     slots: int | list[int] | None = 1) -> subprocess.Popen:
         """``mpirt launch`` in the launcher namespace over a hostfile of ``hosts`` (no counts
-        with ``slots=None``, as Volcano writes them)."""
+        with ``slots=None``, as Volcano writes them; a list: each host's own)."""
         hostfile = self.tmp / "hostfile"
-        hostfile.write_text("".join(f"{h}{f' slots={slots}' if slots else ''}\n" for h in hosts))
+        counts = slots if isinstance(slots, list) else [slots] * len(hosts)
+        hostfile.write_text("".join(f"{h}{f' slots={n}' if n else ''}\n" for h, n in zip(hosts, counts)))
         argv = ["mpirt", "launch", "--hostfile", str(hostfile), "--ssh-dir", str(self.secret), "--state-dir",
                 str(self.tmp / "launch"), *extra, "--", *command]
         return self.run_in("launcher", argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                            env={**os.environ, **(env or {})})
 
     def launch(self, hosts: list[str], command: list[str], *extra: str, timeout: float = 180,
-               env: dict | None = None, slots: int | None = 1) -> subprocess.CompletedProcess:
+               env: dict | None = None, slots: int | list[int] | None = 1) -> subprocess.CompletedProcess:
         proc = self.start_launch(hosts, command, *extra, env=env, slots=slots)
         try:
             out, err = proc.communicate(timeout=timeout)

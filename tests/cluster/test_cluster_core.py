@@ -48,15 +48,17 @@ def test_auto_runs_ring_across_tcp_hosts_from_the_launchers_threshold(cluster):
         return json.loads(line[line.index('{"threshold"'):])
 
     assert choice() == {"threshold": "1048576", "segment": "61440", "wait": "50",
-                        "chosen": {"1048572": "mpi", "1048576": "ring"}}
+                        "chosen": {"1048572": "mpi", "1048576": "ring"}, "hier": "ran"}
     assert choice("--env", "MPIRT_AUTO_RING_MIN_BYTES=off", "--env", "MPIRT_RING_SEGMENT_BYTES=8192", "--env",
                   "MPIRT_RING_WAIT_US=0") == {
-        "threshold": "off", "segment": "8192", "wait": "0", "chosen": {"1048572": "mpi", "1048576": "mpi"}}
+        "threshold": "off", "segment": "8192", "wait": "0", "chosen": {"1048572": "mpi", "1048576": "mpi"},
+        "hier": "ran"}
 
 
 def test_every_algorithm_on_two_hosts_of_two_ranks_and_auto_picks_hier(cluster):
     """In 4 KiB rounds, so `hier` and `shm` take many rounds with short last ones; `auto` runs
-    `hier` from the launcher's threshold when every host has several ranks."""
+    `hier` from the launcher's threshold when every host has several ranks, and `ring` where
+    the hosts hold different numbers."""
     c = cluster(2)
     names = ["w0", "w1"]
     for w in names:
@@ -67,7 +69,15 @@ def test_every_algorithm_on_two_hosts_of_two_ranks_and_auto_picks_hier(cluster):
     report = json.loads(line[line.index('{"size"'):])
     assert report["size"] == 4 and report["cases"] == 6 * 5 * 4 * 5 * 2 + 6
     assert report["n_failures"] == 0, "\n".join(report["failures"])
-    proc = c.launch(names, [sys.executable, AUTO_CHOICE], slots=2, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    line = next(x for x in proc.stdout.splitlines() if '{"threshold"' in x)
-    assert json.loads(line[line.index('{"threshold"'):])["chosen"] == {"1048572": "mpi", "1048576": "hier"}
+
+    def choice(slots):
+        proc = c.launch(names, [sys.executable, AUTO_CHOICE], slots=slots, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        line = next(x for x in proc.stdout.splitlines() if '{"threshold"' in x)
+        report = json.loads(line[line.index('{"threshold"'):])
+        return report["chosen"], report["hier"]
+
+    assert choice(2) == ({"1048572": "mpi", "1048576": "hier"}, "ran")
+    # two ranks on one host and one on the other: `auto` keeps the flat ring, `hier` says why not
+    assert choice([2, 1]) == ({"1048572": "mpi", "1048576": "ring"}, "algorithm hier needs the same number of ranks "
+                                                                       "on every node; use ring, mpi or auto")

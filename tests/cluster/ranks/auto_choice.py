@@ -1,5 +1,6 @@
-"""Which algorithm `auto` runs just below and at 1 MiB, with the result checked: rank 0
-prints one JSON line (the ring settings this rank saw, and size -> algorithm)."""
+"""Which algorithm `auto` runs just below and at 1 MiB, with the result checked, and whether
+`hier` runs: rank 0 prints one JSON line (the ring settings this rank saw, size -> algorithm,
+and "ran" or hier's error)."""
 
 import json
 import os
@@ -17,7 +18,14 @@ for nbytes in (2**20 - 4, 2**20):
     if not np.all(a == n * (n + 1) / 2):
         raise SystemExit(f"auto ({used}) gave a wrong sum at {nbytes} bytes")
     chosen[str(nbytes)] = used
+try:  # hier needs the same number of ranks on every node: elsewhere an error, on every rank
+    core().allreduce(comm.py2f(), a.ctypes.data, a.ctypes.data, a.size, "float32", "sum", "hier", "cpu")
+    hier = "ran"
+except ValueError as e:
+    hier = str(e)
+if len(set(comm.allgather(hier))) != 1:
+    raise SystemExit(f"hier: the ranks disagree: {comm.allgather(hier)}")
 if comm.Get_rank() == 0:
     print(json.dumps({"threshold": os.environ.get("MPIRT_AUTO_RING_MIN_BYTES"),
                       "segment": os.environ.get("MPIRT_RING_SEGMENT_BYTES"),
-                      "wait": os.environ.get("MPIRT_RING_WAIT_US"), "chosen": chosen}))
+                      "wait": os.environ.get("MPIRT_RING_WAIT_US"), "chosen": chosen, "hier": hier}))
