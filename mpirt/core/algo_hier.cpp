@@ -28,6 +28,7 @@ void allreduce_hier(const Call& c) {
     const size_t m = std::min(block, c.count - off);
     return (j * (m / n) + std::min<size_t>(j, m % n)) * es;
   };
+  auto length = [&](size_t off, size_t j) { return slices(off, j + 1) - slices(off, j); };
   const Op across = c.op == Op::avg ? Op::sum : c.op;  // divided once, by the whole world, below
   std::vector<char>& part = st.scratch;  // free here: the ring keeps its own on the cross-node state
   const size_t rounds = (c.count + block - 1) / block;  // each may give this rank one element over count/n
@@ -43,10 +44,10 @@ void allreduce_hier(const Call& c) {
     const char* in = send + off * es;
     char* mine = seg.input(parity, r, n);
     for (int j = 0; j < n; ++j)
-      if (j != r) std::memcpy(mine + slices(off, j), in + slices(off, j), slices(off, j + 1) - slices(off, j));
+      if (j != r) std::memcpy(mine + slices(off, j), in + slices(off, j), length(off, j));
     seg.barrier->wait(n, seg.spin_limit);
     for (int j = 0; j < n; ++j) srcs[j] = (j == r ? in : seg.input(parity, j, n)) + slices(off, r);
-    const size_t bytes = slices(off, r + 1) - slices(off, r);
+    const size_t bytes = length(off, r);
     reduce_n(part.data() + held, srcs.data(), n, bytes / es, c.dtype, across);
     held += bytes;
   }
@@ -60,13 +61,12 @@ void allreduce_hier(const Call& c) {
   parity = 0;
   for (size_t off = 0; off < c.count; off += block, parity ^= 1) {  // allgather within the node
     char* result = seg.result(parity, n);
-    const size_t bytes = slices(off, r + 1) - slices(off, r);
+    const size_t bytes = length(off, r);
     std::memcpy(result + slices(off, r), part.data() + held, bytes);
     held += bytes;
     seg.barrier->wait(n, seg.spin_limit);
     char* out = recv + off * es;
-    for (int j = 0; j < n; ++j)
-      std::memcpy(out + slices(off, j), result + slices(off, j), slices(off, j + 1) - slices(off, j));
+    for (int j = 0; j < n; ++j) std::memcpy(out + slices(off, j), result + slices(off, j), length(off, j));
   }
 }
 
