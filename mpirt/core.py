@@ -85,3 +85,47 @@ def allreduce(send, recv=None, op: str = "sum", algo: str = "auto", comm=None):
         torch.cuda.current_stream().synchronize()  # the core copies on a stream of its own: finish first
         core().allreduce(comm.py2f(), src.addr, dst.addr, src.count, src.dtype, op, algo, src.device)
     return send if recv is None else recv
+
+
+def shared_zeros(shape, dtype="float32", comm=None):
+    """A zeroed buffer in memory that the ranks of ``comm``'s node (default COMM_WORLD) share:
+    a numpy array, or a torch tensor when ``dtype`` is a torch dtype. Collective: every rank of
+    ``comm`` calls it, with the same shape and dtype. Passed at the same offsets on every rank
+    of a node, such buffers are reduced by ``shm`` (and ``auto`` where it picks ``shm``) without
+    staging: each rank reads its slice from every input and writes it into every output, 2S of
+    memory traffic per rank for S bytes against 4S staged (docs/allreduce.md). The memory lives
+    until :func:`free_shared` or the end of ``comm``."""
+    comm = MPI.COMM_WORLD if comm is None else comm
+    shape = (shape,) if isinstance(shape, int) else tuple(shape)
+    count = 1
+    for n in shape:
+        count *= n
+    if count <= 0:
+        raise ValueError(f"shared_zeros needs at least one element, not shape {shape}")
+    if type(dtype).__module__.startswith("torch"):
+        import torch
+
+        if str(dtype).removeprefix("torch.") not in _TORCH_DTYPES:
+            raise TypeError(f"dtype {dtype} is not supported; use one of {sorted(_TORCH_DTYPES)}")
+        itemsize = torch.empty(0, dtype=dtype).element_size()
+        view = core().shared_alloc(comm.py2f(), count * itemsize)
+        buf = torch.frombuffer(view, dtype=dtype).view(shape)
+    else:
+        import numpy
+
+        np_dtype = numpy.dtype(dtype)
+        if np_dtype.name not in _NUMPY_DTYPES:
+            raise TypeError(f"dtype {np_dtype} is not supported; use float32, float64, float16 or int32 "
+                            "(bfloat16 as torch.bfloat16)")
+        view = core().shared_alloc(comm.py2f(), count * np_dtype.itemsize)
+        buf = numpy.frombuffer(view, dtype=np_dtype).reshape(shape)
+    buf[...] = 0  # each rank's part is first touched by its own rank: its pages lie near it
+    comm.Barrier()
+    return buf
+
+
+def free_shared(buf, comm=None) -> None:
+    """Free a buffer from :func:`shared_zeros`. Collective over ``comm``, as the allocation was;
+    neither ``buf`` nor any view of it may be used afterwards."""
+    comm = MPI.COMM_WORLD if comm is None else comm
+    core().shared_free(comm.py2f(), describe(buf).addr)

@@ -24,11 +24,10 @@ void allreduce_hier(const Call& c) {
   const int n = L.local_size, r = L.local_rank;
   const size_t es = dtype_size(c.dtype);
   const size_t block = seg.chunk_bytes / es;
-  auto slices = [&](size_t off, size_t j) {  // byte offset of local rank j's slice in a round at `off`
-    const size_t m = std::min(block, c.count - off);
-    return (j * (m / n) + std::min<size_t>(j, m % n)) * es;
+  auto slices = [&](size_t off, int j) {  // byte offset of local rank j's slice in a round at `off`
+    return Split(std::min(block, c.count - off), n).lo(j) * es;
   };
-  auto length = [&](size_t off, size_t j) { return slices(off, j + 1) - slices(off, j); };
+  auto length = [&](size_t off, int j) { return Split(std::min(block, c.count - off), n).len(j) * es; };
   const Op across = c.op == Op::avg ? Op::sum : c.op;  // divided once, by the whole world, below
   std::vector<char>& part = st.scratch;  // free here: the ring keeps its own on the cross-node state
   const size_t rounds = (c.count + block - 1) / block;  // each may give this rank one element over count/n

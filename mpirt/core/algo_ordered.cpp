@@ -41,12 +41,11 @@ void allreduce_ordered(const Call& c) {
   thread_local std::vector<const void*> srcs;
   scount.resize(n), sdispl.resize(n), rcount.resize(n), rdispl.resize(n), srcs.resize(n);
   for (size_t off = 0; off < c.count; off += block) {
-    const size_t m = std::min(block, c.count - off), base = m / n, rem = m % n;
-    auto lo = [&](int j) { return j * base + std::min<size_t>(j, rem); };
-    const size_t mine = lo(r + 1) - lo(r);
+    const Split sl(std::min(block, c.count - off), n);
+    const size_t mine = sl.len(r);
     for (int j = 0; j < n; ++j) {
-      scount[j] = static_cast<int>((lo(j + 1) - lo(j)) * es);
-      sdispl[j] = static_cast<int>(lo(j) * es);
+      scount[j] = static_cast<int>(sl.len(j) * es);
+      sdispl[j] = static_cast<int>(sl.lo(j) * es);
       rcount[j] = static_cast<int>(mine * es);
       rdispl[j] = static_cast<int>(j * mine * es);
       srcs[j] = gathered + rdispl[j];

@@ -15,12 +15,6 @@
 namespace mpirt {
 namespace {
 
-struct Chunks {
-  size_t base, rem;
-  size_t lo(int i) const { return i * base + std::min<size_t>(i, rem); }
-  size_t len(int i) const { return base + (static_cast<size_t>(i) < rem ? 1 : 0); }
-};
-
 void post_segments(char* buf, size_t bytes, size_t seg, int peer, MPI_Comm comm, bool recv,
                    std::vector<MPI_Request>& reqs) {
   for (size_t off = 0; off < bytes; off += seg) {
@@ -60,7 +54,7 @@ void allreduce_ring_with(const Call& c, const MemOps& mem, char* scratch) {
   if (c.send != c.recv) mem.copy(out, c.send, c.count * es);
   if (n == 1) return;
 
-  const Chunks ch{c.count / n, c.count % n};
+  const Split ch(c.count, n);
   const size_t seg = std::max(es, st.ring_segment / es * es);
   const int right = (r + 1) % n, left = (r + n - 1) % n;
   std::vector<MPI_Request> sends, recvs;

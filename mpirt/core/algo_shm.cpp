@@ -8,9 +8,13 @@
 // Within a node every element is folded in local rank order, so the result does not depend on
 // the count or the rounds. Across nodes, each local rank allreduces its slice with the same
 // local rank elsewhere.
+// Where every local rank passes a shared buffer (shared_alloc) there is nothing to stage: each
+// rank reduces its slice from all inputs and writes it into all outputs, between two barriers.
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <stdexcept>
+#include <string>
 #include <vector>
 
 #if defined(__SSE2__)
@@ -58,12 +62,92 @@ void stream_fence() {
 #endif
 }
 
+// Every input read once, every output written once, by the rank whose slice it is: 2S of
+// memory traffic per rank, as a memcpy. Large outputs are written with streaming stores
+// except a rank's own in place, which its reduction has just read into the cache.
+void run_direct(const Call& c, CommState& st, ShmSegment& seg, const SharedAlloc& in, size_t in_off,
+                const SharedAlloc& out, size_t out_off) {
+  const int n = st.layout.local_size, r = st.layout.local_rank;
+  int world;
+  MPI_Comm_size(c.comm, &world);
+  const size_t es = dtype_size(c.dtype);
+  const Split sl(c.count, n);
+  const size_t lo = sl.lo(r) * es, bytes = sl.len(r) * es;
+  const bool big = c.count * es >= kStreamBytes, in_place = c.send == c.recv;
+  const bool cross = st.layout.node_count > 1;
+  thread_local std::vector<const void*> srcs;
+  srcs.resize(n);
+  thread_local std::vector<char> tile_buf(kTileBytes);
+  // Across nodes the whole slice is reduced first, then allreduced with the same local rank
+  // on the other nodes; within a node a tile at a time, written out while it is in L1.
+  char* sum = tile_buf.data();
+  size_t tile = kTileBytes / es * es;
+  MPI_Datatype type = MPI_DATATYPE_NULL;
+  MPI_Op op = MPI_OP_NULL;
+  if (cross) {
+    st.scratch.resize(std::max(st.scratch.size(), bytes));
+    sum = st.scratch.data();
+    tile = std::max(bytes, es);
+    mpi_type_op(c.dtype, c.op, &type, &op);
+  }
+  for (size_t t = 0; t < bytes; t += tile) {
+    const size_t tb = std::min(tile, bytes - t);
+    for (int j = 0; j < n; ++j) srcs[j] = in.part[j] + in_off + lo + t;  // local rank order, as staged
+    reduce_n(sum, srcs.data(), n, tb / es, c.dtype, c.op);
+    if (cross) MPI_Allreduce(MPI_IN_PLACE, sum, static_cast<int>(tb / es), type, op, st.cross_comm);
+    if (c.op == Op::avg) scale_avg(sum, tb / es, c.dtype, world);
+    for (int j = 0; j < n; ++j)
+      (big && !(in_place && j == r) ? stream_copy : plain_copy)(out.part[j] + out_off + lo + t, sum, tb);
+  }
+  if (big) stream_fence();
+  seg.barrier->wait(n, seg.spin_limit);  // every slice written everywhere before anyone returns
+}
+
+bool same_buffers(const ShmCallDesc& a, const ShmCallDesc& b) {
+  return a.send_id == b.send_id && a.send_off == b.send_off && a.recv_id == b.recv_id && a.recv_off == b.recv_off &&
+         a.count == b.count;
+}
+
+// Where shared buffers exist (every local rank knows: they are made together), each call first
+// publishes what it passed and waits for the others. All in shared buffers at the same offsets:
+// the call runs direct (true). None: staged as always (false). Otherwise the ranks disagree and
+// every one of them throws the same error, decided from the same descriptions.
+bool try_direct(const Call& c, CommState& st, ShmSegment& seg) {
+  const int n = st.layout.local_size, r = st.layout.local_rank;
+  const size_t bytes = c.count * dtype_size(c.dtype);
+  const SharedAlloc* in = shared_find(st, c.send, bytes);
+  const SharedAlloc* out = shared_find(st, c.recv, bytes);
+  const bool direct = in != nullptr && out != nullptr;
+  const size_t in_off = direct ? static_cast<const char*>(c.send) - in->part[r] : 0;
+  const size_t out_off = direct ? static_cast<char*>(c.recv) - out->part[r] : 0;
+  seg.calls[r] = ShmCallDesc{direct ? in->id : 0, in_off, direct ? out->id : 0, out_off, c.count};
+  seg.barrier->wait(n, seg.spin_limit);
+  int differs = -1, shared = 0;
+  for (int j = 0; j < n; ++j) {
+    shared += seg.calls[j].send_id != 0;
+    if (differs < 0 && !same_buffers(seg.calls[j], seg.calls[0])) differs = j;
+  }
+  if (shared == 0) return false;
+  if (differs >= 0) {
+    seg.barrier->wait(n, seg.spin_limit);  // all have read the descriptions before any is rewritten
+    throw std::invalid_argument(
+        "shm: local ranks 0 and " + std::to_string(differs) + " passed different buffers (" +
+        (shared < n ? "a shared buffer on some ranks and not on others" : "other shared buffers, offsets or counts") +
+        "); pass every rank's shared buffer at the same offsets and count, or none");
+  }
+  run_direct(c, st, seg, *in, in_off, *out, out_off);
+  ++st.shm_stores.used;
+  ++st.shm_stores.direct;
+  return true;
+}
+
 }  // namespace
 
 void allreduce_shm(const Call& c) {
   CommState& st = comm_state(c.comm);
   const NodeLayout& L = st.layout;
   ShmSegment& seg = shm_segment(st);
+  if (!st.shared.empty() && try_direct(c, st, seg)) return;
   const int n = L.local_size, r = L.local_rank;
   int world;
   MPI_Comm_size(c.comm, &world);
@@ -92,8 +176,8 @@ void allreduce_shm(const Call& c) {
   int parity = 0;
   for (size_t off = 0; off < c.count; off += block, parity ^= 1) {
     const size_t m = std::min(block, c.count - off);
-    const size_t base = m / n, rem = m % n;
-    auto lo = [&](int j) { return (j * base + std::min<size_t>(j, rem)) * es; };  // bytes
+    const Split sl(m, n);
+    auto lo = [&](int j) { return sl.lo(j) * es; };  // bytes
     const char* in = send + off * es;
     char* out = recv + off * es;
     char* mine = seg.input(parity, r, n);

@@ -6,6 +6,7 @@
 
 #include <mpi.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <string>
 #include <vector>
@@ -24,6 +25,15 @@ struct Call {
   DType dtype;
   Op op;
   MPI_Comm comm;
+};
+
+// How `count` elements split into n parts: part j starts at lo(j), and the first count % n
+// parts are one element longer. The ring's chunks; `shm`'s, `hier`'s and `ordered`'s slices.
+struct Split {
+  size_t base, rem;
+  Split(size_t count, int n) : base(count / n), rem(count % n) {}
+  size_t lo(int j) const { return j * base + std::min<size_t>(j, rem); }
+  size_t len(int j) const { return lo(j + 1) - lo(j); }
 };
 
 // One algorithm: run() must leave the full reduction (avg already divided) in call.recv.

@@ -46,6 +46,7 @@ struct Row {
   double algbw, busbw;
   long long wrong;  // -1: not checked
   double streamed = -1;  // share of timed `shm` calls that staged with streaming stores; -1: no `shm` call
+  double direct = -1;    // share of them that reduced shared buffers without staging
 };
 
 struct World {
@@ -101,14 +102,18 @@ double tolerance(DType t, Op o, double expected) {
 struct Buffers {
   Device dev;
   size_t bytes;
+  MPI_Comm shared_comm;  // MPI_COMM_NULL: private buffers
   void* send = nullptr;
   void* recv = nullptr;
   std::vector<char> host;  // host image for filling and checking device buffers
 
-  Buffers(Device d, size_t b) : dev(d), bytes(b) {
+  Buffers(Device d, size_t b, MPI_Comm shared) : dev(d), bytes(b), shared_comm(shared) {
     if (dev == Device::cuda) {
       send = cuda::alloc_device(bytes);
       recv = cuda::alloc_device(bytes);
+    } else if (shared_comm != MPI_COMM_NULL) {
+      send = shared_alloc(shared_comm, bytes);
+      recv = shared_alloc(shared_comm, bytes);
     } else {
       if (posix_memalign(&send, 4096, bytes ? bytes : 1) || posix_memalign(&recv, 4096, bytes ? bytes : 1))
         throw std::runtime_error("out of memory allocating " + std::to_string(bytes) + "-byte buffers; lower -e");
@@ -119,6 +124,9 @@ struct Buffers {
     if (dev == Device::cuda) {
       cuda::free_device(send);
       cuda::free_device(recv);
+    } else if (shared_comm != MPI_COMM_NULL) {
+      shared_free(shared_comm, recv);
+      shared_free(shared_comm, send);
     } else {
       std::free(send);
       std::free(recv);
@@ -237,7 +245,8 @@ Row Bench::measure(Buffers& b, size_t bytes, Algo algo, Mode mode) {
   for (int i = 0; i < row.warmup; ++i) used = allreduce(call, algo, o_.device);
   std::vector<double> times(static_cast<size_t>(row.iters));
   const ShmStores& stores = comm_state(w_.comm).shm_stores;
-  double chose[2] = {-static_cast<double>(stores.used), -static_cast<double>(stores.streamed)};
+  double chose[3] = {-static_cast<double>(stores.used), -static_cast<double>(stores.streamed),
+                     -static_cast<double>(stores.direct)};
   for (int i = 0; i < row.iters; ++i) {
     MPI_Barrier(w_.comm);
     const double t0 = MPI_Wtime();
@@ -247,8 +256,12 @@ Row Bench::measure(Buffers& b, size_t bytes, Algo algo, Mode mode) {
   row.algo_used = algorithm(used).name;
   chose[0] += static_cast<double>(stores.used);
   chose[1] += static_cast<double>(stores.streamed);
-  MPI_Allreduce(MPI_IN_PLACE, chose, 2, MPI_DOUBLE, MPI_SUM, w_.comm);
-  if (chose[0] > 0) row.streamed = chose[1] / chose[0];
+  chose[2] += static_cast<double>(stores.direct);
+  MPI_Allreduce(MPI_IN_PLACE, chose, 3, MPI_DOUBLE, MPI_SUM, w_.comm);
+  if (chose[0] > 0) {
+    row.streamed = chose[1] / chose[0];
+    row.direct = chose[2] / chose[0];
+  }
   row.t = reduce_times(w_, times);
   row.algbw = static_cast<double>(bytes) / 1e9 / row.t.avg;
   row.busbw = row.algbw * 2.0 * (w_.size - 1) / w_.size;
@@ -327,6 +340,7 @@ void Bench::print_header() const {
               cuda::built() ? "yes" : "no",
               o_.device == Device::cuda ? ("cuda (" + cuda::describe() + ")").c_str() : "cpu");
   std::printf("# staging: %s\n", staging_note(o_.device).c_str());
+  if (o_.shared_buffers) std::printf("# buffers: shared by the ranks of a node (-R): shm reduces them in place\n");
   std::printf("# world size %d on %d node(s), %d rank(s) on this node | dtype %s | op %s | check %d\n", w_.size,
               w_.layout.node_count, w_.layout.local_size, dtype_name(o_.dtype), op_name(o_.op), o_.check);
   std::string algos;
@@ -394,7 +408,8 @@ std::string row_json(const Row& r) {
     << "}, \"algbw_gbs\": " << json_num(r.algbw) << ", \"busbw_gbs\": "
     << (r.algo == "memcpy" ? "null" : json_num(r.busbw)) << ", \"wrong\": "
     << (r.wrong < 0 ? "null" : std::to_string(r.wrong))
-    << ", \"shm_streamed\": " << (r.streamed < 0 ? "null" : json_num(r.streamed)) << "}";
+    << ", \"shm_streamed\": " << (r.streamed < 0 ? "null" : json_num(r.streamed))
+    << ", \"shm_direct\": " << (r.direct < 0 ? "null" : json_num(r.direct)) << "}";
   return s.str();
 }
 
@@ -432,7 +447,8 @@ void Bench::write_json(const std::map<std::string, double>& avg_busbw, long long
     << ", \"minbytes\": " << o_.minbytes << ", \"maxbytes\": " << o_.maxbytes << ", \"factor\": " << json_num(o_.factor)
     << ", \"iters\": " << (o_.iters > 0 ? std::to_string(o_.iters) : "null")
     << ", \"warmup\": " << (o_.warmup >= 0 ? std::to_string(o_.warmup) : "null") << ", \"check\": " << o_.check
-    << ", \"min_busbw_gbs\": " << json_num(o_.min_busbw) << "},\n"
+    << ", \"min_busbw_gbs\": " << json_num(o_.min_busbw)
+    << ", \"shared_buffers\": " << (o_.shared_buffers ? "true" : "false") << "},\n"
     << "  \"settings\": {\"shm_chunk_bytes\": " << st.shm_chunk << ", \"ring_segment_bytes\": " << st.ring_segment
     << ", \"ring_wait_us\": " << st.ring_wait_us
     << ", \"auto_ring_min_bytes\": " << (st.auto_ring_min == SIZE_MAX ? "null" : std::to_string(st.auto_ring_min))
@@ -477,7 +493,7 @@ int Bench::run() {
   std::strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
   timestamp_ = ts;
   if (o_.device == Device::cuda) cuda::set_device(w_.layout.local_rank % cuda::device_count());
-  Buffers b(o_.device, o_.maxbytes);
+  Buffers b(o_.device, o_.maxbytes, o_.shared_buffers ? w_.comm : MPI_COMM_NULL);
   round_trip_ns_[0] = core_round_trip_ns(w_);
   if (w_.rank == 0) print_header();
   for (size_t bytes : sizes(o_)) {

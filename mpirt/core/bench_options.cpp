@@ -54,6 +54,8 @@ const char* usage() {
          "  -D, --device DEV        cpu|cuda (cuda: local rank picks the GPU)        [cpu]\n"
          "  -c, --check N           check N results against locally computed values  [1]\n"
          "      --min-busbw GBS     exit 1 if an algorithm's average busbw is lower\n"
+         "  -R, --shared-buffers    buffers in memory the local ranks share (shm then reduces\n"
+         "                          without staging, as nccl-tests -R registers them)  [off]\n"
          "      --memcpy            also time memcpy of each size on every rank at once (baseline)\n"
          "  -J, --json FILE         write every measurement as JSON (- : to stdout, after the table)\n"
          "      --csv FILE          write one CSV row per measurement\n"
@@ -96,12 +98,13 @@ BenchOptions parse_options(int argc, char** argv) {
       {"min-busbw", required_argument, nullptr, kMinBusbw},
       {"csv", required_argument, nullptr, kCsv},     {"memcpy", no_argument, nullptr, kMemcpy},
       {"corrupt", no_argument, nullptr, kCorrupt},   {"help", no_argument, nullptr, 'h'},
+      {"shared-buffers", no_argument, nullptr, 'R'},
       {"version", no_argument, nullptr, 'V'},        {nullptr, 0, nullptr, 0}};
   BenchOptions o;
   opterr = 0;
   optind = 1;
   int ch;
-  while ((ch = getopt_long(argc, argv, ":b:e:f:n:w:d:o:a:m:D:c:J:hV", longopts, nullptr)) != -1) {
+  while ((ch = getopt_long(argc, argv, ":b:e:f:n:w:d:o:a:m:D:c:J:RhV", longopts, nullptr)) != -1) {
     const std::string arg = optarg ? optarg : "";
     switch (ch) {
       case 'b': o.minbytes = parse_size(arg, "-b/--minbytes"); break;
@@ -154,6 +157,7 @@ BenchOptions parse_options(int argc, char** argv) {
       case kCsv: o.csv = arg; break;
       case kMemcpy: o.memcpy_baseline = true; break;
       case kCorrupt: o.corrupt = true; break;
+      case 'R': o.shared_buffers = true; break;
       case 'h': o.help = true; break;
       case 'V': o.version = true; break;
       case ':': throw UsageError(std::string(argv[optind - 1]) + " needs a value; see --help");
@@ -172,6 +176,8 @@ BenchOptions parse_options(int argc, char** argv) {
     if (s % es != 0)
       throw UsageError("size " + std::to_string(s) + " is not a multiple of the " + dtype_name(o.dtype) +
                        " element size (" + std::to_string(es) + " bytes); round it to a multiple");
+  if (o.shared_buffers && o.device == Device::cuda)
+    throw UsageError("-R/--shared-buffers: shared buffers are host memory; use --device cpu or drop -R");
   if (o.device == Device::cuda && !cuda::available())
     throw UsageError("--device cuda: " + cuda::describe() + "; use --device cpu");
   return o;

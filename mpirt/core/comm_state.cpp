@@ -37,6 +37,7 @@ thread_local uint64_t t_generation = 0;
 void destroy(CommState* st) {
   g_generation.fetch_add(1, std::memory_order_acq_rel);
   g_live.erase(std::remove(g_live.begin(), g_live.end(), st), g_live.end());
+  for (auto it = st->shared.rbegin(); it != st->shared.rend(); ++it) MPI_Win_free(&it->win);
   if (st->shm.win != MPI_WIN_NULL) MPI_Win_free(&st->shm.win);
   if (st->cross_comm != MPI_COMM_NULL) MPI_Comm_free(&st->cross_comm);
   if (st->ring_comm != MPI_COMM_NULL) MPI_Comm_free(&st->ring_comm);
@@ -262,7 +263,8 @@ ShmSegment& shm_segment(CommState& st) {
   const int n = st.layout.local_size;
   seg.chunk_bytes = st.shm_chunk;
   seg.spin_limit = st.layout.oversubscribed ? 0 : 2000;
-  const size_t bytes = sizeof(ShmBarrier) + 2 * static_cast<size_t>(n + 1) * seg.chunk_bytes;
+  const size_t header = sizeof(ShmBarrier) + static_cast<size_t>(n) * sizeof(ShmCallDesc);
+  const size_t bytes = header + 2 * static_cast<size_t>(n + 1) * seg.chunk_bytes;
   char* mine = nullptr;
   MPI_Info info;
   MPI_Info_create(&info);
@@ -278,7 +280,8 @@ ShmSegment& shm_segment(CommState& st) {
   char* base = nullptr;
   MPI_Win_shared_query(seg.win, 0, &got, &disp, &base);
   seg.barrier = reinterpret_cast<ShmBarrier*>(base);
-  seg.base = base + sizeof(ShmBarrier);
+  seg.calls = reinterpret_cast<ShmCallDesc*>(base + sizeof(ShmBarrier));
+  seg.base = base + header;
   if (st.layout.local_rank == 0) {
     new (seg.barrier) ShmBarrier();
     seg.barrier->arrived.store(0);

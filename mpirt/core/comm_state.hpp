@@ -22,9 +22,16 @@ struct alignas(64) ShmBarrier {
   void wait(int nranks, int spin_limit);
 };
 
+// What a local rank's `shm` call passed, published before its first barrier while shared
+// buffers exist (below), so that every rank sees whether all of them can go direct.
+struct alignas(64) ShmCallDesc {
+  uint64_t send_id, send_off, recv_id, recv_off, count;  // id 0: not in a shared buffer
+};
+
 struct ShmSegment {
   MPI_Win win = MPI_WIN_NULL;
   ShmBarrier* barrier = nullptr;
+  ShmCallDesc* calls = nullptr;  // one per local rank, after the barrier
   char* base = nullptr;      // first staging byte, after the barrier
   size_t chunk_bytes = 0;    // staging bytes per rank per round
   int spin_limit = 0;        // pauses before yielding: none when ranks outnumber cores
@@ -50,11 +57,20 @@ struct ShmStores {
     double cost(int streaming) const;  // their median: one slow call (a preempted rank) moves nothing
   };
   Class classes[kClasses];
-  unsigned long long used = 0, streamed = 0;  // every `shm` call, and those that streamed
+  unsigned long long used = 0, streamed = 0, direct = 0;  // every `shm` call; those that streamed, went direct
   // For the next call of this size: cached twice, streaming twice (the first of each warms up and
   // is not counted), then the cheaper, and every 32nd call the other, whose figures then restart.
   bool pick(size_t bytes);
   void record(size_t bytes, bool streaming, double seconds_per_byte);
+};
+
+// A buffer the local ranks allocated together (shared_alloc): each maps every other's part,
+// so `shm` reads the others' inputs and writes their results in place, with no staging.
+struct SharedAlloc {
+  MPI_Win win = MPI_WIN_NULL;
+  uint64_t id = 0;           // the same on every local rank: allocations are collective
+  size_t bytes = 0;          // each rank's part
+  std::vector<char*> part;   // each local rank's part, mapped in this process
 };
 
 struct CommState {
@@ -70,6 +86,8 @@ struct CommState {
   size_t shm_chunk = 0;                 // `shm` staging per rank per round (MPIRT_SHM_CHUNK, or by L3 size)
   int shm_policy = ShmStores::kAuto;    // MPIRT_SHM_STORES
   ShmStores shm_stores;
+  std::vector<SharedAlloc> shared;      // live shared buffers, in allocation order
+  uint64_t shared_made = 0;
 };
 
 CommState& comm_state(MPI_Comm comm);
@@ -80,5 +98,14 @@ CommState& comm_state(MPI_Comm comm);
 void release_all();
 // Collective over the node: allocates the shared segment the first time it is needed.
 ShmSegment& shm_segment(CommState& st);
+
+// Collective over the node of `comm`, the same `bytes` on every local rank: a buffer in shared
+// memory that `shm` reduces without staging when every local rank passes its part at the same
+// offsets (nccl-tests' registered buffers). Lives until shared_free or the communicator's end.
+void* shared_alloc(MPI_Comm comm, size_t bytes);
+// Collective over the node: frees what shared_alloc returned on this rank.
+void shared_free(MPI_Comm comm, void* part);
+// The shared buffer holding [p, p + bytes) on this rank, or nullptr.
+const SharedAlloc* shared_find(const CommState& st, const void* p, size_t bytes);
 
 }  // namespace mpirt

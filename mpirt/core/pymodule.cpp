@@ -15,6 +15,26 @@ namespace {
 
 using namespace mpirt;
 
+// Runs `body` without the GIL (it may wait for other ranks); a C++ exception becomes ValueError
+// (bad input) or RuntimeError, with its message.
+template <class F>
+bool without_gil(F body) {
+  std::string error;
+  bool invalid = false;
+  Py_BEGIN_ALLOW_THREADS;
+  try {
+    body();
+  } catch (const std::invalid_argument& e) {
+    error = e.what();
+    invalid = true;
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  Py_END_ALLOW_THREADS;
+  if (!error.empty()) PyErr_SetString(invalid ? PyExc_ValueError : PyExc_RuntimeError, error.c_str());
+  return error.empty();
+}
+
 PyObject* py_allreduce(PyObject*, PyObject* args) {
   long long fcomm;
   unsigned long long send, recv, count;
@@ -43,25 +63,32 @@ PyObject* py_allreduce(PyObject*, PyObject* args) {
     return PyErr_Format(PyExc_ValueError, "unknown device '%s': use cpu, cuda or cuda:N", device_s);
   Call call{reinterpret_cast<const void*>(send), reinterpret_cast<void*>(recv), static_cast<size_t>(count), dtype, op,
             MPI_COMM_NULL};
-  std::string error;
-  bool invalid = false;
   Algo used = algo;
-  Py_BEGIN_ALLOW_THREADS;
-  try {
-    call.comm = MPI_Comm_f2c(static_cast<MPI_Fint>(fcomm));
-    used = allreduce(call, algo, cuda ? Device::cuda : Device::cpu, device_index);
-  } catch (const std::invalid_argument& e) {
-    error = e.what();
-    invalid = true;
-  } catch (const std::exception& e) {
-    error = e.what();
-  }
-  Py_END_ALLOW_THREADS;
-  if (!error.empty()) {
-    PyErr_SetString(invalid ? PyExc_ValueError : PyExc_RuntimeError, error.c_str());
+  if (!without_gil([&] {
+        call.comm = MPI_Comm_f2c(static_cast<MPI_Fint>(fcomm));
+        used = allreduce(call, algo, cuda ? Device::cuda : Device::cpu, device_index);
+      }))
     return nullptr;
-  }
   return PyUnicode_FromString(algorithm(used).name);
+}
+
+PyObject* py_shared_alloc(PyObject*, PyObject* args) {
+  long long fcomm;
+  unsigned long long bytes;
+  if (!PyArg_ParseTuple(args, "LK", &fcomm, &bytes)) return nullptr;
+  void* p = nullptr;
+  if (!without_gil([&] { p = shared_alloc(MPI_Comm_f2c(static_cast<MPI_Fint>(fcomm)), static_cast<size_t>(bytes)); }))
+    return nullptr;
+  return PyMemoryView_FromMemory(static_cast<char*>(p), static_cast<Py_ssize_t>(bytes), PyBUF_WRITE);
+}
+
+PyObject* py_shared_free(PyObject*, PyObject* args) {
+  long long fcomm;
+  unsigned long long addr;
+  if (!PyArg_ParseTuple(args, "LK", &fcomm, &addr)) return nullptr;
+  if (!without_gil([&] { shared_free(MPI_Comm_f2c(static_cast<MPI_Fint>(fcomm)), reinterpret_cast<void*>(addr)); }))
+    return nullptr;
+  Py_RETURN_NONE;
 }
 
 PyObject* py_info(PyObject*, PyObject*) {
@@ -95,6 +122,9 @@ PyObject* py_release(PyObject*, PyObject*) {
 PyMethodDef methods[] = {
     {"allreduce", py_allreduce, METH_VARARGS,
      "allreduce(fcomm, send_addr, recv_addr, count, dtype, op, algo, device) -> algorithm used"},
+    {"shared_alloc", py_shared_alloc, METH_VARARGS,
+     "shared_alloc(fcomm, bytes) -> writable memoryview of a buffer the node's ranks share (collective)"},
+    {"shared_free", py_shared_free, METH_VARARGS, "shared_free(fcomm, addr): free a shared buffer (collective)"},
     {"info", py_info, METH_NOARGS, "build and MPI facts of the core"},
     {"release", py_release, METH_NOARGS, "free the core's per-communicator state before MPI_Finalize"},
     {nullptr, nullptr, 0, nullptr}};

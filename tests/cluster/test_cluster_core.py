@@ -56,19 +56,21 @@ def test_auto_runs_ring_across_tcp_hosts_from_the_launchers_threshold(cluster):
 
 
 def test_every_algorithm_on_two_hosts_of_two_ranks_and_auto_picks_hier(cluster):
-    """In 4 KiB rounds, so `hier` and `shm` take many rounds with short last ones; `auto` runs
-    `hier` from the launcher's threshold when every host has several ranks, and `ring` where
-    the hosts hold different numbers."""
+    """In 4 KiB rounds, so `hier` and `shm` take many rounds with short last ones, and with
+    every buffer shared by the ranks of a host (`shm` reduces its slice from both, allreduces
+    it across hosts and writes it into both); `auto` runs `hier` from the launcher's threshold
+    when every host has several ranks, and `ring` where the hosts hold different numbers."""
     c = cluster(2)
     names = ["w0", "w1"]
     for w in names:
         c.start_worker(w)
-    proc = c.launch(names, [sys.executable, MATRIX], "--env", "MPIRT_SHM_CHUNK=4096", slots=2, timeout=600)
-    assert proc.returncode == 0, proc.stderr
-    line = next(x for x in proc.stdout.splitlines() if '{"size"' in x)
-    report = json.loads(line[line.index('{"size"'):])
-    assert report["size"] == 4 and report["cases"] == 6 * 5 * 4 * 5 * 2 + 6
-    assert report["n_failures"] == 0, "\n".join(report["failures"])
+    for setting in ("MPIRT_SHM_CHUNK=4096", "MPIRT_TEST_SHARED_BUFFERS=1"):
+        proc = c.launch(names, [sys.executable, MATRIX], "--env", setting, slots=2, timeout=600)
+        assert proc.returncode == 0, proc.stderr
+        line = next(x for x in proc.stdout.splitlines() if '{"size"' in x)
+        report = json.loads(line[line.index('{"size"'):])
+        assert report["size"] == 4 and report["cases"] == 6 * 5 * 4 * 5 * 2 + 6
+        assert report["n_failures"] == 0, "\n".join(report["failures"])
 
     def choice(slots):
         proc = c.launch(names, [sys.executable, AUTO_CHOICE], slots=slots, timeout=120)

@@ -10,14 +10,16 @@ ALGOS, DTYPES, OPS, COUNTS, MODES = 6, 5, 4, 5, 2
 
 
 STAGING = {"default": {}, "cached": {"MPIRT_SHM_STORES": "cached", "MPIRT_SHM_CHUNK": "4096"},
-           "streaming": {"MPIRT_SHM_STORES": "streaming", "MPIRT_SHM_CHUNK": "4096"}}
+           "streaming": {"MPIRT_SHM_STORES": "streaming", "MPIRT_SHM_CHUNK": "4096"},
+           "shared-buffers": {"MPIRT_TEST_SHARED_BUFFERS": "1"}}
 
 
 @pytest.mark.parametrize("np_", [1, 2, 4])
 @pytest.mark.parametrize("staging", list(STAGING))
 def test_every_algorithm_dtype_op_matches_numpy(mpiexec, np_, staging):
     """By default (1 MiB rounds; from 256 KiB `shm` measures which stores stage faster, so both
-    run), and with each kind of store forced in 4 KiB rounds (many rounds, short last ones)."""
+    run), with each kind of store forced in 4 KiB rounds (many rounds, short last ones), and
+    with every buffer in memory the local ranks share (`shm` without staging)."""
     report = last_json(mpiexec.python(np_, "allreduce_matrix.py", env=STAGING[staging], timeout=600).stdout)
     assert report["size"] == np_
     assert report["cases"] == ALGOS * DTYPES * OPS * COUNTS * MODES + ALGOS
@@ -111,3 +113,29 @@ def test_settings_that_must_agree_are_checked_on_every_rank(mpiexec, np_):
         on_last = f"{name}={bad_on_last} {fix}"
         assert report[f"{name} bad on one rank"] == ([on_last] if np_ == 1 else [differs] * (np_ - 1) + [on_last])
     assert report["MPIRT_AUTO_RING_MIN_BYTES off"] == ["ok"] * np_
+
+
+@pytest.mark.parametrize("np_", [1, 2, 4])
+def test_shared_buffers_misused_fail_on_every_rank_with_the_fix(mpiexec, np_):
+    """A shared buffer on some ranks and a private one on others, or other offsets, would have
+    `shm` read memory the others never wrote: every rank raises the same error instead (no rank
+    left waiting), and the next call works. Allocations check their sizes agree."""
+    report = last_json(mpiexec.python(np_, "shared_buffers.py").stdout)
+    ok = ["ok"] * np_
+    differ = ("ValueError: shm: local ranks 0 and 1 passed different buffers ({}); pass every rank's shared "
+              "buffer at the same offsets and count, or none")
+    assert report == {
+        "sum": ok,
+        "private on rank 0": ok if np_ == 1 else [differ.format("a shared buffer on some ranks and not on others")] * np_,
+        "after private": ok,
+        "other offset on rank 0": ok if np_ == 1 else [differ.format("other shared buffers, offsets or counts")] * np_,
+        "after offset": ok,
+        "sizes differ": ok if np_ == 1 else [
+            f"ValueError: shared buffers differ in size between the ranks of a node ({44 if r == 0 else 40} bytes on "
+            "this one); allocate the same size on every rank" for r in range(np_)],
+        "freed and made again": ok,
+        "free a private array": ["ValueError: shared_free: not a shared buffer of this communicator"] * np_,
+        "no elements": ["ValueError: shared_zeros needs at least one element, not shape (2, 0)"] * np_,
+        "int64": ["TypeError: dtype int64 is not supported; use float32, float64, float16 or int32 (bfloat16 as "
+                  "torch.bfloat16)"] * np_,
+    }

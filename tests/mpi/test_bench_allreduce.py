@@ -91,6 +91,29 @@ def test_json_says_how_shm_staged(mpiexec, tmp_path, stores):
 
 
 @pytest.mark.parametrize("np_", [1, 2, 4])
+def test_shared_buffers_are_reduced_without_staging(mpiexec, tmp_path, np_):
+    """-R: buffers the local ranks share (nccl-tests' registered buffers). Every timed `shm`
+    call then reads the others' inputs and writes their outputs directly, as do `ordered` and
+    `auto` where they run `shm` on one node; the checked values are right for counts the ranks
+    do not divide (1, 7, 49 ... elements); the other algorithms take the same memory as any."""
+    out = tmp_path / "r.json"
+    for dtype, op in [("float32", "sum"), ("bfloat16", "avg"), ("int32", "max")]:
+        proc = run_bench(mpiexec, np_, "-R", "-b", "4", "-e", "300K", "-f", "7", "-n", "3", "-w", "1", "-a", "all",
+                         "-c", "2", "-d", dtype, "-o", op, "-J", str(out))
+        assert "# buffers: shared by the ranks of a node (-R)" in proc.stdout
+        doc = json.loads(out.read_text())
+        assert doc["config"]["shared_buffers"] is True
+        for r in doc["results"]:
+            assert r["wrong"] == 0, r
+            through_shm = r["algo_used"] == "shm" or (r["algo_used"] == "ordered" and np_ > 1)  # 1 rank: a copy
+            assert r["shm_direct"] == (1 if through_shm else None), r
+    plain = tmp_path / "plain.json"
+    run_bench(mpiexec, np_, "-b", "4K", "-e", "4K", "-a", "shm", "-n", "3", "-J", str(plain))
+    doc = json.loads(plain.read_text())
+    assert doc["config"]["shared_buffers"] is False and all(r["shm_direct"] == 0 for r in doc["results"])
+
+
+@pytest.mark.parametrize("np_", [1, 2, 4])
 def test_it_says_how_far_apart_the_ranks_cores_are(mpiexec, tmp_path, np_):
     """`shm` depends on where the ranks run (sharing an L3 or not): the harness times a cache
     line's round trip between local ranks 0 and 1 before and after the sweep; with one rank,
@@ -155,6 +178,7 @@ def test_only_rank_0_prints(mpiexec):
     (["-o", "prod"], "unknown op; use sum, min, max or avg"),
     (["-a", "tree"], "unknown algorithm; use mpi, ring, shm, auto, ordered, hier or all"),
     (["-D", "cuda"], "; use --device cpu"),
+    (["-R", "-D", "cuda"], "-R/--shared-buffers: shared buffers are host memory; use --device cpu"),
     (["-f", "1"], "must be greater than 1"),
     (["--bogus"], "unknown option --bogus"),
 ])

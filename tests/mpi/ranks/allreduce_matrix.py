@@ -1,14 +1,18 @@
 """Every algorithm x dtype x op x count x mode against numpy, on every rank.
 
 Run under mpirun; rank 0 prints one JSON line: the number of cases and every failure.
-Inputs are small integers, so sum/min/max must match bit for bit in every dtype.
+Inputs are small integers, so sum/min/max must match bit for bit in every dtype. With
+MPIRT_TEST_SHARED_BUFFERS=1 every buffer lies in memory the local ranks share (shared_zeros),
+one element past its start, which `shm` reduces without staging.
 """
+
+import os
 
 import numpy as np
 import torch
 
 from mpirt.comm import MPI
-from mpirt.core import ALGOS, OPS, allreduce
+from mpirt.core import ALGOS, OPS, allreduce, shared_zeros
 
 from failures import report  # beside this script
 
@@ -36,10 +40,24 @@ def expected(values, op, dtype):
     return np.trunc(total / size) if dtype == "int32" else total / size
 
 
-def make(values, dtype):
+SHARED = os.environ.get("MPIRT_TEST_SHARED_BUFFERS") == "1"
+pools = {}  # dtype -> a shared buffer holding the send buffer, then the receive buffer
+
+
+def make(values, dtype, slot):
     if dtype == "bfloat16":  # numpy has no bfloat16: go through torch
-        return torch.tensor(values, dtype=torch.bfloat16)
-    return values.astype(dtype)
+        buf = torch.tensor(values, dtype=torch.bfloat16)
+    else:
+        buf = values.astype(dtype)
+    if not SHARED:
+        return buf
+    span = max(COUNTS) + 1
+    if dtype not in pools:  # collective: every rank meets the dtypes in the same order
+        pools[dtype] = shared_zeros(2 * span + 1, torch.bfloat16 if dtype == "bfloat16" else dtype)
+    at = slot * span + 1
+    view = pools[dtype][at:at + len(values)]
+    view[...] = buf
+    return view
 
 
 def to_f64(buf):
@@ -54,8 +72,8 @@ for algo in ALGOS:
                 for inplace in (False, True):
                     seed += 1
                     vals = inputs(count, seed)
-                    send = make(vals[rank], dtype)
-                    recv = None if inplace else make(np.zeros(count), dtype)
+                    send = make(vals[rank], dtype, 0)
+                    recv = None if inplace else make(np.zeros(count), dtype, 1)
                     out = allreduce(send, recv, op=op, algo=algo)
                     got, want = to_f64(out), expected(vals, op, dtype)
                     tol = 2 * EPS[dtype] * np.maximum(1, np.abs(want)) if op == "avg" else 0
