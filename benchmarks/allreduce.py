@@ -4,8 +4,9 @@ run of `mpirt bench allreduce`, then the ratios the collective-core issue asks f
 
     python benchmarks/allreduce.py                 # 2 ranks, 8 B .. 256 MiB, float32 sum
     python benchmarks/allreduce.py --np 4 --max 64M
+    python benchmarks/allreduce.py --shared-buffers   # -R: buffers the ranks share, shm without staging
 
-Writes results/allreduce-cpu-np<N>.json (the data, mpirt.bench/1) and .md (a view of it). The memory bound:
+Writes results/allreduce-cpu-np<N>[-shared].json (the data, mpirt.bench/1) and .md (a view of it). The memory bound:
 every rank must read its S-byte input and write its S-byte output once, the traffic of one
 memcpy of S; with all ranks copying at once each gets the measured memcpy rate B, so no
 allreduce can beat algbw = B (busbw = B * 2(n-1)/n). Exchange through cache is taken as free.
@@ -85,7 +86,8 @@ def summarize(doc: dict) -> str:
     sizes = sorted({k[0] for k in rows})
     modes = ("out-of-place", "in-place")
     n, cfg, env = doc["rows"][0]["key"]["np"], doc["config"], doc["env"]
-    out = [f"# Allreduce on this machine: {n} ranks, {cfg['dtype']} {cfg['op']}", "",
+    shared = ", buffers shared by the ranks (-R)" if cfg.get("shared_buffers") else ""
+    out = [f"# Allreduce on this machine: {n} ranks, {cfg['dtype']} {cfg['op']}{shared}", "",
            f"MPI: {env['mpi']['library']}  ", f"mpirt {env['mpirt']['version']} ({env['mpirt']['git_commit']})  ",
            f"Command: `{env['command']}`  ", f"Taken: {env['timestamp']}", "",
            "busbw in GB/s (nccl-tests definition); time in µs; memcpy = per-rank rate with every rank copying "
@@ -143,15 +145,18 @@ def main() -> int:
     ap.add_argument("--min", default="8")
     ap.add_argument("--max", default="256M")
     ap.add_argument("--repeats", type=int, default=5, help="fresh jobs per measurement (medians and noise)")
+    ap.add_argument("--shared-buffers", action="store_true",
+                    help="buffers in memory the local ranks share (the harness's -R): shm reduces them without staging")
     ap.add_argument("--summarize", metavar="JSON", help="only rewrite the .md view of an existing result")
     args = ap.parse_args()
-    path = Path(os.path.relpath(RESULTS / f"allreduce-cpu-np{args.np}.json"))
+    name = f"allreduce-cpu-np{args.np}{'-shared' if args.shared_buffers else ''}.json"
+    path = Path(os.path.relpath(RESULTS / name))
     if args.summarize:
         path = Path(args.summarize)
         doc = schema.load(path)
     else:
         cmd = ["mpirt", "bench", "allreduce", "--np", str(args.np), "-b", args.min, "-e", args.max, "-f", "2",
-               "-a", "all", "--memcpy", "-J", "-"]
+               "-a", "all", "--memcpy", "-J", "-"] + (["-R"] if args.shared_buffers else [])
         raws = []
         for i in range(args.repeats):
             proc = subprocess.run(cmd, check=False, stdout=subprocess.PIPE, text=True)

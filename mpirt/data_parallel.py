@@ -38,6 +38,7 @@ import contextlib
 import hashlib
 import os
 import queue
+import shutil
 import sys
 import threading
 import time
@@ -48,6 +49,7 @@ import torch
 from mpirt import torchdist
 from mpirt.comm import MPI
 from mpirt.console import say
+from mpirt.core import shared_zeros
 from mpirt.powersgd import BucketCompressor
 from mpirt.signature import ModelMismatchError, describe_mismatch, signature
 from mpirt.stall import StallInspector
@@ -56,6 +58,7 @@ from mpirt.timeline import Timeline
 # compression -> the 16-bit type gradients travel in (PowerSGD sends low-rank factors instead)
 COMPRESSION = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16, "powersgd": None}
 ALGOS = ("auto", "core", "mpi", "ring", "shm", "ordered", "hier", "mpi4py", "torch")
+_SHAREABLE = (torch.float32, torch.float64, torch.float16, torch.bfloat16)  # dtypes of shared buckets
 DEFAULT_BUCKET_MB = 25.0
 DEFAULT_FIRST_BUCKET_MB = 1.0
 
@@ -263,6 +266,9 @@ class DataParallel:
         self.powersgd_rank, self.powersgd_start = powersgd_rank, powersgd_start
         self._comm = (comm or MPI.COMM_WORLD).Dup()
         self.rank, self.size = self._comm.Get_rank(), self._comm.Get_size()
+        node = self._comm.Split_type(MPI.COMM_TYPE_SHARED)  # on every rank: a collective
+        self._local_size = node.Get_size()
+        node.Free()
         self.algo = self._resolve(algo, model)
         self.step = 0
         self.last_stats: StepStats | None = None
@@ -274,13 +280,14 @@ class DataParallel:
         self._core = self._load_core()
         self._streams: dict[torch.device, torch.cuda.Stream] = {}
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        self._buckets = self._make_buckets(named, int(bucket_mb * 2**20), int(first_bucket_mb * 2**20))
-        self._slot = {id(p): (b.index, i) for b in self._buckets for i, p in enumerate(b.params)}
         self._check_same_model(named, {"bucket_mb": bucket_mb, "first_bucket_mb": first_bucket_mb,
                                        "compression": compression, "algo": self.algo,
                                        "find_unused_parameters": find_unused_parameters,
                                        **({"powersgd_rank": powersgd_rank, "powersgd_start": powersgd_start}
                                           if compression == "powersgd" else {})})
+        self.shared_buckets = self._shares_buckets(named)
+        self._buckets = self._make_buckets(named, int(bucket_mb * 2**20), int(first_bucket_mb * 2**20))
+        self._slot = {id(p): (b.index, i) for b in self._buckets for i, p in enumerate(b.params)}
         self._own_group = self.algo == "torch" and self.size > 1 and torchdist.join_default_group(self._comm)
         self._broadcast_state()
         timeline = timeline or os.environ.get("MPIRT_TIMELINE") or None
@@ -303,11 +310,33 @@ class DataParallel:
     def _resolve(self, algo: str, model: torch.nn.Module) -> str:
         if algo != "auto":
             return algo
-        node = self._comm.Split_type(MPI.COMM_TYPE_SHARED)  # on every rank: a collective
-        local_ranks = node.Get_size()
-        node.Free()
         cuda_model = any(p.is_cuda for p in model.parameters())
-        return choose_algo(algo, cuda_model, cuda_model and "nccl" in torchdist.default_backend(local_ranks))
+        return choose_algo(algo, cuda_model, cuda_model and "nccl" in torchdist.default_backend(self._local_size))
+
+    def _shares_buckets(self, named) -> bool:
+        """Whether CPU buckets go in memory the ranks of a node share, which the core's `shm`
+        reduces without staging (docs/training.md): where the core reduces on CPUs with several
+        ranks on every node, /dev/shm (where MPI maps it; 64 MiB in a container by default) has
+        twice the room, and MPIRT_SHARED_BUCKETS is not 0. Decided by all ranks together."""
+        wanted = (self._core is not None and self.algo in ("core", "shm", "ordered") and self._local_size > 1
+                  and self.compression != "powersgd" and os.environ.get("MPIRT_SHARED_BUCKETS", "1") != "0")
+        if wanted:
+            wire = COMPRESSION[self.compression]
+            per_rank = sum(p.numel() * (torch.empty(0, dtype=wire).element_size() if wire is not None
+                                        and p.dtype in (torch.float32, torch.float64) else p.element_size())
+                           for _, p in named if p.device.type == "cpu" and p.dtype in _SHAREABLE)
+            try:
+                room = shutil.disk_usage("/dev/shm").free
+            except OSError:
+                room = 0
+            wanted = 2 * per_rank * self._local_size <= room
+        return bool(self._comm.allreduce(int(wanted), op=MPI.MIN))
+
+    def _zeros(self, numel: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """A bucket's buffer (the one its reduction reads and writes), shared where decided."""
+        if self.shared_buckets and device.type == "cpu" and dtype in _SHAREABLE:
+            return shared_zeros(numel, dtype, comm=self._comm)
+        return torch.zeros(numel, dtype=dtype, device=device)
 
     def _load_core(self):
         if self.algo in ("mpi4py", "torch"):
@@ -343,14 +372,16 @@ class DataParallel:
         buckets = []
         for i, members in enumerate(groups):
             p0 = members[0][1]
-            flat = torch.zeros(sum(p.numel() for _, p in members), dtype=p0.dtype, device=p0.device)
+            numel = sum(p.numel() for _, p in members)
+            wire, psgd = None, None
+            if wire_dtype is not None and p0.dtype in (torch.float32, torch.float64):
+                wire = self._zeros(numel, wire_dtype, p0.device)
+            flat = torch.zeros(numel, dtype=p0.dtype, device=p0.device) if wire is not None else \
+                self._zeros(numel, p0.dtype, p0.device)
             views, off = [], 0
             for _, p in members:
                 views.append(flat[off:off + p.numel()].view_as(p))
                 off += p.numel()
-            wire, psgd = None, None
-            if wire_dtype is not None and p0.dtype in (torch.float32, torch.float64):
-                wire = torch.empty(flat.numel(), dtype=wire_dtype, device=p0.device)
             if self.compression == "powersgd" and p0.dtype in (torch.float32, torch.float64):
                 psgd = BucketCompressor(views, self.powersgd_rank, seed=i)
             buckets.append(_Bucket(i, [n for n, _ in members], [p for _, p in members], flat, views, wire, psgd))
@@ -635,6 +666,23 @@ class DataParallel:
         finally:
             self._sync = previous
 
+    def _unshare(self) -> None:
+        """Move every bucket out of shared memory before it is freed: gradients that are views
+        of a bucket become views of a private copy."""
+        if not self.shared_buckets:
+            return
+        for b in self._buckets:
+            if b.wire is not None:
+                b.wire = b.wire.clone()
+                continue
+            b.flat, off = b.flat.clone(), 0
+            for i, p in enumerate(b.params):
+                view = b.flat[off:off + p.numel()].view_as(p)
+                off += p.numel()
+                if p.grad is not None and p.grad.data_ptr() == b.views[i].data_ptr():
+                    p.grad = view
+                b.views[i] = view
+
     @property
     def buckets(self) -> list[list[str]]:
         """Parameter names per bucket, in reduction order."""
@@ -662,7 +710,8 @@ class DataParallel:
         if self._own_group:
             torchdist.leave_default_group()
         if not MPI.Is_finalized():
-            self._comm.Free()
+            self._unshare()
+            self._comm.Free()  # and with it the shared buffers
         atexit.unregister(self.close)
 
 

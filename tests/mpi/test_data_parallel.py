@@ -28,7 +28,8 @@ def test_gradients_match_references(mpiexec, np_):
                  "equivalence algo=torch overlap=True", "equivalence algo=torch overlap=False",
                  "algo=torch: a second object outlives the first", "compression fp16 algo=torch",
                  "powersgd r=1 start=0", "powersgd r=2 start=2", "complex parameters algo=auto",
-                 "complex parameters algo=torch"):
+                 "complex parameters algo=torch", "shared buckets none", "shared buckets fp16",
+                 "shared buckets only where shm reads them"):
         assert case in report["checked"]
 
 

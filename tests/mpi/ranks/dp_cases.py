@@ -381,6 +381,43 @@ if len(set(scales)) != 1 or scales[0] >= 2.0 ** 10:
 checked.append("amp grad scaler")
 dp.close()
 
+# 9. Buckets in memory the ranks of a node share (the core's shm then reduces them without
+#    staging): the same bits as private buckets (shm folds in local rank order either way), on
+#    the wire in fp16 too; gradients still there after close(), which frees that memory; and not
+#    shared where it cannot help, or with MPIRT_SHARED_BUCKETS=0.
+def shared_case(setting, compression):
+    os.environ["MPIRT_SHARED_BUCKETS"] = setting
+    model = make_model(torch.float32)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    dp = data_parallel(model, opt, bucket_mb=0.002, algo="shm", compression=compression)
+    for seed in (40, 41):
+        opt.zero_grad()
+        x, y = data(10, torch.float32, seed=seed)
+        local_step(model, x, y, split(10), 10)
+        opt.step()
+    grads = [p.grad.clone() for p in model.parameters()]
+    dp.close()
+    del os.environ["MPIRT_SHARED_BUCKETS"]
+    if not all(torch.equal(g, p.grad) for g, p in zip(grads, model.parameters())):
+        raise AssertionError("shared buckets: gradients changed when close() freed the shared memory")
+    return dp.shared_buckets, grads + [p.detach().clone() for p in model.parameters()]
+
+
+for compression in ("none", "fp16"):
+    (on, shared), (off, private) = shared_case("1", compression), shared_case("0", compression)
+    if (on, off) != (size > 1, False):
+        raise AssertionError(f"shared buckets with {size} ranks: {on}, with MPIRT_SHARED_BUCKETS=0: {off}")
+    if not all(torch.equal(a, b) for a, b in zip(shared, private)):
+        raise AssertionError(f"shared buckets ({compression}): gradients or weights differ from private buckets'")
+    same_on_all_ranks(shared, f"shared buckets ({compression})")
+    checked.append(f"shared buckets {compression}")
+for options in ({"algo": "ring"}, {"algo": "mpi4py"}, {"compression": "powersgd"}):
+    dp = data_parallel(make_model(torch.float32), None, **options)
+    if dp.shared_buckets:
+        raise AssertionError(f"buckets shared with {options}, where no reduction reads them in place")
+    dp.close()
+checked.append("shared buckets only where shm reads them")
+
 if rank == 0:
     print(json.dumps({"ranks": size, "checked": checked}))
 sys.stdout.flush()
