@@ -166,11 +166,6 @@ Algo choose_algorithm(const Call& c) {
 const NodeLayout& node_layout(MPI_Comm comm) { return comm_state(comm).layout; }
 
 Algo allreduce(const Call& c, Algo algo, Device device, int device_index) {
-  int initialized = 0, finalized = 0;
-  MPI_Initialized(&initialized);
-  MPI_Finalized(&finalized);
-  if (!initialized || finalized)
-    throw std::runtime_error("MPI is not initialised: import mpi4py.MPI (or call MPI_Init) first");
   if (c.count > 0 && (c.send == nullptr || c.recv == nullptr))
     throw std::invalid_argument("allreduce got a null buffer");
   Algo chosen = algo == Algo::automatic ? choose_algorithm(c) : algo;

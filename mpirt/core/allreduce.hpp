@@ -52,7 +52,8 @@ bool parse_algo(const std::string& s, Algo* out);
 // so every rank makes the same choice without communicating.
 Algo choose_algorithm(const Call& call);
 
-// Runs one allreduce and returns the algorithm that actually ran (auto resolved).
+// Runs one allreduce (MPI initialised, not finalised) and returns the algorithm that actually
+// ran (auto resolved).
 // Throws std::invalid_argument / std::runtime_error with a message meant for users.
 // CUDA buffers live on `device_index`, which the call makes this thread's current device (each
 // thread has its own, device 0 at first: a communication thread would otherwise launch kernels

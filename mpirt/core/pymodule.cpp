@@ -64,6 +64,11 @@ PyObject* py_allreduce(PyObject*, PyObject* args) {
   Call call{reinterpret_cast<const void*>(send), reinterpret_cast<void*>(recv), static_cast<size_t>(count), dtype, op,
             MPI_COMM_NULL};
   Algo used = algo;
+  int initialized = 0, finalized = 0;  // here, not on the core's path: two locks a call in Open MPI 4
+  MPI_Initialized(&initialized);
+  MPI_Finalized(&finalized);
+  if (!initialized || finalized)
+    return PyErr_Format(PyExc_RuntimeError, "MPI is not initialised: import mpi4py.MPI (or call MPI_Init) first");
   if (!without_gil([&] {
         call.comm = MPI_Comm_f2c(static_cast<MPI_Fint>(fcomm));
         used = allreduce(call, algo, cuda ? Device::cuda : Device::cpu, device_index);
