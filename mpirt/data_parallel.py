@@ -12,7 +12,9 @@ is the whole API. It
   while backward goes on: with the compiled core, or (``algo="auto"`` on a CUDA model where
   every rank of a node has a GPU of its own and torch has NCCL) with NCCL through
   torch.distributed, DDP's own path to NVLink and GPUDirect. Buckets are always reduced in
-  index order, so every rank issues the same collectives in the same order;
+  index order, so every rank issues the same collectives in the same order. On CPUs with
+  several ranks a node they live in memory the node's ranks share, which the core's ``shm``
+  reduces without staging (``dp.shared_buckets``; ``MPIRT_SHARED_BUCKETS=0`` keeps them private);
 - waits for all buckets when backward ends (a callback queued on the autograd engine), so the
   gradients are final when ``backward()`` returns, as with DDP: gradient clipping, AMP's
   ``GradScaler.unscale_``/inf check and a second loss's backward all see averaged gradients.

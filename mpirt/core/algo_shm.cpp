@@ -71,33 +71,37 @@ void run_direct(const Call& c, CommState& st, ShmSegment& seg, const SharedAlloc
   int world;
   MPI_Comm_size(c.comm, &world);
   const size_t es = dtype_size(c.dtype);
-  const Split sl(c.count, n);
-  const size_t lo = sl.lo(r) * es, bytes = sl.len(r) * es;
   const bool big = c.count * es >= kStreamBytes, in_place = c.send == c.recv;
   const bool cross = st.layout.node_count > 1;
   thread_local std::vector<const void*> srcs;
   srcs.resize(n);
   thread_local std::vector<char> tile_buf(kTileBytes);
-  // Across nodes the whole slice is reduced first, then allreduced with the same local rank
-  // on the other nodes; within a node a tile at a time, written out while it is in L1.
+  // Within a node: one round, a tile at a time, each written out while it is in L1. Across
+  // nodes: in the staged rounds, each rank's slice of a round reduced whole and allreduced with
+  // the same local rank elsewhere, so that the calls between nodes are the same whether or not
+  // the other nodes' ranks passed shared buffers.
+  const size_t block = cross ? seg.chunk_bytes / es : c.count;
   char* sum = tile_buf.data();
-  size_t tile = kTileBytes / es * es;
   MPI_Datatype type = MPI_DATATYPE_NULL;
   MPI_Op op = MPI_OP_NULL;
   if (cross) {
-    st.scratch.resize(std::max(st.scratch.size(), bytes));
+    st.scratch.resize(std::max(st.scratch.size(), seg.chunk_bytes));
     sum = st.scratch.data();
-    tile = std::max(bytes, es);
     mpi_type_op(c.dtype, c.op, &type, &op);
   }
-  for (size_t t = 0; t < bytes; t += tile) {
-    const size_t tb = std::min(tile, bytes - t);
-    for (int j = 0; j < n; ++j) srcs[j] = in.part[j] + in_off + lo + t;  // local rank order, as staged
-    reduce_n(sum, srcs.data(), n, tb / es, c.dtype, c.op);
-    if (cross) MPI_Allreduce(MPI_IN_PLACE, sum, static_cast<int>(tb / es), type, op, st.cross_comm);
-    if (c.op == Op::avg) scale_avg(sum, tb / es, c.dtype, world);
-    for (int j = 0; j < n; ++j)
-      (big && !(in_place && j == r) ? stream_copy : plain_copy)(out.part[j] + out_off + lo + t, sum, tb);
+  for (size_t off = 0; off < c.count; off += block) {
+    const Split sl(std::min(block, c.count - off), n);
+    const size_t lo = (off + sl.lo(r)) * es, bytes = sl.len(r) * es;
+    const size_t tile = cross ? bytes : kTileBytes / es * es;
+    for (size_t t = 0; t < bytes; t += tile) {
+      const size_t tb = std::min(tile, bytes - t);
+      for (int j = 0; j < n; ++j) srcs[j] = in.part[j] + in_off + lo + t;  // local rank order, as staged
+      reduce_n(sum, srcs.data(), n, tb / es, c.dtype, c.op);
+      if (cross) MPI_Allreduce(MPI_IN_PLACE, sum, static_cast<int>(tb / es), type, op, st.cross_comm);
+      if (c.op == Op::avg) scale_avg(sum, tb / es, c.dtype, world);
+      for (int j = 0; j < n; ++j)
+        (big && !(in_place && j == r) ? stream_copy : plain_copy)(out.part[j] + out_off + lo + t, sum, tb);
+    }
   }
   if (big) stream_fence();
   seg.barrier->wait(n, seg.spin_limit);  // every slice written everywhere before anyone returns

@@ -17,6 +17,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.mpi]
 ORDERED = str(Path(__file__).parents[1] / "mpi" / "ranks" / "ordered_bits.py")
 AUTO_CHOICE = str(Path(__file__).parent / "ranks" / "auto_choice.py")
 MATRIX = str(Path(__file__).parents[1] / "mpi" / "ranks" / "allreduce_matrix.py")
+SHARED_ONE_NODE = str(Path(__file__).parents[1] / "mpi" / "ranks" / "shared_one_node.py")
 
 
 @pytest.mark.parametrize("hosts,slots", [(3, 1), (2, 2)], ids=["3x1", "2x2"])
@@ -71,6 +72,12 @@ def test_every_algorithm_on_two_hosts_of_two_ranks_and_auto_picks_hier(cluster):
         report = json.loads(line[line.index('{"size"'):])
         assert report["size"] == 4 and report["cases"] == 6 * 5 * 4 * 5 * 2 + 6
         assert report["n_failures"] == 0, "\n".join(report["failures"])
+    # one host's ranks with shared buffers, the other's staging: the hosts' calls still pair up
+    proc = c.launch(names, [sys.executable, SHARED_ONE_NODE], "--env", "MPIRT_SHM_CHUNK=4096", slots=2, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if '{"size"' in x)
+    report = json.loads(line[line.index('{"size"'):])
+    assert report["cases"] == 4 * 2 * 3 and report["n_failures"] == 0, "\n".join(report["failures"])
 
     def choice(slots):
         proc = c.launch(names, [sys.executable, AUTO_CHOICE], slots=slots, timeout=120)
