@@ -127,7 +127,8 @@ def run_checks(cfg: DoctorConfig) -> list[Check]:
         shm_mib = found.shm_bytes >> 20
         checks.append(Check("/dev/shm", "pass" if found.shm_bytes >= 1 << 30 else "warn", f"{shm_mib} MiB",
                             "" if found.shm_bytes >= 1 << 30 else "give the pod a larger /dev/shm (an emptyDir with "
-                            "medium: Memory) — NCCL and the shm allreduce use it"))
+                            "medium: Memory) — NCCL, the shm allreduce and data_parallel's shared buckets "
+                            "(twice a node's gradient bytes) use it"))
     except ValueError as e:
         checks.append(Check("network", "fail", str(e)))
     checks.append(_memory_check(Path(cfg.root)))

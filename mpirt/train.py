@@ -134,7 +134,7 @@ def run(cfg: TrainConfig) -> int:
         params = sum(p.numel() for p in model.parameters())
         say(f"mpirt train: {cfg.model} ({params / 1e6:.2f} M parameters, {len(dp.buckets)} bucket{'s' if len(dp.buckets) != 1 else ''}) on {w.size} "
             f"rank{'s' if w.size > 1 else ''} / {w.nodes} node{'s' if w.nodes > 1 else ''} ({device.type}, algo "
-            f"{dp.algo}), global batch "
+            f"{dp.algo}{', shared buckets' if dp.shared_buckets else ''}), global batch "
             f"{cfg.batch_size}, steps {start + 1}..{cfg.steps}")
     stop = _Stop(w.rank)
     step, loss_value, rates = start, float("nan"), []
@@ -175,7 +175,7 @@ def run(cfg: TrainConfig) -> int:
         metrics.close()
         dp.close()
     if w.rank == 0:
-        summary = {"model": cfg.model, "ranks": w.size, "device": device.type, "algo": dp.algo, "steps": step, "final_loss": loss_value,
+        summary = {"model": cfg.model, "ranks": w.size, "device": device.type, "algo": dp.algo, "shared_buckets": dp.shared_buckets, "steps": step, "final_loss": loss_value,
                    "samples_per_s_median": sorted(rates)[len(rates) // 2] if rates else 0.0,
                    "wall_s": time.perf_counter() - t_begin, "config": asdict(cfg)}
         (out / "summary.json").write_text(json.dumps(summary, indent=1))

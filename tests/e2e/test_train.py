@@ -42,7 +42,10 @@ def test_readme_job_loss_falls(tmp_path, model, extra):
     assert all(r["samples_per_s"] > 0 and 0 <= r["overlap"] <= 1 for r in records)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["ranks"] == 2 and summary["steps"] == len(records)
-    assert summary["algo"] == "core" and "(cpu, algo core)" in proc.stdout  # auto: the core on CPU
+    assert summary["algo"] == "core"  # auto: the core on CPU, its buckets shared unless PowerSGD's
+    shared = "powersgd" not in extra
+    assert summary["shared_buckets"] is shared
+    assert f"(cpu, algo core{', shared buckets' if shared else ''})" in proc.stdout
 
 
 SAME = ["--optimizer", "sgd", "--lr", "0.05", "--steps", "6", "--batch-size", "24", "--samples", "240",
