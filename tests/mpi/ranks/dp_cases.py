@@ -5,6 +5,7 @@ Prints one JSON line on rank 0 with what was checked; any wrong value raises."""
 import copy
 import json
 import os
+import shutil
 import sys
 
 import torch
@@ -416,6 +417,20 @@ for options in ({"algo": "ring"}, {"algo": "mpi4py"}, {"compression": "powersgd"
     if dp.shared_buckets:
         raise AssertionError(f"buckets shared with {options}, where no reduction reads them in place")
     dp.close()
+disk_usage = shutil.disk_usage
+if rank == size - 1:  # a full /dev/shm on one rank: private buckets on all of them, and training goes on
+    shutil.disk_usage = lambda path: disk_usage(path)._replace(free=4096)
+model = make_model(torch.float32)
+dp = data_parallel(model, torch.optim.SGD(model.parameters(), lr=0.1), algo="shm")
+shutil.disk_usage = disk_usage
+x, y = data(10, torch.float32, seed=42)
+ref = reference_grads(model, [(x, y)])
+local_step(model, x, y, split(10), 10)
+dp.synchronize()
+compare(model, ref, "shared buckets: /dev/shm full on one rank", 1e-5, 1e-6)
+if dp.shared_buckets:
+    raise AssertionError("buckets shared although one rank's /dev/shm had no room")
+dp.close()
 checked.append("shared buckets only where shm reads them")
 
 if rank == 0:
