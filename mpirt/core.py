@@ -6,6 +6,8 @@ address unsafe (layout, dtype, size, device, writability) and turns it into a me
 
 from __future__ import annotations
 
+import math
+import operator
 from dataclasses import dataclass
 
 from mpirt.comm import MPI, core
@@ -96,12 +98,13 @@ def shared_zeros(shape, dtype="float32", comm=None):
     memory traffic per rank for S bytes against 4S staged (docs/allreduce.md). The memory lives
     until :func:`free_shared` or the end of ``comm``."""
     comm = MPI.COMM_WORLD if comm is None else comm
-    shape = (shape,) if isinstance(shape, int) else tuple(shape)
-    count = 1
-    for n in shape:
-        count *= n
-    if count <= 0:
-        raise ValueError(f"shared_zeros needs at least one element, not shape {shape}")
+    try:
+        shape = (operator.index(shape),) if not hasattr(shape, "__iter__") else tuple(map(operator.index, shape))
+    except TypeError:
+        raise TypeError(f"shape {shape!r}: give an int or a tuple of ints") from None
+    if shape and min(shape) <= 0:
+        raise ValueError(f"shared_zeros needs at least one element along every dimension, not shape {shape}")
+    count = math.prod(shape)
     if type(dtype).__module__.startswith("torch"):
         import torch
 

@@ -135,7 +135,9 @@ def test_shared_buffers_misused_fail_on_every_rank_with_the_fix(mpiexec, np_):
             "this one); allocate the same size on every rank" for r in range(np_)],
         "freed and made again": ok,
         "free a private array": ["ValueError: shared_free: not a shared buffer of this communicator"] * np_,
-        "no elements": ["ValueError: shared_zeros needs at least one element, not shape (2, 0)"] * np_,
+        "no elements": ["ValueError: shared_zeros needs at least one element along every dimension, not shape "
+                        "(2, 0)"] * np_,
+        "bad shape": ["TypeError: shape 2.5: give an int or a tuple of ints"] * np_,
         "int64": ["TypeError: dtype int64 is not supported; use float32, float64, float16 or int32 (bfloat16 as "
                   "torch.bfloat16)"] * np_,
     }

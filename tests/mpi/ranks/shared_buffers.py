@@ -62,6 +62,7 @@ cases = {
     "freed and made again": freed_and_made_again,
     "free a private array": lambda: free_shared(np.zeros(4, np.float32)),
     "no elements": lambda: shared_zeros((2, 0)),
+    "bad shape": lambda: shared_zeros(2.5),
     "int64": lambda: shared_zeros(4, np.int64),
 }
 report = {name: comm.gather(outcome(case), root=0) for name, case in cases.items()}
