@@ -99,7 +99,8 @@ def run_system(system: str, model_name: str, batch: int, args, device, comm) -> 
                        powersgd_start=POWERSGD_START) if system == "mpirt" else None
     try:
         return (_time_steps(model, opt, batch, args.steps, args.warmup, device, comm),
-                dp.algo if dp else torch.distributed.get_backend() if system == "ddp" else "none")
+                (f"{dp.algo} (shared buckets)" if dp.shared_buckets else dp.algo) if dp else
+                torch.distributed.get_backend() if system == "ddp" else "none")
     finally:
         if dp:
             dp.close()
