@@ -175,7 +175,8 @@ def run(cfg: TrainConfig) -> int:
         metrics.close()
         dp.close()
     if w.rank == 0:
-        summary = {"model": cfg.model, "ranks": w.size, "device": device.type, "algo": dp.algo, "shared_buckets": dp.shared_buckets, "steps": step, "final_loss": loss_value,
+        summary = {"model": cfg.model, "ranks": w.size, "device": device.type, "algo": dp.algo,
+                   "shared_buckets": dp.shared_buckets, "steps": step, "final_loss": loss_value,
                    "samples_per_s_median": sorted(rates)[len(rates) // 2] if rates else 0.0,
                    "wall_s": time.perf_counter() - t_begin, "config": asdict(cfg)}
         (out / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -9,8 +9,12 @@
 // Both node phases go in `shm`'s rounds, one barrier each: a round's staging is reused two
 // rounds later, and every rank has passed the barrier between them only after it was done
 // reading. Rank r keeps its reduced slice of every round, back to back, in a part of its own:
-// the contiguous buffer its ring reduces.
+// the contiguous buffer its ring reduces. Where every local rank passes shared buffers (as for
+// `shm`), each reads its slices straight from the others' inputs and writes its results into
+// their outputs: nothing staged, one barrier at each end. The part, and so the ring between
+// nodes, is the same either way.
 #include <cstring>
+#include <optional>
 #include <vector>
 
 #include "comm_state.hpp"
@@ -36,16 +40,21 @@ void allreduce_hier(const Call& c) {
   srcs.resize(n);
   const char* send = static_cast<const char*>(c.send);
   char* recv = static_cast<char*>(c.recv);
+  const std::optional<SharedCall> shared = st.shared.empty() ? std::nullopt : agree_shared(c, st, seg, "hier");
 
   size_t held = 0;  // bytes of this rank's part so far
   int parity = 0;
   for (size_t off = 0; off < c.count; off += block, parity ^= 1) {  // reduce-scatter within the node
     const char* in = send + off * es;
-    char* mine = seg.input(parity, r, n);
-    for (int j = 0; j < n; ++j)
-      if (j != r) std::memcpy(mine + slices(off, j), in + slices(off, j), length(off, j));
-    seg.barrier->wait(n, seg.spin_limit);
-    for (int j = 0; j < n; ++j) srcs[j] = (j == r ? in : seg.input(parity, j, n)) + slices(off, r);
+    if (shared) {
+      for (int j = 0; j < n; ++j) srcs[j] = shared->in->part[j] + shared->in_off + off * es + slices(off, r);
+    } else {
+      char* mine = seg.input(parity, r, n);
+      for (int j = 0; j < n; ++j)
+        if (j != r) std::memcpy(mine + slices(off, j), in + slices(off, j), length(off, j));
+      seg.barrier->wait(n, seg.spin_limit);
+      for (int j = 0; j < n; ++j) srcs[j] = (j == r ? in : seg.input(parity, j, n)) + slices(off, r);
+    }
     const size_t bytes = length(off, r);
     reduce_n(part.data() + held, srcs.data(), n, bytes / es, c.dtype, across);
     held += bytes;
@@ -59,14 +68,21 @@ void allreduce_hier(const Call& c) {
   held = 0;
   parity = 0;
   for (size_t off = 0; off < c.count; off += block, parity ^= 1) {  // allgather within the node
-    char* result = seg.result(parity, n);
     const size_t bytes = length(off, r);
+    if (shared) {
+      for (int j = 0; j < n; ++j)
+        std::memcpy(shared->out->part[j] + shared->out_off + off * es + slices(off, r), part.data() + held, bytes);
+      held += bytes;
+      continue;
+    }
+    char* result = seg.result(parity, n);
     std::memcpy(result + slices(off, r), part.data() + held, bytes);
     held += bytes;
     seg.barrier->wait(n, seg.spin_limit);
     char* out = recv + off * es;
     for (int j = 0; j < n; ++j) std::memcpy(out + slices(off, j), result + slices(off, j), length(off, j));
   }
+  if (shared) seg.barrier->wait(n, seg.spin_limit);  // every result written everywhere before anyone returns
 }
 
 }  // namespace mpirt

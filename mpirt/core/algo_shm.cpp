@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -112,11 +113,9 @@ bool same_buffers(const ShmCallDesc& a, const ShmCallDesc& b) {
          a.count == b.count;
 }
 
-// Where shared buffers exist (every local rank knows: they are made together), each call first
-// publishes what it passed and waits for the others. All in shared buffers at the same offsets:
-// the call runs direct (true). None: staged as always (false). Otherwise the ranks disagree and
-// every one of them throws the same error, decided from the same descriptions.
-bool try_direct(const Call& c, CommState& st, ShmSegment& seg) {
+}  // namespace
+
+std::optional<SharedCall> agree_shared(const Call& c, CommState& st, ShmSegment& seg, const char* algo) {
   const int n = st.layout.local_size, r = st.layout.local_rank;
   const size_t bytes = c.count * dtype_size(c.dtype);
   const SharedAlloc* in = shared_find(st, c.send, bytes);
@@ -131,27 +130,30 @@ bool try_direct(const Call& c, CommState& st, ShmSegment& seg) {
     shared += seg.calls[j].send_id != 0;
     if (differs < 0 && !same_buffers(seg.calls[j], seg.calls[0])) differs = j;
   }
-  if (shared == 0) return false;
+  if (shared == 0) return std::nullopt;
   if (differs >= 0) {
     seg.barrier->wait(n, seg.spin_limit);  // all have read the descriptions before any is rewritten
     throw std::invalid_argument(
-        "shm: local ranks 0 and " + std::to_string(differs) + " passed different buffers (" +
+        std::string(algo) + ": local ranks 0 and " + std::to_string(differs) +
+        " passed different buffers (" +
         (shared < n ? "a shared buffer on some ranks and not on others" : "other shared buffers, offsets or counts") +
         "); pass every rank's shared buffer at the same offsets and count, or none");
   }
-  run_direct(c, st, seg, *in, in_off, *out, out_off);
-  ++st.shm_stores.used;
-  ++st.shm_stores.direct;
-  return true;
+  return SharedCall{in, in_off, out, out_off};
 }
-
-}  // namespace
 
 void allreduce_shm(const Call& c) {
   CommState& st = comm_state(c.comm);
   const NodeLayout& L = st.layout;
   ShmSegment& seg = shm_segment(st);
-  if (!st.shared.empty() && try_direct(c, st, seg)) return;
+  if (!st.shared.empty()) {
+    if (const auto shared = agree_shared(c, st, seg, "shm")) {
+      run_direct(c, st, seg, *shared->in, shared->in_off, *shared->out, shared->out_off);
+      ++st.shm_stores.used;
+      ++st.shm_stores.direct;
+      return;
+    }
+  }
   const int n = L.local_size, r = L.local_rank;
   int world;
   MPI_Comm_size(c.comm, &world);

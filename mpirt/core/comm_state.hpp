@@ -6,6 +6,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <optional>
 #include <vector>
 
 #include "allreduce.hpp"
@@ -107,5 +108,19 @@ void* shared_alloc(MPI_Comm comm, size_t bytes);
 void shared_free(MPI_Comm comm, void* part);
 // The shared buffer holding [p, p + bytes) on this rank, or nullptr.
 const SharedAlloc* shared_find(const CommState& st, const void* p, size_t bytes);
+
+// A call whose every local rank passed shared buffers, at the same offsets.
+struct SharedCall {
+  const SharedAlloc* in;
+  size_t in_off;
+  const SharedAlloc* out;
+  size_t out_off;
+};
+// Collective over the node, for `shm` and `hier` while shared buffers exist (every local rank
+// knows: they are made together): each rank publishes what it passed and waits for the others.
+// All in shared buffers at the same offsets: the call, to run without staging. None: nullopt
+// (staged, as always). Otherwise every rank throws the same error, decided from the same
+// descriptions.
+std::optional<SharedCall> agree_shared(const Call& c, CommState& st, ShmSegment& seg, const char* algo);
 
 }  // namespace mpirt

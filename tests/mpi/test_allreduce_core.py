@@ -121,14 +121,16 @@ def test_shared_buffers_misused_fail_on_every_rank_with_the_fix(mpiexec, np_):
     `shm` read memory the others never wrote: every rank raises the same error instead (no rank
     left waiting), and the next call works. Allocations check their sizes agree."""
     report = last_json(mpiexec.python(np_, "shared_buffers.py").stdout)
-    ok = ["ok"] * np_
-    differ = ("ValueError: shm: local ranks 0 and 1 passed different buffers ({}); pass every rank's shared "
+    ok, mixed = ["ok"] * np_, "a shared buffer on some ranks and not on others"
+    differ = ("ValueError: {}: local ranks 0 and 1 passed different buffers ({}); pass every rank's shared "
               "buffer at the same offsets and count, or none")
     assert report == {
         "sum": ok,
-        "private on rank 0": ok if np_ == 1 else [differ.format("a shared buffer on some ranks and not on others")] * np_,
+        "private on rank 0": ok if np_ == 1 else [differ.format("shm", mixed)] * np_,
         "after private": ok,
-        "other offset on rank 0": ok if np_ == 1 else [differ.format("other shared buffers, offsets or counts")] * np_,
+        "private on rank 0, hier": ok if np_ == 1 else [differ.format("hier", mixed)] * np_,
+        "other offset on rank 0": ok if np_ == 1 else [differ.format("shm", "other shared buffers, offsets or "
+                                                                            "counts")] * np_,
         "after offset": ok,
         "sizes differ": ok if np_ == 1 else [
             f"ValueError: shared buffers differ in size between the ranks of a node ({44 if r == 0 else 40} bytes on "

@@ -34,6 +34,10 @@ def private_on_rank_0():
     allreduce(np.ones(8, np.float32) if rank == 0 else pool[:8], algo="shm")
 
 
+def private_on_rank_0_hier():
+    allreduce(np.ones(8, np.float32) if rank == 0 else pool[:8], algo="hier")
+
+
 def other_offset_on_rank_0():
     allreduce(pool[1:9] if rank == 0 else pool[:8], algo="shm")
 
@@ -56,6 +60,7 @@ cases = {
     "sum": summed,
     "private on rank 0": private_on_rank_0,
     "after private": summed,
+    "private on rank 0, hier": private_on_rank_0_hier,
     "other offset on rank 0": other_offset_on_rank_0,
     "after offset": summed,
     "sizes differ": sizes_differ,
