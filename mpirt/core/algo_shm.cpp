@@ -13,9 +13,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstring>
-#include <optional>
-#include <stdexcept>
-#include <string>
 #include <vector>
 
 #if defined(__SSE2__)
@@ -108,39 +105,7 @@ void run_direct(const Call& c, CommState& st, ShmSegment& seg, const SharedAlloc
   seg.barrier->wait(n, seg.spin_limit);  // every slice written everywhere before anyone returns
 }
 
-bool same_buffers(const ShmCallDesc& a, const ShmCallDesc& b) {
-  return a.send_id == b.send_id && a.send_off == b.send_off && a.recv_id == b.recv_id && a.recv_off == b.recv_off &&
-         a.count == b.count;
-}
-
 }  // namespace
-
-std::optional<SharedCall> agree_shared(const Call& c, CommState& st, ShmSegment& seg, const char* algo) {
-  const int n = st.layout.local_size, r = st.layout.local_rank;
-  const size_t bytes = c.count * dtype_size(c.dtype);
-  const SharedAlloc* in = shared_find(st, c.send, bytes);
-  const SharedAlloc* out = shared_find(st, c.recv, bytes);
-  const bool direct = in != nullptr && out != nullptr;
-  const size_t in_off = direct ? static_cast<const char*>(c.send) - in->part[r] : 0;
-  const size_t out_off = direct ? static_cast<char*>(c.recv) - out->part[r] : 0;
-  seg.calls[r] = ShmCallDesc{direct ? in->id : 0, in_off, direct ? out->id : 0, out_off, c.count};
-  seg.barrier->wait(n, seg.spin_limit);
-  int differs = -1, shared = 0;
-  for (int j = 0; j < n; ++j) {
-    shared += seg.calls[j].send_id != 0;
-    if (differs < 0 && !same_buffers(seg.calls[j], seg.calls[0])) differs = j;
-  }
-  if (shared == 0) return std::nullopt;
-  if (differs >= 0) {
-    seg.barrier->wait(n, seg.spin_limit);  // all have read the descriptions before any is rewritten
-    throw std::invalid_argument(
-        std::string(algo) + ": local ranks 0 and " + std::to_string(differs) +
-        " passed different buffers (" +
-        (shared < n ? "a shared buffer on some ranks and not on others" : "other shared buffers, offsets or counts") +
-        "); pass every rank's shared buffer at the same offsets and count, or none");
-  }
-  return SharedCall{in, in_off, out, out_off};
-}
 
 void allreduce_shm(const Call& c) {
   CommState& st = comm_state(c.comm);

@@ -33,7 +33,7 @@ struct ShmSegment {
   MPI_Win win = MPI_WIN_NULL;
   ShmBarrier* barrier = nullptr;
   ShmCallDesc* calls = nullptr;  // one per local rank, after the barrier
-  char* base = nullptr;      // first staging byte, after the barrier
+  char* base = nullptr;      // first staging byte, after the barrier and the call descriptions
   size_t chunk_bytes = 0;    // staging bytes per rank per round
   int spin_limit = 0;        // pauses before yielding: none when ranks outnumber cores
   // Staging for round parity p: inputs of each local rank, then the reduced block.
