@@ -110,8 +110,7 @@ def shared_zeros(shape, dtype="float32", comm=None):
 
         if str(dtype).removeprefix("torch.") not in _TORCH_DTYPES:
             raise TypeError(f"dtype {dtype} is not supported; use one of {sorted(_TORCH_DTYPES)}")
-        itemsize = torch.empty(0, dtype=dtype).element_size()
-        view = core().shared_alloc(comm.py2f(), count * itemsize)
+        view = core().shared_alloc(comm.py2f(), count * dtype.itemsize)
         buf = torch.frombuffer(view, dtype=dtype).view(shape)
     else:
         import numpy

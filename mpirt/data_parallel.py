@@ -324,8 +324,8 @@ class DataParallel:
                   and self.compression != "powersgd" and os.environ.get("MPIRT_SHARED_BUCKETS", "1") != "0")
         if wanted:
             wire = COMPRESSION[self.compression]
-            per_rank = sum(p.numel() * (torch.empty(0, dtype=wire).element_size() if wire is not None
-                                        and p.dtype in (torch.float32, torch.float64) else p.element_size())
+            per_rank = sum(p.numel() * (wire.itemsize if wire is not None and p.dtype in (torch.float32, torch.float64)
+                                        else p.element_size())
                            for _, p in named if p.device.type == "cpu" and p.dtype in _SHAREABLE)
             try:
                 room = shutil.disk_usage("/dev/shm").free
