@@ -141,6 +141,8 @@ def _csv(value: str) -> tuple[str, ...]:
               help="Core algorithms: comma list of mpi, ring, shm, auto, ordered, hier, or all.")
 @click.option("-n", "--iters", type=click.IntRange(min=1), envvar="MPIRT_BENCH_ITERS",
               help="Collective iterations per size (default: the harness's, by size).")
+@click.option("--shared-buffers", is_flag=True, envvar="MPIRT_BENCH_SHARED_BUFFERS",
+              help="Collective sweep on buffers the local ranks share (the harness's -R), as training's buckets are.")
 @click.option("--model", type=click.Choice(["comm", "compute"]), default="comm", show_default=True,
               envvar="MPIRT_BENCH_MODEL", help="comm: few FLOPs per gradient byte; compute: many.")
 @click.option("--scaling", default="weak,strong", show_default=True, envvar="MPIRT_BENCH_SCALING",
@@ -162,8 +164,8 @@ def _csv(value: str) -> tuple[str, ...]:
 @click.option("--mpirun", envvar="MPIRT_MPIRUN", help="mpirun to use (default: the one matching mpi4py's MPI).")
 @click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=1800.0, show_default=True,
               envvar="MPIRT_BENCH_TIMEOUT_S", help="Seconds one job of the sweep may take.")
-def bench_scaling(out, max_np, repeats, parts, minbytes, maxbytes, factor, algos, iters, model, scaling, batch,
-                  global_batch, steps, device, hostfile, hosts, slots, oversubscribe, mpirun, timeout_s) -> None:
+def bench_scaling(out, max_np, repeats, parts, minbytes, maxbytes, factor, algos, iters, shared_buffers, model, scaling,
+                  batch, global_batch, steps, device, hostfile, hosts, slots, oversubscribe, mpirun, timeout_s) -> None:
     """Collective sweep and training throughput (mpirt and torch DDP) at 1, 2, 4, ... ranks.
 
     Every job starts through `mpirt launch` (ssh settings from MPIRT_SSH_DIR, MPIRT_SSH_PORT);
@@ -174,7 +176,8 @@ def bench_scaling(out, max_np, repeats, parts, minbytes, maxbytes, factor, algos
     from mpirt.bench.scaling import ScalingConfig, ScalingError, run
 
     cfg = ScalingConfig(out=out, max_np=max_np, repeats=repeats, parts=_csv(parts), minbytes=minbytes,
-                        maxbytes=maxbytes, factor=factor, algos=algos, iters=iters, model=model,
+                        maxbytes=maxbytes, factor=factor, algos=algos, iters=iters, shared_buffers=shared_buffers,
+                        model=model,
                         scalings=_csv(scaling), batch=batch, global_batch=global_batch, steps=steps, device=device,
                         hostfile=hostfile, hosts=hosts, slots=slots, oversubscribe=oversubscribe, mpirun=mpirun,
                         timeout_s=timeout_s)

@@ -88,16 +88,25 @@ def compare(base: dict, new: dict, threshold: float) -> list[Verdict]:
     return out
 
 
+# What about the runs differs that changes the figures: the machine, and how the core was used.
+_PICKS = {"MPI": ("env", "mpi", "library"), "CPU": ("env", "cpu", "model"), "hosts": ("env", "hosts", "count"),
+          "network tier": ("env", "network", "tier"), "oversubscribed": ("env", "hosts", "oversubscribed"),
+          "shared buffers": ("config", "shared_buffers"),
+          "collective on shared buffers": ("config", "collective", "shared_buffers"),
+          "mpirt reduced by": ("config", "train", "reduced_by", "mpirt")}
+
+
+def _pick(doc: dict, path: tuple[str, ...]):
+    for part in path:
+        doc = doc.get(part) if isinstance(doc, dict) else None
+    return doc
+
+
 def env_differences(base: dict, new: dict) -> list[str]:
-    """What about the machines differs: the comparison may still be wanted, but should be known."""
-    picks = {"MPI": ("mpi", "library"), "CPU": ("cpu", "model"), "hosts": ("hosts", "count"),
-             "network tier": ("network", "tier"), "oversubscribed": ("hosts", "oversubscribed")}
-    out = []
-    for label, (section, field) in picks.items():
-        a, b = base["env"][section].get(field), new["env"][section].get(field)
-        if a != b:
-            out.append(f"{label}: {a} -> {b}")
-    return out
+    """What differs between the runs (machine, buffers, what reduced the gradients): the
+    comparison may still be wanted, but should be known."""
+    return [f"{label}: {_pick(base, path)} -> {_pick(new, path)}" for label, path in _PICKS.items()
+            if _pick(base, path) != _pick(new, path)]
 
 
 def table(verdicts: list[Verdict], threshold: float) -> str:
@@ -123,6 +132,6 @@ def run(cfg: CompareConfig) -> int:
                           "rows": [asdict(v) for v in verdicts]}, indent=1))
     else:
         if diffs:
-            print("note: the environments differ: " + "; ".join(diffs))
+            print("note: the runs differ: " + "; ".join(diffs))
         print(table(verdicts, threshold))
     return 1 if any(v.verdict == "regression" for v in verdicts) else 0

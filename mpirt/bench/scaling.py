@@ -42,6 +42,7 @@ class ScalingConfig:
     factor: int = 4
     algos: str = "all"
     iters: int | None = None  # collective iterations per size (default: the harness's)
+    shared_buffers: bool = False  # the collective sweep on buffers the local ranks share (the harness's -R)
     model: str = "comm"
     scalings: tuple[str, ...] = ("weak", "strong")
     batch: int = 32  # per rank, weak scaling
@@ -194,7 +195,7 @@ def collective_rows(runs: dict[int, list[dict]]) -> list[dict]:
                 s["busbw_gbs"].append(r["busbw_gbs"])
                 s["algbw_gbs"].append(r["algbw_gbs"])
                 s["time_us"].append(r["time_us"]["avg"])
-                info[k] = {"algo_used": r["algo_used"], "iters": r["iters"]}
+                info[k] = {"algo_used": r["algo_used"], "iters": r["iters"], "shm_direct": r.get("shm_direct")}
     fields = schema.KINDS["collective"][0]
     metrics = {k: {m: schema.stat(v) for m, v in s.items()} for k, s in samples.items()}
     bus = {k: m["busbw_gbs"]["median"] for k, m in metrics.items()}
@@ -287,6 +288,8 @@ def run(cfg: ScalingConfig) -> dict:
                        "-m", "out-of-place", "-D", device, "-J", "-"]
             if cfg.iters:
                 command += ["-n", str(cfg.iters), "-w", str(max(2, cfg.iters // 10))]
+            if cfg.shared_buffers:
+                command.append("-R")
             for rep in range(cfg.repeats):
                 out = runner.run(n, command, f"collective sweep {rep + 1}/{cfg.repeats}")
                 doc = json_in(out, lambda d: d.get("schema") == "mpirt.bench.allreduce/1")
@@ -318,7 +321,8 @@ def run(cfg: ScalingConfig) -> dict:
     config = {"world_sizes": sizes, "collective_world_sizes": [n for n in sizes if n >= 2] if "collective" in
               cfg.parts else [], "repeats": cfg.repeats, "parts": list(cfg.parts), "device": device,
               "collective": {"minbytes": cfg.minbytes, "maxbytes": cfg.maxbytes, "factor": cfg.factor,
-                             "algos": cfg.algos, "iters": cfg.iters, "mode": "out-of-place"},
+                             "algos": cfg.algos, "iters": cfg.iters, "mode": "out-of-place",
+                             "shared_buffers": cfg.shared_buffers},
               "train": {"model": cfg.model, "scalings": list(cfg.scalings), "batch_per_rank": cfg.batch,
                         "global_batch": gb, "steps": cfg.steps,
                         # what reduced the gradients: data_parallel's algo for mpirt, the backend for DDP

@@ -142,11 +142,15 @@ def test_compare_bad_input_is_exit_2_with_the_reason(tmp_path):
 def test_compare_json_output_and_environment_notes(tmp_path):
     other = copy.deepcopy(sweep())
     other["env"]["cpu"]["model"] = "Other CPU"
+    other["config"]["collective"] = {"shared_buffers": True}  # the sweep on buffers the ranks share (-R)
     proc = mpirt("bench", "compare", write(tmp_path, "a.json", sweep()), write(tmp_path, "b.json", other), "--json")
     assert proc.returncode == 0
     out = json.loads(proc.stdout)
-    assert out["env_differences"] == ["CPU: Test CPU -> Other CPU"]
+    assert out["env_differences"] == ["CPU: Test CPU -> Other CPU", "collective on shared buffers: None -> True"]
     assert len(out["rows"]) == len(sweep()["rows"]) and out["threshold"] == 0.05
+    proc = mpirt("bench", "compare", write(tmp_path, "a.json", sweep()), write(tmp_path, "b.json", other))
+    assert "note: the runs differ: CPU: Test CPU -> Other CPU; collective on shared buffers: None -> True" in \
+        proc.stdout
 
 
 # --- report ------------------------------------------------------------------------------

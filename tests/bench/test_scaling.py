@@ -102,6 +102,21 @@ def test_bad_input_exits_2_before_any_rank(tmp_path):
 
 @pytest.mark.mpi
 @pytest.mark.e2e
+def test_collective_sweep_on_shared_buffers(tmp_path):
+    """--shared-buffers runs the harness with -R: its `shm` rows went direct, and the results say so."""
+    out = tmp_path / "shared.json"
+    proc = subprocess.run([sys.executable, "-m", "launcher.cli", "bench", "scaling", "--out", str(out), "--max-np", "2",
+                           "--parts", "collective", "--repeats", "1", "-b", "4K", "-e", "16K", "-n", "20", "--algos",
+                           "shm,mpi", "--shared-buffers"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    d = schema.load(out)
+    assert d["config"]["collective"]["shared_buffers"] is True
+    direct = {(r["key"]["algo"], r["key"]["size"]): r["info"]["shm_direct"] for r in d["rows"]}
+    assert direct == {("shm", 4096): 1, ("shm", 16384): 1, ("mpi", 4096): None, ("mpi", 16384): None}
+
+
+@pytest.mark.mpi
+@pytest.mark.e2e
 def test_small_real_sweep_at_1_2_and_4_ranks(tmp_path):
     out = tmp_path / "scaling.json"
     proc = subprocess.run([sys.executable, "-m", "launcher.cli", "bench", "scaling", "--out", str(out), "--max-np", "4",
@@ -115,6 +130,8 @@ def test_small_real_sweep_at_1_2_and_4_ranks(tmp_path):
     coll = {(r["key"]["np"], r["key"]["algo"]) for r in d["rows"] if r["kind"] == "collective"}
     assert coll == {(n, a) for n in (2, 4) for a in ("mpi", "ring", "shm", "auto", "ordered", "hier")}
     train = [r for r in d["rows"] if r["kind"] == "train"]
+    assert d["config"]["collective"]["shared_buffers"] is False
+    assert {r["info"]["shm_direct"] for r in d["rows"] if r["kind"] == "collective" and r["key"]["algo"] == "shm"} == {0}
     assert d["config"]["train"]["reduced_by"] == {"compute-only": "none", "mpirt": "core (shared buckets)",
                                                   "ddp": "gloo"}  # as at the largest world size, 4 ranks
     assert {(r["key"]["np"], r["key"]["scaling"], r["key"]["system"]) for r in train} == {
