@@ -65,6 +65,8 @@ TIER: list[tuple[str, tuple[str, ...], str, str, str]] = [
     ("openmpi5", _RDMA, "OMPI_MCA_osc", "ucx", "one-sided operations over UCX too"),
     ("openmpi5", ("tcp",), "OMPI_MCA_pml", "ob1", "no RDMA: the ob1 PML over BTLs"),
     ("openmpi5", ("tcp",), "OMPI_MCA_btl", "self,sm,tcp", "shared memory within a host, TCP between hosts"),
+    ("openmpi5", ("tcp",), "OMPI_MCA_osc", "^ucx", "no RDMA: shared windows (mpirt's shm) without the UCX component, "
+                                                   "which prints an error for every window it declines"),
     ("openmpi5", ("ib", "roce", "tcp"), "OMPI_MCA_btl_tcp_if_include", "{iface}", "MPI TCP traffic on the routed interface"),
     ("openmpi5", ("ib", "roce", "tcp"), "PRTE_MCA_prte_if_include", "{iface}", "PRRTE's own traffic on the routed interface"),
     ("mpich", _RDMA, "FI_PROVIDER", "verbs", "libfabric over verbs for InfiniBand/RoCE"),

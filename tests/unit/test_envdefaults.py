@@ -23,7 +23,8 @@ def test_ib_with_open_mpi_4_golden():
 
 
 @pytest.mark.parametrize("lib,expect", [
-    ("openmpi5", {"OMPI_MCA_pml": "ob1", "OMPI_MCA_btl": "self,sm,tcp", "OMPI_MCA_btl_tcp_if_include": "net1",
+    ("openmpi5", {"OMPI_MCA_pml": "ob1", "OMPI_MCA_btl": "self,sm,tcp", "OMPI_MCA_osc": "^ucx",
+                  "OMPI_MCA_btl_tcp_if_include": "net1",
                   "PRTE_MCA_prte_if_include": "net1", "MPIRT_AUTO_RING_MIN_BYTES": "1048576",
                   "MPIRT_RING_SEGMENT_BYTES": "61440", "MPIRT_RING_WAIT_US": "50"}),
     ("openmpi4", {"OMPI_MCA_pml": "ob1", "OMPI_MCA_btl": "self,vader,tcp", "OMPI_MCA_btl_tcp_if_include": "net1",
