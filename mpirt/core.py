@@ -110,8 +110,7 @@ def shared_zeros(shape, dtype="float32", comm=None):
 
         if str(dtype).removeprefix("torch.") not in _TORCH_DTYPES:
             raise TypeError(f"dtype {dtype} is not supported; use one of {sorted(_TORCH_DTYPES)}")
-        view = core().shared_alloc(comm.py2f(), count * dtype.itemsize)
-        buf = torch.frombuffer(view, dtype=dtype).view(shape)
+        itemsize, wrap = dtype.itemsize, lambda view: torch.frombuffer(view, dtype=dtype).view(shape)
     else:
         import numpy
 
@@ -119,8 +118,8 @@ def shared_zeros(shape, dtype="float32", comm=None):
         if np_dtype.name not in _NUMPY_DTYPES:
             raise TypeError(f"dtype {np_dtype} is not supported; use float32, float64, float16 or int32 "
                             "(bfloat16 as torch.bfloat16)")
-        view = core().shared_alloc(comm.py2f(), count * np_dtype.itemsize)
-        buf = numpy.frombuffer(view, dtype=np_dtype).reshape(shape)
+        itemsize, wrap = np_dtype.itemsize, lambda view: numpy.frombuffer(view, dtype=np_dtype).reshape(shape)
+    buf = wrap(core().shared_alloc(comm.py2f(), count * itemsize))
     buf[...] = 0  # each rank's part is first touched by its own rank: its pages lie near it
     comm.Barrier()
     return buf

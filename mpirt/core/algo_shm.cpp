@@ -63,8 +63,9 @@ void stream_fence() {
 // Every input read once, every output written once, by the rank whose slice it is: 2S of
 // memory traffic per rank, as a memcpy. Large outputs are written with streaming stores
 // except a rank's own in place, which its reduction has just read into the cache.
-void run_direct(const Call& c, CommState& st, ShmSegment& seg, const SharedAlloc& in, size_t in_off,
-                const SharedAlloc& out, size_t out_off) {
+void run_direct(const Call& c, CommState& st, ShmSegment& seg, const SharedCall& shared) {
+  const SharedAlloc &in = *shared.in, &out = *shared.out;
+  const size_t in_off = shared.in_off, out_off = shared.out_off;
   const int n = st.layout.local_size, r = st.layout.local_rank;
   int world;
   MPI_Comm_size(c.comm, &world);
@@ -113,7 +114,7 @@ void allreduce_shm(const Call& c) {
   ShmSegment& seg = shm_segment(st);
   if (!st.shared.empty()) {
     if (const auto shared = agree_shared(c, st, seg, "shm")) {
-      run_direct(c, st, seg, *shared->in, shared->in_off, *shared->out, shared->out_off);
+      run_direct(c, st, seg, *shared);
       ++st.shm_stores.used;
       ++st.shm_stores.direct;
       return;
