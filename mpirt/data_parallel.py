@@ -23,7 +23,9 @@ is the whole API. It
   collectives with zero gradients until every rank is done, then all take the weights of the
   rank that trained longest (DDP's ``Join``), instead of hanging;
 - skips communication under ``no_sync()`` (gradient accumulation), optionally sends fp16/bf16
-  on the wire or PowerSGD's low-rank factors (``mpirt.powersgd``), and handles parameters that
+  on the wire (cast on the training thread, as DDP's hook does, and back on a cast thread, so
+  neither cast holds up the next bucket's transfer) or PowerSGD's low-rank factors
+  (``mpirt.powersgd``), and handles parameters that
   get no gradient (zero contribution; with ``find_unused_parameters`` a parameter unused on
   every rank keeps ``grad = None``).
 
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import concurrent.futures
 import contextlib
 import hashlib
 import os
@@ -111,14 +114,11 @@ class _Bucket:
 
 @dataclass
 class _InFlight:
-    """A reduction started and not yet waited for (torch.distributed's async work)."""
-    work: object
-    finish: object  # waits for the work and completes the bucket, on the communication thread
-
-    def __post_init__(self):
-        # the future, not work.is_completed(): under gloo that can still say False in the
-        # future's done-callback, which would leave the reduction unfinished
-        self.future = self.work.get_future()
+    """A bucket not finished yet: its reduction in flight (torch.distributed's async work; the
+    work's future, not work.is_completed(), which under gloo can still say False in the
+    future's done-callback), or its cast back from the wire dtype on the cast thread."""
+    future: object  # torch.futures.Future or concurrent.futures.Future: done(), add_done_callback()
+    finish: object  # waits for it and completes the bucket, on the communication thread
 
 
 _WAKE = object()  # queued when a reduction in flight completes
@@ -299,6 +299,10 @@ class DataParallel:
             b.reset()
         threaded = overlap and MPI.Query_thread() >= MPI.THREAD_SERIALIZED
         self._worker = _CommThread(threaded)
+        # casts back from the wire dtype, while the communication thread sends the next bucket
+        # (torch.distributed's own reductions stay in flight instead)
+        self._casts = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mpirt-cast") if (
+            threaded and self.algo != "torch" and any(b.wire is not None for b in self._buckets)) else None
         self.inspector = StallInspector(
             self._comm,
             _env_float("MPIRT_STALL_WARN_S", 60.0) if stall_warn_s is None else stall_warn_s,
@@ -465,39 +469,46 @@ class DataParallel:
                 torch.cuda.current_stream(b.flat.device).wait_event(b.event)
             if b.psgd is not None and step >= self.powersgd_start:
                 b.psgd.reduce(self._allreduce)  # its reductions depend on one another: in turn
-                self._complete(b, step, t0, None, b.psgd.wire_numel * b.flat.element_size())
+                self._complete(b, step, t0, b.psgd.wire_numel * b.flat.element_size())
                 return None
-            if b.wire is not None:
-                # scaled at full precision, rounded once; in place then a copy: torch.mul(out=) of
-                # another dtype took 6-15 ms for 4 M elements here, these two about 1.5
-                b.flat.mul_(1.0 / self.size)
-                b.wire.copy_(b.flat)
-            t = b.flat if b.wire is None else b.wire
+            t = b.flat if b.wire is None else b.wire  # the wire copy was made by _submit
             sent = t.numel() * t.element_size()
             if self.algo == "torch":
                 work = torch.distributed.all_reduce(t, async_op=True)
-                return _InFlight(work, lambda: self._complete(b, step, t0, work, sent))
+                return _InFlight(work.get_future(), lambda: self._complete(b, step, t0, sent, work=work))
             self._allreduce(t, "avg" if b.wire is None else "sum")
-            self._complete(b, step, t0, None, sent)
+            if b.wire is not None and self._casts is not None:
+                cast = self._casts.submit(self._unwire, b, False)
+                return _InFlight(cast, lambda: self._complete(b, step, t0, sent, cast=cast))
+            self._complete(b, step, t0, sent)
             return None
 
-    def _complete(self, b: _Bucket, step: int, t0: int, work, sent: int) -> None:
-        """After the reduction (waiting for it if in flight): the average back in the bucket,
-        finished on the device before the training thread may read it."""
-        with self._comm_stream(b.flat):
-            if work is not None:
-                self.inspector.enter(step, "gradient allreduce", b.index, len(self._buckets))
-                work.wait()
-                if b.wire is None:
-                    b.flat.div_(self.size)
-            if b.wire is not None:
-                b.flat.copy_(b.wire)
-            if b.flat.is_cuda:
-                torch.cuda.current_stream(b.flat.device).synchronize()
+    def _complete(self, b: _Bucket, step: int, t0: int, sent: int, work=None, cast=None) -> None:
+        """After the reduction, on the communication thread: waits for what is still in flight
+        (torch.distributed's ``work``, or the ``cast`` back on the cast thread); else the
+        average goes back into the bucket here."""
+        if work is not None:
+            self.inspector.enter(step, "gradient allreduce", b.index, len(self._buckets))
+            work.wait()
+        if cast is not None:
+            cast.result()
+        else:
+            self._unwire(b, divide=work is not None)
         self.inspector.leave(step)
         if self._timeline:
             self._timeline.span(f"allreduce bucket {b.index}", t0, self._timeline.now(), step=step, bytes=sent,
                                 algo=self.algo if self._core is not None or self.algo == "torch" else "mpi4py")
+
+    def _unwire(self, b: _Bucket, divide: bool) -> None:
+        """The average into the bucket: cast back from the wire copy, or (``divide``) a sum
+        divided; finished on the device before the training thread may read it."""
+        with self._comm_stream(b.flat):
+            if b.wire is not None:
+                b.flat.copy_(b.wire)
+            elif divide:
+                b.flat.div_(self.size)
+            if b.flat.is_cuda:
+                torch.cuda.current_stream(b.flat.device).synchronize()
 
     def _launch(self, b: _Bucket) -> None:
         b.launched = True
@@ -508,8 +519,15 @@ class DataParallel:
         self._submit(b)
 
     def _submit(self, b: _Bucket) -> None:
-        """Queue the bucket's reduction. A CUDA bucket's writes so far are marked by an event on
-        this thread's stream of its device, for the communication stream to wait for."""
+        """Queue the bucket's reduction. The wire copy is made here, as DDP's compression hook
+        does it on the autograd thread: the communication thread keeps sending meanwhile. A CUDA
+        bucket's writes so far are marked by an event on this thread's stream of its device, for
+        the communication stream to wait for."""
+        if b.wire is not None:
+            # scaled at full precision, rounded once; in place then a copy: torch.mul(out=) of
+            # another dtype took 6-15 ms for 4 M elements here, these two about 1.5
+            b.flat.mul_(1.0 / self.size)
+            b.wire.copy_(b.flat)
         if b.flat.is_cuda:
             b.event = torch.cuda.Event()
             b.event.record(torch.cuda.current_stream(b.flat.device))
@@ -700,6 +718,8 @@ class DataParallel:
             h.remove()
         self._worker.close()
         self._worker = None
+        if self._casts is not None:
+            self._casts.shutdown()
         self.inspector.close()
         if self._timeline and not MPI.Is_finalized():
             if sys.exc_info()[1] is None:

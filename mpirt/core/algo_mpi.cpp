@@ -1,5 +1,6 @@
 // `mpi`: MPI_Allreduce itself, the baseline every other algorithm is measured against.
 #include <algorithm>
+#include <array>
 #include <climits>
 
 #include "allreduce.hpp"
@@ -13,16 +14,18 @@ void user_op(void* in, void* inout, int* len, MPI_Datatype*) {
 }
 
 MPI_Op half_op(DType t, Op o) {
-  // MPI has no portable 16-bit float type: reduce them as uint16 bits with our own op.
-  static MPI_Op ops[2][3] = {{MPI_OP_NULL, MPI_OP_NULL, MPI_OP_NULL},
-                             {MPI_OP_NULL, MPI_OP_NULL, MPI_OP_NULL}};
-  static MPI_User_function* fns[2][3] = {
-      {user_op<DType::f16, Op::sum>, user_op<DType::f16, Op::min>, user_op<DType::f16, Op::max>},
-      {user_op<DType::bf16, Op::sum>, user_op<DType::bf16, Op::min>, user_op<DType::bf16, Op::max>}};
-  const int ti = t == DType::f16 ? 0 : 1;
-  const int oi = o == Op::avg ? 0 : static_cast<int>(o);
-  if (ops[ti][oi] == MPI_OP_NULL) MPI_Op_create(fns[ti][oi], 1, &ops[ti][oi]);
-  return ops[ti][oi];
+  // MPI has no portable 16-bit float type: reduce them as uint16 bits with our own op. Made
+  // once, on first use (a static initialiser: safe when two threads reduce at once).
+  static const auto ops = [] {
+    MPI_User_function* fns[2][3] = {
+        {user_op<DType::f16, Op::sum>, user_op<DType::f16, Op::min>, user_op<DType::f16, Op::max>},
+        {user_op<DType::bf16, Op::sum>, user_op<DType::bf16, Op::min>, user_op<DType::bf16, Op::max>}};
+    std::array<std::array<MPI_Op, 3>, 2> made{};
+    for (int ti = 0; ti < 2; ++ti)
+      for (int oi = 0; oi < 3; ++oi) MPI_Op_create(fns[ti][oi], 1, &made[ti][oi]);
+    return made;
+  }();
+  return ops[t == DType::f16 ? 0 : 1][o == Op::avg ? 0 : static_cast<int>(o)];
 }
 
 }  // namespace
