@@ -477,27 +477,34 @@ class DataParallel:
                 work = torch.distributed.all_reduce(t, async_op=True)
                 return _InFlight(work.get_future(), lambda: self._complete(b, step, t0, sent, work=work))
             self._allreduce(t, "avg" if b.wire is None else "sum")
-            if b.wire is not None and self._casts is not None:
-                cast = self._casts.submit(self._unwire, b, False)
-                return _InFlight(cast, lambda: self._complete(b, step, t0, sent, cast=cast))
-            self._complete(b, step, t0, sent)
-            return None
+            if b.wire is None or self._casts is None:
+                self._complete(b, step, t0, sent)
+                return None
+        self._reduced(b, step, t0, sent)
+        cast = self._casts.submit(self._cast_back, b, step)
+        return _InFlight(cast, cast.result)
 
-    def _complete(self, b: _Bucket, step: int, t0: int, sent: int, work=None, cast=None) -> None:
-        """After the reduction, on the communication thread: waits for what is still in flight
-        (torch.distributed's ``work``, or the ``cast`` back on the cast thread); else the
-        average goes back into the bucket here."""
+    def _complete(self, b: _Bucket, step: int, t0: int, sent: int, work=None) -> None:
+        """After the reduction, on the communication thread (waiting for torch.distributed's
+        ``work`` if it is in flight): the average back into the bucket."""
         if work is not None:
             self.inspector.enter(step, "gradient allreduce", b.index, len(self._buckets))
             work.wait()
-        if cast is not None:
-            cast.result()
-        else:
-            self._unwire(b, divide=work is not None)
+        self._unwire(b, divide=work is not None)
+        self._reduced(b, step, t0, sent)
+
+    def _reduced(self, b: _Bucket, step: int, t0: int, sent: int) -> None:
         self.inspector.leave(step)
         if self._timeline:
             self._timeline.span(f"allreduce bucket {b.index}", t0, self._timeline.now(), step=step, bytes=sent,
                                 algo=self.algo if self._core is not None or self.algo == "torch" else "mpi4py")
+
+    def _cast_back(self, b: _Bucket, step: int) -> None:
+        """On the cast thread, while the communication thread sends the next bucket."""
+        t0 = self._timeline.now() if self._timeline else 0
+        self._unwire(b, divide=False)
+        if self._timeline:
+            self._timeline.span(f"cast back bucket {b.index}", t0, self._timeline.now(), step=step)
 
     def _unwire(self, b: _Bucket, divide: bool) -> None:
         """The average into the bucket: cast back from the wire copy, or (``divide``) a sum
@@ -524,10 +531,13 @@ class DataParallel:
         bucket's writes so far are marked by an event on this thread's stream of its device, for
         the communication stream to wait for."""
         if b.wire is not None:
+            t0 = self._timeline.now() if self._timeline else 0
             # scaled at full precision, rounded once; in place then a copy: torch.mul(out=) of
             # another dtype took 6-15 ms for 4 M elements here, these two about 1.5
             b.flat.mul_(1.0 / self.size)
             b.wire.copy_(b.flat)
+            if self._timeline:
+                self._timeline.span(f"cast bucket {b.index}", t0, self._timeline.now(), step=self.step)
         if b.flat.is_cuda:
             b.event = torch.cuda.Event()
             b.event.record(torch.cuda.current_stream(b.flat.device))

@@ -1,6 +1,7 @@
 """A timeline of data-parallel training, one file for all ranks in the Chrome trace format
 (chrome://tracing, Perfetto): per rank, when each gradient bucket became ready, when the
-communication thread reduced it, and how long the optimizer step waited. It shows what the
+communication thread reduced it (and, with fp16/bf16 on the wire, when it was cast and cast
+back), and how long the optimizer step waited. It shows what the
 per-step metrics only sum up: whether communication overlapped backward, and which rank or
 bucket held a step back (Horovod's timeline answers the same question).
 

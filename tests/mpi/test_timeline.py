@@ -44,6 +44,30 @@ def test_one_file_with_every_rank_bucket_and_step_in_order(mpiexec, tmp_path, np
             assert wait[0]["ts"] + wait[0]["dur"] >= last_end - 1e-3  # the step waited for every bucket
 
 
+@pytest.mark.parametrize("np_", [2, 4])
+def test_fp16_buckets_are_cast_before_and_cast_back_after_their_allreduce(mpiexec, tmp_path, np_):
+    path = tmp_path / "timeline.json"
+    proc = mpiexec(np_, [sys.executable, "-m", "mpirt", str(RANKS / "timeline_cases.py"), str(path), "fp16"])
+    buckets = int(proc.stdout.strip().splitlines()[-1])
+    events = json.loads(path.read_text())["traceEvents"]
+    for rank in range(np_):
+        threads = {e["tid"]: e["args"]["name"] for e in events
+                   if e["pid"] == rank and e["ph"] == "M" and e["name"] == "thread_name"}
+        for step in range(4):
+            at = {e["name"]: e for e in events if e["pid"] == rank and e["ph"] == "X" and e["args"]["step"] == step}
+            for k in range(buckets):
+                cast, reduced, back = at[f"cast bucket {k}"], at[f"allreduce bucket {k}"], at[f"cast back bucket {k}"]
+                assert threads[cast["tid"]] == "MainThread" and threads[back["tid"]].startswith("mpirt-cast")
+                assert cast["ts"] + cast["dur"] <= reduced["ts"] + 1e-3  # the wire copy before it is sent
+                assert reduced["ts"] + reduced["dur"] <= back["ts"] + 1e-3  # the cast back after it arrived
+                if k:  # the communication thread goes on while the last bucket is cast back
+                    prev = at[f"allreduce bucket {k - 1}"]
+                    assert prev["ts"] + prev["dur"] <= reduced["ts"] + 1e-3
+            wait = at["wait for gradients"]
+            last = max(at[f"cast back bucket {k}"]["ts"] + at[f"cast back bucket {k}"]["dur"] for k in range(buckets))
+            assert wait["ts"] + wait["dur"] >= last - 1e-3  # the step waited for every cast back
+
+
 def test_a_failing_rank_writes_its_own_part(mpiexec, tmp_path):
     path = tmp_path / "timeline.json"
     proc = mpiexec(2, [sys.executable, "-m", "mpirt", str(RANKS / "timeline_cases.py"), str(path), "raise"],

@@ -1,6 +1,6 @@
 """Four data-parallel steps with a timeline at PATH (argv[1]), small buckets so there are
 several. ``raise`` (argv[2]): the last rank raises at step 2 inside the loop whose ``finally``
-closes the runtime, as `mpirt train` does."""
+closes the runtime, as `mpirt train` does; ``fp16``: gradients travel in fp16."""
 
 import sys
 
@@ -16,7 +16,8 @@ torch.set_num_threads(1)
 torch.manual_seed(0)
 model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 8))
 opt = torch.optim.SGD(model.parameters(), lr=0.01)
-dp = data_parallel(model, opt, bucket_mb=0.1, first_bucket_mb=0.05, timeline=path)
+dp = data_parallel(model, opt, bucket_mb=0.1, first_bucket_mb=0.05, timeline=path,
+                   compression="fp16" if mode == "fp16" else "none")
 try:
     for step in range(4):
         if mode == "raise" and step == 2 and comm.Get_rank() == comm.Get_size() - 1:
