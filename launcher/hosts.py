@@ -87,6 +87,8 @@ def parse_entry(entry: str, origin: str, default_slots: int) -> Host:
                 slots = _slots(om.group(1), origin, host)
             else:
                 _slots(om.group(1), origin, host)
+        if host.count(":") > 1:
+            raise HostError(f"{origin}: {host!r} looks like an IPv6 address; use a host name or IPv4 address")
         if ":" in host:
             raise HostError(f"{origin}: {entry!r} mixes 'host:N' and 'slots='; use one of them")
         return Host(_checked(host, origin), slots or default_slots, origin, slots is not None)

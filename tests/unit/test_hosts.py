@@ -43,6 +43,7 @@ def test_lists_from_volcano_and_mpi_host():
     ("-bad.example\n", "starts with '-'"),
     ("ok.-bad\n", "has an invalid label '-bad'"),
     ("fe80::1\n", "looks like an IPv6 address"),
+    ("fe80::1 slots=2\n", "hf:1: 'fe80::1' looks like an IPv6 address"),
     ("w:2 slots=3\n", "mixes 'host:N' and 'slots='"),
     ("# only comments\n\n", "hf: no hosts in the file"),
 ])
