@@ -125,6 +125,19 @@ def check(cfg: ScalingConfig, where: Placement) -> tuple[int, list[int]]:
     return max_np, sizes
 
 
+def check_gpus(device: str, where: Placement, max_np: int, gpu_count: int) -> None:
+    """On GPUs every rank needs one of its own: DDP's baseline and the NCCL collective run over
+    NCCL, which refuses two ranks on one GPU. Known here only for ranks on this machine."""
+    if device != "cuda" or where.remote:
+        return
+    if gpu_count == 0:
+        raise ScalingError("--device cuda: this machine has no GPU that NVML sees; use --device cpu (or auto)")
+    if max_np > gpu_count:
+        raise ScalingError(f"--device cuda with up to {max_np} ranks on this machine, which has {gpu_count} GPU"
+                           f"{'' if gpu_count == 1 else 's'}: DDP's baseline and NCCL need a GPU per rank (NCCL "
+                           f"refuses two ranks on one); use --max-np {gpu_count}, or --device cpu")
+
+
 def json_in(output: str, wanted) -> dict:
     """The first JSON object in a rank's output for which ``wanted(doc)`` holds."""
     decoder = json.JSONDecoder()
@@ -273,6 +286,7 @@ def run(cfg: ScalingConfig) -> dict:
     where = placement(cfg, os.environ)
     max_np, sizes = check(cfg, where)
     device = _device(cfg)
+    check_gpus(device, where, max_np, len(environment.gpus()))
     impl = detect(find_mpirun(cfg.mpirun))
     runner = Runner(cfg)
     added = runner.launcher_env(max_np)

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from mpirt.bench import schema
-from mpirt.bench.scaling import (Placement, ScalingConfig, ScalingError, check, collective_rows, json_in,
-                                 train_rows, world_sizes)
+from mpirt.bench.scaling import (Placement, ScalingConfig, ScalingError, check, check_gpus, collective_rows,
+                                 json_in, train_rows, world_sizes)
 
 LOCAL = Placement(("localhost",), 2, "this machine", False)
 REMOTE = Placement(("w0", "w1", "w2"), 3, "--hostfile h", True)
@@ -33,6 +33,17 @@ def test_more_ranks_than_slots_is_refused_with_the_fix(tmp_path):
     with pytest.raises(ScalingError, match=r"--max-np 8 is more than the 3 slots on 3 hosts \(--hostfile h\)"):
         check(ScalingConfig(out=out, max_np=8, oversubscribe=True), REMOTE)
     assert check(ScalingConfig(out=out), REMOTE) == (3, [1, 2, 3])
+
+
+def test_gpu_runs_need_a_gpu_per_local_rank():
+    with pytest.raises(ScalingError,
+                       match=r"up to 2 ranks on this machine, which has 1 GPU: .*use --max-np 1, or --device cpu"):
+        check_gpus("cuda", LOCAL, 2, 1)
+    with pytest.raises(ScalingError, match=r"--device cuda: this machine has no GPU .*use --device cpu"):
+        check_gpus("cuda", LOCAL, 1, 0)
+    check_gpus("cuda", LOCAL, 2, 2)
+    check_gpus("cuda", REMOTE, 8, 0)  # the hosts' GPUs are not known here
+    check_gpus("cpu", LOCAL, 4, 0)
 
 
 def test_options_that_cannot_work_are_refused(tmp_path):
