@@ -190,16 +190,18 @@ dp.synchronize()
 compare(model, ref, "accumulation (no_sync x2 + sync)", 1e-12, 1e-12)
 dp.close()
 
-# 5. Compression: fp16 / bf16 on the wire, fp32 model (through torch.distributed too, where
-#    two buckets are in flight at once).
-for comp, tol, algo in (("fp16", 2e-3, "auto"), ("bf16", 2e-2, "auto"), ("fp16", 2e-3, "torch")):
+# 5. Compression: fp16 / bf16 on the wire, fp32 model: cast back on the cast thread, or inline
+#    without overlap; through torch.distributed too, where two buckets are in flight at once.
+for comp, tol, algo, overlap in (("fp16", 2e-3, "auto", True), ("bf16", 2e-2, "auto", True),
+                                 ("fp16", 2e-3, "auto", False), ("fp16", 2e-3, "torch", True)):
     model = make_model(torch.float32)
-    dp = data_parallel(model, None, compression=comp, bucket_mb=0.002, algo=algo)
+    dp = data_parallel(model, None, compression=comp, bucket_mb=0.002, algo=algo, overlap=overlap)
     x, y = data(16, torch.float32)
     ref = reference_grads(model, [(x, y)])
     local_step(model, x, y, split(16), 16)
     dp.synchronize()
-    compare(model, ref, f"compression {comp}" + ("" if algo == "auto" else f" algo={algo}"), tol, tol)
+    compare(model, ref, f"compression {comp}" + ("" if algo == "auto" else f" algo={algo}")
+            + ("" if overlap else " overlap=False"), tol, tol)
     dp.close()
 
 
