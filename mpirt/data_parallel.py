@@ -8,8 +8,8 @@ is the whole API. It
 - broadcasts parameters, buffers and optimizer state from rank 0;
 - packs gradients into flat buckets in reverse parameter order (the order backward produces
   them; a small first bucket so communication starts early), and from a per-parameter
-  post-accumulate hook hands each full bucket to one communication thread, which averages it
-  while backward goes on: with the compiled core, or (``algo="auto"`` on a CUDA model where
+  post-accumulate hook hands each full bucket to one communication thread
+  (``mpirt.commthread``), which averages it while backward goes on: with the compiled core, or (``algo="auto"`` on a CUDA model where
   every rank of a node has a GPU of its own and torch has NCCL) with NCCL through
   torch.distributed, DDP's own path to NVLink and GPUDirect. Buckets are always reduced in
   index order, so every rank issues the same collectives in the same order. On CPUs with
@@ -37,15 +37,12 @@ bucket was ready and reduced, for chrome://tracing (``mpirt.timeline``).
 from __future__ import annotations
 
 import atexit
-import collections
 import concurrent.futures
 import contextlib
 import hashlib
 import os
-import queue
 import shutil
 import sys
-import threading
 import time
 from dataclasses import dataclass, field
 
@@ -53,6 +50,7 @@ import torch
 
 from mpirt import torchdist
 from mpirt.comm import MPI
+from mpirt.commthread import CommThread, InFlight
 from mpirt.console import say
 from mpirt.core import shared_zeros
 from mpirt.powersgd import BucketCompressor
@@ -110,115 +108,6 @@ class _Bucket:
         self.pending = len(self.params)
         self.ready = self.launched = False
         self.event = None
-
-
-@dataclass
-class _InFlight:
-    """A bucket not finished yet: its reduction in flight (torch.distributed's async work; the
-    work's future, not work.is_completed(), which under gloo can still say False in the
-    future's done-callback), or its cast back from the wire dtype on the cast thread."""
-    future: object  # torch.futures.Future or concurrent.futures.Future: done(), add_done_callback()
-    finish: object  # waits for it and completes the bucket, on the communication thread
-
-
-_WAKE = object()  # queued when a reduction in flight completes
-
-
-class _CommThread:
-    """Runs reductions in submission order; inline when MPI cannot take a second thread. A job
-    may return an ``_InFlight``: the thread goes on with the next job, then finishes the
-    reductions in order as each completes, with at most two in flight (as ProcessGroupGloo's
-    two workers carry DDP's buckets), so one bucket's casts overlap another's transfer.
-    Records busy time (while anything runs or is in flight) and the first error."""
-
-    MAX_IN_FLIGHT = 2
-
-    def __init__(self, threaded: bool):
-        self.threaded = threaded
-        self.busy_s = 0.0
-        self._error: BaseException | None = None
-        self._outstanding = 0
-        self._cv = threading.Condition()
-        self._q: queue.SimpleQueue = queue.SimpleQueue()
-        self._pending: collections.deque[_InFlight] = collections.deque()
-        self._busy_since: float | None = None
-        self._thread = None
-        if threaded:
-            self._thread = threading.Thread(target=self._loop, name="mpirt-comm", daemon=True)
-            self._thread.start()
-
-    def _call(self, fn):
-        try:
-            if self._error is None:
-                return fn()
-        except BaseException as e:  # noqa: BLE001 - handed to the training thread
-            self._error = e
-        return None
-
-    def _start(self, job) -> None:
-        if self._busy_since is None:
-            self._busy_since = time.perf_counter()
-        started = self._call(job)
-        if isinstance(started, _InFlight):
-            self._pending.append(started)
-            if self.threaded:
-                started.future.add_done_callback(lambda _: self._q.put(_WAKE))
-            while self._pending and (len(self._pending) > self.MAX_IN_FLIGHT or not self.threaded):
-                self._finish_first()
-        else:
-            self._done_one()
-        self._idle()
-
-    def _finish_first(self) -> None:
-        self._call(self._pending.popleft().finish)
-        self._done_one()
-
-    def _done_one(self) -> None:
-        if self.threaded:
-            with self._cv:
-                self._outstanding -= 1
-                self._cv.notify_all()
-
-    def _idle(self) -> None:
-        if self._busy_since is not None and not self._pending:
-            self.busy_s += time.perf_counter() - self._busy_since
-            self._busy_since = None
-
-    def _loop(self) -> None:
-        while True:
-            job = self._q.get()
-            if job is _WAKE:
-                while self._pending and self._pending[0].future.done():
-                    self._finish_first()
-                self._idle()
-            elif job is None:
-                while self._pending:
-                    self._finish_first()
-                self._idle()
-                return
-            else:
-                self._start(job)
-
-    def submit(self, job) -> None:
-        if not self.threaded:
-            self._start(job)
-            return
-        with self._cv:
-            self._outstanding += 1
-        self._q.put(job)
-
-    def drain(self) -> None:
-        with self._cv:
-            self._cv.wait_for(lambda: self._outstanding == 0)
-        if self._error is not None:
-            e, self._error = self._error, None
-            raise RuntimeError(f"gradient allreduce failed: {e}") from e
-
-    def close(self) -> None:
-        if self._thread is not None:
-            self._q.put(None)
-            self._thread.join()
-            self._thread = None
 
 
 def _on_cpu(obj):
@@ -298,7 +187,7 @@ class DataParallel:
         for b in self._buckets:
             b.reset()
         threaded = overlap and MPI.Query_thread() >= MPI.THREAD_SERIALIZED
-        self._worker = _CommThread(threaded)
+        self._worker = CommThread(threaded)
         # casts back from the wire dtype, while the communication thread sends the next bucket
         # (torch.distributed's own reductions stay in flight instead)
         self._casts = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mpirt-cast") if (
@@ -459,7 +348,7 @@ class DataParallel:
             self._streams[t.device] = torch.cuda.Stream(device=t.device)
         return torch.cuda.stream(self._streams[t.device])
 
-    def _reduce_bucket(self, b: _Bucket, step: int) -> _InFlight | None:
+    def _reduce_bucket(self, b: _Bucket, step: int) -> InFlight | None:
         """Average bucket ``b``: to the end here, or, through torch.distributed, started here
         and returned in flight for the communication thread to finish after the next start."""
         with self._comm_stream(b.flat):
@@ -475,14 +364,14 @@ class DataParallel:
             sent = t.numel() * t.element_size()
             if self.algo == "torch":
                 work = torch.distributed.all_reduce(t, async_op=True)
-                return _InFlight(work.get_future(), lambda: self._complete(b, step, t0, sent, work=work))
+                return InFlight(work.get_future(), lambda: self._complete(b, step, t0, sent, work=work))
             self._allreduce(t, "avg" if b.wire is None else "sum")
             if b.wire is None or self._casts is None:
                 self._complete(b, step, t0, sent)
                 return None
         self._reduced(b, step, t0, sent)
         cast = self._casts.submit(self._cast_back, b, step)
-        return _InFlight(cast, cast.result)
+        return InFlight(cast, cast.result)
 
     def _complete(self, b: _Bucket, step: int, t0: int, sent: int, work=None) -> None:
         """After the reduction, on the communication thread (waiting for torch.distributed's
