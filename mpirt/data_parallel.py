@@ -62,7 +62,11 @@ from mpirt.timeline import Timeline
 COMPRESSION = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16, "powersgd": None}
 ALGOS = ("auto", "core", "mpi", "ring", "shm", "ordered", "hier", "mpi4py", "torch")
 _SHAREABLE = (torch.float32, torch.float64, torch.float16, torch.bfloat16)  # dtypes of shared buckets
-DEFAULT_BUCKET_MB = 25.0
+# Bucket size when none is given, by where the gradients are. CPU: measured with
+# benchmarks/buckets.py (results/buckets-*.md): 2 MiB was best or within noise of it for every
+# model, on one node and across TCP hosts, where 25 MiB left the last 80-85% of backward with
+# nothing to send. GPU: DDP's 25 MiB, which NCCL's per-call cost favours (not yet measured here).
+DEFAULT_BUCKET_MB = {"cpu": 2.0, "cuda": 25.0}
 DEFAULT_FIRST_BUCKET_MB = 1.0
 
 
@@ -133,7 +137,7 @@ def _env_float(name: str, default: float) -> float:
 
 class DataParallel:
     def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
-                 bucket_mb: float = DEFAULT_BUCKET_MB, first_bucket_mb: float = DEFAULT_FIRST_BUCKET_MB,
+                 bucket_mb: float | None = None, first_bucket_mb: float = DEFAULT_FIRST_BUCKET_MB,
                  compression: str = "none", find_unused_parameters: bool = False, algo: str | None = None,
                  overlap: bool = True, comm=None, stall_warn_s: float | None = None,
                  stall_abort_s: float | None = None, timeline: str | os.PathLike | None = None,
@@ -150,9 +154,12 @@ class DataParallel:
                 raise ValueError(f"MPIRT_ALGO={algo!r} is not an algorithm: set one of {', '.join(ALGOS)}, or unset it")
         elif algo not in ALGOS:
             raise ValueError(f"algo {algo!r}: use one of {', '.join(ALGOS)}")
+        if bucket_mb is None:
+            bucket_mb = DEFAULT_BUCKET_MB["cuda" if any(p.is_cuda for p in model.parameters()) else "cpu"]
         if not bucket_mb > 0 or not first_bucket_mb > 0:
             raise ValueError(f"bucket sizes must be positive (bucket_mb={bucket_mb}, first_bucket_mb={first_bucket_mb})")
         self.model, self.optimizer = model, optimizer
+        self.bucket_mb = bucket_mb
         self.compression, self.find_unused = compression, find_unused_parameters
         self.powersgd_rank, self.powersgd_start = powersgd_rank, powersgd_start
         self._comm = (comm or MPI.COMM_WORLD).Dup()
@@ -639,7 +646,8 @@ class DataParallel:
 def data_parallel(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None, **options) -> DataParallel:
     """Make ``model`` and ``optimizer`` data-parallel across MPI ranks; see the module docstring.
 
-    Options: bucket_mb, first_bucket_mb, compression ("none", "fp16", "bf16", "powersgd";
+    Options: bucket_mb (MiB; default 2 for a CPU model, 25 for a CUDA one), first_bucket_mb (1),
+    compression ("none", "fp16", "bf16", "powersgd";
     powersgd_rank, default 4, and powersgd_start, the steps averaged exactly first, default 10),
     find_unused_parameters, algo ("auto", the default, or $MPIRT_ALGO: NCCL for a CUDA model where every rank
     of a node has its own GPU, else "core"; "core": the compiled core, its algorithm chosen per size and

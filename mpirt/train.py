@@ -24,7 +24,7 @@ import torch
 from mpirt import checkpoint
 from mpirt.comm import MPI
 from mpirt.console import say
-from mpirt.data_parallel import DEFAULT_BUCKET_MB, DEFAULT_FIRST_BUCKET_MB, data_parallel
+from mpirt.data_parallel import DEFAULT_FIRST_BUCKET_MB, data_parallel
 from mpirt.divert import divert
 from mpirt.metrics import Metrics
 from mpirt.models import build
@@ -49,7 +49,7 @@ class TrainConfig:
     checkpoint_every: int = 50
     keep: int = 3
     resume: bool = False
-    bucket_mb: float = DEFAULT_BUCKET_MB
+    bucket_mb: float | None = None  # data_parallel's default for the device
     first_bucket_mb: float = DEFAULT_FIRST_BUCKET_MB
     compression: str = "none"
     powersgd_rank: int = 4
@@ -176,7 +176,7 @@ def run(cfg: TrainConfig) -> int:
         dp.close()
     if w.rank == 0:
         summary = {"model": cfg.model, "ranks": w.size, "device": device.type, "algo": dp.algo,
-                   "shared_buckets": dp.shared_buckets, "steps": step, "final_loss": loss_value,
+                   "shared_buckets": dp.shared_buckets, "bucket_mb": dp.bucket_mb, "steps": step, "final_loss": loss_value,
                    "samples_per_s_median": sorted(rates)[len(rates) // 2] if rates else 0.0,
                    "wall_s": time.perf_counter() - t_begin, "config": asdict(cfg)}
         (out / "summary.json").write_text(json.dumps(summary, indent=1))

@@ -7,6 +7,8 @@ hits all of them alike. A step's time is the slowest rank's. Communication's sha
 is what it adds beyond compute-only: 1 - t_compute / t_step.
 
 Weak scaling keeps the per-rank batch; strong scaling keeps the global batch (split evenly).
+With several ``--bucket-mb`` sizes, mpirt trains once per size in the same turns ("mpirt@4":
+4 MiB buckets), which is how the default bucket size was chosen (benchmarks/buckets.py).
 Rank 0 writes one JSON file (--json) that the driver turns into mpirt.bench/1 rows.
 """
 
@@ -27,12 +29,13 @@ from mpirt.data_parallel import data_parallel
 from mpirt.models import MLP
 from mpirt.world import pick_device, world
 
-# compute-bound: many FLOPs per gradient byte; communication-bound: the reverse.
+# compute-bound: many FLOPs per gradient byte; communication-bound: the reverse; deep: many
+# small layers (48 tensors of at most 1 MiB), where bucket count matters.
 MODELS = {
     "compute": {"hidden": 1024, "layers": 4},
     "comm": {"hidden": 2048, "layers": 4},
+    "deep": {"hidden": 512, "layers": 24},
 }
-SYSTEMS = ("compute-only", "mpirt", "ddp")
 D_IN, CLASSES = 256, 10
 
 
@@ -81,8 +84,31 @@ def _ddp_hook(model, compression: str) -> None:
         model.register_comm_hook(state, powerSGD_hook.powerSGD_hook)
 
 
-def run_system(system: str, model_name: str, batch: int, args, device, comm) -> tuple[float, str]:
-    """Seconds per step, and the allreduce that ran (data_parallel's algo, or DDP's backend)."""
+def systems(bucket_mbs: list[float] | None) -> list[str]:
+    """What trains in each turn: one mpirt per bucket size ("mpirt@SIZE" when there are several)."""
+    mpirt = ["mpirt"] if bucket_mbs is None or len(bucket_mbs) == 1 else [f"mpirt@{mb:g}" for mb in bucket_mbs]
+    return ["compute-only", *mpirt, "ddp"]
+
+
+def bucket_sizes(text: str) -> list[float]:
+    try:
+        sizes = [float(x) for x in text.split(",")]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) <= 0 or len(set(sizes)) < len(sizes):
+        raise argparse.ArgumentTypeError(f"{text!r}: give bucket sizes in MiB, positive and each once, e.g. 4,25")
+    return sizes
+
+
+def bucket_mb(system: str, bucket_mbs: list[float] | None) -> float | None:
+    if system == "mpirt":
+        return bucket_mbs[0] if bucket_mbs else None
+    return float(system.removeprefix("mpirt@"))
+
+
+def run_system(system: str, model_name: str, batch: int, args, device, comm) -> tuple[float, str, int | None]:
+    """Seconds per step, the allreduce that ran (data_parallel's algo, or DDP's backend), and
+    mpirt's number of buckets."""
     model = make_model(model_name, device)
     if system == "ddp":
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -96,11 +122,13 @@ def run_system(system: str, model_name: str, batch: int, args, device, comm) -> 
         _ddp_hook(model, args.compression)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     dp = data_parallel(model, opt, compression=args.compression, powersgd_rank=POWERSGD_RANK,
-                       powersgd_start=POWERSGD_START) if system == "mpirt" else None
+                       powersgd_start=POWERSGD_START, bucket_mb=bucket_mb(system, args.bucket_mb)) \
+        if system.startswith("mpirt") else None
     try:
         return (_time_steps(model, opt, batch, args.steps, args.warmup, device, comm),
                 (f"{dp.algo} (shared buckets)" if dp.shared_buckets else dp.algo) if dp else
-                torch.distributed.get_backend() if system == "ddp" else "none")
+                torch.distributed.get_backend() if system == "ddp" else "none",
+                len(dp.buckets) if dp else None)
     finally:
         if dp:
             dp.close()
@@ -126,6 +154,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    ap.add_argument("--bucket-mb", type=bucket_sizes, default=None,
+                    help="mpirt's bucket size in MiB (default: data_parallel's); a comma list trains mpirt once per size")
     ap.add_argument("--compression", choices=("none", "fp16", "powersgd"), default="none",
                     help="gradients on the wire, for mpirt and for DDP (its fp16 and PowerSGD hooks)")
     args = ap.parse_args()
@@ -142,17 +172,19 @@ def main() -> None:
         torch.cuda.set_device(device)
 
     torchdist.join_default_group(comm, "nccl" if device.type == "cuda" else "gloo", timeout_s=120)
-    results, reduced_by = [], {}
+    results, reduced_by, buckets = [], {}, {}
     for scaling in args.scaling.split(","):
         batch = per_rank_batch(scaling, args.batch, args.global_batch, w.size)
-        times: dict[str, list[float]] = {s: [] for s in SYSTEMS}
+        turn = systems(args.bucket_mb)
+        times: dict[str, list[float]] = {s: [] for s in turn}
         for r in range(args.repeats):
-            order = SYSTEMS[r % len(SYSTEMS):] + SYSTEMS[:r % len(SYSTEMS)]
+            order = turn[r % len(turn):] + turn[:r % len(turn)]
             for system in order:
-                seconds, reduced_by[system] = run_system(system, args.model, batch, args, device, comm)
+                seconds, reduced_by[system], buckets[system] = run_system(system, args.model, batch, args, device,
+                                                                          comm)
                 times[system].append(seconds)
         results += [{"scaling": scaling, "system": s, "per_rank_batch": batch, "global_batch": batch * w.size,
-                     "step_s": times[s]} for s in SYSTEMS]
+                     "step_s": times[s], **({"buckets": buckets[s]} if buckets[s] else {})} for s in turn]
     torchdist.leave_default_group()
     from mpirt.comm import core
 

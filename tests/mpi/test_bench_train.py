@@ -1,0 +1,37 @@
+"""The training benchmark's rank side with several bucket sizes (benchmarks/buckets.py): mpirt
+trains once per size in every turn, each under its own name and with its own bucket count, and
+a bad list of sizes is refused before any training."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.mpi
+
+TRAIN = [sys.executable, "-P", "-m", "mpirt.bench.train"]
+
+
+@pytest.mark.parametrize("np_", [1, 2])
+def test_every_bucket_size_trains_in_every_turn(mpiexec, tmp_path, np_):
+    out = tmp_path / "train.json"
+    mpiexec(np_, TRAIN + ["--json", str(out), "--model", "compute", "--scaling", "weak", "--batch", "8", "--steps",
+                          "1", "--warmup", "1", "--repeats", "2", "--bucket-mb", "0.5,25", "--device", "cpu"],
+            timeout=300)
+    doc = json.loads(out.read_text())
+    by = {r["system"]: r for r in doc["results"]}
+    assert list(by) == ["compute-only", "mpirt@0.5", "mpirt@25", "ddp"]
+    assert all(len(r["step_s"]) == 2 and min(r["step_s"]) > 0 for r in by.values())
+    # the compute model's 4 MiB layers: one a bucket at 0.5 MiB, all but the first 1 MiB bucket in one at 25
+    assert by["mpirt@0.5"]["buckets"] > by["mpirt@25"]["buckets"] == 2
+    assert "buckets" not in by["ddp"] and set(doc["rank_view"]["reduced_by"]) == set(by)
+
+
+@pytest.mark.parametrize("sizes", ["0,25", "4,x", "4,4", ""])
+def test_a_bad_list_of_bucket_sizes_is_refused(tmp_path, sizes):
+    proc = subprocess.run(TRAIN + ["--json", str(tmp_path / "t.json"), "--bucket-mb", sizes], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "give bucket sizes in MiB, positive and each once" in proc.stderr
+    assert not (tmp_path / "t.json").exists()
