@@ -9,11 +9,13 @@ The first bucket stays 1 MiB. Placements:
 - here: 2 ranks on this machine (the core's `shm`, on shared buckets);
 - tcp: 2 network-namespace hosts (the tests' cluster), one rank each, every link into a host
   limited to --rate by a token bucket (the core's `ring` over TCP). Needs root, iproute2 with
-  tc, and openssh-server.
+  tc, and openssh-server;
+- tcp2x2: the same hosts with 2 ranks each (the core's `hier`: shared memory within a host, a
+  ring between them).
 
 Writes results/buckets-<placement>.{json,md}.
 
-    python benchmarks/buckets.py [--sizes 1,2,5,10,25] [--repeats 3] [--placements here,tcp]
+    python benchmarks/buckets.py [--sizes 1,2,5,10,25] [--repeats 3] [--placements here,tcp,tcp2x2]
 """
 
 from __future__ import annotations
@@ -115,22 +117,25 @@ def here(args) -> None:
           {"count": 1, "slots": 2, "names": ["localhost"], "oversubscribed": False, "nodes_seen": 1}, {}, args)
 
 
-def tcp(args) -> None:
+def hosts(args, slots: int) -> None:
     reason = namespaces_usable()
     if reason:
-        sys.exit(f"cannot run the tcp placement: {reason}")
+        sys.exit(f"cannot run across namespace hosts: {reason}")
     rows, view = [], {}
     with rate_limited(2, args.rate, "mpirt-bench-buckets-") as (c, names):
         added = c.rank_env(names, WATCHED)
         for model in MODELS:
-            proc = c.launch(names, rank_argv(model, args), "--no-tag-output", timeout=3600)
+            proc = c.launch(names, rank_argv(model, args), "--no-tag-output", timeout=3600, slots=slots)
             if proc.returncode != 0:
-                sys.exit(f"the {model} job on 2 hosts failed:\n{proc.stderr[-3000:]}")
+                sys.exit(f"the {model} job on 2 hosts of {slots} failed:\n{proc.stderr[-3000:]}")
             doc = json_in(proc.stdout, lambda d: "results" in d and "rank_view" in d)
             rows += rows_of(doc, model)
             view = doc["rank_view"]
-    write("tcp", f"2 hosts, one rank each, links limited to {args.rate}", rows, view,
-          {"count": 2, "slots": 2, "names": list(names), "oversubscribed": False, "nodes_seen": 2}, added, args)
+    placement, title = ("tcp", "2 hosts, one rank each") if slots == 1 else \
+        (f"tcp2x{slots}", f"2 hosts of {slots} ranks")
+    write(placement, f"{title}, links limited to {args.rate}", rows, view,
+          {"count": 2, "slots": 2 * slots, "names": list(names), "oversubscribed": slots > 1, "nodes_seen": 2},
+          added, args)
 
 
 def main() -> int:
@@ -139,14 +144,15 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--rate", default="1gbit", help="tc rate of every link into a host (tcp)")
-    ap.add_argument("--placements", default="here,tcp", help="comma list of here, tcp")
+    ap.add_argument("--placements", default="here,tcp,tcp2x2", help="comma list of here, tcp, tcp2x2")
     ap.add_argument("--out", type=Path, default=ROOT / "results")
     args = ap.parse_args()
     chosen = args.placements.split(",")
-    if set(chosen) - {"here", "tcp"}:
-        sys.exit(f"--placements {args.placements}: choose from here, tcp")
+    run = {"here": here, "tcp": lambda a: hosts(a, 1), "tcp2x2": lambda a: hosts(a, 2)}
+    if set(chosen) - set(run):
+        sys.exit(f"--placements {args.placements}: choose from {', '.join(run)}")
     for placement in chosen:
-        {"here": here, "tcp": tcp}[placement](args)
+        run[placement](args)
     return 0
 
 

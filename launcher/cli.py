@@ -463,7 +463,8 @@ def worker(port: int, ssh_dir: str, state_dir: str, listen: str, sshd: str, chec
               help="Continue from the newest complete checkpoint in --out (implied in a job that "
                    "`mpirt launch --max-restarts` restarted).")
 @click.option("--bucket-mb", type=float, default=None, envvar="MPIRT_BUCKET_MB",
-              help="Gradient bucket size in MiB (default: 2 on CPUs, 25 on GPUs; benchmarks/buckets.py).")
+              help="Gradient bucket size in MiB (default: 2 on CPUs, 25 on GPUs or with PowerSGD; "
+                   "benchmarks/buckets.py).")
 @click.option("--first-bucket-mb", type=float, default=1.0, show_default=True, envvar="MPIRT_FIRST_BUCKET_MB")
 @click.option("--compression", type=click.Choice(["none", "fp16", "bf16", "powersgd"]), default="none",
               show_default=True, envvar="MPIRT_COMPRESSION",

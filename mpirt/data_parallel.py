@@ -62,12 +62,18 @@ from mpirt.timeline import Timeline
 COMPRESSION = {"none": None, "fp16": torch.float16, "bf16": torch.bfloat16, "powersgd": None}
 ALGOS = ("auto", "core", "mpi", "ring", "shm", "ordered", "hier", "mpi4py", "torch")
 _SHAREABLE = (torch.float32, torch.float64, torch.float16, torch.bfloat16)  # dtypes of shared buckets
-# Bucket size when none is given, by where the gradients are. CPU: measured with
-# benchmarks/buckets.py (results/buckets-*.md): 2 MiB was best or within noise of it for every
-# model, on one node and across TCP hosts, where 25 MiB left the last 80-85% of backward with
-# nothing to send. GPU: DDP's 25 MiB, which NCCL's per-call cost favours (not yet measured here).
-DEFAULT_BUCKET_MB = {"cpu": 2.0, "cuda": 25.0}
 DEFAULT_FIRST_BUCKET_MB = 1.0
+
+
+def default_bucket_mb(cuda: bool, compression: str) -> float:
+    """The bucket size when none is given. CPU: measured with benchmarks/buckets.py
+    (results/buckets-*.md): 2 MiB was best or within noise of it for every model, on one node
+    and across TCP hosts, where 25 MiB left the last 80-85% of backward with nothing to send.
+    PowerSGD: 25, as its factors are small and each bucket's two reductions are calls in
+    sequence (on 2 and 3 TCP hosts, 2 MiB gave 0.82x and 0.72x the throughput of 25 in two
+    runs of benchmarks/powersgd.py an hour apart).
+    GPU: DDP's 25 MiB, which NCCL's per-call cost favours (not yet measured here)."""
+    return 25.0 if cuda or compression == "powersgd" else 2.0
 
 
 def choose_algo(requested: str, cuda_model: bool, nccl: bool) -> str:
@@ -155,7 +161,7 @@ class DataParallel:
         elif algo not in ALGOS:
             raise ValueError(f"algo {algo!r}: use one of {', '.join(ALGOS)}")
         if bucket_mb is None:
-            bucket_mb = DEFAULT_BUCKET_MB["cuda" if any(p.is_cuda for p in model.parameters()) else "cpu"]
+            bucket_mb = default_bucket_mb(any(p.is_cuda for p in model.parameters()), compression)
         if not bucket_mb > 0 or not first_bucket_mb > 0:
             raise ValueError(f"bucket sizes must be positive (bucket_mb={bucket_mb}, first_bucket_mb={first_bucket_mb})")
         self.model, self.optimizer = model, optimizer
@@ -253,23 +259,27 @@ class DataParallel:
             return None
 
     def _make_buckets(self, named, cap: int, first_cap: int) -> list[_Bucket]:
+        """Tensors in reverse order, one group per (dtype, device) being filled; a group closes
+        once it holds its cap, as DDP's do. Closing before a tensor that would overflow it
+        instead made a bucket of each bias between two large weights: with 2 MiB buckets, a
+        tiny allreduce between every two large ones (0.89x the throughput of 25 MiB buckets
+        for the `comm` model on 2 hosts of 2 ranks)."""
         groups: list[list[tuple[str, torch.Tensor]]] = []
         sizes: list[int] = []
         open_group: dict[tuple, int] = {}  # (dtype, device) -> the group being filled
         first_group: dict[tuple, int] = {}
         for name, p in reversed(named):
             kind = (p.dtype, p.device)
-            nbytes = p.numel() * p.element_size()
             g = open_group.get(kind)
-            if g is not None and sizes[g] + nbytes > (first_cap if first_group[kind] == g else cap):
-                g = None
             if g is None:
                 g = open_group[kind] = len(groups)
                 first_group.setdefault(kind, g)
                 groups.append([])
                 sizes.append(0)
             groups[g].append((name, p))
-            sizes[g] += nbytes
+            sizes[g] += p.numel() * p.element_size()
+            if sizes[g] >= (first_cap if first_group[kind] == g else cap):
+                del open_group[kind]
         wire_dtype = COMPRESSION[self.compression]
         buckets = []
         for i, members in enumerate(groups):
@@ -646,7 +656,8 @@ class DataParallel:
 def data_parallel(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None, **options) -> DataParallel:
     """Make ``model`` and ``optimizer`` data-parallel across MPI ranks; see the module docstring.
 
-    Options: bucket_mb (MiB; default 2 for a CPU model, 25 for a CUDA one), first_bucket_mb (1),
+    Options: bucket_mb (MiB; default 2 for a CPU model, 25 for a CUDA one or with PowerSGD),
+    first_bucket_mb (1),
     compression ("none", "fp16", "bf16", "powersgd";
     powersgd_rank, default 4, and powersgd_start, the steps averaged exactly first, default 10),
     find_unused_parameters, algo ("auto", the default, or $MPIRT_ALGO: NCCL for a CUDA model where every rank

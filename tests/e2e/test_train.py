@@ -45,6 +45,7 @@ def test_readme_job_loss_falls(tmp_path, model, extra):
     assert summary["algo"] == "core"  # auto: the core on CPU, its buckets shared unless PowerSGD's
     shared = "powersgd" not in extra
     assert summary["shared_buckets"] is shared
+    assert summary["bucket_mb"] == (2.0 if shared else 25.0)  # the measured CPU default; PowerSGD's own
     assert f"(cpu, algo core{', shared buckets' if shared else ''})" in proc.stdout
 
 

@@ -16,7 +16,7 @@ torch.set_num_threads(1)
 torch.manual_seed(0)
 model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 8))
 opt = torch.optim.SGD(model.parameters(), lr=0.01)
-dp = data_parallel(model, opt, bucket_mb=0.1, first_bucket_mb=0.05, timeline=path,
+dp = data_parallel(model, opt, bucket_mb=0.01, first_bucket_mb=0.005, timeline=path,
                    compression="fp16" if mode == "fp16" else "none")
 try:
     for step in range(4):
