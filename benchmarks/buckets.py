@@ -103,16 +103,23 @@ def write(placement: str, title: str, rows: list[dict], view: dict, hosts: dict,
     print(markdown(doc, title), flush=True)
 
 
-def here(args) -> None:
+def measure(launch, where: str, args) -> tuple[list[dict], dict]:
+    """Every model's rows, each from one job that ``launch(argv)`` runs; and rank 0's view."""
     rows, view = [], {}
     for model in MODELS:
-        proc = subprocess.run(["mpirt", "launch", "-np", "2", "--no-tag-output", "--", *rank_argv(model, args)],
-                              capture_output=True, text=True, timeout=3600)
+        proc = launch(rank_argv(model, args))
         if proc.returncode != 0:
-            sys.exit(f"the {model} job on this machine failed:\n{proc.stderr[-3000:]}")
+            sys.exit(f"the {model} job {where} failed:\n{proc.stderr[-3000:]}")
         doc = json_in(proc.stdout, lambda d: "results" in d and "rank_view" in d)
         rows += rows_of(doc, model)
         view = doc["rank_view"]
+    return rows, view
+
+
+def here(args) -> None:
+    rows, view = measure(lambda argv: subprocess.run(["mpirt", "launch", "-np", "2", "--no-tag-output", "--", *argv],
+                                                     capture_output=True, text=True, timeout=3600),
+                         "on this machine", args)
     write("here", "2 ranks on this machine", rows, view,
           {"count": 1, "slots": 2, "names": ["localhost"], "oversubscribed": False, "nodes_seen": 1}, {}, args)
 
@@ -121,16 +128,10 @@ def hosts(args, slots: int) -> None:
     reason = namespaces_usable()
     if reason:
         sys.exit(f"cannot run across namespace hosts: {reason}")
-    rows, view = [], {}
     with rate_limited(2, args.rate, "mpirt-bench-buckets-") as (c, names):
         added = c.rank_env(names, WATCHED)
-        for model in MODELS:
-            proc = c.launch(names, rank_argv(model, args), "--no-tag-output", timeout=3600, slots=slots)
-            if proc.returncode != 0:
-                sys.exit(f"the {model} job on 2 hosts of {slots} failed:\n{proc.stderr[-3000:]}")
-            doc = json_in(proc.stdout, lambda d: "results" in d and "rank_view" in d)
-            rows += rows_of(doc, model)
-            view = doc["rank_view"]
+        rows, view = measure(lambda argv: c.launch(names, argv, "--no-tag-output", timeout=3600, slots=slots),
+                             f"on 2 hosts of {slots}", args)
     placement, title = ("tcp", "2 hosts, one rank each") if slots == 1 else \
         (f"tcp2x{slots}", f"2 hosts of {slots} ranks")
     write(placement, f"{title}, links limited to {args.rate}", rows, view,

@@ -9,8 +9,9 @@ is the whole API. It
 - packs gradients into flat buckets in reverse parameter order (the order backward produces
   them; a small first bucket so communication starts early), and from a per-parameter
   post-accumulate hook hands each full bucket to one communication thread
-  (``mpirt.commthread``), which averages it while backward goes on: with the compiled core, or (``algo="auto"`` on a CUDA model where
-  every rank of a node has a GPU of its own and torch has NCCL) with NCCL through
+  (``mpirt.commthread``), which averages it while backward goes on: with the compiled core,
+  or (``algo="auto"`` on a CUDA model where every rank of a node has a GPU of its own and
+  torch has NCCL) with NCCL through
   torch.distributed, DDP's own path to NVLink and GPUDirect. Buckets are always reduced in
   index order, so every rank issues the same collectives in the same order. On CPUs with
   several ranks a node they live in memory the node's ranks share, which the core's ``shm``

@@ -155,7 +155,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     ap.add_argument("--bucket-mb", type=bucket_sizes, default=None,
-                    help="mpirt's bucket size in MiB (default: data_parallel's); a comma list trains mpirt once per size")
+                    help="mpirt's bucket size in MiB (default: data_parallel's); a comma list trains mpirt "
+                         "once per size")
     ap.add_argument("--compression", choices=("none", "fp16", "powersgd"), default="none",
                     help="gradients on the wire, for mpirt and for DDP (its fp16 and PowerSGD hooks)")
     args = ap.parse_args()
