@@ -5,7 +5,9 @@ is the whole API. It
 
 - checks that every rank built the same model (names, shapes, dtypes, bucket layout) before
   any collective, and names the first differing parameter and the ranks that differ;
-- broadcasts parameters, buffers and optimizer state from rank 0;
+- broadcasts parameters, buffers and optimizer state from rank 0, and after every step the
+  buffers again (BatchNorm statistics: DDP's ``broadcast_buffers``), so all ranks run the next
+  forward with the same ones;
 - packs gradients into flat buckets in reverse parameter order (the order backward produces
   them; a small first bucket so communication starts early), and from a per-parameter
   post-accumulate hook hands each full bucket to one communication thread
@@ -132,6 +134,35 @@ def _on_cpu(obj):
     return obj
 
 
+def _broadcast_tensors(comm, tensors: list[torch.Tensor], root: int) -> None:
+    """Rank ``root``'s values into ``tensors`` on every rank, as bytes through host memory:
+    packed per device (one copy off each GPU, not one per tensor), one broadcast."""
+    if not tensors:
+        return
+    groups: dict[torch.device, list[torch.Tensor]] = {}
+    for t in tensors:
+        groups.setdefault(t.device, []).append(t)
+    with torch.no_grad():
+        packed = [torch.cat([t.detach().reshape(-1).view(torch.uint8) for t in ts]).cpu() for ts in groups.values()]
+        flat = torch.cat(packed) if len(packed) > 1 else packed[0]
+        arr = flat.numpy()
+        chunk = 1 << 30
+        for start in range(0, arr.size, chunk):
+            comm.Bcast(arr[start:start + chunk], root=root)
+        if comm.Get_rank() == root:
+            return
+        off = 0
+        for device, ts in groups.items():
+            n = sum(t.numel() * t.element_size() for t in ts)
+            part, off, at = flat[off:off + n].to(device), off + n, 0
+            for t in ts:
+                size = t.numel() * t.element_size()
+                # a copy starts at offset 0: a view of bytes as a wider dtype needs an offset
+                # its size divides (an int64 after an odd number of float32s has none)
+                t.copy_(part[at:at + size].clone().view(t.dtype).view(t.shape))
+                at += size
+
+
 def _env_float(name: str, default: float) -> float:
     raw = os.environ.get(name)
     if raw is None or raw == "":
@@ -148,7 +179,7 @@ class DataParallel:
                  compression: str = "none", find_unused_parameters: bool = False, algo: str | None = None,
                  overlap: bool = True, comm=None, stall_warn_s: float | None = None,
                  stall_abort_s: float | None = None, timeline: str | os.PathLike | None = None,
-                 powersgd_rank: int = 4, powersgd_start: int = 10):
+                 powersgd_rank: int = 4, powersgd_start: int = 10, broadcast_buffers: bool = True):
         if compression not in COMPRESSION:
             raise ValueError(f"compression {compression!r}: use one of {', '.join(COMPRESSION)}")
         if not (isinstance(powersgd_rank, int) and powersgd_rank >= 1 and isinstance(powersgd_start, int)
@@ -168,6 +199,8 @@ class DataParallel:
         self.model, self.optimizer = model, optimizer
         self.bucket_mb = bucket_mb
         self.compression, self.find_unused = compression, find_unused_parameters
+        self.broadcast_buffers = bool(broadcast_buffers)
+        self._buffer_root = 0  # whose buffers the others take after a step (under join(): one still training)
         self.powersgd_rank, self.powersgd_start = powersgd_rank, powersgd_start
         self._comm = (comm or MPI.COMM_WORLD).Dup()
         self.rank, self.size = self._comm.Get_rank(), self._comm.Get_size()
@@ -188,6 +221,7 @@ class DataParallel:
         self._check_same_model(named, {"bucket_mb": bucket_mb, "first_bucket_mb": first_bucket_mb,
                                        "compression": compression, "algo": self.algo,
                                        "find_unused_parameters": find_unused_parameters,
+                                       "broadcast_buffers": self.broadcast_buffers,
                                        **({"powersgd_rank": powersgd_rank, "powersgd_start": powersgd_start}
                                           if compression == "powersgd" else {})})
         self.shared_buckets = self._shares_buckets(named)
@@ -311,25 +345,26 @@ class DataParallel:
     def _broadcast_state(self, root: int = 0) -> None:
         if self.size == 1:
             return
-        tensors = [p.data for p in self.model.parameters()] + list(self.model.buffers())
-        if tensors:
-            with torch.no_grad():
-                flat = torch.cat([t.detach().reshape(-1).cpu().view(torch.uint8) for t in tensors])
-                arr = flat.numpy()
-                chunk = 1 << 30
-                for start in range(0, arr.size, chunk):
-                    self._comm.Bcast(arr[start:start + chunk], root=root)
-                off = 0
-                for t in tensors:
-                    n = t.numel() * t.element_size()
-                    # a copy starts at offset 0: a view of bytes as a wider dtype needs an offset
-                    # its size divides (an int64 after an odd number of float32s has none)
-                    t.copy_(flat[off:off + n].clone().view(t.dtype).view(t.shape))
-                    off += n
+        _broadcast_tensors(self._comm, [p.data for p in self.model.parameters()] + list(self.model.buffers()), root)
         if self.optimizer is not None:  # via the CPU: unpickled CUDA tensors would land on rank 0's GPU index
             state = self._comm.bcast(_on_cpu(self.optimizer.state_dict()) if self.rank == root else None, root=root)
             if self.rank != root and state["state"]:
                 self.optimizer.load_state_dict(state)
+
+    def _sync_buffers(self, step: int) -> None:
+        """On the communication thread, after the step's gradients: every rank takes the
+        buffers of rank 0 (under join(), of the lowest rank still training), which DDP's
+        ``broadcast_buffers`` does before each forward. Forward wrote them and nothing reads
+        them until the next forward, which waits for this step's collectives."""
+        t0 = self._timeline.now() if self._timeline else 0
+        self.inspector.enter(step, "buffer broadcast", 0, 1)
+        buffers = list(self.model.buffers())
+        _broadcast_tensors(self._comm, buffers, self._buffer_root)
+        for device in {t.device for t in buffers if t.is_cuda}:
+            torch.cuda.synchronize(device)
+        self.inspector.leave(step)
+        if self._timeline:
+            self._timeline.span("broadcast buffers", t0, self._timeline.now(), step=step, root=self._buffer_root)
 
     # Reduction.
     def _allreduce(self, t: torch.Tensor, op: str) -> None:
@@ -429,7 +464,7 @@ class DataParallel:
         if self.size == 1:
             return
         if self._joining and b.index == 0:  # before this step's first collective
-            self._worker.submit(lambda: self._still_training(1))
+            self._worker.submit(lambda: self._still_training(True))
         self._submit(b)
 
     def _submit(self, b: _Bucket) -> None:
@@ -523,6 +558,7 @@ class DataParallel:
             mask = torch.tensor(used, dtype=torch.int32)
             if self.size > 1:
                 self._worker.submit(lambda: self._allreduce_mask(mask))
+        self._queue_buffer_sync()
         self._worker.drain()
         exposed = time.perf_counter() - t0
         if self._timeline:
@@ -545,11 +581,20 @@ class DataParallel:
             b.reset()
         return stats
 
-    def _still_training(self, mine: int) -> int:
-        """How many ranks are still in their join() loop (the collective that opens each step)."""
-        flag = torch.tensor([mine], dtype=torch.int32)
-        self._allreduce(flag, "sum")
-        return int(flag.item())
+    def _queue_buffer_sync(self) -> None:
+        if self.broadcast_buffers and self.size > 1 and any(True for _ in self.model.buffers()):
+            for device in {t.device for t in self.model.buffers() if t.is_cuda}:
+                torch.cuda.current_stream(device).synchronize()  # forward's writes, before another stream reads
+            self._worker.submit(lambda s=self.step: self._sync_buffers(s))
+
+    def _still_training(self, mine: bool) -> int | None:
+        """The lowest rank still in its join() loop, None when none is (the collective that
+        opens each step); its buffers are the ones the others take after the step."""
+        flag = torch.tensor([self.size - self.rank if mine else 0], dtype=torch.int32)
+        self._allreduce(flag, "max")
+        first = int(flag.item())
+        self._buffer_root = self.size - first if first else 0
+        return self.size - first if first else None
 
     @contextlib.contextmanager
     def join(self):
@@ -567,25 +612,26 @@ class DataParallel:
         try:
             yield
         except BaseException:
-            self._joining = False
+            self._joining, self._buffer_root = False, 0
             raise
         self._worker.drain()
         counts = []
-        self._worker.submit(lambda: counts.append(self._still_training(0)))
+        self._worker.submit(lambda: counts.append(self._still_training(False)))
         self._worker.drain()
-        while counts[-1] > 0:  # shadow one step of the ranks still training
+        while counts[-1] is not None:  # shadow one step of the ranks still training
             for b in self._buckets:
                 b.flat.zero_()
                 self._submit(b)
             if self.find_unused:
                 mask = torch.zeros(sum(len(b.params) for b in self._buckets), dtype=torch.int32)
                 self._worker.submit(lambda: self._allreduce_mask(mask))
-            self._worker.submit(lambda: counts.append(self._still_training(0)))
+            self._queue_buffer_sync()
+            self._worker.submit(lambda: counts.append(self._still_training(False)))
             self._worker.drain()
             self.step += 1
         for b in self._buckets:
             b.reset()
-        self._joining = False
+        self._joining, self._buffer_root = False, 0
         steps = self._comm.allgather(self._trained)
         self._broadcast_state(root=max(range(self.size), key=lambda r: (steps[r], -r)))
 
@@ -666,6 +712,7 @@ def data_parallel(model: torch.nn.Module, optimizer: torch.optim.Optimizer | Non
     layout; "mpi", "ring", "shm", "ordered", "hier": one of the core's;
     "mpi4py": no core; "torch": torch.distributed, NCCL on GPUs, gloo on CPUs), overlap, comm,
     stall_warn_s / stall_abort_s (default $MPIRT_STALL_WARN_S or 60 s / $MPIRT_STALL_ABORT_S or never),
-    timeline (a path for the Chrome-trace timeline; default $MPIRT_TIMELINE, none if unset).
+    timeline (a path for the Chrome-trace timeline; default $MPIRT_TIMELINE, none if unset),
+    broadcast_buffers (True: after each step every rank takes rank 0's buffers, as DDP's option of that name).
     """
     return DataParallel(model, optimizer, **options)

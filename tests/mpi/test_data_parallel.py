@@ -29,7 +29,8 @@ def test_gradients_match_references(mpiexec, np_):
                  "algo=torch: a second object outlives the first", "compression fp16 algo=torch",
                  "powersgd r=1 start=0", "powersgd r=2 start=2", "complex parameters algo=auto",
                  "complex parameters algo=torch", "shared buckets none", "shared buckets fp16",
-                 "shared buckets: /dev/shm full on one rank", "shared buckets only where shm reads them"):
+                 "shared buckets: /dev/shm full on one rank", "shared buckets only where shm reads them",
+                 "buffers broadcast_buffers=True", "buffers broadcast_buffers=False"):
         assert case in report["checked"]
 
 
@@ -85,7 +86,7 @@ def test_model_mismatch_names_the_parameter_and_ranks():
 
 
 @pytest.mark.parametrize("np_", [1, 2, 4])
-@pytest.mark.parametrize("variant", ["plain", "fp16", "unused", "torch"])
+@pytest.mark.parametrize("variant", ["plain", "fp16", "unused", "torch", "buffers"])
 def test_uneven_inputs_under_join_end_together_with_the_same_weights(mpiexec, np_, variant):
     proc = mpiexec(np_, [sys.executable, "-m", "mpirt", str(RANKS / "dp_join.py"), variant], timeout=120)
     report = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])

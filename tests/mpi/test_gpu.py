@@ -24,7 +24,7 @@ def test_device_buffers_every_algorithm(mpiexec, np_, tmp_path):
 def test_data_parallel_on_cuda_matches_reference(mpiexec, np_):
     proc = mpiexec.python(np_, "dp_cuda.py")
     report = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
-    assert report == {"ranks": np_, "checked": ["none", "bf16", "torch none", "amp"]}
+    assert report == {"ranks": np_, "checked": ["none", "bf16", "torch none", "amp", "buffers"]}
 
 
 @pytest.mark.parametrize("np_", [1, 2])

@@ -435,6 +435,35 @@ if dp.shared_buckets:
 dp.close()
 checked.append("shared buckets only where shm reads them")
 
+# 10. Buffers (BatchNorm statistics): after every step each rank holds rank 0's, as DDP's
+#     broadcast_buffers makes them before the next forward, and rank 0 its own; with
+#     broadcast_buffers=False each rank keeps the statistics of its own batches.
+for broadcast in (True, False):
+    torch.manual_seed(5)
+    model = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.Tanh(), nn.Linear(8, 3)).to(torch.float64)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    dp = data_parallel(model, opt, broadcast_buffers=broadcast)
+    for step in range(3):
+        x, y = data(8, seed=70 + 10 * step + rank)  # every rank a batch of its own
+        with torch.no_grad():
+            own = copy.deepcopy(model)
+            own(x)  # the statistics this rank's batch gives
+        opt.zero_grad()
+        loss_fn(model, x, y).backward()
+        opt.step()
+        buffers = [b.clone() for b in model.buffers()]
+        first = comm.bcast(buffers if rank == 0 else None, root=0)
+        expected = first if broadcast else list(own.buffers())
+        if not all(torch.equal(a, b) for a, b in zip(buffers, expected)):
+            raise AssertionError(f"broadcast_buffers={broadcast}: rank {rank}'s buffers after step {step} are not "
+                                 f"{'rank 0' if broadcast else 'its own'}'s")
+        if rank == 0 and not all(torch.equal(a, b) for a, b in zip(buffers, own.buffers())):
+            raise AssertionError(f"broadcast_buffers={broadcast}: rank 0's buffers are not its own")
+        if rank > 0 and all(torch.equal(a, b) for a, b in zip(list(own.buffers())[:2], first[:2])):
+            raise AssertionError("buffers: the ranks' batches gave the same statistics; the case shows nothing")
+    dp.close()
+    checked.append(f"buffers broadcast_buffers={broadcast}")
+
 if rank == 0:
     print(json.dumps({"ranks": size, "checked": checked}))
 sys.stdout.flush()

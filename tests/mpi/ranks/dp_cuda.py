@@ -60,5 +60,21 @@ for poison in (1.0, float("inf") if rank == size - 1 else 1.0):
         raise AssertionError("amp: replicas differ after a step")
 checked.append("amp")
 dp.close()
+# BatchNorm statistics on the GPU: after a step every rank holds rank 0's (packed on the device,
+# through host memory, written back on the communication thread before the next forward).
+torch.manual_seed(0)
+model = nn.Sequential(nn.Linear(32, 64), nn.BatchNorm1d(64), nn.GELU(), nn.Linear(64, 8)).to(dev)
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+dp = data_parallel(model, opt)
+for step in range(2):
+    x = torch.randn(16, 32, device=dev) + rank  # ranks' statistics differ
+    opt.zero_grad()
+    model(x).square().mean().backward()
+    opt.step()
+    mine = torch.cat([b.double().reshape(-1) for b in model.buffers()]).cpu().numpy().tobytes()
+    if len(set(comm.allgather(mine))) != 1:
+        raise AssertionError(f"buffers: ranks hold different BatchNorm statistics after step {step}")
+checked.append("buffers")
+dp.close()
 if rank == 0:
     print(json.dumps({"ranks": size, "checked": checked}))

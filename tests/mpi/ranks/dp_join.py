@@ -1,7 +1,9 @@
 """Uneven inputs under ``dp.join()``: rank r has 2 + r batches (with compression, an unused
-head, or through torch.distributed, per argv[1]). No rank may hang; afterwards every rank
-holds the same weights and momentum, equal to a one-process simulation in which the ranks that ran out of batches
-contribute zero gradients to an average over the whole world. Prints one JSON line on rank 0."""
+head, through torch.distributed, or a BatchNorm, per argv[1]). No rank may hang; afterwards
+every rank holds the same weights, momentum and buffers, equal to a one-process simulation in
+which the ranks that ran out of batches contribute zero gradients to an average over the whole
+world and each step's buffers are those of the lowest rank still training (rank 0's would be
+stale once it has left). Prints one JSON line on rank 0."""
 
 import copy
 import json
@@ -26,9 +28,10 @@ class Net(nn.Module):
         self.body = nn.Linear(5, 12, dtype=dtype)
         self.head = nn.Linear(12, 2, dtype=dtype)
         self.spare = nn.Linear(12, 2, dtype=dtype)  # used by rank 0 only in the "unused" variant
+        self.norm = nn.BatchNorm1d(12, dtype=dtype) if variant == "buffers" else nn.Identity()
 
     def forward(self, x, r):
-        h = torch.tanh(self.body(x))
+        h = torch.tanh(self.norm(self.body(x)))
         out = self.head(h)
         return out + self.spare(h) if variant == "unused" and r == 0 else out
 
@@ -60,16 +63,28 @@ with dp.join():
 ref_opt = torch.optim.SGD(reference.parameters(), lr=0.1, momentum=0.9)
 for t in range(max(steps)):
     ref_opt.zero_grad()
-    total = sum(loss(reference, r, t) for r in range(size) if t < steps[r]) / size
-    total.backward()
+    active = [r for r in range(size) if t < steps[r]]
+    start = [b.clone() for b in reference.buffers()]
+    kept = None
+    for r in active:  # each rank's forward from the same buffers; the lowest rank's are kept
+        with torch.no_grad():
+            for b, v in zip(reference.buffers(), start):
+                b.copy_(v)
+        (loss(reference, r, t) / size).backward()  # before the next copy: BatchNorm saves its buffers
+        kept = kept or [b.clone() for b in reference.buffers()]
+    with torch.no_grad():
+        for b, v in zip(reference.buffers(), kept):
+            b.copy_(v)
     ref_opt.step()
 
 tol = 2e-3 if variant == "fp16" else 1e-10
-for (name, p), q in zip(model.named_parameters(), reference.parameters()):
-    if not torch.allclose(p, q, rtol=tol, atol=tol):
+for (name, p), q in [*zip(model.named_parameters(), reference.parameters()),
+                     *zip(model.named_buffers(), reference.buffers())]:
+    if not torch.allclose(p.to(dtype), q.to(dtype), rtol=tol, atol=tol):
         raise AssertionError(f"{variant}: {name} differs from the simulation by {(p - q).abs().max().item():g}")
 mine = torch.cat([p.detach().reshape(-1) for p in model.parameters()] +
-                 [opt.state[p]["momentum_buffer"].reshape(-1) for p in model.parameters() if p in opt.state])
+                 [opt.state[p]["momentum_buffer"].reshape(-1) for p in model.parameters() if p in opt.state] +
+                 [b.reshape(-1).to(dtype) for b in model.buffers()])
 if len(set(comm.allgather(mine.numpy().tobytes()))) != 1:
     raise AssertionError(f"{variant}: ranks hold different weights or momentum after join()")
 dp.close()
