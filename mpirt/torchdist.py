@@ -3,7 +3,8 @@
 Rank 0 of the communicator picks a free port, MPI tells the others where to connect, and
 every rank joins torch's default process group with MPI's rank and size: NCCL for CUDA
 tensors where torch has it, gloo for CPU ones. ``data_parallel(algo="torch")`` reduces
-through it (NCCL on GPUs); the benchmarks' DDP and NCCL baselines start from it too.
+through it (NCCL on GPUs); the benchmarks' DDP and NCCL baselines start from it too, and
+``init_process_group()`` gives it to code written for torchrun and DDP.
 """
 
 from __future__ import annotations
@@ -77,6 +78,19 @@ def join_default_group(comm, backend: str | None = None, timeout_s: float = 600.
                             timeout=timedelta(seconds=timeout_s))
     _holders = 1
     return True
+
+
+def init_process_group(backend: str | None = None, timeout_s: float = 600.0) -> str:
+    """``torch.distributed.init_process_group`` for the ranks ``mpirun`` started, with no
+    rendezvous to set up: for code written for torchrun (its variables are exported too, see
+    ``mpirt.world.export_torch_env``), DDP itself, SyncBatchNorm on GPUs, torch's
+    DistributedSampler, ``dist.all_reduce`` of metrics. Collective: every rank calls it. A group
+    already made with MPI's ranks is kept. Returns the group's backend."""
+    from mpirt.world import export_torch_env
+
+    export_torch_env()
+    join_default_group(MPI.COMM_WORLD, backend, timeout_s)
+    return dist.get_backend()
 
 
 def leave_default_group() -> None:

@@ -91,3 +91,10 @@ def test_uneven_inputs_under_join_end_together_with_the_same_weights(mpiexec, np
     proc = mpiexec(np_, [sys.executable, "-m", "mpirt", str(RANKS / "dp_join.py"), variant], timeout=120)
     report = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
     assert report == {"ranks": np_, "variant": variant, "steps": [2 + r for r in range(np_)]}
+
+
+@pytest.mark.parametrize("np_", [1, 2, 4])
+def test_torchrun_code_gets_its_process_group_from_mpi(mpiexec, np_):
+    proc = mpiexec.python(np_, "ddp_rendezvous.py", timeout=120)
+    report = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
+    assert report == {"ranks": np_, "backend": "gloo"}
