@@ -143,9 +143,10 @@ def _csv(value: str) -> tuple[str, ...]:
               help="Collective iterations per size (default: the harness's, by size).")
 @click.option("--shared-buffers", is_flag=True, envvar="MPIRT_BENCH_SHARED_BUFFERS",
               help="Collective sweep on buffers the local ranks share (the harness's -R), as training's buckets are.")
-@click.option("--model", type=click.Choice(["comm", "compute", "deep"]), default="comm", show_default=True,
+@click.option("--model", type=click.Choice(["comm", "compute", "deep", "cnn"]), default="comm", show_default=True,
               envvar="MPIRT_BENCH_MODEL",
-              help="comm: few FLOPs per gradient byte; compute: many; deep: many small layers.")
+              help="comm: few FLOPs per gradient byte; compute: many; deep: many small layers; "
+                   "cnn: a small ResNet with BatchNorm.")
 @click.option("--scaling", default="weak,strong", show_default=True, envvar="MPIRT_BENCH_SCALING",
               help="weak: fixed per-rank batch; strong: fixed global batch.")
 @click.option("--batch", type=click.IntRange(min=1), default=32, show_default=True, envvar="MPIRT_BENCH_BATCH",

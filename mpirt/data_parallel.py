@@ -134,27 +134,31 @@ def _on_cpu(obj):
     return obj
 
 
-def _broadcast_tensors(comm, tensors: list[torch.Tensor], root: int) -> None:
-    """Rank ``root``'s values into ``tensors`` on every rank, as bytes through host memory:
-    packed per device (one copy off each GPU, not one per tensor), one broadcast."""
-    if not tensors:
-        return
+def _pack(tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
+    """The tensors' bytes, one flat copy per device (one copy off each GPU, not one per
+    tensor), and the tensors grouped the same way for ``_unpack``."""
     groups: dict[torch.device, list[torch.Tensor]] = {}
     for t in tensors:
         groups.setdefault(t.device, []).append(t)
     with torch.no_grad():
-        packed = [torch.cat([t.detach().reshape(-1).view(torch.uint8) for t in ts]).cpu() for ts in groups.values()]
-        flat = torch.cat(packed) if len(packed) > 1 else packed[0]
-        arr = flat.numpy()
-        chunk = 1 << 30
-        for start in range(0, arr.size, chunk):
-            comm.Bcast(arr[start:start + chunk], root=root)
-        if comm.Get_rank() == root:
-            return
-        off = 0
-        for device, ts in groups.items():
+        packed = [torch.cat([t.detach().reshape(-1).view(torch.uint8) for t in ts]) for ts in groups.values()]
+    return packed, list(groups.values())
+
+
+def _bcast_bytes(comm, flat: torch.Tensor, root: int) -> None:
+    arr = flat.numpy()
+    chunk = 1 << 30
+    for start in range(0, arr.size, chunk):
+        comm.Bcast(arr[start:start + chunk], root=root)
+
+
+def _unpack(flat: torch.Tensor, groups: list[list[torch.Tensor]]) -> None:
+    """Host bytes from ``_pack``'s layout back into the tensors, on their devices."""
+    off = 0
+    with torch.no_grad():
+        for ts in groups:
             n = sum(t.numel() * t.element_size() for t in ts)
-            part, off, at = flat[off:off + n].to(device), off + n, 0
+            part, off, at = flat[off:off + n].to(ts[0].device), off + n, 0
             for t in ts:
                 size = t.numel() * t.element_size()
                 # a copy starts at offset 0: a view of bytes as a wider dtype needs an offset
@@ -201,6 +205,7 @@ class DataParallel:
         self.compression, self.find_unused = compression, find_unused_parameters
         self.broadcast_buffers = bool(broadcast_buffers)
         self._buffer_root = 0  # whose buffers the others take after a step (under join(): one still training)
+        self._staged_buffers = None  # the root's buffers, received during the step, to put in place after it
         self.powersgd_rank, self.powersgd_start = powersgd_rank, powersgd_start
         self._comm = (comm or MPI.COMM_WORLD).Dup()
         self.rank, self.size = self._comm.Get_rank(), self._comm.Get_size()
@@ -345,26 +350,61 @@ class DataParallel:
     def _broadcast_state(self, root: int = 0) -> None:
         if self.size == 1:
             return
-        _broadcast_tensors(self._comm, [p.data for p in self.model.parameters()] + list(self.model.buffers()), root)
+        tensors = [p.data for p in self.model.parameters()] + list(self.model.buffers())
+        if tensors:
+            packed, groups = _pack(tensors)
+            flat = torch.cat([p.cpu() for p in packed])
+            _bcast_bytes(self._comm, flat, root)
+            if self.rank != root:
+                _unpack(flat, groups)
         if self.optimizer is not None:  # via the CPU: unpickled CUDA tensors would land on rank 0's GPU index
             state = self._comm.bcast(_on_cpu(self.optimizer.state_dict()) if self.rank == root else None, root=root)
             if self.rank != root and state["state"]:
                 self.optimizer.load_state_dict(state)
 
-    def _sync_buffers(self, step: int) -> None:
-        """On the communication thread, after the step's gradients: every rank takes the
-        buffers of rank 0 (under join(), of the lowest rank still training), which DDP's
-        ``broadcast_buffers`` does before each forward. Forward wrote them and nothing reads
-        them until the next forward, which waits for this step's collectives."""
+    def _share_buffers(self) -> None:
+        """Start this step's broadcast of the buffers (BatchNorm statistics; DDP's
+        ``broadcast_buffers``, which it does before each forward) from rank 0, or under join()
+        the lowest rank still training: a snapshot packed now, when forward has written them,
+        that the communication thread sends ahead of the step's first bucket, so it overlaps
+        backward; ``_take_buffers`` puts the root's in place once the step's collectives are
+        done, before the next forward."""
+        buffers = list(self.model.buffers())
+        if not (self.broadcast_buffers and buffers):
+            return
+        packed, groups = _pack(buffers)
+        events = []
+        for p in packed:
+            events.append(torch.cuda.Event() if p.is_cuda else None)
+            if p.is_cuda:
+                events[-1].record(torch.cuda.current_stream(p.device))
+        self._worker.submit(lambda s=self.step: self._bcast_buffers(packed, events, groups, s))
+
+    def _bcast_buffers(self, packed, events, groups, step: int) -> None:
+        """On the communication thread: the snapshot to the host, broadcast in place there."""
         t0 = self._timeline.now() if self._timeline else 0
         self.inspector.enter(step, "buffer broadcast", 0, 1)
-        buffers = list(self.model.buffers())
-        _broadcast_tensors(self._comm, buffers, self._buffer_root)
-        for device in {t.device for t in buffers if t.is_cuda}:
-            torch.cuda.synchronize(device)
+        host = []
+        for p, event in zip(packed, events):
+            with self._comm_stream(p):
+                if event is not None:
+                    torch.cuda.current_stream(p.device).wait_event(event)
+                host.append(p.cpu())  # on that stream, which it waits for
+        flat = torch.cat(host) if len(host) > 1 else host[0]
+        root = self._buffer_root
+        _bcast_bytes(self._comm, flat, root)
+        self._staged_buffers = (flat, groups) if root != self.rank else None
         self.inspector.leave(step)
         if self._timeline:
-            self._timeline.span("broadcast buffers", t0, self._timeline.now(), step=step, root=self._buffer_root)
+            self._timeline.span("broadcast buffers", t0, self._timeline.now(), step=step, root=root)
+
+    def _take_buffers(self) -> None:
+        """On the training thread, the step's collectives done: the root's buffers in place
+        (on the training stream for CUDA ones, before the next forward's kernels)."""
+        if self._staged_buffers is not None:
+            flat, groups = self._staged_buffers
+            self._staged_buffers = None
+            _unpack(flat, groups)
 
     # Reduction.
     def _allreduce(self, t: torch.Tensor, op: str) -> None:
@@ -463,8 +503,10 @@ class DataParallel:
         b.launched = True
         if self.size == 1:
             return
-        if self._joining and b.index == 0:  # before this step's first collective
-            self._worker.submit(lambda: self._still_training(True))
+        if b.index == 0:  # this step's first collectives
+            if self._joining:
+                self._worker.submit(lambda: self._still_training(True))
+            self._share_buffers()
         self._submit(b)
 
     def _submit(self, b: _Bucket) -> None:
@@ -558,8 +600,8 @@ class DataParallel:
             mask = torch.tensor(used, dtype=torch.int32)
             if self.size > 1:
                 self._worker.submit(lambda: self._allreduce_mask(mask))
-        self._queue_buffer_sync()
         self._worker.drain()
+        self._take_buffers()
         exposed = time.perf_counter() - t0
         if self._timeline:
             end = self._timeline.now()
@@ -580,12 +622,6 @@ class DataParallel:
         for b in self._buckets:
             b.reset()
         return stats
-
-    def _queue_buffer_sync(self) -> None:
-        if self.broadcast_buffers and self.size > 1 and any(True for _ in self.model.buffers()):
-            for device in {t.device for t in self.model.buffers() if t.is_cuda}:
-                torch.cuda.current_stream(device).synchronize()  # forward's writes, before another stream reads
-            self._worker.submit(lambda s=self.step: self._sync_buffers(s))
 
     def _still_training(self, mine: bool) -> int | None:
         """The lowest rank still in its join() loop, None when none is (the collective that
@@ -619,15 +655,16 @@ class DataParallel:
         self._worker.submit(lambda: counts.append(self._still_training(False)))
         self._worker.drain()
         while counts[-1] is not None:  # shadow one step of the ranks still training
+            self._share_buffers()
             for b in self._buckets:
                 b.flat.zero_()
                 self._submit(b)
             if self.find_unused:
                 mask = torch.zeros(sum(len(b.params) for b in self._buckets), dtype=torch.int32)
                 self._worker.submit(lambda: self._allreduce_mask(mask))
-            self._queue_buffer_sync()
             self._worker.submit(lambda: counts.append(self._still_training(False)))
             self._worker.drain()
+            self._take_buffers()
             self.step += 1
         for b in self._buckets:
             b.reset()

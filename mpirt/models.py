@@ -31,6 +31,28 @@ class MLP(nn.Module):
         return self.head(self.body(x))
 
 
+class ConvNet(nn.Module):
+    """A small ResNet on ``side`` x ``side`` one-channel images: BatchNorm after every
+    convolution, so it has running statistics (buffers) to keep the same on every rank."""
+
+    def __init__(self, side: int, width: int, blocks: int, classes: int):
+        super().__init__()
+        self.side = side
+
+        def conv_bn():
+            return [nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width)]
+
+        self.stem = nn.Sequential(nn.Conv2d(1, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.blocks = nn.ModuleList(nn.Sequential(*conv_bn(), nn.ReLU(), *conv_bn()) for _ in range(blocks))
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x):
+        h = self.stem(x.view(-1, 1, self.side, self.side))
+        for block in self.blocks:
+            h = torch.relu(h + block(h))
+        return self.head(h.mean(dim=(2, 3)))
+
+
 class TinyTransformer(nn.Module):
     """A causal decoder-only transformer (pre-norm, no dropout, so runs are deterministic)."""
 

@@ -26,22 +26,26 @@ from torch import nn
 from mpirt import torchdist
 from mpirt.comm import MPI
 from mpirt.data_parallel import data_parallel
-from mpirt.models import MLP
+from mpirt.models import MLP, ConvNet
 from mpirt.world import pick_device, world
 
 # compute-bound: many FLOPs per gradient byte; communication-bound: the reverse; deep: many
-# small layers (48 tensors of at most 1 MiB), where bucket count matters.
+# small layers (48 tensors of at most 1 MiB), where bucket count matters; cnn: a small ResNet
+# whose BatchNorm statistics are broadcast after every step by both runtimes.
 MODELS = {
     "compute": {"hidden": 1024, "layers": 4},
     "comm": {"hidden": 2048, "layers": 4},
     "deep": {"hidden": 512, "layers": 24},
+    "cnn": {"width": 32, "blocks": 4},
 }
-D_IN, CLASSES = 256, 10
+D_IN, CLASSES = 256, 10  # the cnn sees the D_IN features as a 16 x 16 image
 
 
 def make_model(name: str, device: torch.device) -> nn.Module:
     torch.manual_seed(0)
     spec = MODELS[name]
+    if name == "cnn":
+        return ConvNet(16, spec["width"], spec["blocks"], CLASSES).to(device)
     return MLP(D_IN, spec["hidden"], spec["layers"], CLASSES).to(device)
 
 
