@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Scaling benchmark to commit: `mpirt bench scaling` on this machine's cores, then
 `mpirt bench report` into results/scaling-<device>/ (plots and summary.md, shown in README).
-Both training models run: "comm" (few FLOPs per gradient byte, where communication decides)
-and "compute" (the reverse); each writes results/scaling-<device>-<model>.json.
+Three training models run: "comm" (few FLOPs per gradient byte, where communication decides),
+"compute" (the reverse) and "cnn" (a small ResNet with BatchNorm, whose statistics both runtimes
+broadcast every step); each writes results/scaling-<device>-<model>.json.
 
     python benchmarks/scaling.py                  # 1 and 2 ranks here (one per core), 5 repeats
     python benchmarks/scaling.py --max-np 8 --hostfile hosts   # on a cluster, through mpirt launch
@@ -28,12 +29,12 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=5)
     args, rest = ap.parse_known_args()
     outs, runs = [], []
-    for model in ("comm", "compute"):
+    for model in ("comm", "compute", "cnn"):
         out = Path(os.path.relpath(RESULTS / f"scaling-{args.device}-{model}.json"))  # recorded in the results
         parts = ["--parts", "collective,train"] if model == "comm" else ["--parts", "train"]
         runs.append(["mpirt", "bench", "scaling", "--out", str(out), "--max-np", str(args.max_np), "--repeats",
                      str(args.repeats), "--device", args.device, "--model", model, "-b", "1K", "-e", "64M", "-f", "4",
-                     "--batch", "32" if model == "comm" else "256", *parts, *rest])
+                     "--batch", "256" if model == "compute" else "32", *parts, *rest])
         outs.append(str(out))
     runs.append(["mpirt", "bench", "report", *outs, "--out", str(RESULTS / f"scaling-{args.device}")])
     for cmd in runs:
