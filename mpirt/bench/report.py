@@ -188,43 +188,95 @@ def plot_busbw(plt, docs, path: Path) -> bool:
     return True
 
 
-def plot_efficiency(plt, docs, path: Path) -> bool:
-    train = [(lb, r) for lb, r in _rows(docs, "train") if r["derived"].get("efficiency") is not None
-             and r["key"]["system"] != "compute-only"]
-    coll = [(lb, r) for lb, r in _rows(docs, "collective") if r["derived"].get("efficiency") is not None]
-    if not train and not coll:
-        return False
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4), squeeze=False)
-    lines = defaultdict(list)
-    for lb, r in train:
-        lines[(lb, r["key"]["system"], r["key"]["scaling"])].append((r["key"]["np"], r["derived"]["efficiency"]))
-    for (lb, system, scaling), pts in sorted(lines.items()):
-        pts.sort()
-        name = f"{system} {scaling}" + (f" ({lb})" if len(docs) > 1 else "")
-        axes[0][0].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
-    axes[0][0].set_title("Training: throughput / (n × 1-rank throughput)")
+def _colors(systems) -> dict[str, str]:
+    """One colour per system, the same in every panel: mpirt blue, DDP orange, compute-only
+    grey; the rest (mpirt at other bucket sizes) from a fixed list in name order."""
+    fixed = {"mpirt": "tab:blue", "ddp": "tab:orange", "compute-only": "tab:gray"}
+    spare = ["tab:green", "tab:red", "tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan"]
+    others = sorted(s for s in set(systems) if s not in fixed)
+    return {**fixed, **{s: spare[i % len(spare)] for i, s in enumerate(others)}}
+
+
+def _grid(plt, n: int, cols: int, width: float, height: float):
+    """``n`` panels, ``cols`` a row; the unused ones hidden."""
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    flat = [ax for row in axes for ax in row]
+    for ax in flat[n:]:
+        ax.axis("off")
+    return fig, flat[:n]
+
+
+def _train_panels(docs) -> list[tuple[str, list[dict]]]:
+    """(results file, its training rows) for each file that has some: one model a panel, as
+    the models' throughputs differ by orders of magnitude."""
+    panels = []
+    for label, doc in docs:
+        rows = [r for r in doc["rows"] if r["kind"] == "train"]
+        if rows:
+            panels.append((label, rows))
+    return panels
+
+
+def _finish(ax, title: str, ylabel: str) -> None:
+    _rank_ticks(ax)
+    ax.set_title(title)
+    ax.set_xlabel("ranks")
+    ax.set_ylabel(ylabel)
+    ax.grid(True, alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")
+
+
+def _allreduce_scaling(docs) -> tuple[dict[str, list[tuple[int, float]]], set[int]]:
+    """Per algorithm (and file, with several), busbw efficiency against world size at each
+    file's largest size, where bandwidth and not latency decides; ``{}`` unless some line
+    has two world sizes or more (one point says nothing about scaling)."""
     big = defaultdict(list)
-    for lb, r in coll:  # the largest size of each file: where bandwidth, not latency, decides
-        big[lb].append(r)
+    for lb, r in _rows(docs, "collective"):
+        if r["derived"].get("efficiency") is not None:
+            big[lb].append(r)
+    lines, sizes = defaultdict(list), set()
     for lb, rs in big.items():
         top = max(r["key"]["size"] for r in rs)
-        per_algo = defaultdict(list)
+        sizes.add(top)
         for r in rs:
             if r["key"]["size"] == top:
-                per_algo[r["key"]["algo"]].append((r["key"]["np"], r["derived"]["efficiency"]))
-        for algo, pts in sorted(per_algo.items()):
+                name = r["key"]["algo"] + (f" ({lb})" if len(big) > 1 else "")
+                lines[name].append((r["key"]["np"], r["derived"]["efficiency"]))
+    if all(len(pts) < 2 for pts in lines.values()):
+        return {}, set()
+    return {name: sorted(pts) for name, pts in sorted(lines.items())}, sizes
+
+
+def plot_efficiency(plt, docs, path: Path) -> bool:
+    """Training efficiency, one panel per results file (colour: system, line: weak solid,
+    strong dashed), and the allreduce's where a sweep covered several world sizes."""
+    panels = _train_panels(docs)
+    coll, sizes = _allreduce_scaling(docs)
+    if not panels and not coll:
+        return False
+    colors = _colors(r["key"]["system"] for _, rows in panels for r in rows)
+    fig, axes = _grid(plt, len(panels) + bool(coll), 2, 5.5, 4)
+    for ax, (label, rows) in zip(axes, panels):
+        lines = defaultdict(list)
+        for r in rows:
+            if r["key"]["system"] != "compute-only" and r["derived"].get("efficiency") is not None:
+                lines[(r["key"]["system"], r["key"]["scaling"])].append((r["key"]["np"], r["derived"]["efficiency"]))
+        for (system, scaling), pts in sorted(lines.items()):
             pts.sort()
-            name = algo + (f" ({lb})" if len(docs) > 1 else "")
-            axes[0][1].plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
-        axes[0][1].set_title(f"Allreduce at {fmt_size(top)}: busbw / busbw at the fewest ranks")
-    for ax in axes[0]:
-        _rank_ticks(ax)
-        ax.axhline(1.0, color="grey", linestyle="--", linewidth=1)
-        ax.set_xlabel("ranks")
-        ax.set_ylabel("efficiency")
-        ax.grid(True, alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"{system} {scaling}",
+                    color=colors[system], linestyle="--" if scaling == "strong" else "-")
+        _finish(ax, f"{label}: training efficiency" if len(docs) > 1 else "Training efficiency",
+                "throughput / (n × 1-rank throughput)")
+    if coll:
+        ax = axes[-1]
+        for name, pts in coll.items():
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+        _finish(ax, f"Allreduce at {', '.join(fmt_size(n) for n in sorted(sizes))}",
+                "busbw / busbw at the fewest ranks")
+    for ax in axes:  # after the ticks, which follow the plotted points
+        ax.axhline(1.0, color="grey", linestyle=":", linewidth=1)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -232,28 +284,30 @@ def plot_efficiency(plt, docs, path: Path) -> bool:
 
 
 def plot_throughput(plt, docs, path: Path) -> bool:
-    rows = _rows(docs, "train")
-    if not rows:
+    """Samples/s against ranks, a row per results file and a column per scaling; compute-only
+    (no communication) dotted: the ceiling both runtimes are measured against."""
+    panels = _train_panels(docs)
+    if not panels:
         return False
-    scalings = sorted({r["key"]["scaling"] for _, r in rows}, reverse=True)
-    fig, axes = plt.subplots(1, len(scalings), figsize=(5.5 * len(scalings), 4), squeeze=False)
-    for ax, scaling in zip(axes[0], scalings):
-        lines = defaultdict(list)
-        for lb, r in rows:
-            if r["key"]["scaling"] == scaling:
-                lines[(lb, r["key"]["system"])].append(r)
-        for (lb, system), rs in sorted(lines.items()):
-            rs.sort(key=lambda r: r["key"]["np"])
-            _errorbar(ax, [r["key"]["np"] for r in rs], [r["metrics"]["samples_per_s"] for r in rs],
-                      system + (f" ({lb})" if len(docs) > 1 else ""),
-                      linestyle=":" if system == "compute-only" else "-")
-        _rank_ticks(ax)
-        ax.set_title(f"{scaling} scaling")
-        ax.set_xlabel("ranks")
-        ax.set_ylabel("samples/s")
-        ax.grid(True, alpha=0.3)
-        ax.legend()
-    fig.suptitle("Training throughput: mpirt vs torch DDP (compute-only: no communication)")
+    colors = _colors(r["key"]["system"] for _, rows in panels for r in rows)
+    scalings = sorted({r["key"]["scaling"] for _, rows in panels for r in rows}, reverse=True)
+    fig, axes = _grid(plt, len(panels) * len(scalings), len(scalings), 5.5, 3.8)
+    for i, (label, rows) in enumerate(panels):
+        for j, scaling in enumerate(scalings):
+            ax = axes[i * len(scalings) + j]
+            lines = defaultdict(list)
+            for r in rows:
+                if r["key"]["scaling"] == scaling:
+                    lines[r["key"]["system"]].append(r)
+            for system, rs in sorted(lines.items()):
+                rs.sort(key=lambda r: r["key"]["np"])
+                _errorbar(ax, [r["key"]["np"] for r in rs], [r["metrics"]["samples_per_s"] for r in rs], system,
+                          color=colors[system], linestyle=":" if system == "compute-only" else "-")
+            if not lines:
+                ax.axis("off")
+                continue
+            _finish(ax, f"{label}: {scaling} scaling" if len(docs) > 1 else f"{scaling} scaling", "samples/s")
+    fig.suptitle("Training throughput: mpirt vs torch DDP (median, min–max)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

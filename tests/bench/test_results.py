@@ -13,7 +13,7 @@ from docs import collective, doc, sweep, train
 from PIL import Image
 
 from mpirt.bench import compare, schema
-from mpirt.bench.report import ReportConfig, ReportError, summary
+from mpirt.bench.report import ReportConfig, ReportError, _allreduce_scaling, _colors, _train_panels, summary
 from mpirt.bench.report import run as report
 
 MPIRT = [sys.executable, "-m", "launcher.cli"]
@@ -201,3 +201,21 @@ def test_train_rows_only_report_without_collective_plot(tmp_path):
              train(2, "weak", "mpirt", [190.0, 191.0], efficiency=0.95)])
     written = report(ReportConfig(results=(write(tmp_path, "t.json", d),), out=str(tmp_path / "o")))
     assert sorted(p.name for p in written) == ["efficiency.png", "summary.md", "throughput.png"]
+
+
+def test_plots_keep_one_colour_per_system_and_a_panel_per_model():
+    assert _colors(["ddp", "mpirt@4", "mpirt", "mpirt@25", "compute-only"]) == {
+        "mpirt": "tab:blue", "ddp": "tab:orange", "compute-only": "tab:gray",
+        "mpirt@25": "tab:green", "mpirt@4": "tab:red"}
+    collectives_only = doc([collective(2, "mpi", 1024, [1.0, 1.1])])
+    panels = _train_panels([("a", sweep()), ("c", collectives_only), ("b", sweep(scale=0.5))])
+    assert [label for label, _ in panels] == ["a", "b"]
+    assert all(r["kind"] == "train" for _, rows in panels for r in rows) and len(panels[0][1]) == 8
+
+
+def test_allreduce_scaling_is_drawn_only_across_world_sizes():
+    one_size = [("a", doc([collective(2, "mpi", 4096, [2.0], efficiency=1.0)]))]
+    assert _allreduce_scaling(one_size) == ({}, set())
+    sweep_ = doc([collective(2, "mpi", 4096, [2.0], efficiency=1.0), collective(4, "mpi", 4096, [1.5], efficiency=0.75),
+                  collective(4, "mpi", 1024, [1.0], efficiency=0.5), collective(2, "ring", 4096, [3.0], efficiency=1.0)])
+    assert _allreduce_scaling([("a", sweep_)]) == ({"mpi": [(2, 1.0), (4, 0.75)], "ring": [(2, 1.0)]}, {4096})
