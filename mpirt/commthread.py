@@ -117,8 +117,11 @@ class CommThread:
             e, self._error = self._error, None
             raise RuntimeError(f"gradient allreduce failed: {e}") from e
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
+        """Finish what is queued and stop; with ``timeout``, give up waiting after that long
+        (the thread is a daemon: a collective the other ranks will never join must not keep
+        a failing rank from exiting)."""
         if self._thread is not None:
             self._q.put(None)
-            self._thread.join()
+            self._thread.join(timeout)
             self._thread = None

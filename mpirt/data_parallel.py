@@ -167,6 +167,13 @@ def _unpack(flat: torch.Tensor, groups: list[list[torch.Tensor]]) -> None:
                 at += size
 
 
+def _backend_hint(algo: str) -> str:
+    """torch.distributed's backend names are what DDP users reach for: say which algo is that."""
+    if algo.lower() in ("nccl", "gloo", "cpu:gloo,cuda:nccl"):
+        return f" ({algo} is torch.distributed's backend: algo='torch' reduces through it, NCCL on GPUs, gloo on CPUs)"
+    return ""
+
+
 def _env_float(name: str, default: float) -> float:
     raw = os.environ.get(name)
     if raw is None or raw == "":
@@ -193,9 +200,10 @@ class DataParallel:
         if algo is None:
             algo = os.environ.get("MPIRT_ALGO") or "auto"
             if algo not in ALGOS:
-                raise ValueError(f"MPIRT_ALGO={algo!r} is not an algorithm: set one of {', '.join(ALGOS)}, or unset it")
+                raise ValueError(f"MPIRT_ALGO={algo!r} is not an algorithm: set one of {', '.join(ALGOS)}, or unset it"
+                                 f"{_backend_hint(algo)}")
         elif algo not in ALGOS:
-            raise ValueError(f"algo {algo!r}: use one of {', '.join(ALGOS)}")
+            raise ValueError(f"algo {algo!r}: use one of {', '.join(ALGOS)}{_backend_hint(algo)}")
         if bucket_mb is None:
             bucket_mb = default_bucket_mb(any(p.is_cuda for p in model.parameters()), compression)
         if not bucket_mb > 0 or not first_bucket_mb > 0:
@@ -710,19 +718,23 @@ class DataParallel:
 
     def close(self) -> None:
         """Remove the hooks, stop the threads and write the timeline (also run at interpreter
-        exit). While an exception propagates, the other ranks are not here to gather with:
-        each rank then writes its own part of the timeline (PATH.rank-R)."""
+        exit). While an exception propagates (a ``finally`` on a failing rank), the other
+        ranks are not here for a collective: each rank then writes its own part of the
+        timeline (PATH.rank-R), and the communicator and the node's shared buckets (whose
+        release is collective) are left for the job's abort to reclaim, so that the rank
+        reaches ``python -m mpirt``'s abort instead of waiting for ranks still training."""
         if self._worker is None:
             return
+        failing = sys.exc_info()[1] is not None
         for h in self._hooks:
             h.remove()
-        self._worker.close()
+        self._worker.close(timeout=5.0 if failing else None)
         self._worker = None
         if self._casts is not None:
-            self._casts.shutdown()
+            self._casts.shutdown(wait=not failing)
         self.inspector.close()
         if self._timeline and not MPI.Is_finalized():
-            if sys.exc_info()[1] is None:
+            if not failing:
                 path = self._timeline.write()
                 if path:
                     say(f"mpirt: timeline of {self.size} rank{'s' if self.size > 1 else ''} in {path} "
@@ -733,7 +745,8 @@ class DataParallel:
             torchdist.leave_default_group()
         if not MPI.Is_finalized():
             self._unshare()
-            self._comm.Free()  # and with it the shared buffers
+            if not failing:
+                self._comm.Free()  # and with it the shared buffers
         atexit.unregister(self.close)
 
 

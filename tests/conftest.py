@@ -15,6 +15,12 @@ from launcher.mpi import detect, find_mpirun, local_argv_here
 
 RANKS = Path(__file__).parent / "mpi" / "ranks"
 
+# Every Python the tests start (ranks, `python -m mpirt`, the CLI) imports the installed mpirt,
+# with its compiled core, not the source tree that `python -m pytest` run from the checkout
+# would put first on its path: that one has no core, and its ranks would quietly fall back to
+# mpi4py.
+os.environ["PYTHONSAFEPATH"] = "1"
+
 
 class MpiRun:
     def __init__(self):
