@@ -5,13 +5,17 @@ Inputs are random normal floats, so the order of additions shows in the last bit
 prints one JSON line: the number of cases and every failure.
 """
 
+import os
+import sys
+
 import numpy as np
 import torch
 
 from mpirt.comm import MPI
 from mpirt.core import allreduce
 
-from failures import report  # beside this script
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tests start Python with PYTHONSAFEPATH
+from failures import report  # noqa: E402  (beside this script)
 
 comm = MPI.COMM_WORLD
 rank, size = comm.Get_rank(), comm.Get_size()

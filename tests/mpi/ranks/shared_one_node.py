@@ -2,12 +2,16 @@
 private ones: the first node reduces without staging, the rest stage, and the calls between
 nodes must still pair up. Rank 0 prints one JSON line: the number of cases and every failure."""
 
+import os
+import sys
+
 import numpy as np
 
 from mpirt.comm import MPI
 from mpirt.core import allreduce, shared_zeros
 
-from failures import report  # beside this script
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # tests start Python with PYTHONSAFEPATH
+from failures import report  # noqa: E402  (beside this script)
 
 comm = MPI.COMM_WORLD
 rank, size = comm.Get_rank(), comm.Get_size()
