@@ -441,8 +441,8 @@ def worker(port: int, ssh_dir: str, state_dir: str, listen: str, sshd: str, chec
 
 
 @main.command()
-@click.option("--model", type=click.Choice(["mlp", "transformer"]), default="mlp", show_default=True,
-              envvar="MPIRT_TRAIN_MODEL")
+@click.option("--model", type=click.Choice(["mlp", "transformer", "cnn"]), default="mlp", show_default=True,
+              envvar="MPIRT_TRAIN_MODEL", help="cnn: a small ResNet with BatchNorm on 16 x 16 images.")
 @click.option("--steps", type=int, default=200, show_default=True, envvar="MPIRT_TRAIN_STEPS")
 @click.option("--batch-size", type=int, default=64, show_default=True, envvar="MPIRT_TRAIN_BATCH_SIZE",
               help="Global batch, split across ranks.")
@@ -452,8 +452,10 @@ def worker(port: int, ssh_dir: str, state_dir: str, listen: str, sshd: str, chec
 @click.option("--seed", type=int, default=0, show_default=True, envvar="MPIRT_TRAIN_SEED")
 @click.option("--samples", type=int, default=8192, show_default=True, envvar="MPIRT_TRAIN_SAMPLES",
               help="Size of the synthetic dataset.")
-@click.option("--hidden", type=click.IntRange(min=1), envvar="MPIRT_TRAIN_HIDDEN", help="Model width.")
-@click.option("--layers", type=click.IntRange(min=1), envvar="MPIRT_TRAIN_LAYERS", help="Model depth.")
+@click.option("--hidden", type=click.IntRange(min=1), envvar="MPIRT_TRAIN_HIDDEN",
+              help="Model width (the cnn's channels).")
+@click.option("--layers", type=click.IntRange(min=1), envvar="MPIRT_TRAIN_LAYERS",
+              help="Model depth (the cnn's residual blocks).")
 @click.option("--out", default="mpirt-train", show_default=True, envvar="MPIRT_TRAIN_OUT",
               help="Directory for metrics.jsonl, summary.json and checkpoints/.")
 @click.option("--checkpoint-every", type=int, default=50, show_default=True, envvar="MPIRT_TRAIN_CHECKPOINT_EVERY",

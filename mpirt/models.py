@@ -3,7 +3,8 @@
 Data is a function of (seed, sample index) only, generated once up front, so any rank can
 build any batch and a resumed run sees exactly the samples it would have seen. Labels come
 from a fixed random teacher (MLP) or a fixed sparse Markov chain (transformer), so the loss
-has something to learn and visibly falls.
+has something to learn and visibly falls; the CNN's images are its class's pattern at a random
+shift under noise.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-MODELS = ("mlp", "transformer")
+MODELS = ("mlp", "transformer", "cnn")
 
 
 class MLP(nn.Module):
@@ -118,4 +119,18 @@ def build(name: str, samples: int, seed: int, hidden: int | None = None, layers:
             pick = torch.randint(0, 2, (samples,), generator=g)
             tokens[:, t + 1] = succ[tokens[:, t], pick]
         return Task(model, tokens, None)
+    if name == "cnn":
+        side, classes = 16, 10
+        torch.manual_seed(seed)
+        model = ConvNet(side, hidden or 32, layers or 2, classes)
+        # Each image is its class's pattern, rolled by a random shift, under noise: a task that
+        # convolutions with global pooling (blind to position) learn within 100 steps.
+        y = torch.randint(0, classes, (samples,), generator=g)
+        patterns = torch.randn(classes, side, side, generator=g)
+        shift = torch.randint(0, side, (samples, 2), generator=g)
+        rows = (torch.arange(side) - shift[:, :1]) % side
+        cols = (torch.arange(side) - shift[:, 1:]) % side
+        images = patterns[y[:, None, None], rows[:, :, None], cols[:, None, :]]
+        x = images + torch.randn(samples, side, side, generator=g)
+        return Task(model, x.reshape(samples, side * side), y)
     raise ValueError(f"unknown model {name!r}; built-in models: {', '.join(MODELS)}")

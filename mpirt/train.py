@@ -100,11 +100,10 @@ def _set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
 
 
-def _digest(model: torch.nn.Module) -> str:
-    h = hashlib.sha256()
-    for t in model.state_dict().values():
-        h.update(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
+def _digests(model: torch.nn.Module) -> list[tuple[str, str]]:
+    """(name, SHA-256 of its bytes) per entry of the state dict: weights and buffers."""
+    return [(name, hashlib.sha256(t.detach().contiguous().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+             .hexdigest()) for name, t in model.state_dict().items()]
 
 
 def run(cfg: TrainConfig) -> int:
@@ -185,10 +184,16 @@ def run(cfg: TrainConfig) -> int:
 
 
 def _verify_replicas(comm, model, step: int) -> None:
-    digests = comm.allgather(_digest(model))
-    bad = [r for r, d in enumerate(digests) if d != digests[0]]
-    if bad:
-        raise RuntimeError(f"replicas diverged at step {step}: weights on rank(s) {bad} differ from rank 0")
+    mine = _digests(model)
+    everyone = comm.allgather(hashlib.sha256(repr(mine).encode()).hexdigest())
+    if len(set(everyone)) == 1:
+        return
+    tables = comm.allgather(mine)
+    bad = [r for r, t in enumerate(tables) if t != tables[0]]
+    first = next((name for (name, d0), (_, d) in zip(tables[0], tables[bad[0]]) if d != d0), "?")
+    kind = "buffer" if first in dict(model.named_buffers()) else "weight"
+    raise RuntimeError(f"replicas diverged at step {step}: {kind} {first!r} (the first that differs) on rank(s) "
+                       f"{bad} differs from rank 0's")
 
 
 def _save(cfg, comm, w, model, opt, sampler, step: int, ckpt_dir: Path) -> None:

@@ -98,3 +98,17 @@ def test_torchrun_code_gets_its_process_group_from_mpi(mpiexec, np_):
     proc = mpiexec.python(np_, "ddp_rendezvous.py", timeout=120)
     report = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
     assert report == {"ranks": np_, "backend": "gloo"}
+
+
+@pytest.mark.parametrize("np_", [1, 2, 4])
+def test_replica_check_names_what_differs_and_where(mpiexec, np_):
+    proc = mpiexec.python(np_, "verify_replicas.py", timeout=120)
+    report = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
+    if np_ == 1:
+        assert report["messages"] == [None, None]
+        return
+    assert report["messages"] == [
+        f"replicas diverged at step 2: buffer 'blocks.0.1.running_mean' (the first that differs) on rank(s) "
+        f"[{np_ - 1}] differs from rank 0's",
+        f"replicas diverged at step 2: weight 'head.bias' (the first that differs) on rank(s) [{np_ - 1}] differs "
+        "from rank 0's"]
