@@ -141,7 +141,8 @@ def _pack(tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[list[to
     for t in tensors:
         groups.setdefault(t.device, []).append(t)
     with torch.no_grad():
-        packed = [torch.cat([t.detach().reshape(-1).view(torch.uint8) for t in ts]) for ts in groups.values()]
+        packed = [torch.cat([t.detach().contiguous().reshape(-1).view(torch.uint8) for t in ts])
+                  for ts in groups.values()]
     return packed, list(groups.values())
 
 

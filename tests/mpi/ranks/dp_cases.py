@@ -465,6 +465,43 @@ for broadcast in (True, False):
     dp.close()
     checked.append(f"buffers broadcast_buffers={broadcast}")
 
+# Buffers and parameters of every layout: empty, bool, an int64 after an odd number of float32s,
+# 0-dim, complex, and non-contiguous (a strided view, whose flat form is not a plain view).
+class Odd(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(4, 6, generator=torch.Generator().manual_seed(rank))[:, ::2])
+        for name, t in (("empty", torch.zeros(0)), ("flag", torch.tensor([True, False])), ("odd", torch.zeros(3)),
+                        ("count", torch.zeros((), dtype=torch.int64)), ("c", torch.zeros(2, dtype=torch.complex64)),
+                        ("strided", torch.zeros(4, 4)[:, ::2])):
+            self.register_buffer(name, t)
+
+    def forward(self, x):
+        with torch.no_grad():  # each rank its own values: rank 0's must win
+            self.flag.fill_(rank % 2 == 1)
+            for b in (self.odd, self.count, self.strided):
+                b.add_(rank + 1)
+            self.c.add_(1j * (rank + 1))
+        return x @ self.weight
+
+
+model = Odd()
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+dp = data_parallel(model, opt)
+same_on_all_ranks([model.weight], "a non-contiguous parameter after the broadcast")
+for _ in range(3):
+    opt.zero_grad()
+    model(torch.ones(2, 4)).sum().backward()
+    opt.step()
+expected = {"flag": [False, False], "odd": [3.0] * 3, "count": 3, "c": [3j, 3j], "strided": [[3.0, 3.0]] * 4,
+            "empty": []}
+got = {name: b.tolist() for name, b in model.named_buffers()}
+if got != expected or model.strided.is_contiguous():
+    raise AssertionError(f"buffers of every layout after 3 steps on rank {rank}: {got}")
+same_on_all_ranks([model.weight], "a non-contiguous parameter after 3 steps")
+dp.close()
+checked.append("buffers of every layout")
+
 if rank == 0:
     print(json.dumps({"ranks": size, "checked": checked}))
 sys.stdout.flush()
