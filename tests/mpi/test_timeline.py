@@ -30,10 +30,16 @@ def test_one_file_with_every_rank_bucket_and_step_in_order(mpiexec, tmp_path, np
             reduced = {e["name"]: e for e in at if e["ph"] == "X" and e["name"].startswith("allreduce")}
             wait = [e for e in at if e["name"] == "wait for gradients"]
             assert sorted(ready) == sorted(f"bucket {k} ready" for k in range(buckets)) and len(wait) == 1
-            if np_ == 1:  # nothing to reduce on one rank
-                assert not reduced
+            bcast = [e for e in at if e["name"] == "broadcast buffers"]
+            if np_ == 1:  # nothing to reduce or broadcast on one rank
+                assert not reduced and not bcast
                 continue
             assert sorted(reduced) == sorted(f"allreduce bucket {k}" for k in range(buckets))
+            # BatchNorm's buffers: a snapshot once bucket 0 is ready, sent ahead of its allreduce
+            assert len(bcast) == 1 and bcast[0]["args"]["root"] == 0
+            first = reduced["allreduce bucket 0"]
+            start, end = bcast[0]["ts"], bcast[0]["ts"] + bcast[0]["dur"]
+            assert ready["bucket 0 ready"]["ts"] <= start <= end <= first["ts"] + 1e-3
             for k in range(buckets):
                 r, a = ready[f"bucket {k} ready"], reduced[f"allreduce bucket {k}"]
                 assert r["ts"] <= a["ts"] and a["dur"] > 0 and a["args"]["bytes"] > 0

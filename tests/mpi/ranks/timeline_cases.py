@@ -14,7 +14,8 @@ path, mode = sys.argv[1], sys.argv[2]
 comm = MPI.COMM_WORLD
 torch.set_num_threads(1)
 torch.manual_seed(0)
-model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 8))
+model = nn.Sequential(nn.Linear(64, 256), nn.BatchNorm1d(256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
+                      nn.Linear(256, 8))  # BatchNorm: buffers broadcast every step
 opt = torch.optim.SGD(model.parameters(), lr=0.01)
 dp = data_parallel(model, opt, bucket_mb=0.01, first_bucket_mb=0.005, timeline=path,
                    compression="fp16" if mode == "fp16" else "none")
