@@ -217,5 +217,6 @@ def test_allreduce_scaling_is_drawn_only_across_world_sizes():
     one_size = [("a", doc([collective(2, "mpi", 4096, [2.0], efficiency=1.0)]))]
     assert _allreduce_scaling(one_size) == ({}, set())
     sweep_ = doc([collective(2, "mpi", 4096, [2.0], efficiency=1.0), collective(4, "mpi", 4096, [1.5], efficiency=0.75),
-                  collective(4, "mpi", 1024, [1.0], efficiency=0.5), collective(2, "ring", 4096, [3.0], efficiency=1.0)])
+                  collective(4, "mpi", 1024, [1.0], efficiency=0.5),
+                  collective(2, "ring", 4096, [3.0], efficiency=1.0)])
     assert _allreduce_scaling([("a", sweep_)]) == ({"mpi": [(2, 1.0), (4, 0.75)], "ring": [(2, 1.0)]}, {4096})

@@ -40,7 +40,8 @@ rows = slice(4 * rank, 4 * rank + 4)
 ((ddp(x[rows]) - y[rows]) ** 2).mean().backward()
 for (n, p), q in zip(model.named_parameters(), reference.parameters()):
     if not torch.allclose(p.grad, q.grad, rtol=1e-12, atol=1e-12):
-        raise AssertionError(f"DDP over init_process_group(): gradient of {n} differs by {(p.grad - q.grad).abs().max()}")
+        raise AssertionError(f"DDP over init_process_group(): gradient of {n} differs by "
+                             f"{(p.grad - q.grad).abs().max()}")
 total = torch.tensor([float(rank)])
 dist.all_reduce(total)
 if total.item() != size * (size - 1) / 2:
