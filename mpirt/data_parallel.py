@@ -392,7 +392,7 @@ class DataParallel:
     def _bcast_buffers(self, packed, events, groups, step: int) -> None:
         """On the communication thread: the snapshot to the host, broadcast in place there."""
         t0 = self._timeline.now() if self._timeline else 0
-        self.inspector.enter(step, "buffer broadcast", 0, 1)
+        self.inspector.enter(step, "buffer broadcast", 0, 0)
         host = []
         for p, event in zip(packed, events):
             with self._comm_stream(p):
@@ -636,7 +636,9 @@ class DataParallel:
         """The lowest rank still in its join() loop, None when none is (the collective that
         opens each step); its buffers are the ones the others take after the step."""
         flag = torch.tensor([self.size - self.rank if mine else 0], dtype=torch.int32)
+        self.inspector.enter(self.step, "join()'s count of the ranks still training", 0, 0)
         self._allreduce(flag, "max")
+        self.inspector.leave(self.step)
         first = int(flag.item())
         self._buffer_root = self.size - first if first else 0
         return self.size - first if first else None
@@ -682,7 +684,7 @@ class DataParallel:
         self._broadcast_state(root=max(range(self.size), key=lambda r: (steps[r], -r)))
 
     def _allreduce_mask(self, mask: torch.Tensor) -> None:
-        self.inspector.enter(self.step, "unused-parameter mask allreduce", 0, 1)
+        self.inspector.enter(self.step, "unused-parameter mask allreduce", 0, 0)
         self._allreduce(mask, "max")
         self.inspector.leave(self.step)
 

@@ -44,12 +44,16 @@ class Position:
     def key(self) -> tuple:
         return (self.step, self.what, self.bucket)
 
+    @property
+    def place(self) -> str:
+        """Where in the step: the bucket for a gradient allreduce (``nbuckets`` 0: none)."""
+        return f"of step {self.step}" + (f", bucket {self.bucket + 1}/{self.nbuckets}" if self.nbuckets else "")
+
     def describe(self) -> str:
         if not self.what:
             text = f"rank {self.rank} ({self.host}): at step {self.step}, outside any collective for {self.age:.0f} s"
         else:
-            text = (f"rank {self.rank} ({self.host}): waiting in {self.what} of step {self.step}, "
-                    f"bucket {self.bucket + 1}/{self.nbuckets} for {self.age:.0f} s")
+            text = f"rank {self.rank} ({self.host}): waiting in {self.what} {self.place} for {self.age:.0f} s"
         return text + (f"\n    its main thread is at {self.where}" if self.where else "") + (
             f"\n    inside {self.inside}" if self.inside else "")
 
@@ -130,8 +134,7 @@ class StallInspector:
             return None  # a lower waiting rank reports
         missing = [r for r in range(self.size) if r not in waiting]
         lines = [f"mpirt: stall: {len(waiting)} of {self.size} ranks have waited {mine.age:.0f} s in {mine.what} "
-                 f"of step {mine.step}, bucket {mine.bucket + 1}/{mine.nbuckets}; missing ranks: "
-                 + ", ".join(map(str, missing))]
+                 f"{mine.place}; missing ranks: " + ", ".join(map(str, missing))]
         for r in missing:
             lines.append("  " + (answers[r].describe() if r in answers else
                                  f"rank {r}: no answer (hung holding the interpreter, or dead)"))
@@ -159,7 +162,7 @@ class StallInspector:
                     self.reports.append(text)
                     say(text, err=True)
             if self.abort_s and mine.age >= self.abort_s:
-                msg = (f"stalled {mine.age:.0f} s in {mine.what} of step {mine.step}, bucket {mine.bucket + 1}; "
+                msg = (f"stalled {mine.age:.0f} s in {mine.what} {mine.place}; "
                        f"aborting (MPIRT_STALL_ABORT_S={self.abort_s:g})")
                 say(f"mpirt: rank {self.rank}: {msg}", err=True)
                 errors.write(errors.record("stall", "Stall", msg, "\n".join(self.reports), rank=self.rank))

@@ -68,6 +68,13 @@ def test_stalled_rank_is_reported_by_rank_and_step(np_):
             "model(torch.randn(8, 4)).pow(2).mean().backward()\n") in proc.stderr
 
 
+def test_a_stall_in_the_buffer_broadcast_is_named_without_a_bucket():
+    proc = launch(2, "stall-buffers", "4", env={"MPIRT_STALL_WARN_S": "1"})
+    assert proc.returncode == 0, proc.stderr
+    assert " in buffer broadcast of step 3; missing ranks: 0\n" in proc.stderr
+    assert "rank 0 (" in proc.stderr and "at step 3, outside any collective" in proc.stderr
+
+
 def test_stall_past_the_abort_threshold_ends_the_job(tmp_path):
     started = time.time()
     proc = launch(2, "stall", "120", env={"MPIRT_STALL_WARN_S": "1", "MPIRT_STALL_ABORT_S": "3",
