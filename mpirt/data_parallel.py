@@ -640,8 +640,9 @@ class DataParallel:
         self._allreduce(flag, "max")
         self.inspector.leave(self.step)
         first = int(flag.item())
-        self._buffer_root = self.size - first if first else 0
-        return self.size - first if first else None
+        lowest = self.size - first if first else None
+        self._buffer_root = 0 if lowest is None else lowest
+        return lowest
 
     @contextlib.contextmanager
     def join(self):
