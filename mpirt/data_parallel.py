@@ -724,9 +724,10 @@ class DataParallel:
         """Remove the hooks, stop the threads and write the timeline (also run at interpreter
         exit). While an exception propagates (a ``finally`` on a failing rank), the other
         ranks are not here for a collective: each rank then writes its own part of the
-        timeline (PATH.rank-R), and the communicator and the node's shared buckets (whose
-        release is collective) are left for the job's abort to reclaim, so that the rank
-        reaches ``python -m mpirt``'s abort instead of waiting for ranks still training."""
+        timeline (PATH.rank-R), and the communicator, the node's shared buckets (whose
+        release is collective) and torch.distributed's group are left for the job's abort
+        to reclaim, so that the rank reaches ``python -m mpirt``'s abort instead of waiting
+        for ranks still training."""
         if self._worker is None:
             return
         failing = sys.exc_info()[1] is not None
@@ -745,7 +746,7 @@ class DataParallel:
                         "(chrome://tracing or ui.perfetto.dev)", err=True)
             else:
                 self._timeline.write_own()
-        if self._own_group:
+        if self._own_group and not failing:  # NCCL's teardown waits for work the others will never match
             torchdist.leave_default_group()
         if not MPI.Is_finalized():
             self._unshare()
