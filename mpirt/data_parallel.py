@@ -382,11 +382,10 @@ class DataParallel:
         if not (self.broadcast_buffers and buffers):
             return
         packed, groups = _pack(buffers)
-        events = []
-        for p in packed:
-            events.append(torch.cuda.Event() if p.is_cuda else None)
-            if p.is_cuda:
-                events[-1].record(torch.cuda.current_stream(p.device))
+        events = [torch.cuda.Event() if p.is_cuda else None for p in packed]
+        for p, event in zip(packed, events):
+            if event is not None:
+                event.record(torch.cuda.current_stream(p.device))
         self._worker.submit(lambda s=self.step: self._bcast_buffers(packed, events, groups, s))
 
     def _bcast_buffers(self, packed, events, groups, step: int) -> None:
