@@ -555,13 +555,17 @@ class DataParallel:
             view.copy_(g)
         p.grad = view
 
+    def _queue_end(self) -> None:
+        if not self._queued:
+            self._queued = True
+            torch.autograd.Variable._execution_engine.queue_callback(self._end_of_backward)
+
     def _on_grad(self, p: torch.Tensor) -> None:
         if not self._sync:
             return
         if not self._queued:  # the first gradient of this backward
-            self._queued = True
             self._done = False  # a backward after averaged gradients (a second loss, a skipped step) adds to them
-            torch.autograd.Variable._execution_engine.queue_callback(self._end_of_backward)
+            self._queue_end()
         b_idx, i = self._slot[id(p)]
         b = self._buckets[b_idx]
         self._absorb(b, i)
@@ -571,10 +575,26 @@ class DataParallel:
             self._mark_ready(b)
 
     def _end_of_backward(self) -> None:
+        """Queued on the backward that produced the step's first gradient. That may be a
+        backward run by a node of another (reentrant activation checkpointing recomputes the
+        checkpointed part and runs its backward inside the user's): it ends before the other
+        gradients exist, so the callback moves to the end of the enclosing backward, from a
+        hook run there when that node is done; averaged here, the step would be averaged and
+        counted twice."""
         self._queued = False
+        outer = torch._C._current_autograd_node()  # the node this backward runs in; None at the top
+        if outer is not None:
+            self._queued = True  # no second callback meanwhile: gradients arriving there find this one
+            outer.register_hook(self._requeue)
+            return
         if not self._done:
             self._finish_step()
             self._done = True
+
+    def _requeue(self, *_grads) -> None:
+        """Post-hook of the node a nested backward ran in: on the enclosing backward."""
+        self._queued = False
+        self._queue_end()
 
     def _before_step(self, *_args) -> None:
         if self._done:  # averaged when backward ended; this step uses them

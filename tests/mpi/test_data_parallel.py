@@ -101,6 +101,14 @@ def test_uneven_inputs_under_join_end_together_with_the_same_weights(mpiexec, np
 
 
 @pytest.mark.parametrize("np_", [1, 2, 4])
+def test_checkpointed_penalised_and_compiled_models_average_each_step_once(mpiexec, np_):
+    proc = mpiexec(np_, [sys.executable, "-m", "mpirt", str(RANKS / "dp_graphs.py")], timeout=180)
+    report = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
+    assert report == {"ranks": np_, "checked": ["reentrant", "nested", "nonreentrant",
+                                                     "penalty", "compiled", "compiled-first"]}
+
+
+@pytest.mark.parametrize("np_", [1, 2, 4])
 def test_torchrun_code_gets_its_process_group_from_mpi(mpiexec, np_):
     proc = mpiexec.python(np_, "ddp_rendezvous.py", timeout=120)
     report = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
