@@ -101,11 +101,11 @@ def test_uneven_inputs_under_join_end_together_with_the_same_weights(mpiexec, np
 
 
 @pytest.mark.parametrize("np_", [1, 2, 4])
-def test_checkpointed_penalised_and_compiled_models_average_each_step_once(mpiexec, np_):
+def test_checkpointed_compiled_and_gan_training_average_each_backward_once(mpiexec, np_):
     proc = mpiexec(np_, [sys.executable, "-m", "mpirt", str(RANKS / "dp_graphs.py")], timeout=180)
     report = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
     assert report == {"ranks": np_, "checked": ["reentrant", "nested", "nonreentrant",
-                                                     "penalty", "compiled", "compiled-first"]}
+                                                     "penalty", "reused", "compiled", "compiled-first", "gan"]}
 
 
 @pytest.mark.parametrize("np_", [1, 2, 4])

@@ -2,8 +2,10 @@
 "nonreentrant": the head, where backward starts, and a body layer are recomputed, by the
 reentrant variant in backward passes nested in the user's; "nested": a reentrant checkpoint
 inside another), a gradient penalty ("penalty": torch.autograd.grad of the outputs, then
-backward through it) and torch.compile with fullgraph=True ("compiled": the model compiled
-after data_parallel wrapped it; "compiled-first": before). Each trains 3 steps against a
+backward through it), a layer used twice in one forward ("reused"), torch.compile with
+fullgraph=True ("compiled": the model compiled after data_parallel wrapped it;
+"compiled-first": before), and a GAN ("gan": two models, each data-parallel, two backward
+passes a step, the generator's through the discriminator). Each trains 3 steps against a
 one-process run of the same model on the global batch; every step must be averaged once
 (``dp.step`` counts them) and end with the same weights. Prints one JSON line on rank 0 with
 the variants checked."""
@@ -42,6 +44,8 @@ class Net(nn.Module):
         elif self.variant == "nested":
             out = checkpoint(lambda t: self.head(checkpoint(self.middle, t, use_reentrant=True)), h,
                              use_reentrant=True)
+        elif self.variant == "reused":
+            out = self.head(self.middle(self.middle(h)))
         else:
             out = self.head(self.middle(h))
         return {"out": out, "features": h}  # a dict, as Hugging Face models return
@@ -62,6 +66,17 @@ def batch(step):
     g = torch.Generator().manual_seed(step)
     return torch.randn(BATCH, 5, generator=g, dtype=torch.float64), torch.randn(BATCH, 3, generator=g,
                                                                                  dtype=torch.float64)
+
+
+def same_weights(variant, step, models, references):
+    for model, reference in zip(models, references):
+        for (name, a), b in zip(model.named_parameters(), reference.parameters()):
+            if not torch.allclose(a, b, rtol=1e-10, atol=1e-12):
+                raise AssertionError(f"{variant}, step {step}: {name} differs from one-process training by "
+                                     f"{(a - b).abs().max().item():g}")
+        flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).numpy().tobytes()
+        if len(set(comm.allgather(flat))) != 1:
+            raise AssertionError(f"{variant}, step {step}: ranks hold different weights")
 
 
 def train(variant):
@@ -89,18 +104,53 @@ def train(variant):
         single_opt.zero_grad()
         loss_fn(variant, single, x, y).backward()
         single_opt.step()
-        for (name, a), b in zip(model.named_parameters(), single.parameters()):
-            if not torch.allclose(a, b, rtol=1e-10, atol=1e-12):
-                raise AssertionError(f"{variant}, step {step}: {name} differs from one-process training by "
-                                     f"{(a - b).abs().max().item():g}")
-        flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).numpy().tobytes()
-        if len(set(comm.allgather(flat))) != 1:
-            raise AssertionError(f"{variant}, step {step}: ranks hold different weights")
+        same_weights(variant, step, [model], [single])
     dp.close()
 
 
-variants = sys.argv[1:] or ["reentrant", "nested", "nonreentrant", "penalty", "compiled", "compiled-first"]
+def gan_step(g, d, g_opt, d_opt, z, real):
+    """The discriminator on real and (detached) generated samples, then the generator through
+    the discriminator, whose gradients that backward also produces (and averages again)."""
+    bce = nn.functional.binary_cross_entropy_with_logits
+    ones, zeros = torch.ones(len(z), 1, dtype=z.dtype), torch.zeros(len(z), 1, dtype=z.dtype)
+    d_opt.zero_grad()
+    fake = g(z)
+    (bce(d(real), ones) + bce(d(fake.detach()), zeros)).backward()
+    d_opt.step()
+    g_opt.zero_grad()
+    bce(d(fake), ones).backward()
+    g_opt.step()
+
+
+def train_gan():
+    torch.manual_seed(3)
+    g = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 6)).double()
+    d = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 1)).double()
+    g1, d1 = copy.deepcopy(g), copy.deepcopy(d)
+    g_opt, d_opt, g1_opt, d1_opt = (torch.optim.Adam(m.parameters(), 1e-2) for m in (g, d, g1, d1))
+    g_dp, d_dp = data_parallel(g, g_opt), data_parallel(d, d_opt)
+    per = BATCH // size
+    for step in range(STEPS):
+        gen = torch.Generator().manual_seed(step)
+        z = torch.randn(BATCH, 4, generator=gen, dtype=torch.float64)
+        real = torch.randn(BATCH, 6, generator=gen, dtype=torch.float64)
+        mine = slice(rank * per, (rank + 1) * per)
+        gan_step(g, d, g_opt, d_opt, z[mine], real[mine])
+        gan_step(g1, d1, g1_opt, d1_opt, z, real)
+        if (g_dp.step, d_dp.step) != (step + 1, 2 * step + 2):
+            raise AssertionError(f"gan: after {step + 1} steps the generator counts {g_dp.step} averaged, the "
+                                 f"discriminator {d_dp.step} (two backward passes a step reach it)")
+        same_weights("gan", step, [g, d], [g1, d1])
+    g_dp.close()
+    d_dp.close()
+
+
+variants = sys.argv[1:] or ["reentrant", "nested", "nonreentrant", "penalty", "reused", "compiled",
+                            "compiled-first", "gan"]
 for variant in variants:
-    train(variant)
+    if variant == "gan":
+        train_gan()
+    else:
+        train(variant)
 if rank == 0:
     print(json.dumps({"ranks": size, "checked": variants}), flush=True)
