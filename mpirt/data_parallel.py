@@ -123,6 +123,14 @@ class _Bucket:
         self.event = None
 
 
+def _owner(p: torch.Tensor) -> DataParallel | None:
+    """The open DataParallel whose gradient hook ``p`` has (close() removes it)."""
+    for hook in (getattr(p, "_post_accumulate_grad_hooks", None) or {}).values():
+        if isinstance(getattr(hook, "__self__", None), DataParallel):
+            return hook.__self__
+    return None
+
+
 def _on_cpu(obj):
     """``obj`` (a state dict: dicts, lists, tuples, tensors) with every tensor on the CPU."""
     if isinstance(obj, torch.Tensor):
@@ -205,6 +213,13 @@ class DataParallel:
                                  f"{_backend_hint(algo)}")
         elif algo not in ALGOS:
             raise ValueError(f"algo {algo!r}: use one of {', '.join(ALGOS)}{_backend_hint(algo)}")
+        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+        self._frozen = [(n, p) for n, p in model.named_parameters() if not p.requires_grad]  # not in any bucket
+        taken = next((n for n, p in named if _owner(p) is not None), None)
+        if taken is not None:
+            raise RuntimeError(f"parameter {taken!r} is already data-parallel under a data_parallel() not yet closed: "
+                               "use that one, or call its close() before wrapping again (two would each average "
+                               "every gradient)")
         if bucket_mb is None:
             bucket_mb = default_bucket_mb(any(p.is_cuda for p in model.parameters()), compression)
         if not bucket_mb > 0 or not first_bucket_mb > 0:
@@ -231,7 +246,6 @@ class DataParallel:
         self._queued = False  # the end-of-backward callback is queued
         self._core = self._load_core()
         self._streams: dict[torch.device, torch.cuda.Stream] = {}
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self._check_same_model(named, {"bucket_mb": bucket_mb, "first_bucket_mb": first_bucket_mb,
                                        "compression": compression, "algo": self.algo,
                                        "find_unused_parameters": find_unused_parameters,
@@ -547,7 +561,9 @@ class DataParallel:
         p, view = b.params[i], b.views[i]
         g = p.grad
         if g is None:
-            view.zero_()
+            view.zero_()  # its share of the average
+            if not p.requires_grad:  # frozen since: as in one process, the optimizer must skip it
+                return
         elif g.is_sparse:
             raise RuntimeError(f"parameter {b.names[i]!r} has a sparse gradient, which mpirt does not reduce; "
                                "use a dense embedding (sparse=False)")
@@ -630,6 +646,11 @@ class DataParallel:
                 self._worker.submit(lambda: self._allreduce_mask(mask))
         self._worker.drain()
         self._take_buffers()
+        thawed = next((n for n, p in self._frozen if p.requires_grad and p.grad is not None), None)
+        if thawed is not None:
+            raise RuntimeError(f"parameter {thawed!r} did not require grad when data_parallel() was built, so its "
+                               "gradient is not averaged and the ranks' weights would drift apart: after changing "
+                               "which parameters train, call close() and data_parallel() again")
         exposed = time.perf_counter() - t0
         if self._timeline:
             end = self._timeline.now()

@@ -30,7 +30,8 @@ def test_gradients_match_references(mpiexec, np_):
                  "powersgd r=1 start=0", "powersgd r=2 start=2", "complex parameters algo=auto",
                  "complex parameters algo=torch", "shared buckets none", "shared buckets fp16",
                  "shared buckets: /dev/shm full on one rank", "shared buckets only where shm reads them",
-                 "buffers broadcast_buffers=True", "buffers broadcast_buffers=False", "buffers of every layout"):
+                 "buffers broadcast_buffers=True", "buffers broadcast_buffers=False", "buffers of every layout",
+                 "frozen and thawed parameters"):
         assert case in report["checked"]
 
 

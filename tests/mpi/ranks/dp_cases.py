@@ -352,7 +352,66 @@ except ValueError as e:
             "algo='torch' reduces through it" not in str(e):
         raise
 del os.environ["MPIRT_ALGO"]
+# A model wrapped twice (a new data_parallel each epoch, the last one never closed): refused
+# before any collective, since both would average every gradient; after close(), allowed.
+model = make_model()
+dp = data_parallel(model, None)
+try:
+    data_parallel(model, None)
+    raise AssertionError("a model already data-parallel was wrapped again")
+except RuntimeError as e:
+    if not str(e).startswith("parameter '0.weight' is already data-parallel under a data_parallel() not yet closed: "
+                             "use that one, or call its close()"):
+        raise
+dp.close()
+data_parallel(model, None).close()
 checked.append("misuse errors")
+
+# 7b. Freezing and unfreezing: a parameter frozen after wrapping keeps grad None, so AdamW's
+#     weight decay leaves it alone as in one process (it still contributes zeros to its
+#     bucket); one frozen when wrapped and thawed later is refused by name, since nothing
+#     averages it, and training goes on after close() and a new data_parallel.
+model = make_model()
+opt = torch.optim.AdamW(model.parameters(), lr=0.01, weight_decay=0.5)
+dp = data_parallel(model, opt, bucket_mb=0.002)
+single = copy.deepcopy(model)  # rank 0's weights, as broadcast
+single_opt = torch.optim.AdamW(single.parameters(), lr=0.01, weight_decay=0.5)
+for m in (model, single):
+    m[0].weight.requires_grad_(False)
+for step in range(2):
+    x, y = data(8, seed=40 + step)
+    opt.zero_grad()
+    local_step(model, x, y, split(8), 8)
+    opt.step()
+    single_opt.zero_grad()
+    loss_fn(single, x, y).backward()
+    single_opt.step()
+    if model[0].weight.grad is not None:
+        raise AssertionError("a parameter frozen after wrapping was given a gradient")
+    for (n, a), b in zip(model.named_parameters(), single.parameters()):
+        if not torch.allclose(a, b, rtol=1e-10, atol=1e-12):
+            raise AssertionError(f"frozen after wrapping, step {step}: {n} differs from one-process training")
+dp.close()
+model[0].weight.requires_grad_(True)
+model[2].weight.requires_grad_(False)
+dp = data_parallel(model, opt, bucket_mb=0.002)
+model[2].weight.requires_grad_(True)
+opt.zero_grad()
+try:
+    local_step(model, *data(8, seed=42), split(8), 8)
+    raise AssertionError("a parameter thawed after wrapping trained without averaging")
+except RuntimeError as e:
+    if not str(e).startswith("parameter '2.weight' did not require grad when data_parallel() was built, so its "
+                             "gradient is not averaged"):
+        raise
+dp.close()
+dp = data_parallel(model, opt, bucket_mb=0.002)
+opt.zero_grad()
+local_step(model, *data(8, seed=42), split(8), 8)
+opt.step()
+same_on_all_ranks(list(model.parameters()), "thawed, then wrapped again")
+dp.close()
+checked.append("frozen and thawed parameters")
 
 # 8. AMP's recipe as PyTorch documents it, no synchronize(): GradScaler.unscale_ and gradient
 #    clipping right after backward see averaged gradients; an inf on one rank only makes every
