@@ -21,20 +21,13 @@ Writes results/buckets-<placement>.{json,md}.
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 from pathlib import Path
 
+import trainjobs
+from trainjobs import HERE, launch_here, launcher_note, measure, namespace_hosts
+
 ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT.parent / "tests" / "cluster"))
-
-from netns import namespaces_usable, rate_limited  # noqa: E402  (the tests' namespace cluster)
-
-from launcher.mpi import detect, find_mpirun  # noqa: E402
-from mpirt.bench import environment, schema  # noqa: E402
-from mpirt.bench.scaling import json_in  # noqa: E402
-from mpirt.bench.schema import stat  # noqa: E402
-
 MODELS = {"comm": 32, "compute": 256, "deep": 64}  # model -> per-rank batch (the first two as in scaling.py)
 WATCHED = ("MPIRT_AUTO_RING_MIN_BYTES", "MPIRT_RING_SEGMENT_BYTES", "MPIRT_RING_WAIT_US", "OMPI_MCA_btl",
            "OMPI_MCA_pml")
@@ -44,14 +37,6 @@ def rank_argv(model: str, args) -> list[str]:
     return [sys.executable, "-P", "-m", "mpirt.bench.train", "--json", "-", "--model", model, "--scaling", "weak",
             "--batch", str(MODELS[model]), "--steps", str(args.steps), "--warmup", "2", "--repeats",
             str(args.repeats), "--bucket-mb", args.sizes, "--device", "cpu"]
-
-
-def rows_of(doc: dict, model: str) -> list[dict]:
-    return [{"kind": "train", "key": {"np": doc["ranks"], "scaling": "weak", "system": r["system"], "model": model,
-                                      "device": "cpu"},
-             "metrics": {"samples_per_s": stat([r["global_batch"] / t for t in r["step_s"]]),
-                         "step_s": stat(r["step_s"])},
-             **({"info": {"buckets": r["buckets"]}} if "buckets" in r else {})} for r in doc["results"]]
 
 
 def derive(rows: list[dict]) -> None:
@@ -84,59 +69,27 @@ def markdown(doc: dict, title: str) -> str:
                              f"{r['metrics']['samples_per_s']['median']:.0f} | "
                              f"{r['derived']['vs_ddp']:.2f} | {r['derived']['vs_best']:.2f} |")
         lines.append(f"| {model} | DDP (25 MiB) | | {ddp:.0f} | 1.00 | |")
-    mine = {k: v["value"] for k, v in env["network"]["env"].items() if k in WATCHED}
-    if mine:
-        lines += ["", "Set by the launcher on every rank, among others: " +
-                  ", ".join(f"`{k}={v}`" for k, v in sorted(mine.items()))]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + launcher_note(env, WATCHED)) + "\n"
 
 
 def write(placement: str, title: str, rows: list[dict], view: dict, hosts: dict, added: dict, args) -> None:
     derive(rows)
-    env = environment.collect(impl=detect(find_mpirun()), hosts=hosts, launcher_added=added, rank_view=view,
-                              argv=["python", "benchmarks/buckets.py", *sys.argv[1:]])
     config = {"placement": placement, "sizes_mb": [float(x) for x in args.sizes.split(",")], "first_bucket_mb": 1.0,
               "repeats": args.repeats, "steps": args.steps, "batch": MODELS, "rate": args.rate}
-    doc = schema.document("buckets", env, config, rows)
-    schema.write(doc, args.out / f"buckets-{placement}.json")
-    (args.out / f"buckets-{placement}.md").write_text(markdown(doc, title))
-    print(markdown(doc, title), flush=True)
-
-
-def measure(launch, where: str, args) -> tuple[list[dict], dict]:
-    """Every model's rows, each from one job that ``launch(argv)`` runs; and rank 0's view."""
-    rows, view = [], {}
-    for model in MODELS:
-        proc = launch(rank_argv(model, args))
-        if proc.returncode != 0:
-            sys.exit(f"the {model} job {where} failed:\n{proc.stderr[-3000:]}")
-        doc = json_in(proc.stdout, lambda d: "results" in d and "rank_view" in d)
-        rows += rows_of(doc, model)
-        view = doc["rank_view"]
-    return rows, view
+    trainjobs.write("buckets", placement, title, rows, view, hosts, added, config, args.out, markdown)
 
 
 def here(args) -> None:
-    rows, view = measure(lambda argv: subprocess.run(["mpirt", "launch", "-np", "2", "--no-tag-output", "--", *argv],
-                                                     capture_output=True, text=True, timeout=3600),
-                         "on this machine", args)
-    write("here", "2 ranks on this machine", rows, view,
-          {"count": 1, "slots": 2, "names": ["localhost"], "oversubscribed": False, "nodes_seen": 1}, {}, args)
+    rows, view = measure(launch_here, "on this machine", MODELS, lambda m: rank_argv(m, args))
+    write("here", "2 ranks on this machine", rows, view, HERE, {}, args)
 
 
 def hosts(args, slots: int) -> None:
-    reason = namespaces_usable()
-    if reason:
-        sys.exit(f"cannot run across namespace hosts: {reason}")
-    with rate_limited(2, args.rate, "mpirt-bench-buckets-") as (c, names):
-        added = c.rank_env(names, WATCHED)
-        rows, view = measure(lambda argv: c.launch(names, argv, "--no-tag-output", timeout=3600, slots=slots),
-                             f"on 2 hosts of {slots}", args)
+    with namespace_hosts(args.rate, slots, "mpirt-bench-buckets-", WATCHED) as (launch, added, where):
+        rows, view = measure(launch, f"on 2 hosts of {slots}", MODELS, lambda m: rank_argv(m, args))
     placement, title = ("tcp", "2 hosts, one rank each") if slots == 1 else \
         (f"tcp2x{slots}", f"2 hosts of {slots} ranks")
-    write(placement, f"{title}, links limited to {args.rate}", rows, view,
-          {"count": 2, "slots": 2 * slots, "names": list(names), "oversubscribed": slots > 1, "nodes_seen": 2},
-          added, args)
+    write(placement, f"{title}, links limited to {args.rate}", rows, view, where, added, args)
 
 
 def main() -> int:
@@ -148,13 +101,7 @@ def main() -> int:
     ap.add_argument("--placements", default="here,tcp,tcp2x2", help="comma list of here, tcp, tcp2x2")
     ap.add_argument("--out", type=Path, default=ROOT / "results")
     args = ap.parse_args()
-    chosen = args.placements.split(",")
-    run = {"here": here, "tcp": lambda a: hosts(a, 1), "tcp2x2": lambda a: hosts(a, 2)}
-    if set(chosen) - set(run):
-        sys.exit(f"--placements {args.placements}: choose from {', '.join(run)}")
-    for placement in chosen:
-        run[placement](args)
-    return 0
+    return trainjobs.run_placements(args, {"here": here, "tcp": lambda a: hosts(a, 1), "tcp2x2": lambda a: hosts(a, 2)})
 
 
 if __name__ == "__main__":

@@ -491,6 +491,10 @@ def worker(port: int, ssh_dir: str, state_dir: str, listen: str, sshd: str, chec
 @click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True, envvar="MPIRT_TRAIN_LOG_EVERY")
 @click.option("--timeline", envvar="MPIRT_TIMELINE",
               help="Write a Chrome-trace timeline of every rank's gradient communication to this file.")
+@click.option("--compile", "compile_mode", type=click.Choice(["none", "whole", "split"]), default="none",
+              show_default=True, envvar="MPIRT_TRAIN_COMPILE",
+              help="torch.compile the model: whole, or split at the gradient buckets (dp.compile(), so reductions "
+                   "overlap backward: faster across hosts).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               envvar="MPIRT_TRAIN_DEVICE",
               help="Where each rank trains: auto (its local rank's GPU where torch sees one, else the CPU).")

@@ -225,7 +225,7 @@ class DataParallel:
         if not bucket_mb > 0 or not first_bucket_mb > 0:
             raise ValueError(f"bucket sizes must be positive (bucket_mb={bucket_mb}, first_bucket_mb={first_bucket_mb})")
         self.model, self.optimizer = model, optimizer
-        self.bucket_mb = bucket_mb
+        self.bucket_mb, self.first_bucket_mb = bucket_mb, first_bucket_mb
         self.compression, self.find_unused = compression, find_unused_parameters
         self.broadcast_buffers = bool(broadcast_buffers)
         self._buffer_root = 0  # whose buffers the others take after a step (under join(): one still training)
@@ -754,6 +754,20 @@ class DataParallel:
                 if p.grad is not None and p.grad.data_ptr() == b.views[i].data_ptr():
                     p.grad = view
                 b.views[i] = view
+
+    def compile(self, backend="inductor", **options) -> torch.nn.Module:
+        """``torch.compile(model, **options)`` with the compiled graph split where this
+        object's buckets end (DDP does the same for a model it wraps, with the same splitter:
+        torch's DDPOptimizer). A model compiled whole has one backward node, so every gradient
+        appears when it ends and no reduction overlaps its backward; split, each bucket's
+        reduction starts while the layers before it are still in backward. Call it on the
+        model after ``data_parallel`` and train with what it returns."""
+        from torch._dynamo.backends.distributed import DDPOptimizer
+        from torch._dynamo.backends.registry import lookup_backend
+
+        cap = int(self.bucket_mb * 2**20)  # the splitter wants a first bucket no larger than the rest
+        split = DDPOptimizer(cap, lookup_backend(backend), first_bucket_cap=min(cap, int(self.first_bucket_mb * 2**20)))
+        return torch.compile(self.model, backend=split.compile_fn, **options)
 
     @property
     def buckets(self) -> list[list[str]]:

@@ -15,7 +15,7 @@ import os
 import random
 import signal
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -61,6 +61,7 @@ class TrainConfig:
     log_every: int = 10
     timeline: str | None = None  # Chrome-trace timeline of the communication (mpirt.timeline)
     device: str = "auto"  # auto: the local rank's GPU where torch sees one, else the CPU
+    compile_mode: str = "none"  # torch.compile: none, whole, or split at the buckets (dp.compile())
 
     def check(self) -> None:
         for name in ("steps", "batch_size", "samples"):
@@ -72,6 +73,8 @@ class TrainConfig:
             raise ValueError(f"--lr must be positive (got {self.lr})")
         if self.checkpoint_every < 0 or self.verify_every < 0 or self.keep < 1:
             raise ValueError("--checkpoint-every and --verify-every must be >= 0 and --keep >= 1")
+        if self.compile_mode not in ("none", "whole", "split"):
+            raise ValueError(f"--compile {self.compile_mode!r}: use none, whole or split")
         pick_device(self.device, 0)  # a device this machine lacks is refused before any rank starts
 
 
@@ -128,12 +131,15 @@ def run(cfg: TrainConfig) -> int:
     dp = data_parallel(model, opt, bucket_mb=cfg.bucket_mb, first_bucket_mb=cfg.first_bucket_mb,
                        compression=cfg.compression, algo=cfg.algo, overlap=cfg.overlap, timeline=cfg.timeline,
                        powersgd_rank=cfg.powersgd_rank, powersgd_start=cfg.powersgd_start)
+    if cfg.compile_mode != "none":  # the task runs the compiled model; checkpoints keep the plain one's state
+        task = replace(task, model=dp.compile() if cfg.compile_mode == "split" else torch.compile(model))
     metrics = Metrics(out / "metrics.jsonl", cfg.steps, enabled=w.rank == 0, every=cfg.log_every)
     if w.rank == 0:
         params = sum(p.numel() for p in model.parameters())
         say(f"mpirt train: {cfg.model} ({params / 1e6:.2f} M parameters, {len(dp.buckets)} bucket{'s' if len(dp.buckets) != 1 else ''}) on {w.size} "
             f"rank{'s' if w.size > 1 else ''} / {w.nodes} node{'s' if w.nodes > 1 else ''} ({device.type}, algo "
-            f"{dp.algo}{', shared buckets' if dp.shared_buckets else ''}), global batch "
+            f"{dp.algo}{', shared buckets' if dp.shared_buckets else ''}"
+            f"{'' if cfg.compile_mode == 'none' else ', compiled ' + cfg.compile_mode}), global batch "
             f"{cfg.batch_size}, steps {start + 1}..{cfg.steps}")
     stop = _Stop(w.rank)
     step, loss_value, rates = start, float("nan"), []

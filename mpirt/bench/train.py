@@ -9,6 +9,10 @@ is what it adds beyond compute-only: 1 - t_compute / t_step.
 Weak scaling keeps the per-rank batch; strong scaling keeps the global batch (split evenly).
 With several ``--bucket-mb`` sizes, mpirt trains once per size in the same turns ("mpirt@4":
 4 MiB buckets), which is how the default bucket size was chosen (benchmarks/buckets.py).
+With ``--compile whole,split`` every system runs under torch.compile: DDP and compute-only
+compiled whole (DDP then splits the graph at its buckets itself), mpirt twice in the same
+turns, compiled whole ("mpirt+whole") and split at its buckets by ``dp.compile()``
+("mpirt+split"): what the split buys is the difference (benchmarks/compile.py).
 Rank 0 writes one JSON file (--json) that the driver turns into mpirt.bench/1 rows.
 """
 
@@ -88,10 +92,20 @@ def _ddp_hook(model, compression: str) -> None:
         model.register_comm_hook(state, powerSGD_hook.powerSGD_hook)
 
 
-def systems(bucket_mbs: list[float] | None) -> list[str]:
-    """What trains in each turn: one mpirt per bucket size ("mpirt@SIZE" when there are several)."""
+def systems(bucket_mbs: list[float] | None, compile_modes: list[str] = ()) -> list[str]:
+    """What trains in each turn: one mpirt per bucket size ("mpirt@SIZE" when there are several)
+    or per compile mode ("mpirt+MODE")."""
+    if compile_modes:
+        return ["compute-only", *(f"mpirt+{m}" for m in compile_modes), "ddp"]
     mpirt = ["mpirt"] if bucket_mbs is None or len(bucket_mbs) == 1 else [f"mpirt@{mb:g}" for mb in bucket_mbs]
     return ["compute-only", *mpirt, "ddp"]
+
+
+def compile_modes(text: str) -> list[str]:
+    modes = [] if text == "none" else text.split(",")
+    if any(m not in ("whole", "split") for m in modes) or len(set(modes)) < len(modes):
+        raise argparse.ArgumentTypeError(f"{text!r}: give none, or whole and/or split, e.g. whole,split")
+    return modes
 
 
 def bucket_sizes(text: str) -> list[float]:
@@ -105,7 +119,7 @@ def bucket_sizes(text: str) -> list[float]:
 
 
 def bucket_mb(system: str, bucket_mbs: list[float] | None) -> float | None:
-    if system == "mpirt":
+    if not system.startswith("mpirt@"):
         return bucket_mbs[0] if bucket_mbs else None
     return float(system.removeprefix("mpirt@"))
 
@@ -128,8 +142,11 @@ def run_system(system: str, model_name: str, batch: int, args, device, comm) -> 
     dp = data_parallel(model, opt, compression=args.compression, powersgd_rank=POWERSGD_RANK,
                        powersgd_start=POWERSGD_START, bucket_mb=bucket_mb(system, args.bucket_mb)) \
         if system.startswith("mpirt") else None
+    run = model
+    if args.compile:
+        run = dp.compile() if system == "mpirt+split" else torch.compile(model)
     try:
-        return (_time_steps(model, opt, batch, args.steps, args.warmup, device, comm),
+        return (_time_steps(run, opt, batch, args.steps, args.warmup, device, comm),
                 (f"{dp.algo} (shared buckets)" if dp.shared_buckets else dp.algo) if dp else
                 torch.distributed.get_backend() if system == "ddp" else "none",
                 len(dp.buckets) if dp else None)
@@ -163,7 +180,11 @@ def main() -> None:
                          "once per size")
     ap.add_argument("--compression", choices=("none", "fp16", "powersgd"), default="none",
                     help="gradients on the wire, for mpirt and for DDP (its fp16 and PowerSGD hooks)")
+    ap.add_argument("--compile", type=compile_modes, default=[],
+                    help="none, or whole and/or split: every system under torch.compile, mpirt once per mode")
     args = ap.parse_args()
+    if args.compile and args.bucket_mb and len(args.bucket_mb) > 1:
+        raise SystemExit("--compile trains mpirt once per mode: give one --bucket-mb size with it")
     if args.compression == "powersgd" and args.warmup < POWERSGD_START:
         raise SystemExit(f"--compression powersgd: --warmup must cover the {POWERSGD_START} exact steps")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
@@ -180,7 +201,7 @@ def main() -> None:
     results, reduced_by, buckets = [], {}, {}
     for scaling in args.scaling.split(","):
         batch = per_rank_batch(scaling, args.batch, args.global_batch, w.size)
-        turn = systems(args.bucket_mb)
+        turn = systems(args.bucket_mb, args.compile)
         times: dict[str, list[float]] = {s: [] for s in turn}
         for r in range(args.repeats):
             order = turn[r % len(turn):] + turn[:r % len(turn)]

@@ -106,7 +106,8 @@ def test_checkpointed_compiled_and_gan_training_average_each_backward_once(mpiex
     proc = mpiexec(np_, [sys.executable, "-m", "mpirt", str(RANKS / "dp_graphs.py")], timeout=180)
     report = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
     assert report == {"ranks": np_, "checked": ["reentrant", "nested", "nonreentrant",
-                                                     "penalty", "reused", "compiled", "compiled-first", "gan"]}
+                                                     "penalty", "reused", "compiled", "compiled-first", "split",
+                                                     "gan"]}
 
 
 @pytest.mark.parametrize("np_", [1, 2, 4])

@@ -61,11 +61,32 @@ def compare(model, ref, what, rtol, atol):
     checked.append(what)
 
 
+def refused(call, error, starts: str, what: str) -> None:
+    """``call()`` must raise ``error`` with a message that starts with ``starts``."""
+    try:
+        call()
+    except error as e:
+        if not str(e).startswith(starts):
+            raise
+        return
+    raise AssertionError(what)
+
+
 def local_step(model, x, y, shard, global_n):
     """This rank's part of a global batch: its rows, loss weighted to its share."""
     idx = shard
     if len(idx):
         (loss_fn(model, x[idx], y[idx]) * (len(idx) * size / global_n)).backward()
+
+
+def step_both(model, opt, single, single_opt, x, y) -> None:
+    """One optimizer step data-parallel (this rank's rows) and one in a single process (all)."""
+    opt.zero_grad()
+    local_step(model, x, y, split(len(x)), len(x))
+    opt.step()
+    single_opt.zero_grad()
+    loss_fn(single, x, y).backward()
+    single_opt.step()
 
 
 def split(n):
@@ -163,13 +184,7 @@ dp = data_parallel(model, dp_opt, bucket_mb=0.003)
 single = copy.deepcopy(model)
 single_opt = torch.optim.SGD(single.parameters(), lr=0.05, momentum=0.9)
 for step in range(5):
-    x, y = data(8, seed=step)
-    dp_opt.zero_grad()
-    local_step(model, x, y, split(8), 8)
-    dp_opt.step()
-    single_opt.zero_grad()
-    loss_fn(single, x, y).backward()
-    single_opt.step()
+    step_both(model, dp_opt, single, single_opt, *data(8, seed=step))
     same_on_all_ranks(list(model.parameters()), f"weights after step {step}")
     for a, b in zip(model.parameters(), single.parameters()):
         if not torch.allclose(a, b, rtol=1e-10, atol=1e-12):
@@ -356,13 +371,9 @@ del os.environ["MPIRT_ALGO"]
 # before any collective, since both would average every gradient; after close(), allowed.
 model = make_model()
 dp = data_parallel(model, None)
-try:
-    data_parallel(model, None)
-    raise AssertionError("a model already data-parallel was wrapped again")
-except RuntimeError as e:
-    if not str(e).startswith("parameter '0.weight' is already data-parallel under a data_parallel() not yet closed: "
-                             "use that one, or call its close()"):
-        raise
+refused(lambda: data_parallel(model, None), RuntimeError,
+        "parameter '0.weight' is already data-parallel under a data_parallel() not yet closed: use that one, or call "
+        "its close()", "a model already data-parallel was wrapped again")
 dp.close()
 data_parallel(model, None).close()
 checked.append("misuse errors")
@@ -379,13 +390,7 @@ single_opt = torch.optim.AdamW(single.parameters(), lr=0.01, weight_decay=0.5)
 for m in (model, single):
     m[0].weight.requires_grad_(False)
 for step in range(2):
-    x, y = data(8, seed=40 + step)
-    opt.zero_grad()
-    local_step(model, x, y, split(8), 8)
-    opt.step()
-    single_opt.zero_grad()
-    loss_fn(single, x, y).backward()
-    single_opt.step()
+    step_both(model, opt, single, single_opt, *data(8, seed=40 + step))
     if model[0].weight.grad is not None:
         raise AssertionError("a parameter frozen after wrapping was given a gradient")
     for (n, a), b in zip(model.named_parameters(), single.parameters()):
@@ -397,13 +402,9 @@ model[2].weight.requires_grad_(False)
 dp = data_parallel(model, opt, bucket_mb=0.002)
 model[2].weight.requires_grad_(True)
 opt.zero_grad()
-try:
-    local_step(model, *data(8, seed=42), split(8), 8)
-    raise AssertionError("a parameter thawed after wrapping trained without averaging")
-except RuntimeError as e:
-    if not str(e).startswith("parameter '2.weight' did not require grad when data_parallel() was built, so its "
-                             "gradient is not averaged"):
-        raise
+refused(lambda: local_step(model, *data(8, seed=42), split(8), 8), RuntimeError,
+        "parameter '2.weight' did not require grad when data_parallel() was built, so its gradient is not averaged",
+        "a parameter thawed after wrapping trained without averaging")
 dp.close()
 dp = data_parallel(model, opt, bucket_mb=0.002)
 opt.zero_grad()

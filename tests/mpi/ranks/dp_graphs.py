@@ -4,7 +4,8 @@ reentrant variant in backward passes nested in the user's; "nested": a reentrant
 inside another), a gradient penalty ("penalty": torch.autograd.grad of the outputs, then
 backward through it), a layer used twice in one forward ("reused"), torch.compile with
 fullgraph=True ("compiled": the model compiled after data_parallel wrapped it;
-"compiled-first": before), and a GAN ("gan": two models, each data-parallel, two backward
+"compiled-first": before; "split": by ``dp.compile()``, into one graph per bucket, so the
+reductions can overlap backward), and a GAN ("gan": two models, each data-parallel, two backward
 passes a step, the generator's through the discriminator). Each trains 3 steps against a
 one-process run of the same model on the global batch; every step must be averaged once
 (``dp.step`` counts them) and end with the same weights. Prints one JSON line on rank 0 with
@@ -68,6 +69,19 @@ def batch(step):
                                                                                  dtype=torch.float64)
 
 
+def compiled_graphs(loss) -> int:
+    """How many compiled backward graphs the loss's backward runs (one per compiled graph)."""
+    seen, todo, count = set(), [loss.grad_fn], 0
+    while todo:
+        node = todo.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        count += "CompiledFunctionBackward" in node.name()
+        todo.extend(next_fn for next_fn, _ in node.next_functions)
+    return count
+
+
 def same_weights(variant, step, models, references):
     for model, reference in zip(models, references):
         for (name, a), b in zip(model.named_parameters(), reference.parameters()):
@@ -89,6 +103,8 @@ def train(variant):
     dp = data_parallel(model, opt, bucket_mb=0.001, first_bucket_mb=0.0005)  # several buckets
     if variant == "compiled":  # fullgraph: data_parallel's hooks must not break the graph
         run = torch.compile(model, backend="aot_eager", fullgraph=True)
+    elif variant == "split":
+        run = dp.compile(backend="aot_eager", fullgraph=True)
     if len(dp.buckets) < 2:
         raise AssertionError(f"the model should make several buckets, not {dp.buckets}")
     per = BATCH // size  # 1, 2 and 4 ranks divide it
@@ -96,7 +112,11 @@ def train(variant):
         x, y = batch(step)
         mine = slice(rank * per, (rank + 1) * per)
         opt.zero_grad()
-        loss_fn(variant, run, x[mine], y[mine]).backward()  # data_parallel averages over the ranks
+        loss = loss_fn(variant, run, x[mine], y[mine])
+        graphs = compiled_graphs(loss)
+        if variant.startswith("compiled") and graphs != 1 or variant == "split" and graphs < 2:
+            raise AssertionError(f"{variant}: backward runs {graphs} compiled graphs")
+        loss.backward()  # data_parallel averages over the ranks
         opt.step()
         if dp.step != step + 1:
             raise AssertionError(f"{variant}: after {step + 1} steps data_parallel counts {dp.step}: "
@@ -146,7 +166,7 @@ def train_gan():
 
 
 variants = sys.argv[1:] or ["reentrant", "nested", "nonreentrant", "penalty", "reused", "compiled",
-                            "compiled-first", "gan"]
+                            "compiled-first", "split", "gan"]
 for variant in variants:
     if variant == "gan":
         train_gan()
