@@ -184,7 +184,7 @@ def main() -> None:
                     help="none, or whole and/or split: every system under torch.compile, mpirt once per mode")
     args = ap.parse_args()
     if args.compile and args.bucket_mb and len(args.bucket_mb) > 1:
-        raise SystemExit("--compile trains mpirt once per mode: give one --bucket-mb size with it")
+        ap.error("--compile trains mpirt once per mode: give one --bucket-mb size with it")
     if args.compression == "powersgd" and args.warmup < POWERSGD_START:
         raise SystemExit(f"--compression powersgd: --warmup must cover the {POWERSGD_START} exact steps")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))

@@ -1,6 +1,6 @@
-"""The training benchmark's rank side with several bucket sizes (benchmarks/buckets.py): mpirt
-trains once per size in every turn, each under its own name and with its own bucket count, and
-a bad list of sizes is refused before any training."""
+"""The training benchmark's rank side with several bucket sizes (benchmarks/buckets.py) or
+compile modes (benchmarks/compile.py): mpirt trains once per size or mode in every turn, each
+under its own name, and a bad list is refused before any training."""
 
 import json
 import subprocess
@@ -34,4 +34,26 @@ def test_a_bad_list_of_bucket_sizes_is_refused(tmp_path, sizes):
                           text=True, timeout=120)
     assert proc.returncode == 2
     assert "give bucket sizes in MiB, positive and each once" in proc.stderr
+    assert not (tmp_path / "t.json").exists()
+
+
+def test_both_compile_modes_train_in_every_turn(mpiexec, tmp_path):
+    out = tmp_path / "train.json"
+    mpiexec(2, TRAIN + ["--json", str(out), "--model", "compute", "--scaling", "weak", "--batch", "8", "--steps",
+                        "1", "--warmup", "1", "--repeats", "1", "--compile", "whole,split", "--device", "cpu"],
+            timeout=300)
+    doc = json.loads(out.read_text())
+    assert [r["system"] for r in doc["results"]] == ["compute-only", "mpirt+whole", "mpirt+split", "ddp"]
+    assert all(min(r["step_s"]) > 0 for r in doc["results"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--compile", "fast"], "give none, or whole and/or split"),
+    (["--compile", "split,split"], "give none, or whole and/or split"),
+    (["--compile", "split", "--bucket-mb", "1,25"], "--compile trains mpirt once per mode: give one --bucket-mb")])
+def test_a_bad_compile_mode_is_refused(tmp_path, args, message):
+    proc = subprocess.run(TRAIN + ["--json", str(tmp_path / "t.json"), *args], capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2
+    assert message in proc.stderr
     assert not (tmp_path / "t.json").exists()
