@@ -32,6 +32,9 @@ is the whole API. It
   get no gradient (zero contribution; with ``find_unused_parameters`` a parameter unused on
   every rank keeps ``grad = None``).
 
+Activation checkpointing (reentrant too) and torch.compile work; ``dp.compile()`` compiles the
+model split where the buckets end, as DDP does, so reductions overlap a compiled backward.
+
 The communication thread is the only thread that calls MPI during a step; a stall inspector
 (``mpirt.stall``) watches it. ``timeline=PATH`` (or ``$MPIRT_TIMELINE``) records when each
 bucket was ready and reduced, for chrome://tracing (``mpirt.timeline``).
@@ -123,12 +126,10 @@ class _Bucket:
         self.event = None
 
 
-def _owner(p: torch.Tensor) -> DataParallel | None:
-    """The open DataParallel whose gradient hook ``p`` has (close() removes it)."""
-    for hook in (getattr(p, "_post_accumulate_grad_hooks", None) or {}).values():
-        if isinstance(getattr(hook, "__self__", None), DataParallel):
-            return hook.__self__
-    return None
+def _wrapped(p: torch.Tensor) -> bool:
+    """Whether ``p`` has the gradient hook of an open DataParallel (close() removes it)."""
+    return any(isinstance(getattr(hook, "__self__", None), DataParallel)
+               for hook in (getattr(p, "_post_accumulate_grad_hooks", None) or {}).values())
 
 
 def _on_cpu(obj):
@@ -215,7 +216,7 @@ class DataParallel:
             raise ValueError(f"algo {algo!r}: use one of {', '.join(ALGOS)}{_backend_hint(algo)}")
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self._frozen = [(n, p) for n, p in model.named_parameters() if not p.requires_grad]  # not in any bucket
-        taken = next((n for n, p in named if _owner(p) is not None), None)
+        taken = next((n for n, p in named if _wrapped(p)), None)
         if taken is not None:
             raise RuntimeError(f"parameter {taken!r} is already data-parallel under a data_parallel() not yet closed: "
                                "use that one, or call its close() before wrapping again (two would each average "
@@ -597,12 +598,11 @@ class DataParallel:
         gradients exist, so the callback moves to the end of the enclosing backward, from a
         hook run there when that node is done; averaged here, the step would be averaged and
         counted twice."""
-        self._queued = False
         outer = torch._C._current_autograd_node()  # the node this backward runs in; None at the top
-        if outer is not None:
-            self._queued = True  # no second callback meanwhile: gradients arriving there find this one
+        if outer is not None:  # still queued, as it were: gradients arriving meanwhile queue no other
             outer.register_hook(self._requeue)
             return
+        self._queued = False
         if not self._done:
             self._finish_step()
             self._done = True
