@@ -107,7 +107,7 @@ def test_checkpointed_compiled_and_gan_training_average_each_backward_once(mpiex
     report = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
     assert report == {"ranks": np_, "checked": ["reentrant", "nested", "nonreentrant",
                                                      "penalty", "reused", "compiled", "compiled-first", "split",
-                                                     "gan"]}
+                                                     "gan", "gan-no-sync"]}
 
 
 @pytest.mark.parametrize("np_", [1, 2, 4])

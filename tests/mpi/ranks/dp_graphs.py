@@ -6,11 +6,13 @@ backward through it), a layer used twice in one forward ("reused"), torch.compil
 fullgraph=True ("compiled": the model compiled after data_parallel wrapped it;
 "compiled-first": before; "split": by ``dp.compile()``, into one graph per bucket, so the
 reductions can overlap backward), and a GAN ("gan": two models, each data-parallel, two backward
-passes a step, the generator's through the discriminator). Each trains 3 steps against a
+passes a step, the generator's through the discriminator; "gan-no-sync": that one under the
+discriminator's no_sync(), which skips averaging its unused gradients). Each trains 3 steps against a
 one-process run of the same model on the global batch; every step must be averaged once
 (``dp.step`` counts them) and end with the same weights. Prints one JSON line on rank 0 with
 the variants checked."""
 
+import contextlib
 import copy
 import json
 import sys
@@ -128,9 +130,10 @@ def train(variant):
     dp.close()
 
 
-def gan_step(g, d, g_opt, d_opt, z, real):
+def gan_step(g, d, g_opt, d_opt, z, real, quiet=contextlib.nullcontext):
     """The discriminator on real and (detached) generated samples, then the generator through
-    the discriminator, whose gradients that backward also produces (and averages again)."""
+    the discriminator, whose gradients that backward also produces (and averages again, unless
+    ``quiet()`` is the discriminator's no_sync)."""
     bce = nn.functional.binary_cross_entropy_with_logits
     ones, zeros = torch.ones(len(z), 1, dtype=z.dtype), torch.zeros(len(z), 1, dtype=z.dtype)
     d_opt.zero_grad()
@@ -138,11 +141,12 @@ def gan_step(g, d, g_opt, d_opt, z, real):
     (bce(d(real), ones) + bce(d(fake.detach()), zeros)).backward()
     d_opt.step()
     g_opt.zero_grad()
-    bce(d(fake), ones).backward()
+    with quiet():
+        bce(d(fake), ones).backward()
     g_opt.step()
 
 
-def train_gan():
+def train_gan(variant):
     torch.manual_seed(3)
     g = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 6)).double()
     d = nn.Sequential(nn.Linear(6, 8), nn.Tanh(), nn.Linear(8, 1)).double()
@@ -155,21 +159,23 @@ def train_gan():
         z = torch.randn(BATCH, 4, generator=gen, dtype=torch.float64)
         real = torch.randn(BATCH, 6, generator=gen, dtype=torch.float64)
         mine = slice(rank * per, (rank + 1) * per)
-        gan_step(g, d, g_opt, d_opt, z[mine], real[mine])
+        quiet = d_dp.no_sync if variant == "gan-no-sync" else contextlib.nullcontext
+        gan_step(g, d, g_opt, d_opt, z[mine], real[mine], quiet)
         gan_step(g1, d1, g1_opt, d1_opt, z, real)
-        if (g_dp.step, d_dp.step) != (step + 1, 2 * step + 2):
-            raise AssertionError(f"gan: after {step + 1} steps the generator counts {g_dp.step} averaged, the "
-                                 f"discriminator {d_dp.step} (two backward passes a step reach it)")
-        same_weights("gan", step, [g, d], [g1, d1])
+        d_steps = step + 1 if variant == "gan-no-sync" else 2 * step + 2  # two backward passes a step reach it
+        if (g_dp.step, d_dp.step) != (step + 1, d_steps):
+            raise AssertionError(f"{variant}: after {step + 1} steps the generator counts {g_dp.step} averaged, "
+                                 f"the discriminator {d_dp.step}, not {d_steps}")
+        same_weights(variant, step, [g, d], [g1, d1])
     g_dp.close()
     d_dp.close()
 
 
 variants = sys.argv[1:] or ["reentrant", "nested", "nonreentrant", "penalty", "reused", "compiled",
-                            "compiled-first", "split", "gan"]
+                            "compiled-first", "split", "gan", "gan-no-sync"]
 for variant in variants:
-    if variant == "gan":
-        train_gan()
+    if variant.startswith("gan"):
+        train_gan(variant)
     else:
         train(variant)
 if rank == 0:
