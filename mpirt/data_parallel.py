@@ -195,7 +195,8 @@ def _env_float(name: str, default: float) -> float:
 
 
 class DataParallel:
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
+    def __init__(self, model: torch.nn.Module,
+                 optimizer: torch.optim.Optimizer | list[torch.optim.Optimizer] | None = None, *,
                  bucket_mb: float | None = None, first_bucket_mb: float = DEFAULT_FIRST_BUCKET_MB,
                  compression: str = "none", find_unused_parameters: bool = False, algo: str | None = None,
                  overlap: bool = True, comm=None, stall_warn_s: float | None = None,
@@ -226,6 +227,8 @@ class DataParallel:
         if not bucket_mb > 0 or not first_bucket_mb > 0:
             raise ValueError(f"bucket sizes must be positive (bucket_mb={bucket_mb}, first_bucket_mb={first_bucket_mb})")
         self.model, self.optimizer = model, optimizer
+        self._optimizers = [] if optimizer is None else list(optimizer) if isinstance(optimizer, (list, tuple)) \
+            else [optimizer]
         self.bucket_mb, self.first_bucket_mb = bucket_mb, first_bucket_mb
         self.compression, self.find_unused = compression, find_unused_parameters
         self.broadcast_buffers = bool(broadcast_buffers)
@@ -241,7 +244,8 @@ class DataParallel:
         self.step = 0
         self.last_stats: StepStats | None = None
         self._sync = True
-        self._done = False  # this step's gradients are averaged and not yet used by a step
+        self._done = False  # the gradients are averaged (and no backward has added to them since)
+        self._used: set[int] = set()  # the optimizers (ids) that have stepped with them
         self._joining = False  # inside join(): every step first says how many ranks still train
         self._trained = 0  # steps this rank took part in with its own gradients (for join)
         self._queued = False  # the end-of-backward callback is queued
@@ -274,8 +278,7 @@ class DataParallel:
             _env_float("MPIRT_STALL_WARN_S", 60.0) if stall_warn_s is None else stall_warn_s,
             _env_float("MPIRT_STALL_ABORT_S", 0.0) if stall_abort_s is None else stall_abort_s)
         self._hooks = [p.register_post_accumulate_grad_hook(self._on_grad) for _, p in named]
-        if optimizer is not None:
-            self._hooks.append(optimizer.register_step_pre_hook(self._before_step))
+        self._hooks += [opt.register_step_pre_hook(self._before_step) for opt in self._optimizers]
         atexit.register(self.close)
 
     # Construction.
@@ -381,10 +384,10 @@ class DataParallel:
             _bcast_bytes(self._comm, flat, root)
             if self.rank != root:
                 _unpack(flat, groups)
-        if self.optimizer is not None:  # via the CPU: unpickled CUDA tensors would land on rank 0's GPU index
-            state = self._comm.bcast(_on_cpu(self.optimizer.state_dict()) if self.rank == root else None, root=root)
+        for opt in self._optimizers:  # via the CPU: unpickled CUDA tensors would land on rank 0's GPU index
+            state = self._comm.bcast(_on_cpu(opt.state_dict()) if self.rank == root else None, root=root)
             if self.rank != root and state["state"]:
-                self.optimizer.load_state_dict(state)
+                opt.load_state_dict(state)
 
     def _share_buffers(self) -> None:
         """Start this step's broadcast of the buffers (BatchNorm statistics; DDP's
@@ -604,26 +607,31 @@ class DataParallel:
             return
         self._queued = False
         if not self._done:
-            self._finish_step()
-            self._done = True
+            self._average()
 
     def _requeue(self, *_grads) -> None:
         """Post-hook of the node a nested backward ran in: on the enclosing backward."""
         self._queued = False
         self._queue_end()
 
-    def _before_step(self, *_args) -> None:
-        if self._done:  # averaged when backward ended; this step uses them
-            self._done = False
-            return
-        self._finish_step()  # a rank that ran no backward this step still takes part
+    def _average(self) -> None:
+        self._finish_step()
+        self._done, self._used = True, set()
+
+    def _before_step(self, optimizer, *_args) -> None:
+        """Optimizer step pre-hook. Backward averaged the gradients when it ended; a rank that
+        ran no backward this step (no gradients since, or this optimizer has stepped with them
+        already) still takes part in the step's collectives here. Each optimizer steps once
+        with each averaging: with several, the second does not start a step of its own."""
+        if not self._done or id(optimizer) in self._used:
+            self._average()
+        self._used.add(id(optimizer))
 
     def synchronize(self) -> StepStats:
         """Make sure every gradient is averaged: needed only on a rank that ran no backward
         this step before it reads gradients (backward averages them before it returns)."""
-        if not self._done:
-            self._finish_step()
-            self._done = True
+        if not self._done or self._used:
+            self._average()
         return self.last_stats
 
     def _finish_step(self) -> StepStats:
@@ -809,8 +817,11 @@ class DataParallel:
         atexit.unregister(self.close)
 
 
-def data_parallel(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None, **options) -> DataParallel:
-    """Make ``model`` and ``optimizer`` data-parallel across MPI ranks; see the module docstring.
+def data_parallel(model: torch.nn.Module,
+                  optimizer: torch.optim.Optimizer | list[torch.optim.Optimizer] | None = None,
+                  **options) -> DataParallel:
+    """Make ``model`` and ``optimizer`` (one, or a list: Muon for the matrices and AdamW for the
+    rest, say) data-parallel across MPI ranks; see the module docstring.
 
     Options: bucket_mb (MiB; default 2 for a CPU model, 25 for a CUDA one or with PowerSGD),
     first_bucket_mb (1),

@@ -414,6 +414,45 @@ same_on_all_ranks(list(model.parameters()), "thawed, then wrapped again")
 dp.close()
 checked.append("frozen and thawed parameters")
 
+# 7c. Two optimizers (SGD for the weights, Adam for the biases, as Muon and AdamW are split)
+#     and a global batch of 2, so that at 4 ranks two ranks run no backward: they take part from
+#     the first optimizer's pre-hook; the second optimizer starts no averaging of its own.
+for optimizers in (1, 2):
+    model = make_model()
+    weights = [p for n, p in model.named_parameters() if n.endswith("weight")]
+    biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
+
+    def make_opts(m_weights, m_biases):
+        if optimizers == 1:
+            return [torch.optim.SGD([{"params": m_weights}, {"params": m_biases}], lr=0.05, momentum=0.9)]
+        return [torch.optim.SGD(m_weights, lr=0.05, momentum=0.9), torch.optim.Adam(m_biases, lr=0.01)]
+
+    opts = make_opts(weights, biases)
+    dp = data_parallel(model, opts if optimizers == 2 else opts[0], bucket_mb=0.002)
+    single = copy.deepcopy(model)
+    single_opts = make_opts([p for n, p in single.named_parameters() if n.endswith("weight")],
+                            [p for n, p in single.named_parameters() if n.endswith("bias")])
+    for step in range(3):
+        x, y = data(2, seed=50 + step)
+        for o in opts:
+            o.zero_grad()
+        local_step(model, x, y, split(2), 2)
+        for o in opts:
+            o.step()
+        for o in single_opts:
+            o.zero_grad()
+        loss_fn(single, x, y).backward()
+        for o in single_opts:
+            o.step()
+        if dp.step != step + 1:
+            raise AssertionError(f"{optimizers} optimizer(s): after {step + 1} steps data_parallel averaged {dp.step} "
+                                 "times")
+        for (n, a), b in zip(model.named_parameters(), single.parameters()):
+            if not torch.allclose(a, b, rtol=1e-10, atol=1e-12):
+                raise AssertionError(f"{optimizers} optimizer(s), step {step}: {n} differs from one-process training")
+    dp.close()
+checked.append("empty shards, two optimizers")
+
 # 8. AMP's recipe as PyTorch documents it, no synchronize(): GradScaler.unscale_ and gradient
 #    clipping right after backward see averaged gradients; an inf on one rank only makes every
 #    rank skip the step (a local inf check would let the ranks' weights part).
