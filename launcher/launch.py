@@ -172,6 +172,23 @@ def _source_address(peer: str | None) -> str | None:
         return None
 
 
+# torchrun's default MASTER_PORT, for rank 0 on another host, whose free ports this one cannot see
+TORCHRUN_PORT = 29500
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def rendezvous_env(env: dict, address: str, port: int) -> dict[str, str]:
+    """MASTER_ADDR and MASTER_PORT, where rank 0 runs, for code written for torchrun
+    (``python -m mpirt`` gives each rank RANK, WORLD_SIZE, ...: ``mpirt.rankenv``); what the
+    user set stays."""
+    return {k: v for k, v in (("MASTER_ADDR", address), ("MASTER_PORT", str(port))) if k not in env}
+
+
 def _stop_sidecar(url: str) -> None:
     print(f"mpirt: {sidecar.ask_to_quit(url)}", file=sys.stderr, flush=True)
 
@@ -292,6 +309,7 @@ class _Local:
         self.read_oom = _read_here
 
     def _argv(self, added: dict) -> list[str]:
+        added.update(rendezvous_env(self.env, "127.0.0.1", _free_port()))
         if self.cfg.env_defaults:
             added.update(env_defaults(self.cfg, self.impl, self.env, [fleet.local("localhost")]))
         return mpi.launch_argv(self.impl, self.np, list(self.cfg.command), cores=os.cpu_count() or 1,
@@ -360,9 +378,20 @@ class _Remote:
         """``peer``: an address of the first host (``_peer``), looked up once per attempt."""
         iface = bootstrap_interface(_read("/proc/net/route"), peer) if peer else None
         added.update({k: v for k, v in mpi.control_env(self.impl, iface).items() if k not in self.env})
+        added.update(self._rendezvous(peer))
         self.export = mpi.forwarded({**self.env, **added}, also=added, named=self.named)
         return mpi.build_argv(self.impl, self.np, str(self.hostfile), list(self.cfg.command), uid=os.getuid(),
                               tag_output=self.cfg.tag_output, export=self.export, control=_source_address(peer))
+
+    def _rendezvous(self, peer: str | None) -> dict[str, str]:
+        """Rank 0 runs on the first host: its address as looked up here (no DNS needed on the
+        workers, which may not resolve the launcher's name), or, where that host is this one,
+        this host's address on the route to the next host and a port free here."""
+        first = self.hosts[0].name
+        if not is_this_host(first):
+            return rendezvous_env(self.env, peer or first, TORCHRUN_PORT)
+        address = _source_address(_peer(self.hosts[1:])) if len(self.hosts) > 1 else None
+        return rendezvous_env(self.env, address or peer or first, _free_port())
 
     def dry_run(self, base: dict, info: dict) -> tuple[dict, list[str]]:
         if self.cfg.env_defaults:

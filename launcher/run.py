@@ -282,6 +282,19 @@ def from_output(tail: list[str]) -> list[str]:
     return found
 
 
+# What a rank's last words mean, when they say it: (text in them, the fix).
+_OUTPUT_FIXES = (
+    ("env:// rendezvous: environment variable RANK expected",
+     "torch.distributed found no RANK: run the script as `python -m mpirt SCRIPT`, which sets RANK, WORLD_SIZE, "
+     "LOCAL_RANK and LOCAL_WORLD_SIZE from MPI (mpirt launch sends MASTER_ADDR and MASTER_PORT)"),
+)
+
+
+def _fixes(lines: list[str]) -> str:
+    found = [fix for text, fix in _OUTPUT_FIXES if any(text in line for line in lines)]
+    return "".join(f"\n  fix: {fix}" for fix in found)
+
+
 def root_cause(code: int, error_dir: str, tail: list[str] = (), lines: int = 12, oom: list[str] = (),
                ranks: dict[str, list[str]] | None = None) -> str:
     """What to tell the user when the job exited with ``code``. ``oom``: hosts' out-of-memory
@@ -303,9 +316,9 @@ def root_cause(code: int, error_dir: str, tail: list[str] = (), lines: int = 12,
         if clues:
             named = re.match(r"rank (\d+) ", clues[0])
             last = (ranks or {}).get(named[1], []) if named else []
-            return text + ". Root cause (from mpirun's output): " + clues[0] + "".join(
-                f"\n  also: {c}" for c in clues[1:4]) + (
-                f"\n  last output of rank {named[1]}:" + "".join(f"\n    {ln}" for ln in last) if last else "")
+            shown = f"\n  last output of rank {named[1]}:" + "".join(f"\n    {ln}" for ln in last) if last else ""
+            return (text + ". Root cause (from mpirun's output): " + clues[0] +
+                    "".join(f"\n  also: {c}" for c in clues[1:4]) + shown + _fixes(last))
         return text + ("; no rank left an error record (a rank was killed by a signal or exited without a "
                        "Python exception; see its output above)")
     first = records[0]

@@ -1,7 +1,9 @@
 """``python -m mpirt script.py [args]`` / ``-m module`` / ``-c code``: run a program on a rank so
 that an uncaught exception on any rank stops the whole job (instead of leaving the others
 hanging in a collective) after writing that rank's error record for the launcher, and that a
-SIGTERM (a time limit, a deleted pod) leaves a dump of where the rank was (``mpirt.stacks``)."""
+SIGTERM (a time limit, a deleted pod) leaves a dump of where the rank was (``mpirt.stacks``).
+It also sets torchrun's RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE (``mpirt.rankenv``),
+so that a script written for torchrun runs unchanged."""
 
 from __future__ import annotations
 
@@ -22,8 +24,13 @@ def main(argv: list[str]) -> int:
 
     from mpirt import stacks
     from mpirt.errors import ENV, abort_on_exception, env_rank
+    from mpirt.rankenv import torch_env
 
     stacks.arm(os.environ.get(ENV), env_rank())
+    add, warnings = torch_env(os.environ)
+    os.environ.update(add)
+    for warning in warnings:
+        print(f"mpirt: rank {env_rank()}: warning: {warning}", file=sys.stderr, flush=True)
     try:
         if argv[0] == "-m":
             sys.argv = [argv[1], *argv[2:]]

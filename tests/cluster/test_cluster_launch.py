@@ -324,3 +324,31 @@ def test_mpijob_pods_with_the_same_entrypoint_and_args(cluster, tmp_path):
     assert launcher.returncode == 0, err
     assert "role launcher (K_MPI_JOB_ROLE=launcher)" in err
     assert [r["host"] for r in ranks_report(out)] == ["w0", "w1"]
+
+
+TORCHRUN_SCRIPT = str(Path(__file__).parents[1] / "mpi" / "ranks" / "torchrun_script.py")
+
+
+@pytest.mark.parametrize("hosts,mpirun", [(["w0", "w1", "w2"], "mpirun"), (["launcher", "w0"], "mpiexec.mpich")],
+                         ids=["open-mpi-4", "mpich-launcher-first"])
+def test_a_torchrun_script_runs_unchanged_across_hosts(cluster, hosts, mpirun):
+    """MASTER_ADDR is rank 0's host as an address (no DNS on the workers): a worker's, or,
+    with the launcher listed first, the launcher's on the route to the others; RANK and the
+    rest come from Open MPI's variables or Hydra's. MPI never starts in the ranks."""
+    found = shutil.which(mpirun)
+    if not found:
+        pytest.skip(f"{mpirun} is not installed")
+    c = cluster(len([h for h in hosts if h != "launcher"]))
+    for w in hosts:
+        if w != "launcher":
+            c.start_worker(w)
+    proc = c.launch(hosts, [sys.executable, "-m", "mpirt", TORCHRUN_SCRIPT], "--mpirun", found, timeout=150)
+    assert proc.returncode == 0, proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if '{"ranks"' in x)
+    report = json.JSONDecoder().raw_decode(line[line.index("{"):])[0]
+    n = len(hosts)
+    assert [(r["host"], r["env"]) for r in report["ranks"]] == [
+        (h, {"RANK": str(i), "WORLD_SIZE": str(n), "LOCAL_RANK": "0", "LOCAL_WORLD_SIZE": "1"})
+        for i, h in enumerate(hosts)]
+    assert report["spread"] == 0.0 and all(r["from_reference"] < 1e-12 for r in report["ranks"])
+    assert not any(r["mpi_started"] for r in report["ranks"])

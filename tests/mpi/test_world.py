@@ -1,10 +1,13 @@
-"""World facts from MPI and the torchrun-style variables, at 1, 2 and 4 ranks; and
-`python -m mpirt` passing a rank's SystemExit status on as the job's."""
+"""World facts from MPI and the torchrun-style variables, at 1, 2 and 4 ranks; a script
+written for torchrun run unchanged by `mpirt launch -- python -m mpirt`; and `python -m mpirt`
+passing a rank's SystemExit status on as the job's."""
 
 import json
+import os
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -33,3 +36,44 @@ def test_python_m_mpirt_passes_exit_status_on():
     assert bad.returncode == 3
     usage = subprocess.run([sys.executable, "-m", "mpirt"], capture_output=True, text=True, timeout=60)
     assert usage.returncode == 2 and "usage: python -m mpirt" in usage.stderr
+
+
+TORCHRUN_SCRIPT = str(Path(__file__).parent / "ranks" / "torchrun_script.py")
+
+
+def launch(np_: int, *command: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(["mpirt", "launch", "-np", str(np_), "--", sys.executable, *command], capture_output=True,
+                          text=True, timeout=180, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize("np_", [1, 2, 4])
+def test_a_torchrun_script_runs_unchanged(np_):
+    """init_process_group() from the environment, DDP and torch's DistributedSampler reach the
+    weights of one process on the global batch, every rank the same; MPI never starts."""
+    proc = launch(np_, "-m", "mpirt", TORCHRUN_SCRIPT)
+    assert proc.returncode == 0, proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if '{"ranks"' in x)
+    report = json.JSONDecoder().raw_decode(line[line.index("{"):])[0]
+    assert [r["env"] for r in report["ranks"]] == [
+        {"RANK": str(r), "WORLD_SIZE": str(np_), "LOCAL_RANK": str(r), "LOCAL_WORLD_SIZE": str(np_)}
+        for r in range(np_)]
+    assert [r["steps"] for r in report["ranks"]] == [4] * np_  # 48 samples, a global batch of 12
+    assert report["spread"] == 0.0 and all(r["from_reference"] < 1e-12 for r in report["ranks"])
+    assert not any(r["mpi_started"] for r in report["ranks"])
+
+
+def test_a_torchrun_script_without_python_m_mpirt_is_told_how():
+    proc = launch(2, TORCHRUN_SCRIPT)
+    assert proc.returncode != 0
+    assert "environment variable RANK expected" in proc.stderr
+    assert "fix: torch.distributed found no RANK: run the script as `python -m mpirt SCRIPT`" in proc.stderr
+
+
+def test_a_stale_rank_variable_is_warned_about_and_kept():
+    """What the user set wins, but a RANK that contradicts MPI would pair the wrong ranks: said."""
+    code = "import os; print('RANK', os.environ['RANK'], 'SIZE', os.environ['WORLD_SIZE'], flush=True)"
+    proc = launch(2, "-m", "mpirt", "-c", code, env={"RANK": "0"})
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(x.split(":", 1)[1] for x in proc.stdout.splitlines() if ":RANK " in x) == [
+        "RANK 0 SIZE 2", "RANK 0 SIZE 2"]
+    assert proc.stderr.count("warning: RANK=0 is set, but the MPI launcher says 1") == 1, proc.stderr
