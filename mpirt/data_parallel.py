@@ -25,7 +25,8 @@ is the whole API. It
 - under ``join()``, lets ranks with fewer batches finish early: they shadow the others'
   collectives with zero gradients until every rank is done, then all take the weights of the
   rank that trained longest (DDP's ``Join``), instead of hanging;
-- skips communication under ``no_sync()`` (gradient accumulation), optionally sends fp16/bf16
+- skips communication under ``no_sync()`` (gradient accumulation; or, as Horovod's option,
+  ``backward_passes_per_step=N``: only every N-th backward averages), optionally sends fp16/bf16
   on the wire (cast on the training thread, as DDP's hook does, and back on a cast thread, so
   neither cast holds up the next bucket's transfer) or PowerSGD's low-rank factors
   (``mpirt.powersgd``), and handles parameters that
@@ -62,6 +63,7 @@ from mpirt.core import shared_zeros
 from mpirt.powersgd import BucketCompressor
 from mpirt.signature import ModelMismatchError, describe_mismatch, signature
 from mpirt.stall import StallInspector
+from mpirt.tensorbytes import bcast_bytes, broadcast_optimizer_state, broadcast_tensors, pack, unpack
 from mpirt.timeline import Timeline
 
 # compression -> the 16-bit type gradients travel in (PowerSGD sends low-rank factors instead)
@@ -132,51 +134,6 @@ def _wrapped(p: torch.Tensor) -> bool:
                for hook in (getattr(p, "_post_accumulate_grad_hooks", None) or {}).values())
 
 
-def _on_cpu(obj):
-    """``obj`` (a state dict: dicts, lists, tuples, tensors) with every tensor on the CPU."""
-    if isinstance(obj, torch.Tensor):
-        return obj.cpu()
-    if isinstance(obj, dict):
-        return {k: _on_cpu(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return type(obj)(_on_cpu(v) for v in obj)
-    return obj
-
-
-def _pack(tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[list[torch.Tensor]]]:
-    """The tensors' bytes, one flat copy per device (one copy off each GPU, not one per
-    tensor), and the tensors grouped the same way for ``_unpack``."""
-    groups: dict[torch.device, list[torch.Tensor]] = {}
-    for t in tensors:
-        groups.setdefault(t.device, []).append(t)
-    with torch.no_grad():
-        packed = [torch.cat([t.detach().contiguous().reshape(-1).view(torch.uint8) for t in ts])
-                  for ts in groups.values()]
-    return packed, list(groups.values())
-
-
-def _bcast_bytes(comm, flat: torch.Tensor, root: int) -> None:
-    arr = flat.numpy()
-    chunk = 1 << 30
-    for start in range(0, arr.size, chunk):
-        comm.Bcast(arr[start:start + chunk], root=root)
-
-
-def _unpack(flat: torch.Tensor, groups: list[list[torch.Tensor]]) -> None:
-    """Host bytes from ``_pack``'s layout back into the tensors, on their devices."""
-    off = 0
-    with torch.no_grad():
-        for ts in groups:
-            n = sum(t.numel() * t.element_size() for t in ts)
-            part, off, at = flat[off:off + n].to(ts[0].device), off + n, 0
-            for t in ts:
-                size = t.numel() * t.element_size()
-                # a copy starts at offset 0: a view of bytes as a wider dtype needs an offset
-                # its size divides (an int64 after an odd number of float32s has none)
-                t.copy_(part[at:at + size].clone().view(t.dtype).view(t.shape))
-                at += size
-
-
 def _backend_hint(algo: str) -> str:
     """torch.distributed's backend names are what DDP users reach for: say which algo is that."""
     if algo.lower() in ("nccl", "gloo", "cpu:gloo,cuda:nccl"):
@@ -201,13 +158,17 @@ class DataParallel:
                  compression: str = "none", find_unused_parameters: bool = False, algo: str | None = None,
                  overlap: bool = True, comm=None, stall_warn_s: float | None = None,
                  stall_abort_s: float | None = None, timeline: str | os.PathLike | None = None,
-                 powersgd_rank: int = 4, powersgd_start: int = 10, broadcast_buffers: bool = True):
+                 powersgd_rank: int = 4, powersgd_start: int = 10, broadcast_buffers: bool = True,
+                 backward_passes_per_step: int = 1):
         if compression not in COMPRESSION:
             raise ValueError(f"compression {compression!r}: use one of {', '.join(COMPRESSION)}")
         if not (isinstance(powersgd_rank, int) and powersgd_rank >= 1 and isinstance(powersgd_start, int)
                 and powersgd_start >= 0):
             raise ValueError(f"powersgd_rank={powersgd_rank!r}, powersgd_start={powersgd_start!r}: the rank is a whole "
                              "number >= 1, the start a step number >= 0")
+        if not (isinstance(backward_passes_per_step, int) and backward_passes_per_step >= 1):
+            raise ValueError(f"backward_passes_per_step={backward_passes_per_step!r}: give a whole number >= 1 (the "
+                             "backward passes whose gradients add up before they are averaged)")
         if algo is None:
             algo = os.environ.get("MPIRT_ALGO") or "auto"
             if algo not in ALGOS:
@@ -244,6 +205,9 @@ class DataParallel:
         self.step = 0
         self.last_stats: StepStats | None = None
         self._sync = True
+        self.backward_passes_per_step = backward_passes_per_step
+        self._passes = 0  # backward passes since the last averaging
+        self._local = False  # this backward only accumulates (not the N-th of backward_passes_per_step)
         self._done = False  # the gradients are averaged (and no backward has added to them since)
         self._used: set[int] = set()  # the optimizers (ids) that have stepped with them
         self._joining = False  # inside join(): every step first says how many ranks still train
@@ -255,6 +219,7 @@ class DataParallel:
                                        "compression": compression, "algo": self.algo,
                                        "find_unused_parameters": find_unused_parameters,
                                        "broadcast_buffers": self.broadcast_buffers,
+                                       "backward_passes_per_step": backward_passes_per_step,
                                        **({"powersgd_rank": powersgd_rank, "powersgd_start": powersgd_start}
                                           if compression == "powersgd" else {})})
         self.shared_buckets = self._shares_buckets(named)
@@ -377,17 +342,9 @@ class DataParallel:
     def _broadcast_state(self, root: int = 0) -> None:
         if self.size == 1:
             return
-        tensors = [p.data for p in self.model.parameters()] + list(self.model.buffers())
-        if tensors:
-            packed, groups = _pack(tensors)
-            flat = torch.cat([p.cpu() for p in packed])
-            _bcast_bytes(self._comm, flat, root)
-            if self.rank != root:
-                _unpack(flat, groups)
-        for opt in self._optimizers:  # via the CPU: unpickled CUDA tensors would land on rank 0's GPU index
-            state = self._comm.bcast(_on_cpu(opt.state_dict()) if self.rank == root else None, root=root)
-            if self.rank != root and state["state"]:
-                opt.load_state_dict(state)
+        broadcast_tensors(self._comm, [p.data for p in self.model.parameters()] + list(self.model.buffers()), root)
+        for opt in self._optimizers:
+            broadcast_optimizer_state(self._comm, opt, root)
 
     def _share_buffers(self) -> None:
         """Start this step's broadcast of the buffers (BatchNorm statistics; DDP's
@@ -399,7 +356,7 @@ class DataParallel:
         buffers = list(self.model.buffers())
         if not (self.broadcast_buffers and buffers):
             return
-        packed, groups = _pack(buffers)
+        packed, groups = pack(buffers)
         events = [torch.cuda.Event() if p.is_cuda else None for p in packed]
         for p, event in zip(packed, events):
             if event is not None:
@@ -418,7 +375,7 @@ class DataParallel:
                 host.append(p.cpu())  # on that stream, which it waits for
         flat = torch.cat(host) if len(host) > 1 else host[0]
         root = self._buffer_root
-        _bcast_bytes(self._comm, flat, root)
+        bcast_bytes(self._comm, flat, root)
         self._staged_buffers = (flat, groups) if root != self.rank else None
         self.inspector.leave(step)
         if self._timeline:
@@ -430,7 +387,7 @@ class DataParallel:
         if self._staged_buffers is not None:
             flat, groups = self._staged_buffers
             self._staged_buffers = None
-            _unpack(flat, groups)
+            unpack(flat, groups)
 
     # Reduction.
     def _allreduce(self, t: torch.Tensor, op: str) -> None:
@@ -585,7 +542,11 @@ class DataParallel:
             return
         if not self._queued:  # the first gradient of this backward
             self._done = False  # a backward after averaged gradients (a second loss, a skipped step) adds to them
+            self._passes += 1
+            self._local = self._passes < self.backward_passes_per_step
             self._queue_end()
+        if self._local:
+            return
         b_idx, i = self._slot[id(p)]
         b = self._buckets[b_idx]
         self._absorb(b, i)
@@ -606,7 +567,9 @@ class DataParallel:
             outer.register_hook(self._requeue)
             return
         self._queued = False
-        if not self._done:
+        if self._local:
+            self._local = False
+        elif not self._done:
             self._average()
 
     def _requeue(self, *_grads) -> None:
@@ -616,7 +579,7 @@ class DataParallel:
 
     def _average(self) -> None:
         self._finish_step()
-        self._done, self._used = True, set()
+        self._done, self._used, self._passes = True, set(), 0
 
     def _before_step(self, optimizer, *_args) -> None:
         """Optimizer step pre-hook. Backward averaged the gradients when it ended; a rank that
@@ -833,6 +796,8 @@ def data_parallel(model: torch.nn.Module,
     "mpi4py": no core; "torch": torch.distributed, NCCL on GPUs, gloo on CPUs), overlap, comm,
     stall_warn_s / stall_abort_s (default $MPIRT_STALL_WARN_S or 60 s / $MPIRT_STALL_ABORT_S or never),
     timeline (a path for the Chrome-trace timeline; default $MPIRT_TIMELINE, none if unset),
-    broadcast_buffers (True: after each step every rank takes rank 0's buffers, as DDP's option of that name).
+    broadcast_buffers (True: after each step every rank takes rank 0's buffers, as DDP's option of that name),
+    backward_passes_per_step (1; N: the gradients of N backward passes add up locally and the N-th averages
+    them, as Horovod's option of that name; a step after fewer averages what there is).
     """
     return DataParallel(model, optimizer, **options)

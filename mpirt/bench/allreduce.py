@@ -43,6 +43,10 @@ def build_argv(config: AllreduceBenchConfig) -> list[str]:
 
 def run(config: AllreduceBenchConfig) -> int:
     argv = build_argv(config)
+    if config.np is not None:  # a bad option said once, before any rank starts (no MPI needed)
+        checked = subprocess.run([executable(), "--check-args", *config.args], check=False)
+        if checked.returncode != 0:
+            return checked.returncode
     if config.np is None:
         # This process is the rank: become the harness. A child would lose what the MPI handed
         # the rank (MPICH's Hydra passes its PMI connection as an inherited descriptor).

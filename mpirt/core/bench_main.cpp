@@ -546,6 +546,17 @@ int Bench::run() {
 
 int main(int argc, char** argv) {
   using namespace mpirt;
+  // --check-args: the options checked without MPI. `mpirt bench allreduce --np N` runs it before
+  // starting N ranks, so a bad option is said once, without mpirun's report of a failed job.
+  if (std::any_of(argv + 1, argv + argc, [](const char* a) { return std::strcmp(a, "--check-args") == 0; })) {
+    try {
+      parse_options(argc, argv);
+      return 0;
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "mpirt-allreduce-perf: error: %s\n", e.what());
+      return 2;
+    }
+  }
   MPI_Init(&argc, &argv);
   World w;
   MPI_Comm_rank(w.comm, &w.rank);

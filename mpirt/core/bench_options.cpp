@@ -60,6 +60,7 @@ const char* usage() {
          "  -J, --json FILE         write every measurement as JSON (- : to stdout, after the table)\n"
          "      --csv FILE          write one CSV row per measurement\n"
          "      --corrupt           damage one result element on rank 0 (proves the checker)\n"
+         "      --check-args        check these options and exit 0, or 2 with the error (no MPI)\n"
          "  -h, --help              this text\n"
          "  -V, --version           print the version\n";
 }
@@ -87,7 +88,7 @@ size_t parse_size(const std::string& text, const char* option) {
 }
 
 BenchOptions parse_options(int argc, char** argv) {
-  enum { kMinBusbw = 1000, kCsv, kMemcpy, kCorrupt };
+  enum { kMinBusbw = 1000, kCsv, kMemcpy, kCorrupt, kCheckArgs };
   static const option longopts[] = {
       {"minbytes", required_argument, nullptr, 'b'}, {"maxbytes", required_argument, nullptr, 'e'},
       {"stepfactor", required_argument, nullptr, 'f'}, {"iters", required_argument, nullptr, 'n'},
@@ -98,7 +99,7 @@ BenchOptions parse_options(int argc, char** argv) {
       {"min-busbw", required_argument, nullptr, kMinBusbw},
       {"csv", required_argument, nullptr, kCsv},     {"memcpy", no_argument, nullptr, kMemcpy},
       {"corrupt", no_argument, nullptr, kCorrupt},   {"help", no_argument, nullptr, 'h'},
-      {"shared-buffers", no_argument, nullptr, 'R'},
+      {"shared-buffers", no_argument, nullptr, 'R'}, {"check-args", no_argument, nullptr, kCheckArgs},
       {"version", no_argument, nullptr, 'V'},        {nullptr, 0, nullptr, 0}};
   BenchOptions o;
   opterr = 0;
@@ -157,6 +158,7 @@ BenchOptions parse_options(int argc, char** argv) {
       case kCsv: o.csv = arg; break;
       case kMemcpy: o.memcpy_baseline = true; break;
       case kCorrupt: o.corrupt = true; break;
+      case kCheckArgs: break;  // acted on in main, before MPI starts
       case 'R': o.shared_buffers = true; break;
       case 'h': o.help = true; break;
       case 'V': o.version = true; break;
@@ -168,7 +170,8 @@ BenchOptions parse_options(int argc, char** argv) {
   const size_t es = dtype_size(o.dtype);
   if (o.minbytes < es)
     throw UsageError("-b/--minbytes " + std::to_string(o.minbytes) + ": smaller than one " +
-                     dtype_name(o.dtype) + " element (" + std::to_string(es) + " bytes)");
+                     dtype_name(o.dtype) + " element (" + std::to_string(es) + " bytes); use -b " +
+                     std::to_string(es) + " or more");
   if (o.minbytes > o.maxbytes)
     throw UsageError("-b/--minbytes " + std::to_string(o.minbytes) + " is larger than -e/--maxbytes " +
                      std::to_string(o.maxbytes) + "; swap them");

@@ -205,3 +205,18 @@ def test_cli_wrapper_passes_bad_input_through():
     proc = subprocess.run(["mpirt", "bench", "allreduce", "-e", "12Q"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert "unknown size suffix 'Q'" in proc.stderr
+
+
+@pytest.mark.parametrize("args,message", [
+    (["-b", "1", "-d", "float16"], "smaller than one float16 element (2 bytes); use -b 2 or more"),
+    (["-a", "tree"], "unknown algorithm"),
+])
+def test_bad_input_with_np_is_said_once_before_any_rank_starts(args, message):
+    """Checked by one process without MPI (--check-args) before mpirun starts ranks that would
+    each fail, followed by mpirun's report of a failed job."""
+    proc = subprocess.run(["mpirt", "bench", "allreduce", "--np", "4", *args], capture_output=True, text=True,
+                          timeout=60)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mpirt-allreduce-perf: error: "), proc.stderr
+    assert message in lines[0] and not proc.stdout

@@ -77,3 +77,18 @@ def test_a_stale_rank_variable_is_warned_about_and_kept():
     assert sorted(x.split(":", 1)[1] for x in proc.stdout.splitlines() if ":RANK " in x) == [
         "RANK 0 SIZE 2", "RANK 0 SIZE 2"]
     assert proc.stderr.count("warning: RANK=0 is set, but the MPI launcher says 1") == 1, proc.stderr
+
+
+def test_a_torchrun_script_failing_on_one_rank_ends_the_job_naming_it(tmp_path):
+    """No MPI in the ranks, so no MPI_Abort: the failing rank's record and exit end the job."""
+    script = tmp_path / "fails.py"
+    script.write_text("import time, torch, torch.distributed as dist\n"
+                      "dist.init_process_group('gloo')\n"
+                      "if dist.get_rank() == 1:\n"
+                      "    time.sleep(0.5)\n"
+                      "    raise RuntimeError('injected on rank 1')\n"
+                      "dist.all_reduce(torch.ones(1))\n")
+    proc = launch(2, "-m", "mpirt", str(script))
+    assert proc.returncode == 1, proc.stderr
+    assert "Root cause (first failure): rank 1 on " in proc.stderr
+    assert "RuntimeError: injected on rank 1" in proc.stderr

@@ -205,6 +205,33 @@ dp.synchronize()
 compare(model, ref, "accumulation (no_sync x2 + sync)", 1e-12, 1e-12)
 dp.close()
 
+# 4a. The same with backward_passes_per_step=3 (Horovod's option), twice over: only the third
+#     backward averages, and a step then starts the count again; a step after one pass
+#     averages what there is.
+model = make_model()
+opt = torch.optim.SGD(model.parameters(), lr=0.1)
+dp = data_parallel(model, opt, bucket_mb=0.002, backward_passes_per_step=3)
+for round_ in range(2):
+    batches = [data(8, seed=20 + 3 * round_ + k) for k in range(3)]
+    ref = reference_grads(model, batches)
+    opt.zero_grad()
+    for k, (x, y) in enumerate(batches):
+        local_step(model, x, y, split(8), 8)
+        if dp.step != round_ + (k == 2):
+            raise AssertionError(f"backward_passes_per_step=3: after pass {k + 1} of round {round_ + 1}, "
+                                 f"{dp.step} averagings")
+    compare(model, ref, "accumulation backward_passes_per_step=3", 1e-12, 1e-12)
+    opt.step()
+opt.zero_grad()
+x, y = data(8, seed=40)
+ref = reference_grads(model, [(x, y)])
+local_step(model, x, y, split(8), 8)
+dp.synchronize()
+compare(model, ref, "backward_passes_per_step=3: a step after one pass", 1e-12, 1e-12)
+refused(lambda: data_parallel(make_model(), None, backward_passes_per_step=0), ValueError,
+        "backward_passes_per_step=0: give a whole number >= 1", "backward_passes_per_step=0 was accepted")
+dp.close()
+
 # 5. Compression: fp16 / bf16 on the wire, fp32 model: cast back on the cast thread, or inline
 #    without overlap; through torch.distributed too, where two buckets are in flight at once.
 for comp, tol, algo, overlap in (("fp16", 2e-3, "auto", True), ("bf16", 2e-2, "auto", True),
