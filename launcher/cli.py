@@ -495,6 +495,9 @@ def worker(port: int, ssh_dir: str, state_dir: str, listen: str, sshd: str, chec
               show_default=True, envvar="MPIRT_TRAIN_COMPILE",
               help="torch.compile the model: whole, or split at the gradient buckets (dp.compile(), so reductions "
                    "overlap backward: faster across hosts).")
+@click.option("--accumulate", type=click.IntRange(min=1), default=1, show_default=True, envvar="MPIRT_TRAIN_ACCUMULATE",
+              help="Backward passes a step, each over a part of the rank's batch, averaged once after the last "
+                   "(gradient accumulation: the same step in less memory).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
               envvar="MPIRT_TRAIN_DEVICE",
               help="Where each rank trains: auto (its local rank's GPU where torch sees one, else the CPU).")

@@ -62,6 +62,7 @@ class TrainConfig:
     timeline: str | None = None  # Chrome-trace timeline of the communication (mpirt.timeline)
     device: str = "auto"  # auto: the local rank's GPU where torch sees one, else the CPU
     compile_mode: str = "none"  # torch.compile: none, whole, or split at the buckets (dp.compile())
+    accumulate: int = 1  # backward passes a step, each over a part of the rank's shard
 
     def check(self) -> None:
         for name in ("steps", "batch_size", "samples"):
@@ -73,6 +74,8 @@ class TrainConfig:
             raise ValueError(f"--lr must be positive (got {self.lr})")
         if self.checkpoint_every < 0 or self.verify_every < 0 or self.keep < 1:
             raise ValueError("--checkpoint-every and --verify-every must be >= 0 and --keep >= 1")
+        if self.accumulate < 1:
+            raise ValueError(f"--accumulate must be at least 1 (got {self.accumulate})")
         if self.compile_mode not in ("none", "whole", "split"):
             raise ValueError(f"--compile {self.compile_mode!r}: use none, whole or split")
         pick_device(self.device, 0)  # a device this machine lacks is refused before any rank starts
@@ -130,7 +133,8 @@ def run(cfg: TrainConfig) -> int:
     start = _resume(cfg, comm, w, model, opt, sampler, ckpt_dir) if cfg.resume else 0
     dp = data_parallel(model, opt, bucket_mb=cfg.bucket_mb, first_bucket_mb=cfg.first_bucket_mb,
                        compression=cfg.compression, algo=cfg.algo, overlap=cfg.overlap, timeline=cfg.timeline,
-                       powersgd_rank=cfg.powersgd_rank, powersgd_start=cfg.powersgd_start)
+                       powersgd_rank=cfg.powersgd_rank, powersgd_start=cfg.powersgd_start,
+                       backward_passes_per_step=cfg.accumulate)
     if cfg.compile_mode != "none":  # the task runs the compiled model; checkpoints keep the plain one's state
         task = replace(task, model=dp.compile() if cfg.compile_mode == "split" else torch.compile(model))
     metrics = Metrics(out / "metrics.jsonl", cfg.steps, enabled=w.rank == 0, every=cfg.log_every)
@@ -140,7 +144,8 @@ def run(cfg: TrainConfig) -> int:
             f"rank{'s' if w.size > 1 else ''} / {w.nodes} node{'s' if w.nodes > 1 else ''} ({device.type}, algo "
             f"{dp.algo}{', shared buckets' if dp.shared_buckets else ''}"
             f"{'' if cfg.compile_mode == 'none' else ', compiled ' + cfg.compile_mode}), global batch "
-            f"{cfg.batch_size}, steps {start + 1}..{cfg.steps}")
+            f"{cfg.batch_size}{f' in {cfg.accumulate} backward passes' if cfg.accumulate > 1 else ''}, "
+            f"steps {start + 1}..{cfg.steps}")
     stop = _Stop(w.rank)
     step, loss_value, rates = start, float("nan"), []
     t_begin = time.perf_counter()
@@ -151,10 +156,13 @@ def run(cfg: TrainConfig) -> int:
             t0 = time.perf_counter()
             opt.zero_grad(set_to_none=True)
             local = 0.0
-            if len(shard.indices):
-                loss = task.loss(shard.indices)
-                (loss * shard.weight(w.size)).backward()
-                local = loss.item() * len(shard.indices)
+            # --accumulate N: N backward passes over parts of the shard, averaged after the N-th
+            # (a rank with fewer rows than N runs fewer, and the step averages then)
+            for part in torch.tensor_split(shard.indices, cfg.accumulate):
+                if len(part):
+                    loss = task.loss(part)
+                    (loss * shard.weight(w.size) * (len(part) / len(shard.indices))).backward()
+                    local += loss.item() * len(part)
             opt.step()
             step_time = time.perf_counter() - t0
             both = np.array([local, float(stop.requested != 0)])

@@ -73,6 +73,16 @@ def test_n_ranks_give_the_weights_of_one_rank(tmp_path, one_rank, np_):
         assert torch.allclose(w, one_rank[1][name], rtol=1e-5, atol=1e-6), name
 
 
+def test_accumulated_backward_passes_give_the_weights_of_one_rank(tmp_path, one_rank):
+    """--accumulate 5: 24 rows on 2 ranks, 12 each in parts of 3, 3, 2, 2, 2, averaged once a step."""
+    proc = train(2, tmp_path, *SAME, "--accumulate", "5")
+    assert "global batch 24 in 5 backward passes" in proc.stdout
+    step, weights = final_weights(tmp_path)
+    assert step == one_rank[0] == 6
+    for name, w in weights.items():
+        assert torch.allclose(w, one_rank[1][name], rtol=1e-5, atol=1e-6), name
+
+
 def test_a_job_compiled_split_at_its_buckets_gives_the_weights_of_one_rank(tmp_path, one_rank):
     proc = train(2, tmp_path, *SAME, "--compile", "split")
     assert "compiled split)" in proc.stdout
