@@ -352,3 +352,21 @@ def test_a_torchrun_script_runs_unchanged_across_hosts(cluster, hosts, mpirun):
         for i, h in enumerate(hosts)]
     assert report["spread"] == 0.0 and all(r["from_reference"] < 1e-12 for r in report["ranks"])
     assert not any(r["mpi_started"] for r in report["ranks"])
+
+
+HOROVOD_SCRIPT = str(Path(__file__).parents[1] / "mpi" / "ranks" / "horovod_script.py")
+
+
+def test_a_horovod_script_across_hosts(cluster):
+    """`import mpirt.horovod as hvd` on 2 hosts of 2 ranks: local and cross ranks as Horovod
+    gives them, training equal to one process, every collective checked."""
+    c = cluster(2)
+    for w in ("w0", "w1"):
+        c.start_worker(w)
+    proc = c.launch(["w0", "w1"], [sys.executable, "-m", "mpirt", HOROVOD_SCRIPT], slots=2, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    line = next(x for x in proc.stdout.splitlines() if '{"ranks"' in x)
+    report = json.JSONDecoder().raw_decode(line[line.index("{"):])[0]
+    assert report["placement"] == [["w0", 0, 0], ["w0", 1, 0], ["w1", 0, 1], ["w1", 1, 1]]
+    assert {"horovod script, backward_passes_per_step=2", "rank queries", "allgather of uneven first dimensions",
+            "broadcast_parameters of different models"} <= set(report["checked"])

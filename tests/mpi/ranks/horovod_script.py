@@ -2,7 +2,8 @@
 mpirt.horovod as hvd` its one changed line: three runs (plain with gradient clipping between
 synchronize() and step(); backward_passes_per_step=2 over half batches; fp16 compression)
 each reach the weights of one process on the global batch; then the collectives against
-values each rank computes itself, and the errors. Rank 0 prints one JSON line."""
+values each rank computes itself, and the errors. Rank 0 prints one JSON line, with where each
+rank ran."""
 
 import copy
 import json
@@ -15,6 +16,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
 
 import mpirt.horovod as hvd
+from mpirt.world import world
 
 checked = []
 
@@ -115,11 +117,15 @@ for what, kwargs, tol in (("horovod script, clipped", {"clip": True}, 1e-12),
 hvd.shutdown()  # closes the optimizers; init() again starts afresh
 hvd.init()
 
-# The rank queries, on one node.
+# The rank queries, against MPI's view (one node here; several in the cluster test).
+w = world()
+nodes = hvd.allgather_object(w.local_size)
 if (hvd.local_rank(), hvd.local_size(), hvd.cross_rank(), hvd.cross_size(), hvd.is_homogeneous()) != (
-        rank, size, 0, 1, True):
-    raise AssertionError("rank queries on one node")
+        w.local_rank, w.local_size, w.node, w.nodes, len(set(nodes)) == 1):
+    raise AssertionError(f"rank queries on rank {rank}: {hvd.local_rank(), hvd.local_size(), hvd.cross_rank()}, "
+                         f"{hvd.cross_size()} against {w}")
 checked.append("rank queries")
+placement = hvd.allgather_object([w.host, hvd.local_rank(), hvd.cross_rank()])
 
 
 def expect(got, want, what, tol=0.0):
@@ -192,5 +198,5 @@ if size > 1:  # what only differs between ranks
 hvd.shutdown()
 
 if rank == 0:
-    print(json.dumps({"ranks": size, "checked": checked}))
+    print(json.dumps({"ranks": size, "checked": checked, "placement": placement}))
 sys.stdout.flush()
