@@ -5,7 +5,8 @@ any mpirun), with no Horovod to build against torch and MPI.
 Horovod is no longer maintained, and the MPIJob world is full of its scripts (mpi-operator's
 own examples are). Here: ``init``/``shutdown``, the rank queries, ``allreduce`` (Average, Sum,
 Min, Max, Product; pre- and postscale; fp16 compression), ``allgather`` (first dimensions may
-differ), ``broadcast``, their in-place forms, ``broadcast_parameters``,
+differ), ``broadcast``, their in-place, grouped and async forms (which complete before they
+return; ``synchronize(handle)`` gives the result), ``broadcast_parameters``,
 ``broadcast_optimizer_state``, the object collectives, ``barrier``, and ``DistributedOptimizer``,
 which is ``mpirt.data_parallel`` underneath: buckets averaged while backward runs (gradients are
 final when ``backward()`` returns, so ``synchronize()`` has nothing left to wait for),
@@ -232,6 +233,66 @@ def allreduce(tensor: torch.Tensor, average=None, name=None, compression=Compres
     """A new tensor: ``tensor`` reduced across the ranks (by default averaged)."""
     return allreduce_(tensor.detach().clone(), average, name, op, prescale_factor, postscale_factor, process_set,
                       compression)
+
+
+def grouped_allreduce(tensors: list[torch.Tensor], average=None, name=None, compression=Compression.none,
+                      op=None, prescale_factor: float = 1.0, postscale_factor: float = 1.0,
+                      process_set=None) -> list[torch.Tensor]:
+    """``allreduce`` of each tensor, returned in order."""
+    return [allreduce(t, average, name, compression, op, prescale_factor, postscale_factor, process_set)
+            for t in tensors]
+
+
+def grouped_allreduce_(tensors: list[torch.Tensor], average=None, name=None, op=None, prescale_factor: float = 1.0,
+                       postscale_factor: float = 1.0, process_set=None) -> list[torch.Tensor]:
+    return [allreduce_(t, average, name, op, prescale_factor, postscale_factor, process_set) for t in tensors]
+
+
+class _Handles:
+    """The async forms complete before they return (the gradient path, which overlaps, is
+    DistributedOptimizer's): a handle gives the result to ``synchronize``, once."""
+    results: dict[int, object] = {}
+    next = 0
+
+    @classmethod
+    def add(cls, result) -> int:
+        cls.next += 1
+        cls.results[cls.next] = result
+        return cls.next
+
+
+def allreduce_async(tensor, *args, **kwargs) -> int:
+    return _Handles.add(allreduce(tensor, *args, **kwargs))
+
+
+def allreduce_async_(tensor, *args, **kwargs) -> int:
+    return _Handles.add(allreduce_(tensor, *args, **kwargs))
+
+
+def allgather_async(tensor, *args, **kwargs) -> int:
+    return _Handles.add(allgather(tensor, *args, **kwargs))
+
+
+def broadcast_async(tensor, root_rank: int, *args, **kwargs) -> int:
+    return _Handles.add(broadcast(tensor, root_rank, *args, **kwargs))
+
+
+def broadcast_async_(tensor, root_rank: int, *args, **kwargs) -> int:
+    return _Handles.add(broadcast_(tensor, root_rank, *args, **kwargs))
+
+
+def poll(handle: int) -> bool:
+    """Whether the operation is done: always, once started."""
+    if handle not in _Handles.results:
+        raise ValueError(f"handle {handle} is not an operation in flight (each is synchronized once)")
+    return True
+
+
+def synchronize(handle: int):
+    """The operation's result (the output tensor)."""
+    if handle not in _Handles.results:
+        raise ValueError(f"handle {handle} is not an operation in flight (each is synchronized once)")
+    return _Handles.results.pop(handle)
 
 
 def allgather(tensor: torch.Tensor, name=None, process_set=None) -> torch.Tensor:

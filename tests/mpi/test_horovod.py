@@ -13,7 +13,9 @@ EXPECTED = ["size() before init()", "horovod script, clipped", "horovod script, 
             "allreduce int64 average rounds toward zero", "allreduce bfloat16 sum", "allreduce pre- and postscale",
             "allreduce fp16 compression", "allreduce of a 0-d metric", "allreduce_ in place, non-contiguous",
             "allgather of uneven first dimensions", "allgather of bool", "allgather with an empty first dimension",
-            "broadcast from the last rank", "broadcast_ in place", "object collectives", "Adasum",
+            "broadcast from the last rank", "broadcast_ in place", "allreduce_async and synchronize",
+            "a handle synchronized twice", "grouped_allreduce_", "allgather_async", "broadcast_async",
+            "object collectives", "Adasum",
             "average= and op= together", "join", "unnamed parameters", "optimizer op=Sum"]
 ACROSS_RANKS = ["allgather of different row shapes", "broadcast_parameters of different models"]
 

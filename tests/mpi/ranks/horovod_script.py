@@ -172,6 +172,18 @@ expect(hvd.broadcast(torch.tensor([float(rank), 2.0]), root_rank=root), torch.te
 t = torch.tensor([rank], dtype=torch.int16)
 hvd.broadcast_(t, 0)
 expect(t, torch.tensor([0], dtype=torch.int16), "broadcast_ in place")
+handle = hvd.allreduce_async(mine, op=hvd.Sum)
+if not hvd.poll(handle):
+    raise AssertionError("poll() of a started allreduce")
+expect(hvd.synchronize(handle), every.sum(0), "allreduce_async and synchronize", 1e-6)
+refused(lambda: hvd.synchronize(handle), ValueError, f"handle {handle} is not an operation in flight",
+        "a handle synchronized twice")
+pair = [mine.clone(), mine.double()]
+hvd.synchronize(hvd.allreduce_async_(pair[0]))
+expect(hvd.grouped_allreduce_(pair)[1], every.mean(0).double(), "grouped_allreduce_", 1e-6)
+expect(hvd.synchronize(hvd.allgather_async(rows)), torch.cat([torch.full((r + 1, 3), float(r)) for r in range(size)]),
+       "allgather_async")
+expect(hvd.synchronize(hvd.broadcast_async(torch.tensor([rank]), 0)), torch.tensor([0]), "broadcast_async")
 if hvd.broadcast_object({"epoch": rank}, root_rank=0) != {"epoch": 0} or hvd.allgather_object(rank) != list(
         range(size)):
     raise AssertionError("object collectives")
