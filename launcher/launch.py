@@ -386,11 +386,14 @@ class _Remote:
     def _rendezvous(self, peer: str | None) -> dict[str, str]:
         """Rank 0 runs on the first host: its address as looked up here (no DNS needed on the
         workers, which may not resolve the launcher's name), or, where that host is this one,
-        this host's address on the route to the next host and a port free here."""
+        this host's address on the route to the other hosts (loopback if there are none: a
+        Trainer launcher that runs every rank, and may not resolve its own name) and a port
+        free here."""
         first = self.hosts[0].name
         if not is_this_host(first):
             return rendezvous_env(self.env, peer or first, TORCHRUN_PORT)
-        address = _source_address(_peer(self.hosts[1:])) if len(self.hosts) > 1 else None
+        others = [h for h in self.hosts if not is_this_host(h.name)]
+        address = _source_address(_peer(others)) if others else "127.0.0.1"
         return rendezvous_env(self.env, address or peer or first, _free_port())
 
     def dry_run(self, base: dict, info: dict) -> tuple[dict, list[str]]:
