@@ -29,6 +29,25 @@ from mpirt.tensorbytes import broadcast_optimizer_state as _bcast_optimizer
 from mpirt.tensorbytes import broadcast_tensors
 
 
+# Horovod names left out, and what to use instead: said on first use, not as a bare AttributeError.
+_ELSEWHERE = {
+    "SyncBatchNorm": "torch.nn.SyncBatchNorm on GPUs, after mpirt.torchdist.init_process_group()",
+    "elastic": "mpirt launch --max-restarts N, resuming from your checkpoints (MPIRT_RESTART says the attempt)",
+    "alltoall": "mpi4py's comm.Alltoallv on MPI.COMM_WORLD",
+    "reducescatter": "allreduce and keep this rank's slice, or mpi4py's comm.Reduce_scatter",
+    "ProcessSet": "hvd.init(comm=[ranks]) to run on a subset",
+    "add_process_set": "hvd.init(comm=[ranks]) to run on a subset",
+    "nccl_built": "torch.distributed.is_nccl_available() (CUDA models reduce through NCCL where torch has it)",
+    "start_timeline": "data_parallel's timeline= (MPIRT_TIMELINE), a Chrome trace of every bucket",
+}
+
+
+def __getattr__(name: str):
+    if name in _ELSEWHERE:
+        raise AttributeError(f"mpirt.horovod has no {name}: use {_ELSEWHERE[name]}")
+    raise AttributeError(f"module 'mpirt.horovod' has no attribute {name!r}")
+
+
 class _Op:
     def __init__(self, name: str, mpi_op: str):
         self.name, self.mpi_op = name, mpi_op

@@ -329,12 +329,14 @@ def test_mpijob_pods_with_the_same_entrypoint_and_args(cluster, tmp_path):
 TORCHRUN_SCRIPT = str(Path(__file__).parents[1] / "mpi" / "ranks" / "torchrun_script.py")
 
 
-@pytest.mark.parametrize("hosts,mpirun", [(["w0", "w1", "w2"], "mpirun"), (["launcher", "w0"], "mpiexec.mpich")],
-                         ids=["open-mpi-4", "mpich-launcher-first"])
+@pytest.mark.parametrize("hosts,mpirun", [(["w0", "w1", "w2"], "mpirun"), (["launcher", "w0"], "mpiexec.mpich"),
+                                          (["launcher"], "mpirun")],
+                         ids=["open-mpi-4", "mpich-launcher-first", "launcher-only"])
 def test_a_torchrun_script_runs_unchanged_across_hosts(cluster, hosts, mpirun):
     """MASTER_ADDR is rank 0's host as an address (no DNS on the workers): a worker's, or,
-    with the launcher listed first, the launcher's on the route to the others; RANK and the
-    rest come from Open MPI's variables or Hydra's. MPI never starts in the ranks."""
+    with the launcher listed first, the launcher's on the route to the others (loopback when
+    it is the only host); RANK and the rest come from Open MPI's variables or Hydra's. MPI
+    never starts in the ranks."""
     found = shutil.which(mpirun)
     if not found:
         pytest.skip(f"{mpirun} is not installed")

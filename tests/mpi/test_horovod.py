@@ -16,7 +16,7 @@ EXPECTED = ["size() before init()", "horovod script, clipped", "horovod script, 
             "broadcast from the last rank", "broadcast_ in place", "allreduce_async and synchronize",
             "a handle synchronized twice", "grouped_allreduce_", "allgather_async", "broadcast_async",
             "object collectives", "Adasum",
-            "average= and op= together", "join", "unnamed parameters", "optimizer op=Sum"]
+            "average= and op= together", "join", "a Horovod name left out says what to use", "unnamed parameters", "optimizer op=Sum"]
 ACROSS_RANKS = ["allgather of different row shapes", "broadcast_parameters of different models"]
 
 

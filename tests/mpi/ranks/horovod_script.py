@@ -195,6 +195,8 @@ refused(lambda: hvd.allreduce(mine, op=hvd.Adasum), NotImplementedError, "hvd.Ad
 refused(lambda: hvd.allreduce(mine, average=True, op=hvd.Sum), ValueError, "hvd.allreduce: give op=",
         "average= and op= together")
 refused(hvd.join, NotImplementedError, "hvd.join() is not in mpirt", "join")
+refused(lambda: hvd.SyncBatchNorm, AttributeError, "mpirt.horovod has no SyncBatchNorm: use torch.nn.SyncBatchNorm",
+        "a Horovod name left out says what to use")
 net = Net()
 opt = torch.optim.SGD(net.parameters(), lr=0.1)
 refused(lambda: hvd.DistributedOptimizer(opt, named_parameters=net.fc1.named_parameters()), ValueError,
