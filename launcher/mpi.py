@@ -197,14 +197,50 @@ def local_argv(impl: MpiImpl, n: int, *, cores: int, uid: int) -> list[str]:
     return argv
 
 
+# Launchers that start processes of their own, given as the program of every rank: torchrun
+# on each host would make each host a job of its own (every host training alone, silently),
+# horovodrun and DeepSpeed's launcher would run mpirun or ssh again, an mpirun inside mpirun
+# would start its own ranks. The name (or ``python -m`` module) -> what to run instead.
+_SCRIPT = "mpirt launch -np N -- python -m mpirt train.py"
+OTHER_LAUNCHERS = {
+    "torchrun": f"{_SCRIPT} runs a script written for torchrun unchanged (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR "
+                "and MASTER_PORT set as torchrun sets them)",
+    "horovodrun": f"{_SCRIPT}, with `import mpirt.horovod as hvd` in place of `import horovod.torch as hvd`",
+    "deepspeed": f"{_SCRIPT}: deepspeed.init_distributed() finds MPI's ranks",
+    "mpirun": "mpirt launch runs mpirun itself: give your program after --",
+}
+OTHER_LAUNCHERS.update({"torch.distributed.run": OTHER_LAUNCHERS["torchrun"],
+                        "torch.distributed.launch": OTHER_LAUNCHERS["torchrun"],
+                        "mpiexec": OTHER_LAUNCHERS["mpirun"]})
+# torchrun given a rendezvous of its own spans hosts as its user meant: one process a host starting it is fine
+_RENDEZVOUS = ("--nnodes", "--rdzv-endpoint", "--rdzv_endpoint", "--master-addr", "--master_addr")
+
+
+def _launcher_in(command: list[str]) -> str | None:
+    name = os.path.basename(command[0])
+    if name.startswith("python") and len(command) > 2 and command[1] == "-m":
+        name, args = command[2], command[3:]
+    else:
+        args = command[1:]
+    if name not in OTHER_LAUNCHERS:
+        return None
+    if OTHER_LAUNCHERS[name] is OTHER_LAUNCHERS["torchrun"] and any(a.split("=")[0] in _RENDEZVOUS for a in args):
+        return None
+    return name
+
+
 def check_command(command: list[str]) -> None:
     """The program mpirun starts: a first word with a dash would be read as mpirun's own option
-    (a mistyped option of ours lands there)."""
+    (a mistyped option of ours lands there); another launcher would start processes of its own."""
     if not command:
         raise ValueError("no command to run: put it after --, e.g. mpirt launch -np 2 -- mpirt train")
     if command[0].startswith("-"):
         raise ValueError(f"{command[0]!r} is not an option of mpirt launch (mpirt launch --help lists them), and a "
                          "command cannot start with a dash: fix the option, or put the command after --")
+    other = _launcher_in(command)
+    if other:
+        raise ValueError(f"{other} is a launcher of its own, and mpirt launch would start it as every rank; "
+                         f"{OTHER_LAUNCHERS[other]}")
 
 
 def check_local_program(command: list[str], path: str | None) -> None:

@@ -2,8 +2,8 @@
 
 import pytest
 
-from launcher.mpi import (MpiError, MpiImpl, build_argv, control_env, forwarded, grace_env, known_faults, launch_argv,
-                          local_argv, masked, parse_version_output, ssh_env, user_env)
+from launcher.mpi import (MpiError, MpiImpl, build_argv, check_command, control_env, forwarded, grace_env,
+                          known_faults, launch_argv, local_argv, masked, parse_version_output, ssh_env, user_env)
 
 OMPI4 = "mpirun (Open MPI) 4.1.4\n\nReport bugs to http://www.open-mpi.org/community/help/\n"
 OMPI5 = "mpirun (Open MPI) 5.0.11\n\nReport bugs to https://www.open-mpi.org/community/help/\n"
@@ -155,3 +155,28 @@ def test_known_faults_name_the_version_and_the_fix():
     for clean in (MpiImpl("mpich", (4, 2, 0), "m"), MpiImpl("mpich", (3, 4, 3), "m"),
                   MpiImpl("openmpi", (4, 1, 4), "m"), MpiImpl("intel", (2021, 15), "m")):
         assert known_faults(clean) == []
+
+
+@pytest.mark.parametrize("command,fix", [
+    (["torchrun", "--nproc-per-node", "2", "train.py"], "python -m mpirt train.py runs a script written for torchrun"),
+    (["/usr/bin/python3", "-m", "torch.distributed.run", "train.py"], "written for torchrun unchanged"),
+    (["python", "-m", "torch.distributed.launch", "train.py"], "MASTER_PORT set as torchrun sets them"),
+    (["horovodrun", "-np", "4", "python", "train.py"], "import mpirt.horovod as hvd"),
+    (["deepspeed", "train.py"], "deepspeed.init_distributed() finds MPI's ranks"),
+    (["/usr/bin/mpirun", "-np", "2", "a.out"], "mpirt launch runs mpirun itself"),
+    (["mpiexec", "a.out"], "mpirt launch runs mpirun itself"),
+])
+def test_another_launcher_as_every_rank_is_refused_with_what_to_run(command, fix):
+    """torchrun on each host would train each host alone, silently; the others start their own ranks."""
+    with pytest.raises(ValueError, match="is a launcher of its own") as e:
+        check_command(command)
+    assert fix in str(e.value)
+
+
+@pytest.mark.parametrize("command", [
+    ["torchrun", "--nnodes", "2", "--rdzv-endpoint", "w0:29400", "train.py"],  # a rendezvous of its own
+    ["torchrun", "--master_addr=w0", "train.py"],
+    ["python", "-m", "mpirt", "train.py"], ["python", "train.py", "torchrun"], ["mpirt", "train"],
+])
+def test_programs_that_are_not_another_launcher_pass(command):
+    check_command(command)
