@@ -4,7 +4,10 @@ commands the launcher is given, /dev/shm, and the non-root settings."""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -76,6 +79,31 @@ def test_mpijob(name, tmp_path):
     (tmp_path / "etc/mpi/hostfile").write_text(f"{job['metadata']['name']}-worker-0 slots={job['spec']['slotsPerWorker']}\n")
     assert detect({"K_MPI_JOB_ROLE": "launcher", **env_of(launcher)}, tmp_path, "x-launcher").kind == "launcher"
     assert detect({"K_MPI_JOB_ROLE": "worker", **env_of(worker)}, tmp_path, "x-worker-0").kind == "worker"
+
+
+@pytest.mark.mpi
+def test_torchrun_mpijob_runs_its_script_unchanged(tmp_path):
+    """The ConfigMap's script, written for torchrun, trains under `mpirt launch -- python -m
+    mpirt` as the launcher's args say, on 2 local ranks here; the workers mount it where the
+    args name it."""
+    config, job = load("mpijob-torchrun.yaml")
+    pods = mpijob_pods(job)
+    (launcher,), (worker,) = pods["Launcher"]["containers"], pods["Worker"]["containers"]
+    check_worker(pods["Worker"], worker)
+    args = launcher["args"]
+    check_launcher_args(args)
+    mount = next(m["mountPath"] for m in worker["volumeMounts"] if m["name"] == "script")
+    volume = next(v for v in pods["Worker"]["volumes"] if v["name"] == "script")
+    assert volume["configMap"]["name"] == config["metadata"]["name"]
+    (script_name,) = config["data"]
+    assert args[-1] == f"{mount}/{script_name}" and args[2:5] == ["python", "-m", "mpirt"]
+    script = tmp_path / script_name
+    script.write_text(config["data"][script_name])
+    proc = subprocess.run(["mpirt", "launch", "-np", "2", "--", sys.executable, "-m", "mpirt", str(script)],
+                          capture_output=True, text=True, timeout=180, env={**os.environ, "EPOCHS": "2"})
+    assert proc.returncode == 0, proc.stderr
+    losses = [float(line.rsplit(" ", 1)[1]) for line in proc.stdout.splitlines() if "loss" in line]
+    assert len(losses) == 2 and all(0 < x < 10 for x in losses), proc.stdout
 
 
 def test_nonroot_mpijob_matches_the_restricted_scc():
