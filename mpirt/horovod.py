@@ -330,7 +330,7 @@ def allgather(tensor: torch.Tensor, name=None, process_set=None) -> torch.Tensor
     host = t.cpu()
     row = math.prod(host.shape[1:]) * host.element_size()
     counts = [s[0] * row for s, _ in shapes]
-    out = torch.empty(sum(counts), dtype=torch.uint8)
+    out = torch.empty(sum(counts), dtype=torch.uint8, device="cpu")  # whatever the default device
     comm.Allgatherv(host.reshape(-1).view(torch.uint8).numpy(), [out.numpy(), counts])
     return out.view(t.dtype).reshape(sum(s[0] for s, _ in shapes), *t.shape[1:]).to(t.device)
 

@@ -28,6 +28,17 @@ def test_data_parallel_on_cuda_matches_reference(mpiexec, np_):
 
 
 @pytest.mark.parametrize("np_", [1, 2])
+def test_horovod_api_on_cuda(mpiexec, np_):
+    """mpirt.horovod with the model, data and every tensor on the GPU: the core's device path,
+    mpi4py's staged one (int64, float64 products), NCCL under DistributedOptimizer."""
+    from test_horovod import ACROSS_RANKS, EXPECTED
+
+    proc = mpiexec.python(np_, "horovod_script.py", "cuda", timeout=300)
+    report = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
+    assert report["checked"] == EXPECTED + (ACROSS_RANKS if np_ > 1 else [])
+
+
+@pytest.mark.parametrize("np_", [1, 2])
 def test_a_thread_on_device_0_reduces_on_the_tensors_device(mpiexec, np_):
     """With two GPUs or more the tensors are on the last devices, so the thread's device 0 is
     the wrong one: the core must switch, as it must for data_parallel's communication thread."""

@@ -3,7 +3,7 @@ mpirt.horovod as hvd` its one changed line: three runs (plain with gradient clip
 synchronize() and step(); backward_passes_per_step=2 over half batches; fp16 compression)
 each reach the weights of one process on the global batch; then the collectives against
 values each rank computes itself, and the errors. Rank 0 prints one JSON line, with where each
-rank ran."""
+rank ran. `horovod_script.py cuda`: the model, data and tensors on each rank's GPU."""
 
 import copy
 import json
@@ -37,6 +37,10 @@ hvd.init()
 hvd.init()  # a second call does nothing
 torch.set_num_threads(1)
 rank, size = hvd.rank(), hvd.size()
+DEVICE = torch.device(sys.argv[1] if len(sys.argv) > 1 else "cpu")
+if DEVICE.type == "cuda":
+    DEVICE = torch.device("cuda", hvd.local_rank() % torch.cuda.device_count())
+    torch.cuda.set_device(DEVICE)
 
 GLOBAL_BATCH, SAMPLES, EPOCHS = 12, 48, 2
 g = torch.Generator().manual_seed(7)
@@ -56,7 +60,7 @@ class Net(nn.Module):
 def train(passes=1, compression=hvd.Compression.none, clip=False, dtype=torch.float64):
     """(this rank's model, the one-process reference) after EPOCHS epochs."""
     torch.manual_seed(100 + rank)  # each rank its own start: broadcast_parameters makes it rank 0's
-    model = Net().to(dtype)
+    model = Net().to(dtype).to(DEVICE)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     hvd.broadcast_parameters(model.state_dict(), root_rank=0)
     hvd.broadcast_optimizer_state(optimizer, root_rank=0)
@@ -73,7 +77,7 @@ def train(passes=1, compression=hvd.Compression.none, clip=False, dtype=torch.fl
         for k, (x, y) in enumerate(loader):
             optimizer.zero_grad()
             for px, py in zip(x.chunk(passes), y.chunk(passes)):  # each part's mean, weighted to its share
-                (F.mse_loss(model(px.to(dtype)), py.to(dtype)) * (len(px) / len(x))).backward()
+                (F.mse_loss(model(px.to(DEVICE, dtype)), py.to(DEVICE, dtype)) * (len(px) / len(x))).backward()
             if clip:
                 optimizer.synchronize()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
@@ -85,7 +89,7 @@ def train(passes=1, compression=hvd.Compression.none, clip=False, dtype=torch.fl
             # rank r's rows are r, r + size, ...: the step's rows together are this block
             xs, ys = dataset[GLOBAL_BATCH * k:GLOBAL_BATCH * (k + 1)]
             ref_opt.zero_grad()
-            F.mse_loss(reference(xs.to(dtype)), ys.to(dtype)).backward()
+            F.mse_loss(reference(xs.to(DEVICE, dtype)), ys.to(DEVICE, dtype)).backward()
             if clip:
                 torch.nn.utils.clip_grad_norm_(reference.parameters(), 0.5)
             ref_opt.step()
@@ -99,7 +103,7 @@ def train(passes=1, compression=hvd.Compression.none, clip=False, dtype=torch.fl
 
 
 def same_everywhere(model, what):
-    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).double().numpy().tobytes()
+    flat = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).double().cpu().numpy().tobytes()
     if len(set(hvd.allgather_object(flat))) != 1:
         raise AssertionError(f"{what}: the ranks' weights differ")
 
@@ -116,6 +120,8 @@ for what, kwargs, tol in (("horovod script, clipped", {"clip": True}, 1e-12),
     checked.append(what)
 hvd.shutdown()  # closes the optimizers; init() again starts afresh
 hvd.init()
+
+torch.set_default_device(DEVICE)  # every tensor from here on
 
 # The rank queries, against MPI's view (one node here; several in the cluster test).
 w = world()
@@ -166,6 +172,10 @@ flags = torch.tensor([rank % 2 == 0])
 expect(hvd.allgather(flags), torch.tensor([r % 2 == 0 for r in range(size)]), "allgather of bool")
 empty = torch.empty(0, 2) if rank == 0 else torch.ones(1, 2)
 expect(hvd.allgather(empty), torch.ones(size - 1, 2), "allgather with an empty first dimension")
+with torch.device("meta"):  # another default device: the shim's host buffers stay on the CPU
+    got = hvd.allgather(torch.full((1, 2), float(rank), device="cpu"))
+expect(got.to(DEVICE), torch.cat([torch.full((1, 2), float(r)) for r in range(size)]),
+       "allgather under another default device")
 root = size - 1
 expect(hvd.broadcast(torch.tensor([float(rank), 2.0]), root_rank=root), torch.tensor([float(root), 2.0]),
        "broadcast from the last rank")
