@@ -612,7 +612,7 @@ class DataParallel:
                 self._mark_ready(b)
         mask = None
         if self.find_unused:  # every rank, every step: whether a rank has unused parameters is not shared
-            mask = torch.tensor(used, dtype=torch.int32)
+            mask = torch.tensor(used, dtype=torch.int32, device="cpu")
             if self.size > 1:
                 self._worker.submit(lambda: self._allreduce_mask(mask))
         self._worker.drain()
@@ -646,7 +646,7 @@ class DataParallel:
     def _still_training(self, mine: bool) -> int | None:
         """The lowest rank still in its join() loop, None when none is (the collective that
         opens each step); its buffers are the ones the others take after the step."""
-        flag = torch.tensor([self.size - self.rank if mine else 0], dtype=torch.int32)
+        flag = torch.tensor([self.size - self.rank if mine else 0], dtype=torch.int32, device="cpu")
         self.inspector.enter(self.step, "join()'s count of the ranks still training", 0, 0)
         self._allreduce(flag, "max")
         self.inspector.leave(self.step)
@@ -683,7 +683,7 @@ class DataParallel:
                 b.flat.zero_()
                 self._submit(b)
             if self.find_unused:
-                mask = torch.zeros(sum(len(b.params) for b in self._buckets), dtype=torch.int32)
+                mask = torch.zeros(sum(len(b.params) for b in self._buckets), dtype=torch.int32, device="cpu")
                 self._worker.submit(lambda: self._allreduce_mask(mask))
             self._worker.submit(lambda: counts.append(self._still_training(False)))
             self._worker.drain()
