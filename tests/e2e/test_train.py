@@ -63,33 +63,32 @@ def one_rank(tmp_path_factory):
     return final_weights(out)
 
 
+def assert_weights_of_one_rank(out, one_rank, rtol=1e-5, atol=1e-6):
+    """The job in ``out`` ended at one rank's step and weights (fp32, another summation order:
+    a few ulps per step by default)."""
+    step, weights = final_weights(out)
+    assert step == one_rank[0] == 6
+    for name, w in weights.items():
+        assert torch.allclose(w, one_rank[1][name], rtol=rtol, atol=atol), name
+
+
 @pytest.mark.parametrize("np_", [2, 4])
 def test_n_ranks_give_the_weights_of_one_rank(tmp_path, one_rank, np_):
     train(np_, tmp_path, *SAME)
-    step, weights = final_weights(tmp_path)
-    assert step == one_rank[0] == 6
-    for name, w in weights.items():
-        # fp32, different summation order: a few ulps per step
-        assert torch.allclose(w, one_rank[1][name], rtol=1e-5, atol=1e-6), name
+    assert_weights_of_one_rank(tmp_path, one_rank)
 
 
 def test_accumulated_backward_passes_give_the_weights_of_one_rank(tmp_path, one_rank):
     """--accumulate 5: 24 rows on 2 ranks, 12 each in parts of 3, 3, 2, 2, 2, averaged once a step."""
     proc = train(2, tmp_path, *SAME, "--accumulate", "5")
     assert "global batch 24 in 5 backward passes" in proc.stdout
-    step, weights = final_weights(tmp_path)
-    assert step == one_rank[0] == 6
-    for name, w in weights.items():
-        assert torch.allclose(w, one_rank[1][name], rtol=1e-5, atol=1e-6), name
+    assert_weights_of_one_rank(tmp_path, one_rank)
 
 
 def test_a_job_compiled_split_at_its_buckets_gives_the_weights_of_one_rank(tmp_path, one_rank):
     proc = train(2, tmp_path, *SAME, "--compile", "split")
     assert "compiled split)" in proc.stdout
-    step, weights = final_weights(tmp_path)
-    assert step == one_rank[0] == 6
-    for name, w in weights.items():  # inductor's kernels round differently from eager ones
-        assert torch.allclose(w, one_rank[1][name], rtol=1e-4, atol=1e-5), name
+    assert_weights_of_one_rank(tmp_path, one_rank, rtol=1e-4, atol=1e-5)  # inductor rounds unlike eager
 
 
 def test_a_job_resumed_on_fewer_ranks_continues_the_same_training(tmp_path, one_rank):
@@ -100,10 +99,7 @@ def test_a_job_resumed_on_fewer_ranks_continues_the_same_training(tmp_path, one_
     proc = train(2, tmp_path, *SAME, "--resume")
     assert "resuming from step 3" in proc.stdout
     assert "checkpoint was written by 4 ranks, this run has 2: RNG states are not restored" in proc.stderr
-    step, weights = final_weights(tmp_path)
-    assert step == one_rank[0] == 6
-    for name, w in weights.items():
-        assert torch.allclose(w, one_rank[1][name], rtol=1e-5, atol=1e-6), name
+    assert_weights_of_one_rank(tmp_path, one_rank)
 
 
 def descendants(pid):
