@@ -241,7 +241,8 @@ def bench_compare(base: str, new: str, threshold: str, as_json: bool) -> None:
 @click.option("--mpirun", envvar="MPIRT_MPIRUN", help="mpirun to use (default: the one matching mpi4py's MPI).")
 @click.option("--dry-run", is_flag=True, envvar="MPIRT_DRY_RUN", help="Print the mpirun argv and env as JSON; run nothing.")
 @click.option("--grace", "grace_s", type=click.FloatRange(min=0), default=10.0, show_default=True,
-              envvar="MPIRT_GRACE_S", help="Seconds between forwarding SIGTERM/SIGINT and killing every rank.")
+              envvar="MPIRT_GRACE_S", help="On SIGTERM/SIGINT (or the time limit), seconds every rank gets to end "
+                                             "after its SIGTERM, before the kill.")
 @click.option("--tag-output/--no-tag-output", default=True, envvar="MPIRT_TAG_OUTPUT",
               help="Prefix each output line with its rank.")
 @click.option("--profile", envvar="MPIRT_PROFILE", help="Algorithm profile: rl, debug, or one from MPIRT_PROFILES.")
@@ -318,6 +319,23 @@ def probe_cmd(peer, root) -> None:
     if found.probe is None:
         raise CliError(found.error)
     click.echo(json.dumps(fleet.to_json(found)))
+
+
+@main.command("signal-ranks", hidden=True)
+@click.option("--signal", "sig", type=click.Choice(["TERM", "KILL"]), default="TERM", show_default=True)
+@click.argument("job")
+def signal_ranks_cmd(sig, job) -> None:
+    """Signal this host's ranks of JOB (`mpirt launch` runs it on every host when it stops a job);
+    prints how many it signalled."""
+    import signal
+
+    from launcher import ranks
+
+    try:
+        ranks.check_job_id(job)
+    except ValueError as e:
+        raise CliError(str(e)) from e
+    click.echo(len(ranks.send(ranks.find(ranks.table(), job=job), signal.Signals[f"SIG{sig}"])))
 
 
 @main.command("env")
@@ -427,15 +445,18 @@ def topo(as_json: bool, root: str) -> None:
               help="Private writable directory for sshd's files (default /tmp/mpirt-sshd-<uid>).")
 @click.option("--listen", default="0.0.0.0", show_default=True, envvar="MPIRT_SSH_LISTEN")
 @click.option("--sshd", default="/usr/sbin/sshd", show_default=True, envvar="MPIRT_SSHD")
+@click.option("--grace", "grace_s", type=click.FloatRange(min=0), default=10.0, show_default=True,
+              envvar="MPIRT_GRACE_S", help="On SIGTERM, seconds the ranks running here get to end (they get "
+                                             "SIGTERM at once, SIGKILL after) while sshd serves on.")
 @click.option("--check", "check_only", is_flag=True, help="Write the config, validate it with sshd -t, exit.")
-def worker(port: int, ssh_dir: str, state_dir: str, listen: str, sshd: str, check_only: bool) -> None:
+def worker(port: int, ssh_dir: str, state_dir: str, listen: str, sshd: str, grace_s: float, check_only: bool) -> None:
     """Run a hardened sshd in the foreground (the worker pod's command), as root or any UID."""
     from launcher.ssh import SshSetupError
     from launcher.sshd import WorkerConfig, run
 
     try:
         sys.exit(run(WorkerConfig(port=port, ssh_dir=ssh_dir, state_dir=state_dir, listen=listen, sshd=sshd,
-                                  check_only=check_only)))
+                                  grace_s=grace_s, check_only=check_only)))
     except SshSetupError as e:
         raise CliError(str(e)) from e
 

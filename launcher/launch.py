@@ -5,7 +5,8 @@ Launcher: hosts from --hostfile / -H or from the pod (mpi-operator, Trainer V2, 
 launcher.roles), then: our own hostfile in the MPI's dialect, the ssh setup from the mounted
 key, a readiness wait for every host under one deadline, and mpirun from the table. Every
 rank gets ``MPIRT_ERROR_DIR`` so a failing rank's record reaches the root-cause report, and
-mpirun is told the grace period between SIGTERM and SIGKILL. After a failure each host's OOM
+``MPIRT_JOB_ID`` so a stop can signal the job's ranks on every host (launcher.ranks). After a
+failure each host's OOM
 counter is read again (launcher.postmortem); the outcome also goes to the pod's termination
 message (launcher.termination).
 """
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from launcher import fleet
 from launcher import hosts as hostlib
-from launcher import mpi, postmortem, sidecar, termination
+from launcher import mpi, postmortem, ranks, sidecar, termination
 from launcher.detect import memcg
 from launcher.envdefaults import load_profiles, resolve
 from launcher.detect.gpu import device_nodes
@@ -200,6 +201,10 @@ def _read_here(_host: str, counter: memcg.OomCounter) -> int | None:
         return None
 
 
+def _stop_here(job_id: str, sig: int) -> int:
+    return len(ranks.send(ranks.find(ranks.table(), job=job_id), sig))
+
+
 RESTART_PAUSE_S = 1.0
 
 
@@ -237,8 +242,8 @@ def _run(cfg: LaunchConfig, undo: ExitStack) -> tuple[int, str]:
     hosts, source = resolve_hosts(cfg, env)
     own_dir = "MPIRT_ERROR_DIR" not in env
     error_dir = env.get("MPIRT_ERROR_DIR") or tempfile.mkdtemp(prefix="mpirt-errors-")
-    base = {"MPIRT_ERROR_DIR": error_dir, **named}
-    base.update({k: v for k, v in mpi.grace_env(impl, cfg.grace_s).items() if k not in env})
+    job_id = ranks.new_job_id()  # marks this job's ranks on every host: a stop signals them (launcher.ranks)
+    base = {"MPIRT_ERROR_DIR": error_dir, ranks.JOB_ENV: job_id, **named}
     info: dict = {"mpi": impl.label, "hosts_from": source}
     job = _Local(cfg, impl, env, info) if not hosts else _Remote(cfg, impl, env, hosts, source, undo, base, info,
                                                                  named)
@@ -261,7 +266,8 @@ def _run(cfg: LaunchConfig, undo: ExitStack) -> tuple[int, str]:
             print(ready, file=sys.stderr, flush=True)
             return 1, ready
         end = supervise(ready, {**env, **added}, cfg.grace_s, log_dir=cfg.log_dir, time_limit_s=cfg.time_limit_s,
-                        show=show, timestamps=cfg.timestamp_output)
+                        show=show, timestamps=cfg.timestamp_output,
+                        stop_ranks=lambda sig: job.stop_ranks(job_id, sig))
         failed = end.code != 0 and not end.stopped_by and not end.timed_out
         error_dir, oom, where = added["MPIRT_ERROR_DIR"], [], []
         if failed:  # the hosts are asked for records and OOM counters at once: a lost host costs its timeout once
@@ -324,6 +330,9 @@ class _Local:
 
     def fetch(self, error_dir: str, suffix: str) -> list[str]:
         return []  # the ranks wrote their files here
+
+    def stop_ranks(self, job_id: str, sig: int) -> int:
+        return _stop_here(job_id, sig)
 
     def prepare(self, added: dict) -> list[str]:
         here = memcg.read()
@@ -417,6 +426,16 @@ class _Remote:
         command = postmortem.listing_command(error_dir, suffix)
         return postmortem.fetch([h for h in self.names if not is_this_host(h)],
                                 lambda h: output_of(h, self.setup, command, self.ssh_env, timeout=5))
+
+    def stop_ranks(self, job_id: str, sig: int) -> int:
+        """Signal the job's ranks here, then on the other hosts (over ssh, in parallel); how many."""
+        from launcher.ready import output_of
+
+        here = _stop_here(job_id, sig)
+        command = ranks.remote_command(job_id, sig)
+        said = postmortem.fetch([h for h in self.names if not is_this_host(h)],
+                                lambda h: output_of(h, self.setup, command, self.ssh_env, timeout=5))
+        return here + sum(int(text) for text in said if text.strip().isdigit())
 
     def read_oom(self, host: str, counter: memcg.OomCounter) -> int | None:
         from launcher.ready import output_of

@@ -7,7 +7,6 @@ literal lists. The full launcher (hosts, ssh, env forwarding) extends this same 
 from __future__ import annotations
 
 import ipaddress
-import math
 import os
 import re
 import shutil
@@ -104,11 +103,6 @@ FORWARD_NAMES = ("PATH", "LD_LIBRARY_PATH", "PYTHONPATH")
 FORWARD_PREFIXES = ("MPIRT_", "NCCL_", "UCX_", "TORCH_", "PYTORCH_", "OMP_", "MKL_")
 _SECRET = re.compile(r"(TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|PRIVATE|(^|_)KEY($|_))", re.I)
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-
-# How long mpirun lets ranks live once it is told to stop. Open MPI 4 waits this many seconds
-# (default 1), sends the ranks SIGTERM, waits as long again, then SIGKILL (measured here): half
-# the grace period each way gives a rank grace/2 seconds to checkpoint before the kill at grace.
-GRACE_ENV: dict[tuple[str, int], str] = {("openmpi", 4): "OMPI_MCA_odls_base_sigkill_timeout"}
 
 # Faults of some versions that a user meets as a hang, said when a job spans hosts and by
 # `mpirt doctor`: (family, first version affected, first version fixed, what happens and the fix).
@@ -325,11 +319,6 @@ def control_env(impl: MpiImpl, iface: str | None) -> dict[str, str]:
     needs one (``Flags.control_iface``)."""
     name = TABLE[impl.key].control_iface
     return {name: iface} if name and iface else {}
-
-
-def grace_env(impl: MpiImpl, seconds: float) -> dict[str, str]:
-    name = GRACE_ENV.get((impl.family, impl.version[0]))
-    return {name: str(max(1, math.ceil(seconds / 2)))} if name else {}
 
 
 def local_argv_here(impl: MpiImpl, n: int) -> list[str]:

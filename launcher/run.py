@@ -1,8 +1,7 @@
 """Run mpirun and stay in charge of it: relay its output (only the ranks asked for, split per
-rank into --log-dir),
-forward SIGTERM/SIGINT, stop the job at its time limit (a hung sshd or rank can stall an
-mpirun for ever, mpi-operator #152), stop the whole process tree after a grace period, return
-its exit code, and explain a failure: the earliest rank error record (``mpirt.errors``) when there is
+rank into --log-dir), stop the job on SIGTERM/SIGINT or at its time limit (a hung sshd or
+rank can stall an mpirun for ever, mpi-operator #152): SIGTERM to every rank, the grace
+period, then mpirun's own teardown and the kill; return its exit code, and explain a failure: the earliest rank error record (``mpirt.errors``) when there is
 one, else what mpirun itself said (which rank, host, exit code or signal; a lost host)."""
 
 from __future__ import annotations
@@ -16,7 +15,7 @@ import sys
 import threading
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 from mpirt import errors
 
@@ -24,6 +23,9 @@ from mpirt import errors
 _FATAL = re.compile(rb"ssh: connect to host|ssh: Could not resolve hostname|Permission denied \(publickey|"
                     rb"Host key verification failed")
 FATAL_GRACE_S = 15.0
+# After mpirun is told to stop, how long its teardown may take (Open MPI 4's: twice its 1 s
+# kill timeout) before everything left is killed.
+BACKSTOP_S = 5.0
 _TAG = re.compile(rb"^\[(?:\d+,)?(\d+)\](?:<(?:stdout|stderr)>:|\s)")
 # What a signal that killed a rank usually means in a pod.
 _SIGNAL_HINTS = {
@@ -37,6 +39,13 @@ def _killed(rank: str | None, host: str, num: int) -> str:
     who = f"rank {rank}" if rank is not None else "a rank"
     hint = _SIGNAL_HINTS.get(num)
     return f"{who} on {host} was killed by signal {num}{_signame(num)}" + (f"; usually {hint}" if hint else "")
+
+
+def _code_hint(code: int) -> str:
+    """143 is how a program that stops on SIGTERM ends (mpirt train after its checkpoint): the
+    rank was told to stop, usually because its worker pod was deleted, evicted or drained."""
+    return (" (128 + SIGTERM: it was told to stop, usually because its pod was deleted, evicted or its node "
+            "drained)") if code == 128 + signal.SIGTERM else ""
 
 
 def _not_started(program: str, host: str, why: str) -> str:
@@ -73,9 +82,9 @@ _PATTERNS = (
     (re.compile(r"\[proxy:[^\]@]*@([^\]]+)\]\s+HYDU_create_process \([^)]*\): execvp error on file (\S+) \(([^)]+)\)"),
      lambda m: _not_started(m[2], m[1], m[3])),
     (re.compile(r"Process name: \[\[\d+,\d+\],(\d+)\]\s*\n\s*Exit code:\s+(\d+)"),
-     lambda m: f"rank {m[1]} exited with code {m[2]}"),
+     lambda m: f"rank {m[1]} exited with code {m[2]}{_code_hint(int(m[2]))}"),
     (re.compile(r"RANK (\d+) PID \d+ RUNNING AT (\S+)\s*\n=\s+EXIT CODE: (\d+)"),
-     lambda m: f"rank {m[1]} on {m[2]} exited with code {m[3]}"),
+     lambda m: f"rank {m[1]} on {m[2]} exited with code {m[3]}{_code_hint(int(m[3]))}"),
 )
 
 
@@ -191,10 +200,17 @@ def _stamp() -> bytes:
 
 def supervise(argv: list[str], env: dict[str, str], grace_s: float, log_dir: str | None = None,
               fatal_grace_s: float = FATAL_GRACE_S, time_limit_s: float | None = None,
-              show: frozenset[int] | None = None, timestamps: bool = False) -> Outcome:
+              show: frozenset[int] | None = None, timestamps: bool = False,
+              stop_ranks: Callable[[int], int] | None = None) -> Outcome:
     """Run ``argv`` to its end, or until a signal or ``time_limit_s`` stops it; ``show``: the
     ranks whose output reaches our stdout and stderr (None: all; mpirun's own always does);
-    ``timestamps``: each line relayed or logged starts with the time it arrived."""
+    ``timestamps``: each line relayed or logged starts with the time it arrived;
+    ``stop_ranks(sig)``: signal every rank of the job, wherever it runs; how many it reached.
+
+    A stop gives every rank SIGTERM at once through ``stop_ranks`` and lets the job end within
+    ``grace_s``; then mpirun is told to stop (its own teardown), and BACKSTOP_S later whatever
+    is left is killed. A second stop signal cuts the grace period short. Where no rank was
+    reached, mpirun is told at once."""
     logs_path = Path(log_dir) if log_dir else None
     if logs_path:
         logs_path.mkdir(parents=True, exist_ok=True)
@@ -204,48 +220,70 @@ def supervise(argv: list[str], env: dict[str, str], grace_s: float, log_dir: str
     logs: dict = {}
     lock = threading.Lock()
     doomed = threading.Event()
+    timers: list[threading.Timer] = []
+
+    def later(seconds: float, action) -> None:
+        timer = threading.Timer(seconds, action)
+        timer.daemon = True
+        timers.append(timer)
+        timer.start()
+
+    def kill_all() -> None:
+        _kill_group(proc)
+        if stop_ranks:
+            stop_ranks(signal.SIGKILL)
 
     def on_fatal():  # the job cannot start everywhere; some mpiruns would wait forever
         if not doomed.is_set():
             doomed.set()
-            threading.Timer(fatal_grace_s, _kill_group, args=(proc,)).start()
+            later(fatal_grace_s, kill_all)
 
     relays = [_Relay(src, dst, tail, ranks, logs, lock, logs_path, on_fatal, show, timestamps)
               for src, dst in ((proc.stdout, sys.stdout.buffer), (proc.stderr, sys.stderr.buffer))]
     for r in relays:
         r.start()
     stopping = threading.Event()
+    told = threading.Event()
     stopped_by = 0
     timed_out = threading.Event()
 
-    def stop(signum: int) -> bool:
-        """Pass ``signum`` on; True for the first stop (mpirun stops its ranks within the grace
-        period itself; the kill after it is the backstop)."""
+    def tell_mpirun() -> None:
+        if proc.poll() is None and not told.is_set():
+            told.set()
+            _signal_group(proc, signal.SIGTERM)
+            later(BACKSTOP_S, kill_all)
+
+    def stop_job() -> None:
+        if stop_ranks and stop_ranks(signal.SIGTERM):
+            later(grace_s, tell_mpirun)
+        else:
+            tell_mpirun()
+
+    def stop() -> bool:
+        """True for the first stop."""
         if proc.poll() is not None:
             return False
-        proc.send_signal(signum)
         if stopping.is_set():
+            tell_mpirun()
             return False
         stopping.set()
-        threading.Timer(grace_s + 2, _kill_group, args=(proc,)).start()
+        threading.Thread(target=stop_job, daemon=True).start()  # not in the signal handler: it may use ssh
         return True
 
     def forward(signum, _frame):
         nonlocal stopped_by
-        if stop(signum):
+        if stop():
             stopped_by = signum
 
     def expire():
-        if stop(signal.SIGTERM):
+        if stop():
             timed_out.set()
             print(f"mpirt: time limit of {time_limit_s:g} s reached; stopping the job (SIGTERM to every rank, "
                   f"SIGKILL after {grace_s:g} s)", file=sys.stderr, flush=True)
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
-    limit = threading.Timer(time_limit_s, expire) if time_limit_s else None
-    if limit:
-        limit.daemon = True
-        limit.start()
+    if time_limit_s:
+        later(time_limit_s, expire)
     try:
         code = exit_code(proc.wait())
         for r in relays:
@@ -253,8 +291,8 @@ def supervise(argv: list[str], env: dict[str, str], grace_s: float, log_dir: str
         with lock:
             return Outcome(code, stopped_by, list(tail), timed_out.is_set(), {r: list(d) for r, d in ranks.items()})
     finally:
-        if limit:
-            limit.cancel()
+        for timer in timers:
+            timer.cancel()
         for s, handler in previous.items():
             signal.signal(s, handler)
         if proc.poll() is None:
@@ -263,11 +301,16 @@ def supervise(argv: list[str], env: dict[str, str], grace_s: float, log_dir: str
             f.close()
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
+def _signal_group(proc: subprocess.Popen, sig: int) -> None:
+    """mpirun and what shares its process group (the mpiexec under a wrapper script's)."""
     try:
-        os.killpg(proc.pid, signal.SIGKILL)
+        os.killpg(proc.pid, sig)
     except ProcessLookupError:
         pass
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    _signal_group(proc, signal.SIGKILL)
 
 
 def from_output(tail: list[str]) -> list[str]:

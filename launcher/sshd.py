@@ -12,8 +12,9 @@ mounts, missing /etc/ssh host keys and odd file modes do not matter:
   Python are found over non-interactive ssh, and ranks see what the pod spec set for the
   worker (HF_HOME, a Secret's token, NCCL_* for this host), as a process in this container
   would; only what a login sets for itself is left out.
-sshd runs as our child: we reap orphans (we may be PID 1), forward SIGTERM/SIGINT, and
-restart sshd if it dies on its own.
+sshd runs as our child: we reap orphans (we may be PID 1) and restart sshd if it dies on its
+own. A SIGTERM (the pod is being deleted, evicted or drained) first stops the ranks running
+here, as the launcher would, then sshd (``_Drain``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from launcher import fleet
+from launcher import fleet, ranks
 from launcher.ssh import SshSetupError, write_private, private_dir
 
 PRIVSEP_DIR = "/run/sshd"
@@ -49,6 +50,7 @@ class WorkerConfig:
     listen: str = "0.0.0.0"
     sshd: str = "/usr/sbin/sshd"
     check_only: bool = False  # write everything, run `sshd -t`, exit
+    grace_s: float = 10.0  # on SIGTERM, how long this host's ranks may take to end (launcher.sshd._Drain)
 
 
 def state_path(cfg: WorkerConfig) -> Path:
@@ -198,6 +200,49 @@ def write_config(cfg: WorkerConfig, env: dict[str, str]) -> tuple[Path, dict[str
     return config, nss
 
 
+class _Wake(Exception):
+    pass
+
+
+# After its ranks have ended, how long sshd may go on serving the sessions still open: the
+# launcher fetching their error records and stack dumps.
+LINGER_S = 5.0
+
+
+class _Drain:
+    """A worker told to stop (a pod's SIGTERM): every rank its sshd started gets SIGTERM at
+    once, then up to ``grace_s`` to end (SIGKILL after), while sshd serves on; then it waits
+    for the open sessions to close, LINGER_S at most. Exiting at once, as PID 1 of the
+    container, would kill every rank in it with SIGKILL: no checkpoint, no stack dump."""
+
+    def __init__(self, grace_s: float):
+        self.grace_s, self.started, self.left, self.since, self.ended = grace_s, False, [], 0.0, None
+
+    def begin(self) -> None:
+        if self.started:
+            return
+        self.started, self.since = True, time.monotonic()
+        self.left = ranks.send(ranks.find(ranks.table(), below=os.getpid()))
+        if self.left:
+            print(f"mpirt worker: stopping: SIGTERM to {len(self.left)} rank{'s' if len(self.left) > 1 else ''} here; "
+                  f"sshd serves on while they finish (SIGKILL after {self.grace_s:g} s)", file=sys.stderr, flush=True)
+        else:
+            self.ended = self.since - LINGER_S  # nothing ran here: no one to wait for
+
+    def done(self, sshd_pid: int) -> bool:
+        now = time.monotonic()
+        if self.ended is None:
+            self.left = [pid for pid in self.left if ranks.alive(pid)]
+            if self.left and now - self.since < self.grace_s:
+                return False
+            if self.left:
+                print(f"mpirt worker: {len(self.left)} rank(s) still running after {self.grace_s:g} s; SIGKILL",
+                      file=sys.stderr, flush=True)
+                ranks.send(self.left, signal.SIGKILL)
+            self.ended = now
+        return not ranks.children(sshd_pid) or now - self.ended >= LINGER_S
+
+
 def run(cfg: WorkerConfig) -> int:
     sshd = shutil.which(cfg.sshd) if not os.path.isabs(cfg.sshd) else cfg.sshd
     if not sshd or not os.access(sshd, os.X_OK):
@@ -216,31 +261,46 @@ def run(cfg: WorkerConfig) -> int:
     if cfg.check_only:
         print(f"mpirt worker: {config} is valid (port {cfg.port})")
         return 0
-    stopping = False
-
-    def stop(signum, _frame):
-        nonlocal stopping
-        stopping = True
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-
     print(f"mpirt worker: sshd on port {cfg.port}, uid {os.getuid()}, config {config}", file=sys.stderr, flush=True)
+    ranks.become_subreaper()  # ranks whose daemon died stay below us, where a stop finds them
     proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], env=env)
+    drain = _Drain(cfg.grace_s)
+    blocking = False
+
+    def stop(_signum, _frame):
+        drain.begin()
+        if blocking:  # wake the wait below (a handler that returns would let it go on waiting)
+            raise _Wake
+
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     restarts: list[float] = []
+    sshd_told = False
     while True:
+        if drain.started and not sshd_told and drain.done(proc.pid):
+            sshd_told = True
+            ranks.send([proc.pid])
         try:
-            pid, status = os.wait()  # also reaps orphans reparented to us
+            blocking = not drain.started
+            pid, status = os.waitpid(-1, 0 if blocking else os.WNOHANG)  # also reaps orphans reparented to us
+        except _Wake:
+            continue
         except ChildProcessError:
-            return 0
-        except InterruptedError:
+            if not drain.started or sshd_told:
+                return 0
+            pid = 0
+        finally:
+            blocking = False
+        if pid == 0:
+            time.sleep(0.2)
             continue
         if pid != proc.pid:
             continue
+        if drain.started:
+            if sshd_told:
+                return 0
+            continue  # sshd died while its ranks finish: no restart now
         code = os.waitstatus_to_exitcode(status)
-        if stopping:
-            return 0
         now = time.monotonic()
         restarts = [t for t in restarts if now - t < 60] + [now]
         if len(restarts) > 5:

@@ -5,6 +5,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -274,6 +275,69 @@ def test_worker_lost_mid_run_ends_the_job_naming_the_host(cluster):
     assert time.time() - t0 < 30, "the launcher took 30 s or more to notice the lost host"
     cause = err.split("Root cause (from mpirun's output): ", 1)[-1].splitlines()[0]
     assert cause.startswith("host w1 "), err
+
+
+STOP = str(Path(__file__).parent / "ranks" / "stop.py")
+
+
+def _wait_for(paths: list[Path], proc: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.time() + timeout
+    while not all(p.exists() for p in paths):
+        if proc.poll() is not None or time.time() > deadline:
+            out, err = proc.communicate()
+            pytest.fail(f"the ranks never all started:\n{out}\n{err}")
+        time.sleep(0.05)
+
+
+@EACH_MPI
+def test_a_stopped_job_gives_every_rank_on_every_host_its_grace_period(cluster, tmp_path, variable, mpirun, env):
+    """SIGTERM to the launcher (its pod deleted): each rank on each host gets SIGTERM at once and
+    its 4 s of work after it fit in --grace 8, whatever the MPI. Left to themselves, Open MPI 4
+    would send SIGTERM only after half the grace period, Open MPI 5 and Intel MPI kill within
+    about a second."""
+    python, extra = mpi_under_test(variable, mpirun)
+    c = cluster(2)
+    c.start_worker("w0")
+    c.start_worker("w1")
+    proc = c.start_launch(["w0", "w1"], [python, STOP, str(tmp_path), "4"], "--grace", "8", *extra, env=env)
+    try:
+        _wait_for([tmp_path / "rank-0.started", tmp_path / "rank-1.started"], proc)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err
+    assert "mpirt: stopped by SIGTERM" in err
+    assert [(tmp_path / f"rank-{r}.done").exists() for r in range(2)] == [True, True], err
+    assert [(tmp_path / f"rank-{r}.done").read_text() for r in range(2)] == ["w0", "w1"]
+
+
+def test_a_worker_told_to_stop_stops_its_ranks_before_itself(cluster, tmp_path):
+    """A worker pod's SIGTERM (evicted, drained): `mpirt worker` is PID 1 there, and its exit
+    would SIGKILL every process in the container. It gives its rank SIGTERM and its time, and
+    exits only after the rank has ended; the job then ends, naming the rank."""
+    c = cluster(2)
+    c.start_worker("w0")
+    c.start_worker("w1")
+    proc = c.start_launch(["w0", "w1"], [sys.executable, STOP, str(tmp_path), "4"], "--grace", "20")
+    worker = c.procs["w1"]
+    try:
+        _wait_for([tmp_path / "rank-0.started", tmp_path / "rank-1.started"], proc)
+        worker.send_signal(signal.SIGTERM)
+        deadline = time.time() + 60
+        while worker.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
+        worker_ended = time.time()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert worker.returncode == 0
+    done = tmp_path / "rank-1.done"
+    assert done.read_text() == "w1", "the rank on w1 never got its SIGTERM, or not the time to act on it"
+    assert worker_ended >= done.stat().st_mtime, "the worker exited while its rank was still working"
+    assert proc.returncode != 0 and "rank 1" in err, err
 
 
 @EACH_MPI

@@ -115,7 +115,7 @@ def test_launch_sets_tier_defaults_keeps_the_users_and_says_so():
     assert not any(k.startswith(("MPIRT_RING_", "MPIRT_AUTO_RING")) for k in env)  # one host: no ring across hosts
     line = proc.stderr.splitlines()[0]
     assert line.startswith("mpirt: tier tcp (1 host), interface ") and line.endswith("(mpirt env --explain says why)")
-    assert f"{len(env) - 4} variables set" in line  # all but MPIRT_ERROR_DIR, the grace period, MASTER_ADDR/PORT
+    assert f"{len(env) - 4} variables set" in line  # all but MPIRT_ERROR_DIR, MPIRT_JOB_ID, MASTER_ADDR/PORT
 
 
 def test_launch_profile_and_opt_out():

@@ -2,7 +2,7 @@
 
 import pytest
 
-from launcher.mpi import (MpiError, MpiImpl, build_argv, check_command, control_env, forwarded, grace_env,
+from launcher.mpi import (MpiError, MpiImpl, build_argv, check_command, control_env, forwarded,
                           known_faults, launch_argv, local_argv, masked, parse_version_output, ssh_env, user_env)
 
 OMPI4 = "mpirun (Open MPI) 4.1.4\n\nReport bugs to http://www.open-mpi.org/community/help/\n"
@@ -68,13 +68,6 @@ def test_a_mistyped_option_never_reaches_mpirun():
         launch_argv(ompi, 2, ["--max-restart", "3", "python", "t.py"], cores=2, uid=0, tag_output=True)
     with pytest.raises(ValueError, match="'-host' is not an option"):
         build_argv(ompi, 2, "/h", ["-host", "w9", "a.out"], uid=0, tag_output=False, export=[])
-
-
-def test_grace_period_reaches_open_mpi_4_only_where_known():
-    assert grace_env(MpiImpl("openmpi", (4, 1, 4), "mpirun"), 10) == {"OMPI_MCA_odls_base_sigkill_timeout": "5"}
-    assert grace_env(MpiImpl("openmpi", (4, 1, 4), "mpirun"), 7) == {"OMPI_MCA_odls_base_sigkill_timeout": "4"}
-    assert grace_env(MpiImpl("openmpi", (4, 1, 4), "mpirun"), 0) == {"OMPI_MCA_odls_base_sigkill_timeout": "1"}
-    assert grace_env(MpiImpl("mpich", (4, 0, 2), "mpiexec"), 10) == {}
 
 
 def test_multi_host_argv_per_implementation():

@@ -131,6 +131,9 @@ def test_mpirun_messages_become_the_root_cause_when_no_rank_left_a_record(tmp_pa
     assert "also: host w1 dropped its ssh connection" in text
     assert "rank 1 on w1 was killed by signal 9 (SIGKILL)" in root_cause(137, str(tmp_path), [OMPI_SIGNAL])
     assert "rank 2 exited with code 3" in root_cause(3, str(tmp_path), [OMPI_EXIT])
+    assert "rank 2 exited with code 3 (" not in root_cause(3, str(tmp_path), [OMPI_EXIT])
+    stopped = root_cause(143, str(tmp_path), [OMPI_EXIT.replace("Exit code:    3", "Exit code:    143")])
+    assert "rank 2 exited with code 143 (128 + SIGTERM: it was told to stop, usually because its pod " in stopped
     assert "ssh to w3 port 2222 failed: Connection refused" in root_cause(
         255, str(tmp_path), ["ssh: connect to host w3 port 2222: Connection refused\n"])
 
