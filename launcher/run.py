@@ -248,15 +248,15 @@ def supervise(argv: list[str], env: dict[str, str], grace_s: float, log_dir: str
     timed_out = threading.Event()
 
     def tell_mpirun() -> None:
-        if proc.poll() is None and not told.is_set():
+        with lock:
+            if told.is_set() or proc.poll() is not None:
+                return
             told.set()
-            _signal_group(proc, signal.SIGTERM)
-            later(BACKSTOP_S, kill_all)
+        _signal_group(proc, signal.SIGTERM)
+        later(BACKSTOP_S, kill_all)
 
-    def stop_job() -> None:
-        if stop_ranks and stop_ranks(signal.SIGTERM):
-            later(grace_s, tell_mpirun)
-        else:
+    def stop_ranks_or_mpirun() -> None:
+        if not (stop_ranks and stop_ranks(signal.SIGTERM)):
             tell_mpirun()
 
     def stop() -> bool:
@@ -267,7 +267,8 @@ def supervise(argv: list[str], env: dict[str, str], grace_s: float, log_dir: str
             tell_mpirun()
             return False
         stopping.set()
-        threading.Thread(target=stop_job, daemon=True).start()  # not in the signal handler: it may use ssh
+        later(grace_s, tell_mpirun)  # counted from now, however long a lost host keeps ssh waiting
+        threading.Thread(target=stop_ranks_or_mpirun, daemon=True).start()  # not in the handler: it may use ssh
         return True
 
     def forward(signum, _frame):

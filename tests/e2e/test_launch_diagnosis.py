@@ -128,15 +128,15 @@ comm.Barrier()  # where the others wait, inside MPI
 def test_a_hung_job_stopped_at_its_time_limit_says_where_each_rank_was(tmp_path, np_):
     """A hang in the program's own MPI calls, which no stall inspector watches: the SIGTERM of
     the time limit makes each rank under python -m mpirt dump its stack, even from inside
-    MPI_Barrier, and the launcher groups the ranks by their line. The grace period is long
-    enough for the slowest of 4 ranks on 2 cores: Open MPI 4 cuts its wait for the SIGKILL short
-    by up to a second for each rank that dies (docs/launcher.md): with --grace 3 it waits 2 s,
-    three quick deaths left nothing, and a rank not yet scheduled lost its dump, 1 run in 5."""
+    MPI_Barrier, and the launcher groups the ranks by their line. The SIGTERM comes from the
+    launcher to every rank at once; when it came from Open MPI 4's teardown, which cut its wait
+    for the SIGKILL short by up to a second for each rank that died, a rank not yet scheduled on
+    2 cores lost its dump, 1 run in 5."""
     script = tmp_path / "hang.py"
     script.write_text(HANG)
     message = tmp_path / "termination-log"
     errors = tmp_path / "errors"
-    proc = launch("-np", str(np_), "--time-limit", "6", "--grace", "10", "--termination-log", str(message), "--",
+    proc = launch("-np", str(np_), "--time-limit", "6", "--termination-log", str(message), "--",
                   sys.executable, "-m", "mpirt", str(script), timeout=120, env={"MPIRT_ERROR_DIR": str(errors)})
     assert proc.returncode == 124, proc.stderr
     last = np_ - 1
@@ -150,7 +150,7 @@ def test_a_hung_job_stopped_at_its_time_limit_says_where_each_rank_was(tmp_path,
 
 
 def test_a_job_stopped_by_sigterm_says_where_each_rank_was(tmp_path):
-    """A deleted pod's SIGTERM reaches the launcher, which passes it on; it still says where."""
+    """A deleted pod's SIGTERM reaches the launcher, which passes it on to every rank; it still says where."""
     import signal
     import time
 
