@@ -22,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -205,6 +206,14 @@ def _stop_here(job_id: str, sig: int) -> int:
     return len(ranks.send(ranks.find(ranks.table(), job=job_id), sig))
 
 
+def _wait_gone(job_id: str, timeout: float = 3.0) -> None:
+    """Until the job's ranks here have ended: Open MPI 4's mpirun exits as soon as it has sent
+    its SIGKILLs, and a rank on a busy host may still be writing its stack dump."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(ranks.alive(p) for p in ranks.find(ranks.table(), job=job_id)):
+        time.sleep(0.05)
+
+
 RESTART_PAUSE_S = 1.0
 
 
@@ -276,6 +285,7 @@ def _run(cfg: LaunchConfig, undo: ExitStack) -> tuple[int, str]:
                 oom = postmortem.findings(job.oom_before, job.read_oom)
                 postmortem.keep_records(texts.result(), error_dir)
         if end.timed_out or end.stopped_by:  # where each rank was when stopped (python -m mpirt dumps it)
+            _wait_gone(job_id)
             where = stacks.summary(stacks.read_all(error_dir) +
                                    [w for text in job.fetch(error_dir, "stacks") for w in stacks.parse(text)])
             said = divert.summary(divert.read_all(error_dir) + "".join(job.fetch(error_dir, "out")))

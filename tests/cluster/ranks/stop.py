@@ -1,6 +1,6 @@
 """A rank that needs WORK seconds after SIGTERM to finish (a checkpoint). Running, it writes
 DIR/rank-<r>.started; on SIGTERM it works, writes DIR/rank-<r>.done (its host name), waits
-(10 s at most) for every rank's, as ranks wait for each other in MPI_Finalize (one rank's
+(5 s at most) for every rank's, as ranks wait for each other in MPI_Finalize (one rank's
 exit ends the job under every MPI), and exits 143. No MPI calls: the stop is the launcher's
 and the worker's business, not the MPI's."""
 
@@ -19,7 +19,7 @@ size = int(next(os.environ[n] for n in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE") if n
 def stop(_signum, _frame):
     time.sleep(work)
     (out / f"rank-{rank}.done").write_text(socket.gethostname())
-    deadline = time.time() + 10
+    deadline = time.time() + 5
     while len(list(out.glob("rank-*.done"))) < size and time.time() < deadline:
         time.sleep(0.05)
     sys.exit(143)
