@@ -275,9 +275,11 @@ def run(cfg: WorkerConfig) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     restarts: list[float] = []
-    sshd_told = False
+    sshd_told = sshd_gone = False
     while True:
         if drain.started and not sshd_told and drain.done(proc.pid):
+            if sshd_gone:
+                return 0
             sshd_told = True
             ranks.send([proc.pid])
         try:
@@ -299,7 +301,8 @@ def run(cfg: WorkerConfig) -> int:
         if drain.started:
             if sshd_told:
                 return 0
-            continue  # sshd died while its ranks finish: no restart now
+            sshd_gone = True  # it died while its ranks finish: no restart now
+            continue
         code = os.waitstatus_to_exitcode(status)
         now = time.monotonic()
         restarts = [t for t in restarts if now - t < 60] + [now]
