@@ -1,8 +1,9 @@
 """Run mpirun and stay in charge of it: relay its output (only the ranks asked for, split per
 rank into --log-dir), stop the job on SIGTERM/SIGINT or at its time limit (a hung sshd or
 rank can stall an mpirun for ever, mpi-operator #152): SIGTERM to every rank, the grace
-period, then mpirun's own teardown and the kill; return its exit code, and explain a failure: the earliest rank error record (``mpirt.errors``) when there is
-one, else what mpirun itself said (which rank, host, exit code or signal; a lost host)."""
+period, then mpirun's own teardown and the kill; return its exit code, and explain a
+failure: the earliest rank error record (``mpirt.errors``) when there is one, else what
+mpirun itself said (which rank, host, exit code or signal; a lost host)."""
 
 from __future__ import annotations
 
