@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from mpirt import checkpoint
 from netns import cluster  # noqa: F401  (the fixture)
 
 
@@ -339,6 +340,43 @@ def test_a_worker_told_to_stop_stops_its_ranks_before_itself(cluster, tmp_path):
     assert worker_ended >= done.stat().st_mtime, "the worker exited while its rank was still working"
     assert proc.returncode != 0
     assert "rank 1 exited with code 143 (128 + SIGTERM: it was told to stop" in err, err
+
+
+def test_a_drained_worker_checkpoints_and_the_job_resumes_when_it_is_back(cluster, tmp_path):
+    """The MLOps story of a node drain: w1's pod gets SIGTERM mid-training; its rank learns of
+    it, every rank stops at the same step, rank 0 writes a checkpoint, and the job fails with
+    code 143. With --max-restarts the launcher waits for w1 to be back (the operator makes a
+    new pod under the same name) and runs the job again, which resumes from that step."""
+    c = cluster(2)
+    c.start_worker("w0")
+    c.start_worker("w1")
+    proc = c.start_launch(["w0", "w1"], ["mpirt", "train", "--out", str(tmp_path), "--steps", "1000000",
+                                         "--checkpoint-every", "0", "--log-every", "1"],
+                          "--max-restarts", "1", "--grace", "20")
+    metrics = tmp_path / "metrics.jsonl"
+    try:
+        deadline = time.time() + 120
+        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 5):
+            assert proc.poll() is None and time.time() < deadline, "training never got going"
+            time.sleep(0.05)
+        c.procs["w1"].send_signal(signal.SIGTERM)
+        assert c.procs["w1"].wait(timeout=60) == 0
+        c.start_worker("w1")  # the new pod
+        resumed = None
+        for line in proc.stdout:
+            if "resuming from step " in line:
+                resumed = int(line.split("resuming from step ")[1].split()[0])
+                break
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "mpirt: attempt 1 of 2 failed; restarting the job" in err, err
+    assert "exited with code 143 (128 + SIGTERM" in err
+    step, state = checkpoint.load_latest(tmp_path / "checkpoints")
+    assert resumed is not None and resumed >= 5, err
+    assert step >= resumed  # the checkpoint written at the drain, then the one at the final stop
 
 
 @EACH_MPI
