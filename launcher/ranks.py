@@ -23,7 +23,7 @@ from pathlib import Path
 
 JOB_ENV = "MPIRT_JOB_ID"
 RANK_VARS = (b"OMPI_COMM_WORLD_RANK", b"PMI_RANK", b"PMIX_RANK")
-_JOB_ID = re.compile(r"^[0-9a-f]{16}$")
+_JOB_ID = re.compile(r"[0-9a-f]{16}")
 
 
 def new_job_id() -> str:
@@ -31,7 +31,7 @@ def new_job_id() -> str:
 
 
 def check_job_id(text: str) -> str:
-    if not _JOB_ID.match(text):
+    if not _JOB_ID.fullmatch(text):
         raise ValueError(f"job id {text!r}: expected 16 lowercase hex digits, as mpirt launch makes them")
     return text
 

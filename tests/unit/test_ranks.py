@@ -43,7 +43,7 @@ def test_ranks_are_the_topmost_processes_with_a_rank_variable():
 def test_job_ids_are_checked_before_they_reach_a_shell_line():
     assert ranks.remote_command(JOB) == f"exec mpirt signal-ranks --signal TERM {JOB}"
     assert ranks.remote_command(JOB, signal.SIGKILL).endswith(f"--signal KILL {JOB}")
-    for bad in ("", "0123; rm -rf /", JOB.upper(), JOB + "0"):
+    for bad in ("", "0123; rm -rf /", JOB.upper(), JOB + "0", JOB + "\n"):
         with pytest.raises(ValueError, match="expected 16 lowercase hex digits"):
             ranks.remote_command(bad)
     assert len(ranks.new_job_id()) == 16 and ranks.new_job_id() != ranks.new_job_id()
