@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -176,6 +177,43 @@ def test_the_record_a_rank_leaves_in_its_own_container_is_the_root_cause(image, 
         assert "Root cause (first failure): rank 2 on w1 (pid " in proc.stderr, proc.stderr[-3000:]
         assert "ValueError: bad shard on w1" in proc.stderr.split("Root cause (first failure)", 1)[1]
     finally:
+        pods.close()
+
+
+# Every rank, on SIGTERM, works 2 s (a checkpoint), then exits 143.
+STOP_ON_TERM = ("import os, signal, time\nfrom mpi4py import MPI\n"
+                "def stop(*_):\n    time.sleep(2)\n    os._exit(143)\n"
+                "signal.signal(signal.SIGTERM, stop)\nMPI.COMM_WORLD.Barrier()\nprint('running', flush=True)\n"
+                "time.sleep(600)\n")
+
+
+def test_a_stopped_worker_container_lets_its_rank_finish(image, tmp_path):
+    """`podman stop` of w1, as Kubernetes stops a pod: SIGTERM to PID 1, `mpirt pod` as a worker.
+    Exiting at once would take every process in the container with it; the worker gives its
+    rank SIGTERM and waits for it, so the rank's 2 s of work end with its own exit code."""
+    pods = Pods(image, tmp_path, None)
+    launcher = None
+    try:
+        pods.start_workers()
+        launcher = subprocess.Popen(["podman", "run", "--rm", *pods.args("launcher", "launcher"), "-v",
+                                     f"{tmp_path / 'hostfile'}:/etc/mpi/hostfile:ro", image, "launch", "--",
+                                     "python", "-c", STOP_ON_TERM],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        running = 0
+        while running < 3:
+            line = launcher.stdout.readline()
+            assert line, "the ranks never all started"
+            running += line.rstrip().endswith("running")
+        t0 = time.time()
+        podman("stop", "-t", "30", pods.names["w1"], timeout=60)
+        took = time.time() - t0
+        _, err = launcher.communicate(timeout=120)
+        assert took >= 2, f"w1's container ended {took:.1f} s after its SIGTERM, before its rank's work was done"
+        assert launcher.returncode != 0
+        assert "rank 2 exited with code 143 (128 + SIGTERM: it was told to stop" in err, err[-3000:]
+    finally:
+        if launcher and launcher.poll() is None:
+            launcher.kill()
         pods.close()
 
 
