@@ -50,15 +50,13 @@ class _Bare:
     `mpirt launch` makes (so only what mpirt adds differs)."""
 
     def __init__(self, c: Cluster, tmp: Path, names: list[str]):
-        self.c, self.names = c, names
-        impl = detect(find_mpirun())
+        self.c, self.names, self.impl = c, names, detect(find_mpirun())
         state = tmp / "bare"
         state.mkdir(exist_ok=True)
         self.hostfile = tmp / "hostfile"
         self.hostfile.write_text("".join(f"{n} slots=1\n" for n in names))
         self.setup = prepare(c.secret, state / "ssh", 2222)
-        self.impl = impl
-        self.env = {**os.environ, **ssh_env(impl, self.setup.ssh_args())}
+        self.env = {**os.environ, **ssh_env(self.impl, self.setup.ssh_args())}
 
     def start(self, program: list[str], **kw) -> subprocess.Popen:
         argv = build_argv(self.impl, len(self.names), str(self.hostfile), program, uid=os.getuid(), tag_output=True,
@@ -131,14 +129,14 @@ STOPPING = ("import os, signal, sys, time\nfrom mpi4py import MPI\nc = MPI.COMM_
 WORK_S = 3.0
 
 
-def _failure(p: subprocess.Popen) -> float:
+def _failure(p: subprocess.Popen) -> tuple[float]:
     """Seconds from rank 3's failure to the end of the job."""
     out, _ = p.communicate()
     ended = time.time()
     said = re.search(r"failing at (\d+\.\d+)", out)  # one write: Open MPI 4 tags each piece
     if not said:
         sys.exit(f"rank 3 never said it was failing:\n{out}")
-    return ended - float(said[1])
+    return (ended - float(said[1]),)
 
 
 def _stop(p: subprocess.Popen, marks: Path) -> tuple[float, int, float | None]:
@@ -178,13 +176,13 @@ def ending(tmp: Path, reps: int) -> list[dict]:
         handlers = {k: [] for k in runs}
         for i in range(reps):
             for k, fn in (runs.items() if i % 2 == 0 else reversed(runs.items())):
-                got = fn()
-                seconds[k].append(got[0] if isinstance(got, tuple) else got)
-                if isinstance(got, tuple):
-                    handlers[k].append(got[1:])
+                took, *more = fn()
+                seconds[k].append(took)
+                if more:
+                    handlers[k].append(more)
                 bare.close()
         cases = {"failure": "failure: a rank exits 1, until the job has ended",
-                 "stop": "stop: SIGTERM to mpirun or mpirt launch, ranks needing 3 s, until the job has ended"}
+                 "stop": f"stop: SIGTERM to mpirun or mpirt launch, ranks needing {WORK_S:g} s, until the job has ended"}
         rows = []
         for (case, system), samples in seconds.items():
             row = {"kind": "launch", "key": {"case": cases[case], "hosts": 4, "ranks": 4, "system": system},

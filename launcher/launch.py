@@ -428,23 +428,22 @@ class _Remote:
             self.undo.callback(_stop, start_own_sshd(self.cfg, self.state))
         self.undo.callback(release, self.names, self.setup, self.ssh_env)
 
-    def fetch(self, error_dir: str, suffix: str) -> list[str]:
-        """The ``rank-*.<suffix>`` files ranks left in ``error_dir`` on the other hosts: each pod
-        has its own filesystem."""
+    def _on_others(self, command: str) -> list[str]:
+        """What ``command`` printed on each of the other hosts (asked in parallel; "" where it failed)."""
         from launcher.ready import output_of
 
-        command = postmortem.listing_command(error_dir, suffix)
         return postmortem.fetch([h for h in self.names if not is_this_host(h)],
                                 lambda h: output_of(h, self.setup, command, self.ssh_env, timeout=5))
 
-    def stop_ranks(self, job_id: str, sig: int) -> int:
-        """Signal the job's ranks here, then on the other hosts (over ssh, in parallel); how many."""
-        from launcher.ready import output_of
+    def fetch(self, error_dir: str, suffix: str) -> list[str]:
+        """The ``rank-*.<suffix>`` files ranks left in ``error_dir`` on the other hosts: each pod
+        has its own filesystem."""
+        return self._on_others(postmortem.listing_command(error_dir, suffix))
 
+    def stop_ranks(self, job_id: str, sig: int) -> int:
+        """Signal the job's ranks here, then on the other hosts; how many."""
         here = _stop_here(job_id, sig)
-        command = ranks.remote_command(job_id, sig)
-        said = postmortem.fetch([h for h in self.names if not is_this_host(h)],
-                                lambda h: output_of(h, self.setup, command, self.ssh_env, timeout=5))
+        said = self._on_others(ranks.remote_command(job_id, sig))
         return here + sum(int(text) for text in said if text.strip().isdigit())
 
     def read_oom(self, host: str, counter: memcg.OomCounter) -> int | None:
