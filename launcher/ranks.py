@@ -11,6 +11,12 @@ death would fail the rank's next batch before it can checkpoint); a job's ranks 
 its ``MPIRT_JOB_ID``, so a host shared by other jobs keeps theirs. "This host" is this
 network namespace: a pod's, or one of the test cluster's namespace hosts, which share one
 process table.
+
+A SIGTERM comes after a stack dump: each rank that ``mpirt.stacks`` armed (``python -m mpirt``)
+first gets its dump signal, and the SIGTERM waits until every such rank has written its dump,
+for at most ``DUMP_WAIT_S``. Once one rank has died of a SIGTERM, Open MPI 4 SIGKILLs the others
+within milliseconds, and on a busy host a rank may not even have started its dump by then;
+the dumps also all show the hang as it was, before any rank had gone.
 """
 
 from __future__ import annotations
@@ -19,11 +25,16 @@ import os
 import re
 import secrets
 import signal
+import time
 from pathlib import Path
+
+from mpirt import stacks
 
 JOB_ENV = "MPIRT_JOB_ID"
 RANK_VARS = (b"OMPI_COMM_WORLD_RANK", b"PMI_RANK", b"PMIX_RANK")
 _JOB_ID = re.compile(r"[0-9a-f]{16}")
+_STACKS_FILE = re.compile(r"/rank-\d+\.stacks$")
+DUMP_WAIT_S = 2.0
 
 
 def new_job_id() -> str:
@@ -118,8 +129,10 @@ def find(procs: dict[int, tuple[int, dict[bytes, bytes]]], job: str | None = Non
                   if rank(pid) and not rank(ppid) and (below is None or under(pid)))
 
 
-def send(pids: list[int], sig: int = signal.SIGTERM) -> list[int]:
-    """Signal ``pids``; the ones that were still there."""
+def send(pids: list[int], sig: int = signal.SIGTERM, proc: Path = Path("/proc")) -> list[int]:
+    """Signal ``pids``; the ones that were still there. A SIGTERM waits for the stack dumps."""
+    if sig == signal.SIGTERM:
+        dump_first(pids, proc)
     sent = []
     for pid in pids:
         try:
@@ -128,6 +141,56 @@ def send(pids: list[int], sig: int = signal.SIGTERM) -> list[int]:
         except (ProcessLookupError, PermissionError):
             pass
     return sent
+
+
+def dump_first(pids: list[int], proc: Path = Path("/proc"), wait_s: float = DUMP_WAIT_S) -> list[int]:
+    """Have every armed rank among ``pids`` write a stack dump, all at once, and wait until each
+    has (or has ended, or ``wait_s`` is over); the ones that wrote one."""
+    files = {pid: path for pid in pids if (path := _stacks_file(pid, proc)) and _catches(pid, stacks.DUMP, proc)}
+    before = {pid: _ends(path) for pid, path in files.items()}
+    waiting = set()
+    for pid in files:
+        try:
+            os.kill(pid, stacks.DUMP)
+            waiting.add(pid)
+        except (ProcessLookupError, PermissionError):
+            pass
+    dumped: set[int] = set()
+    deadline = time.monotonic() + wait_s
+    while waiting:
+        dumped |= {pid for pid in waiting if _ends(files[pid]) > before[pid]}
+        waiting = {pid for pid in waiting - dumped if alive(pid, proc)}
+        if not waiting or time.monotonic() >= deadline:
+            break
+        time.sleep(0.01)
+    return sorted(dumped)
+
+
+def _stacks_file(pid: int, proc: Path) -> Path | None:
+    """The dump file a rank armed by mpirt.stacks keeps open."""
+    try:
+        for fd in (proc / str(pid) / "fd").iterdir():
+            try:
+                target = os.readlink(fd)
+            except OSError:
+                continue
+            if _STACKS_FILE.search(target):
+                return Path(target)
+    except OSError:
+        pass
+    return None
+
+
+def _catches(pid: int, sig: int, proc: Path) -> bool:
+    """Whether ``pid`` has a handler for ``sig`` (the SigCgt mask of /proc/PID/status): a
+    signal nobody handles would end it."""
+    status = _read(proc / str(pid) / "status") or b""
+    caught = next((line.split()[1] for line in status.splitlines() if line.startswith(b"SigCgt:")), b"0")
+    return bool(int(caught, 16) >> (sig - 1) & 1)
+
+
+def _ends(path: Path) -> int:
+    return (_read(path) or b"").count(stacks.END.encode())
 
 
 def remote_command(job: str, sig: int = signal.SIGTERM) -> str:

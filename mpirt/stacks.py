@@ -4,8 +4,12 @@ stall inspector does not watch (the program's own collectives, a data loader, a 
 ``python -m mpirt`` arms it: on SIGTERM, the first thing a time limit or a deleted pod sends
 (and on SIGINT, a Ctrl-C), faulthandler writes every thread's Python stack to
 ``rank-<r>.stacks`` in the error directory, from the signal handler itself, so even a rank
-blocked inside an MPI call answers; then the signal goes on as before. The launcher fetches
-the files from every host and groups the ranks by the line of their own code they were in.
+blocked inside an MPI call answers; then the signal goes on as before. ``DUMP`` alone writes a
+dump and stops nothing (``kill -s RTMIN+6 PID`` shows where a live rank is): the launcher sends
+it to every rank before its SIGTERM (``launcher.ranks.send``), since once one rank has died of
+a SIGTERM, Open MPI 4 SIGKILLs the others within milliseconds. Each dump ends with ``END``; one
+cut short by a SIGKILL has none. The launcher fetches the files from every host and groups the
+ranks by the line of their own code they were in.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from pathlib import Path
 from mpirt.console import ranges
 
 STOPS = (signal.SIGTERM, signal.SIGINT)
+DUMP = signal.SIGRTMIN + 6  # a real-time signal: no default meaning to clash with
+END = "mpirt-stacks end\n"
 _HEADER = "mpirt-stacks rank={rank} host={host} pid={pid}\n"
 _HEADER_RE = re.compile(r"^mpirt-stacks rank=(\d+) host=(\S+) pid=\d+$", re.M)
 _THREAD_RE = re.compile(r"^(?:Current thread|Thread) 0x[0-9a-f]+ \(most recent call first\):$", re.M)
@@ -36,6 +42,8 @@ def arm(directory: str | None, rank: int) -> None:
     An undisturbed run leaves no file behind."""
     if not directory:
         return
+    from mpirt import _stopdump  # compiled; the launcher reads dumps without it
+
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)
     path = d / f"rank-{rank}.stacks"
@@ -43,14 +51,16 @@ def arm(directory: str | None, rank: int) -> None:
     f = open(path, "w")  # open for the life of the process: the handler writes to its descriptor
     f.write(header)
     f.flush()
-    for sig in STOPS:
-        faulthandler.register(sig, file=f, all_threads=True, chain=True)
+    faulthandler.register(DUMP, file=f, all_threads=True, chain=False)
+    _stopdump.arm(STOPS, DUMP, f.fileno(), END.encode())
     atexit.register(_disarm, f, path, len(header.encode()))
 
 
 def _disarm(f, path: Path, header_size: int) -> None:
-    for sig in STOPS:
-        faulthandler.unregister(sig)
+    from mpirt import _stopdump
+
+    _stopdump.disarm()
+    faulthandler.unregister(DUMP)
     dumped = os.fstat(f.fileno()).st_size > header_size
     f.close()
     if not dumped:
@@ -70,12 +80,16 @@ def _frame(match: re.Match) -> str:
 
 
 def parse(text: str) -> list[Where]:
-    """The dumps in ``text`` (one or more files, one after another): for each rank, where its
-    main thread was. faulthandler lists the threads newest first, so the main thread is last."""
+    """The files in ``text`` (one or more, one after another): for each rank, where its main
+    thread was in its last whole dump. faulthandler lists the threads newest first, so the main
+    thread is last."""
     found = []
     heads = list(_HEADER_RE.finditer(text))
     for i, head in enumerate(heads):
-        body = text[head.end():heads[i + 1].start() if i + 1 < len(heads) else len(text)]
+        dumps = text[head.end():heads[i + 1].start() if i + 1 < len(heads) else len(text)].split(END)
+        if len(dumps) < 2:  # none whole
+            continue
+        body = dumps[-2]
         threads = list(_THREAD_RE.finditer(body))
         if not threads:
             continue

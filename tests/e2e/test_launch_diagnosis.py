@@ -128,10 +128,10 @@ comm.Barrier()  # where the others wait, inside MPI
 def test_a_hung_job_stopped_at_its_time_limit_says_where_each_rank_was(tmp_path, np_):
     """A hang in the program's own MPI calls, which no stall inspector watches: the SIGTERM of
     the time limit makes each rank under python -m mpirt dump its stack, even from inside
-    MPI_Barrier, and the launcher groups the ranks by their line. The SIGTERM comes from the
-    launcher to every rank at once; when it came from Open MPI 4's teardown, which cut its wait
-    for the SIGKILL short by up to a second for each rank that died, a rank not yet scheduled on
-    2 cores lost its dump, 1 run in 5."""
+    MPI_Barrier, and the launcher groups the ranks by their line. Open MPI 4's mpirun SIGKILLs
+    every rank 3 ms after the first has died of its SIGTERM: with 4 ranks on 2 cores, one rank
+    not yet scheduled lost its dump 1 run in 5, until every rank had written a dump before any
+    had its SIGTERM (launcher.ranks.dump_first)."""
     script = tmp_path / "hang.py"
     script.write_text(HANG)
     message = tmp_path / "termination-log"

@@ -75,3 +75,32 @@ def test_real_processes_are_found_signalled_and_seen_to_end():
             p.kill()
             p.wait()
         ranks.send(children, signal.SIGKILL)
+
+
+def test_a_sigterm_comes_after_each_armed_ranks_stack_dump(tmp_path):
+    """A rank under ``python -m mpirt`` writes a whole dump on the dump signal and goes on; the
+    SIGTERM then writes another and ends it. A process that only holds such a file open, with no
+    handler, gets the SIGTERM alone: the dump signal would have killed it."""
+    from mpirt.stacks import END, parse
+
+    errors = tmp_path / "errors"
+    errors.mkdir()
+    armed = subprocess.Popen([sys.executable, "-m", "mpirt", "-c", "import time\nprint('up', flush=True)\ntime.sleep(60)"],
+                             stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "MPIRT_ERROR_DIR": str(errors), "OMPI_COMM_WORLD_RANK": "0"})
+    bare = subprocess.Popen([sys.executable, "-c", f"import time; f = open({str(errors / 'rank-1.stacks')!r}, 'w'); "
+                             "print('up', flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert armed.stdout.readline() == "up\n" and bare.stdout.readline() == "up\n"
+        dump = errors / "rank-0.stacks"
+        assert ranks.dump_first([armed.pid, bare.pid]) == [armed.pid]
+        assert dump.read_text().count(END) == 1 and armed.poll() is None and bare.poll() is None
+        assert ranks.send([armed.pid, bare.pid]) == [armed.pid, bare.pid]
+        assert armed.wait(timeout=10) == -signal.SIGTERM and bare.wait(timeout=10) == -signal.SIGTERM
+        assert dump.read_text().count(END) == 3  # the send's own dump first, then the SIGTERM's
+        [where] = parse(dump.read_text())
+        assert where.line == "<string>:3 in <module>"
+    finally:
+        for p in (armed, bare):
+            p.kill()
+            p.wait()
