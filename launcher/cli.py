@@ -321,12 +321,29 @@ def probe_cmd(peer, root) -> None:
     click.echo(json.dumps(fleet.to_json(found)))
 
 
+@main.command("where")
+@click.option("--timeout", "timeout_s", type=click.FloatRange(min=1), default=20.0, show_default=True,
+              envvar="MPIRT_WHERE_TIMEOUT", help="Seconds to wait for the launcher's answer.")
+def where_cmd(timeout_s) -> None:
+    """Where every rank of the job running here is now, without stopping it: run it where the
+    launcher runs (kubectl exec LAUNCHER-POD -- mpirt where; in a worker pod, that pod's ranks).
+    Ranks run under `python -m mpirt` answer, grouped by the line of their own code they are in;
+    the job's log says it too."""
+    from launcher import where
+
+    try:
+        click.echo(where.ask(timeout_s), nl=False)
+    except ValueError as e:  # not CliError: this pod's termination message is the job's, not ours
+        raise click.ClickException(str(e)) from e
+
+
 @main.command("signal-ranks", hidden=True)
 @click.option("--signal", "sig", type=click.Choice(["TERM", "KILL"]), default="TERM", show_default=True)
+@click.option("--dump", is_flag=True, help="Ask for stack dumps instead, and print them; the ranks go on.")
 @click.argument("job")
-def signal_ranks_cmd(sig, job) -> None:
+def signal_ranks_cmd(sig, dump, job) -> None:
     """Signal this host's ranks of JOB (`mpirt launch` runs it on every host when it stops a job);
-    prints how many it signalled."""
+    prints how many it signalled, or with --dump what they dumped."""
     import signal
 
     from launcher import ranks
@@ -335,7 +352,10 @@ def signal_ranks_cmd(sig, job) -> None:
         ranks.check_job_id(job)
     except ValueError as e:
         raise CliError(str(e)) from e
-    click.echo(len(ranks.send(ranks.find(ranks.table(), job=job), signal.Signals[f"SIG{sig}"])))
+    if dump:
+        click.echo(ranks.dumps_now(job), nl=False)
+    else:
+        click.echo(len(ranks.send(ranks.find(ranks.table(), job=job), signal.Signals[f"SIG{sig}"])))
 
 
 @main.command("env")

@@ -30,7 +30,7 @@ from pathlib import Path
 
 from launcher import fleet
 from launcher import hosts as hostlib
-from launcher import mpi, postmortem, ranks, sidecar, termination
+from launcher import mpi, postmortem, ranks, sidecar, termination, where
 from launcher.detect import memcg
 from launcher.envdefaults import load_profiles, resolve
 from launcher.detect.gpu import device_nodes
@@ -116,12 +116,15 @@ def _progress(ready: int, total: int) -> None:
 
 def run(cfg: LaunchConfig) -> int:
     target = termination.path_for(cfg.termination_log)  # a bad value fails before anything starts
+    asked = signal.signal(signal.SIGUSR1, _nothing_to_say)  # `mpirt where` must never end the launcher
     try:
         with ExitStack() as undo:  # our own sshd, the ssh connections kept open for mpirun
             code, message = _run(cfg, undo)
     except Exception as e:
         termination.write(target, f"mpirt launch: {e}")
         raise
+    finally:
+        signal.signal(signal.SIGUSR1, asked)
     if not cfg.dry_run:
         termination.write(target, message)
     return code
@@ -202,6 +205,22 @@ def _read_here(_host: str, counter: memcg.OomCounter) -> int | None:
         return None
 
 
+def _nothing_to_say(_signum, _frame) -> None:
+    print("mpirt: SIGUSR1 asks where the ranks are; no ranks are running now", file=sys.stderr, flush=True)
+
+
+def _say_where(dumps: str, error_dir: str) -> None:
+    """Where every rank is now, from ``dumps`` (mpirt.stacks files): on stderr, and in
+    ``error_dir``/where.txt for ``mpirt where``."""
+    text = where.answer(dumps)
+    print(text, end="", file=sys.stderr, flush=True)
+    path = Path(error_dir) / where.ANSWER
+    path.parent.mkdir(parents=True, exist_ok=True)  # no rank may run on this host to have made it
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)  # whole or not at all: mpirt where reads it as soon as it appears
+
+
 def _stop_here(job_id: str, sig: int) -> int:
     return len(ranks.send(ranks.find(ranks.table(), job=job_id), sig))
 
@@ -276,9 +295,10 @@ def _run(cfg: LaunchConfig, undo: ExitStack) -> tuple[int, str]:
             return 1, ready
         end = supervise(ready, {**env, **added}, cfg.grace_s, log_dir=cfg.log_dir, time_limit_s=cfg.time_limit_s,
                         show=show, timestamps=cfg.timestamp_output,
-                        stop_ranks=lambda sig: job.stop_ranks(job_id, sig))
+                        stop_ranks=lambda sig: job.stop_ranks(job_id, sig),
+                        where=lambda: _say_where(job.dumps(job_id), added["MPIRT_ERROR_DIR"]))
         failed = end.code != 0 and not end.stopped_by and not end.timed_out
-        error_dir, oom, where = added["MPIRT_ERROR_DIR"], [], []
+        error_dir, oom, places = added["MPIRT_ERROR_DIR"], [], []
         if failed:  # the hosts are asked for records and OOM counters at once: a lost host costs its timeout once
             with ThreadPoolExecutor(max_workers=1) as pool:
                 texts = pool.submit(job.fetch, error_dir, "json")
@@ -286,13 +306,13 @@ def _run(cfg: LaunchConfig, undo: ExitStack) -> tuple[int, str]:
                 postmortem.keep_records(texts.result(), error_dir)
         if end.timed_out or end.stopped_by:  # where each rank was when stopped (python -m mpirt dumps it)
             _wait_gone(job_id)
-            where = stacks.summary(stacks.read_all(error_dir) +
-                                   [w for text in job.fetch(error_dir, "stacks") for w in stacks.parse(text)])
+            places = stacks.summary(stacks.read_all(error_dir) +
+                                    [w for text in job.fetch(error_dir, "stacks") for w in stacks.parse(text)])
             said = divert.summary(divert.read_all(error_dir) + "".join(job.fetch(error_dir, "out")))
             if said:  # what ranks printed once mpirun had stopped relaying it (mpirt.divert)
                 print("\n".join(["mpirt: the ranks' output after the stop:", *said]), file=sys.stderr, flush=True)
         code, message = report(end.code, error_dir, end.stopped_by, end.tail, oom,
-                               cfg.time_limit_s if end.timed_out else None, end.ranks, where)
+                               cfg.time_limit_s if end.timed_out else None, end.ranks, places)
         if not failed or attempt == cfg.max_restarts:
             break
         print(f"mpirt: attempt {attempt + 1} of {cfg.max_restarts + 1} failed; restarting the job "
@@ -343,6 +363,9 @@ class _Local:
 
     def stop_ranks(self, job_id: str, sig: int) -> int:
         return _stop_here(job_id, sig)
+
+    def dumps(self, job_id: str) -> str:
+        return ranks.dumps_now(job_id)
 
     def prepare(self, added: dict) -> list[str]:
         here = memcg.read()
@@ -445,6 +468,12 @@ class _Remote:
         here = _stop_here(job_id, sig)
         said = self._on_others(ranks.remote_command(job_id, sig))
         return here + sum(int(text) for text in said if text.strip().isdigit())
+
+    def dumps(self, job_id: str) -> str:
+        """The stack dumps the job's ranks write now, here and on the other hosts at once."""
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            others = pool.submit(self._on_others, ranks.remote_dump_command(job_id))
+            return ranks.dumps_now(job_id) + "".join(others.result())
 
     def read_oom(self, host: str, counter: memcg.OomCounter) -> int | None:
         from launcher.ready import output_of

@@ -166,6 +166,14 @@ def dump_first(pids: list[int], proc: Path = Path("/proc"), wait_s: float = DUMP
     return sorted(dumped)
 
 
+def dumps_now(job: str | None, proc: Path = Path("/proc")) -> str:
+    """This host's ranks of ``job`` (of any job: None) dump their stacks, and go on: the dumps
+    (``mpirt.stacks`` files, each cut to its header and this dump)."""
+    dumped = dump_first(find(table(proc), job=job), proc)
+    files = [path for pid in dumped if (path := _stacks_file(pid, proc))]
+    return "".join(stacks.latest((_read(path) or b"").decode(errors="replace")) for path in files)
+
+
 def _stacks_file(pid: int, proc: Path) -> Path | None:
     """The dump file a rank armed by mpirt.stacks keeps open."""
     try:
@@ -196,3 +204,8 @@ def _ends(path: Path) -> int:
 def remote_command(job: str, sig: int = signal.SIGTERM) -> str:
     """What another host runs to signal its ranks of ``job`` (the id checked: it goes into a shell line)."""
     return f"exec mpirt signal-ranks --signal {signal.Signals(sig).name.removeprefix('SIG')} {check_job_id(job)}"
+
+
+def remote_dump_command(job: str) -> str:
+    """What another host runs for ``dumps_now`` of ``job``."""
+    return f"exec mpirt signal-ranks --dump {check_job_id(job)}"

@@ -202,11 +202,13 @@ def _stamp() -> bytes:
 def supervise(argv: list[str], env: dict[str, str], grace_s: float, log_dir: str | None = None,
               fatal_grace_s: float = FATAL_GRACE_S, time_limit_s: float | None = None,
               show: frozenset[int] | None = None, timestamps: bool = False,
-              stop_ranks: Callable[[int], int] | None = None) -> Outcome:
+              stop_ranks: Callable[[int], int] | None = None, where: Callable[[], None] | None = None) -> Outcome:
     """Run ``argv`` to its end, or until a signal or ``time_limit_s`` stops it; ``show``: the
     ranks whose output reaches our stdout and stderr (None: all; mpirun's own always does);
     ``timestamps``: each line relayed or logged starts with the time it arrived;
-    ``stop_ranks(sig)``: signal every rank of the job, wherever it runs; how many it reached.
+    ``stop_ranks(sig)``: signal every rank of the job, wherever it runs; how many it reached;
+    ``where()``: say where the ranks are now, run on SIGUSR1 (one at a time, and not in the
+    handler: it may use ssh).
 
     A stop gives every rank SIGTERM at once through ``stop_ranks`` and lets the job end within
     ``grace_s``; then mpirun is told to stop (its own teardown), and BACKSTOP_S later whatever
@@ -283,7 +285,20 @@ def supervise(argv: list[str], env: dict[str, str], grace_s: float, log_dir: str
             print(f"mpirt: time limit of {time_limit_s:g} s reached; stopping the job (SIGTERM to every rank, "
                   f"SIGKILL after {grace_s:g} s)", file=sys.stderr, flush=True)
 
+    asking = threading.Lock()
+
+    def answer() -> None:
+        try:
+            where()
+        finally:
+            asking.release()
+
+    def ask_where(_signum, _frame):
+        if where and asking.acquire(blocking=False):
+            threading.Thread(target=answer, daemon=True).start()
+
     previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+    previous[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, ask_where)
     if time_limit_s:
         later(time_limit_s, expire)
     try:

@@ -103,6 +103,13 @@ def parse(text: str) -> list[Where]:
     return found
 
 
+def latest(text: str) -> str:
+    """One file's ``text`` cut to its header and its last whole dump; "" without one."""
+    head = _HEADER_RE.search(text)
+    dumps = text[head.end():].split(END) if head else []
+    return f"{head[0]}\n{dumps[-2]}{END}" if len(dumps) > 1 else ""
+
+
 def read_all(directory: str | Path) -> list[Where]:
     return parse("".join(p.read_text(errors="replace") for p in sorted(Path(directory).glob("rank-*.stacks"))))
 

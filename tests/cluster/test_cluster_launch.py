@@ -226,6 +226,38 @@ def test_a_hung_job_says_where_each_rank_on_each_host_was(cluster):
                          f"    rank 1 (w1): {WHERE}:{sleep} in <module>"]
 
 
+def test_mpirt_where_in_the_launcher_pod_says_where_every_rank_on_every_host_is_now(cluster):
+    """`kubectl exec LAUNCHER-POD -- mpirt where`, here nsenter into the launcher's namespaces:
+    each host's ranks dump their stacks over ssh and go on. In a worker pod, the ranks there
+    answer themselves (its MPI daemon, which carries the job id, is not taken for a launch)."""
+    c = cluster(3)
+    for w in ("w0", "w1", "w2"):
+        c.start_worker(w)
+    proc = c.start_launch(["w0", "w1", "w2"], [sys.executable, "-m", "mpirt", WHERE, "hang", "1"],
+                          "--time-limit", "120", "--grace", "3")
+    try:
+        assert len(json.loads(proc.stdout.readline().partition("<stdout>:")[2])) == 3  # rank 0 heard from all
+        asked, on_w1 = (subprocess.run(["nsenter", "-t", str(pid), "-m", "-n", "-u", "mpirt", "where"],
+                                       capture_output=True, text=True, timeout=60)
+                        for pid in (proc.pid, c.procs["w1"].pid))
+        assert proc.poll() is None  # the ranks go on
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    lines = Path(WHERE).read_text().splitlines()
+    sleep = lines.index("        time.sleep(600)") + 1
+    assert asked.returncode == 0, asked.stderr + err
+    assert asked.stdout.splitlines() == ["mpirt: where the ranks are now (3 answered; the job goes on):",
+                                         f"  ranks 0, 2 (w0, w2): {WHERE}:{sleep + 1} in <module>",
+                                         f"  rank 1 (w1): {WHERE}:{sleep} in <module>"]
+    assert on_w1.returncode == 0, on_w1.stderr
+    assert on_w1.stdout.splitlines() == ["mpirt: where this host's ranks are now (1 answered; the job goes on):",
+                                         f"  rank 1 (w1): {WHERE}:{sleep} in <module>"]
+    assert proc.returncode == 143, err
+
+
 def test_rank_oom_killed_on_a_worker_is_named_with_its_host(cluster, memory_cgroup):
     """w1 is a pod with a memory limit: its worker, sshd and ranks run in one memory cgroup.
     mpirun says only "signal 9"; the launcher reads w1's OOM counter over ssh and says why."""

@@ -3,6 +3,8 @@ the cgroup the ranks run in (a pod's container), told apart from a plain kill -9
 outcome written where Kubernetes keeps it (the termination message)."""
 
 import os
+import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -171,3 +173,42 @@ def test_a_job_stopped_by_sigterm_says_where_each_rank_was(tmp_path):
     where = err.split("where the ranks were when it was stopped:\n", 1)[1].splitlines()
     assert where[0].startswith("    rank 0 (") and where[0].endswith(f"): {script}:7 in <module>")
     assert where[1].startswith("    rank 1 (") and where[1].endswith(f"): {script}:6 in <module>")
+
+
+def test_mpirt_where_says_where_each_rank_of_a_running_job_is_and_the_job_goes_on(tmp_path):
+    """A job that seems hung, long before its time limit: `mpirt where` (kubectl exec into the
+    launcher's pod) asks the launcher, which has every rank dump its stack and says where each
+    is, grouped by line; the ranks go on, and the stop later still says where they were."""
+    script = tmp_path / "hang.py"
+    script.write_text(HANG)
+    proc = subprocess.Popen(["mpirt", "launch", "-np", "4", "--", sys.executable, "-m", "mpirt", str(script)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            env={**os.environ, "MPIRT_ERROR_DIR": str(tmp_path / "errors")})
+    try:
+        started = 0
+        while started < 4:
+            line = proc.stdout.readline()
+            assert line, "the job ended before its ranks started"
+            started += line.endswith("started\n")
+        asked = [subprocess.run(["mpirt", "where"], capture_output=True, text=True, timeout=60) for _ in range(2)]
+        assert proc.poll() is None  # the ranks go on
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    host = socket.gethostname()
+    where = [f"  ranks 0-2 ({host}): {script}:7 in <module>", f"  rank 3 ({host}): {script}:6 in <module>"]
+    for answer in asked:
+        assert answer.returncode == 0, answer.stderr
+        assert answer.stdout.splitlines() == ["mpirt: where the ranks are now (4 answered; the job goes on):", *where]
+    assert err.count("mpirt: where the ranks are now (4 answered; the job goes on):\n" + "\n".join(where)) == 2, err
+    assert proc.returncode == 143, err
+    assert "where the ranks were when it was stopped:\n" + "\n".join("  " + w for w in where) in err, err
+
+
+def test_mpirt_where_without_a_running_launch_says_where_to_run_it():
+    proc = subprocess.run(["mpirt", "where"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("Error: no running mpirt launch or rank in this container: run mpirt where where the "
+                                  "launcher runs (kubectl exec LAUNCHER-POD -- mpirt where)")

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from mpirt.stacks import DUMP, END, Where, parse, read_all, summary
+from mpirt.stacks import DUMP, END, Where, latest, parse, read_all, summary
 
 SCRIPT = """import queue, threading, time
 def loader(q):
@@ -50,8 +50,7 @@ DEEP = """import time
 def a_frame_with_a_long_name_so_that_the_dump_fills_more_than_one_pipe_buffer(n):
     if n:
         return a_frame_with_a_long_name_so_that_the_dump_fills_more_than_one_pipe_buffer(n - 1)
-    print("ready", flush=True)
-    time.sleep(600)
+    print("ready", flush=True); time.sleep(600)  # one line: no race
 a_frame_with_a_long_name_so_that_the_dump_fills_more_than_one_pipe_buffer(80)
 """
 
@@ -85,14 +84,14 @@ def test_a_second_sigterm_during_the_dump_waits_until_it_is_written(tmp_path):
         os.close(reader)
     assert len(text) > 3 * 4096
     [where] = parse(text)
-    assert where.line == f"{script}:6 in a_frame_with_a_long_name_so_that_the_dump_fills_more_than_one_pipe_buffer"
+    assert where.line == f"{script}:5 in a_frame_with_a_long_name_so_that_the_dump_fills_more_than_one_pipe_buffer"
     assert text.count("in a_frame_with_a_long_name") == 81  # every frame, down to the outermost,
     assert text.endswith("in _run_module_as_main\n" + END)  # and the mark that says it is whole
 
 
 def test_the_dump_signal_alone_shows_a_live_rank_and_stops_nothing(tmp_path):
     script = tmp_path / "live.py"
-    script.write_text("import sys, time\nprint('ready', flush=True)\nsys.stdin.readline()\n")
+    script.write_text("import sys\nprint('ready', flush=True); sys.stdin.readline()\n")  # one line: no race
     env = {**os.environ, "MPIRT_ERROR_DIR": str(tmp_path / "errors"), "OMPI_COMM_WORLD_RANK": "2"}
     proc = subprocess.Popen([sys.executable, "-m", "mpirt", str(script)], env=env, stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
@@ -106,7 +105,15 @@ def test_the_dump_signal_alone_shows_a_live_rank_and_stops_nothing(tmp_path):
     proc.stdin.close()
     assert proc.wait(timeout=30) == 0
     [where] = parse(dump.read_text())  # kept: it holds a dump
-    assert where.line == f"{script}:3 in <module>"
+    assert where.line == f"{script}:2 in <module>"
+
+
+def test_latest_keeps_a_files_header_and_its_last_whole_dump():
+    head = "mpirt-stacks rank=1 host=w0 pid=9\n"
+    one, two = "Current thread 0x01 (most recent call first):\n  File \"a.py\", line 1 in f\n", \
+        "Current thread 0x01 (most recent call first):\n  File \"a.py\", line 2 in f\n"
+    assert latest(head + one + END + two + END + "Current thread 0x01") == head + two + END
+    assert latest(head + one) == "" and latest("") == ""
 
 
 def test_an_undisturbed_run_leaves_no_file(tmp_path):
