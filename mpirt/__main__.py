@@ -1,6 +1,8 @@
 """``python -m mpirt script.py [args]`` / ``-m module`` / ``-c code``: run a program on a rank so
 that an uncaught exception on any rank stops the whole job (instead of leaving the others
-hanging in a collective) after writing that rank's error record for the launcher, and that a
+hanging in a collective) after writing that rank's error record for the launcher (an exit
+with 143 or 130, or a KeyboardInterrupt, is a rank that was told to stop: it ends only that
+rank, once every rank is done, as MPI_Finalize waits for them), and that a
 SIGTERM (a time limit, a deleted pod) leaves a dump of where the rank was (``mpirt.stacks``).
 It also sets torchrun's RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE (``mpirt.rankenv``),
 so that a script written for torchrun runs unchanged."""
@@ -11,6 +13,10 @@ import runpy
 import sys
 
 USAGE = "usage: python -m mpirt (SCRIPT | -m MODULE | -c CODE) [ARGS...]"
+# 128 + SIGINT, 128 + SIGTERM: the exit of a program that was told to stop (a deleted pod, a
+# time limit), not a failure. Such a rank does not abort the job: the others may still be
+# writing their part of a checkpoint.
+STOPPED = (130, 143)
 
 
 def main(argv: list[str]) -> int:
@@ -41,9 +47,13 @@ def main(argv: list[str]) -> int:
         else:
             sys.argv = list(argv)
             runpy.run_path(argv[0], run_name="__main__")
+    except KeyboardInterrupt:  # SIGINT: told to stop, as below
+        return STOPPED[0]
     except SystemExit as e:
         if e.code in (None, 0):
             return 0
+        if e.code in STOPPED:  # its own stop handler is done: the others finish theirs (MPI_Finalize waits)
+            return e.code
         if isinstance(e.code, int):
             abort_on_exception(e, code=e.code)
         abort_on_exception(e)

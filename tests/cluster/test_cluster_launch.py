@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import time
 from pathlib import Path
 
@@ -344,6 +345,33 @@ def test_a_stopped_job_gives_every_rank_on_every_host_its_grace_period(cluster, 
     assert "mpirt: stopped by SIGTERM" in err
     assert [(tmp_path / f"rank-{r}.done").exists() for r in range(2)] == [True, True], err
     assert [(tmp_path / f"rank-{r}.done").read_text() for r in range(2)] == ["w0", "w1"]
+
+
+SHARDS = str(Path(__file__).parent / "ranks" / "shards.py")
+
+
+@EACH_MPI
+def test_a_rank_done_with_its_stop_does_not_cut_the_others_short(cluster, tmp_path, variable, mpirun, env):
+    """Under `python -m mpirt`, a rank that exits 143 after its own stop handler is a stopped
+    rank, not a failed one: no MPI_Abort, which would kill rank 0 in the middle of its 3 s shard."""
+    python, extra = mpi_under_test(variable, mpirun)
+    installed = tmp_path / "installed"  # mpirt for the ranks' Python, without the packages beside it
+    installed.mkdir()
+    (installed / "mpirt").symlink_to(Path(sysconfig.get_paths()["platlib"]) / "mpirt")
+    c = cluster(2)
+    c.start_worker("w0")
+    c.start_worker("w1")
+    proc = c.start_launch(["w0", "w1"], [python, "-m", "mpirt", SHARDS, str(tmp_path), "3"], "--grace", "15",
+                          "--env", f"PYTHONPATH={installed}", *extra, env=env)
+    try:
+        _wait_for([tmp_path / "rank-0.started", tmp_path / "rank-1.started"], proc)
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert [(tmp_path / f"rank-{r}.done").exists() for r in range(2)] == [True, True], err
+    assert proc.returncode == 143 and "failed" not in err, err
 
 
 def test_a_worker_told_to_stop_stops_its_ranks_before_itself(cluster, tmp_path):

@@ -38,6 +38,20 @@ def test_python_m_mpirt_passes_exit_status_on():
     assert usage.returncode == 2 and "usage: python -m mpirt" in usage.stderr
 
 
+@pytest.mark.parametrize("code, exit_code", [("raise SystemExit(143)", 143), ("raise SystemExit(130)", 130),
+                                             ("raise KeyboardInterrupt", 130), ("raise SystemExit(3)", 3)])
+def test_a_rank_told_to_stop_leaves_no_failure_record(tmp_path, code, exit_code):
+    """128 + SIGTERM, 128 + SIGINT, a KeyboardInterrupt: a rank that was told to stop, which must
+    not abort the others (they may still be writing their part of a checkpoint)."""
+    proc = subprocess.run([sys.executable, "-m", "mpirt", "-c", f"from mpi4py import MPI\n{code}"],
+                          capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "MPIRT_ERROR_DIR": str(tmp_path), "OMPI_COMM_WORLD_RANK": "0"})
+    assert proc.returncode == exit_code
+    failed = exit_code == 3
+    assert [p.name for p in tmp_path.glob("rank-*.json")] == (["rank-0.json"] if failed else [])
+    assert ("mpirt: rank 0 on " in proc.stderr) == failed, proc.stderr
+
+
 TORCHRUN_SCRIPT = str(Path(__file__).parent / "ranks" / "torchrun_script.py")
 
 
