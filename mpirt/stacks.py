@@ -20,6 +20,7 @@ import os
 import re
 import signal
 import socket
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +43,12 @@ def arm(directory: str | None, rank: int) -> None:
     An undisturbed run leaves no file behind."""
     if not directory:
         return
-    from mpirt import _stopdump  # compiled; the launcher reads dumps without it
+    try:
+        from mpirt import _stopdump  # compiled; the launcher reads dumps without it
+    except ImportError:  # a source tree on PYTHONPATH: the program still runs
+        print(f"mpirt: rank {rank}: warning: no stack dump if this rank is stopped: mpirt._stopdump is not "
+              "built here (pip install . builds it)", file=sys.stderr, flush=True)
+        return
 
     d = Path(directory)
     d.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -35,10 +36,10 @@ def _run(tmp_path, rank: int, stop: bool, sig=signal.SIGTERM):
     return proc.wait(timeout=30), script
 
 
-@pytest.mark.parametrize("sig, ends", [(signal.SIGTERM, -signal.SIGTERM), (signal.SIGINT, 1)])
+@pytest.mark.parametrize("sig, ends", [(signal.SIGTERM, -signal.SIGTERM), (signal.SIGINT, 130)])
 def test_a_stop_leaves_the_main_threads_place_and_still_ends_the_process(tmp_path, sig, ends):
     code, script = _run(tmp_path, 3, stop=True, sig=sig)
-    assert code == ends  # the signal went on as before: SIGTERM kills, SIGINT raises KeyboardInterrupt
+    assert code == ends  # the signal went on as before: SIGTERM kills, SIGINT raises KeyboardInterrupt (a stop)
     text = (tmp_path / "errors" / "rank-3.stacks").read_text()
     assert text.startswith("mpirt-stacks rank=3 host=") and "Thread 0x" in text
     [where] = parse(text)
@@ -114,6 +115,17 @@ def test_latest_keeps_a_files_header_and_its_last_whole_dump():
         "Current thread 0x01 (most recent call first):\n  File \"a.py\", line 2 in f\n"
     assert latest(head + one + END + two + END + "Current thread 0x01") == head + two + END
     assert latest(head + one) == "" and latest("") == ""
+
+
+def test_a_source_tree_without_the_compiled_handler_still_runs_the_program(tmp_path):
+    source = Path(__file__).parents[2]
+    assert not list((source / "mpirt").glob("_stopdump*"))  # never built in place
+    proc = subprocess.run([sys.executable, "-m", "mpirt", "-c", "print('ran')"], capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "PYTHONPATH": str(source), "MPIRT_ERROR_DIR": str(tmp_path),
+                                           "OMPI_COMM_WORLD_RANK": "1"})
+    assert proc.returncode == 0 and proc.stdout == "ran\n", proc.stderr
+    assert proc.stderr == ("mpirt: rank 1: warning: no stack dump if this rank is stopped: mpirt._stopdump is not "
+                           "built here (pip install . builds it)\n")
 
 
 def test_an_undisturbed_run_leaves_no_file(tmp_path):
