@@ -209,10 +209,10 @@ def _nothing_to_say(_signum, _frame) -> None:
     print("mpirt: SIGUSR1 asks where the ranks are; no ranks are running now", file=sys.stderr, flush=True)
 
 
-def _say_where(dumps: str, error_dir: str) -> None:
-    """Where every rank is now, from ``dumps`` (mpirt.stacks files): on stderr, and in
-    ``error_dir``/where.txt for ``mpirt where``."""
-    text = where.answer(dumps)
+def _say_where(dumps: str, size: int, error_dir: str) -> None:
+    """Where every one of ``size`` ranks is now, from ``dumps`` (mpirt.stacks files): on stderr,
+    and in ``error_dir``/where.txt for ``mpirt where``."""
+    text = where.answer(dumps, size)
     print(text, end="", file=sys.stderr, flush=True)
     path = Path(error_dir) / where.ANSWER
     path.parent.mkdir(parents=True, exist_ok=True)  # no rank may run on this host to have made it
@@ -296,7 +296,7 @@ def _run(cfg: LaunchConfig, undo: ExitStack) -> tuple[int, str]:
         end = supervise(ready, {**env, **added}, cfg.grace_s, log_dir=cfg.log_dir, time_limit_s=cfg.time_limit_s,
                         show=show, timestamps=cfg.timestamp_output,
                         stop_ranks=lambda sig: job.stop_ranks(job_id, sig),
-                        where=lambda: _say_where(job.dumps(job_id), added["MPIRT_ERROR_DIR"]))
+                        where=lambda: _say_where(job.dumps(job_id), job.np, added["MPIRT_ERROR_DIR"]))
         failed = end.code != 0 and not end.stopped_by and not end.timed_out
         error_dir, oom, places = added["MPIRT_ERROR_DIR"], [], []
         if failed:  # the hosts are asked for records and OOM counters at once: a lost host costs its timeout once

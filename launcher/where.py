@@ -19,6 +19,7 @@ from pathlib import Path
 
 from launcher import ranks
 from mpirt import stacks
+from mpirt.console import ranges
 
 ANSWER = "where.txt"
 
@@ -53,15 +54,23 @@ def _is_mpirt(pid: int) -> bool:
     return any(os.path.basename(arg) == b"mpirt" or arg == b"launcher.cli" for arg in argv[:3])
 
 
-def answer(dumps: str, everyone: bool = True) -> str:
-    """What ``dumps`` (mpirt.stacks files) say: where each rank is, grouped by line."""
+def answer(dumps: str, size: int | None = None) -> str:
+    """What ``dumps`` (mpirt.stacks files) say: where each rank is, grouped by line; ``size``:
+    the job's ranks (None: this host's), those that gave no answer named."""
     wheres = stacks.parse(dumps)
     if not wheres:
         return ("mpirt: no rank said where it is: only ranks run under python -m mpirt answer "
                 "(mpirt launch -- python -m mpirt train.py)\n")
-    scope = "the ranks are" if everyone else "this host's ranks are"
-    return "\n".join([f"mpirt: where {scope} now ({len({w.rank for w in wheres})} answered; the job goes on):",
-                      *(f"  {line}" for line in stacks.summary(wheres))]) + "\n"
+    said = {w.rank for w in wheres}
+    silent = sorted(set(range(size)) - said) if size else []
+    head = (f"where the ranks are now ({len(said)} of {size} answered" if size else
+            f"where this host's ranks are now ({len(said)} answered")
+    lines = [f"mpirt: {head}; the job goes on):", *(f"  {line}" for line in stacks.summary(wheres))]
+    if silent:
+        lines.append(f"  no answer from rank{'s' if len(silent) > 1 else ''} {', '.join(ranges(silent))}: not run "
+                     "under python -m mpirt, or in a wait no signal ends (state D in ps on its host: a network "
+                     "filesystem, a device driver)")
+    return "\n".join(lines) + "\n"
 
 
 def ask(timeout_s: float, procs: dict | None = None) -> str:
@@ -71,7 +80,7 @@ def ask(timeout_s: float, procs: dict | None = None) -> str:
     found = launches(procs)
     if not found:
         if ranks.find(procs):
-            return answer(ranks.dumps_now(None), everyone=False)
+            return answer(ranks.dumps_now(None))
         raise ValueError("no running mpirt launch or rank in this container: run mpirt where where the launcher "
                          "runs (kubectl exec LAUNCHER-POD -- mpirt where), while its job runs")
     if len(found) > 1:

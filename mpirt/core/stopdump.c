@@ -17,6 +17,7 @@
 #include <Python.h>
 
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <string.h>
@@ -64,6 +65,10 @@ static void on_signal(int sig, siginfo_t* info, void* context) {
   }
   errno = saved;
 }
+
+/* A child forked while another thread of its parent held the lock (a DataLoader worker) has no
+ * such thread: it starts unlocked. */
+static void unlock_in_child(void) { atomic_store(&busy, 0); }
 
 /* arm(stop_signals, dump_signal, fd, mark): faulthandler must already be registered for
  * dump_signal, writing to fd, where each dump is followed by mark. */
@@ -134,4 +139,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_stopdump", NULL, -1, methods, NULL, NULL, NULL, NULL};
 
-PyMODINIT_FUNC PyInit__stopdump(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__stopdump(void) {
+  if (pthread_atfork(NULL, NULL, unlock_in_child) != 0) return PyErr_Format(PyExc_OSError, "pthread_atfork failed");
+  return PyModule_Create(&module);
+}

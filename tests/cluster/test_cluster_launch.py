@@ -250,7 +250,7 @@ def test_mpirt_where_in_the_launcher_pod_says_where_every_rank_on_every_host_is_
     lines = Path(WHERE).read_text().splitlines()
     sleep = lines.index("        time.sleep(600)") + 1
     assert asked.returncode == 0, asked.stderr + err
-    assert asked.stdout.splitlines() == ["mpirt: where the ranks are now (3 answered; the job goes on):",
+    assert asked.stdout.splitlines() == ["mpirt: where the ranks are now (3 of 3 answered; the job goes on):",
                                          f"  ranks 0, 2 (w0, w2): {WHERE}:{sleep + 1} in <module>",
                                          f"  rank 1 (w1): {WHERE}:{sleep} in <module>"]
     assert on_w1.returncode == 0, on_w1.stderr

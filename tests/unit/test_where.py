@@ -42,8 +42,11 @@ def dump(rank: int, host: str, line: int) -> str:
 
 def test_the_answer_groups_the_ranks_by_line_and_counts_them():
     dumps = dump(0, "w0", 7) + dump(2, "w1", 7) + dump(1, "w0", 6)
-    assert where.answer(dumps) == ("mpirt: where the ranks are now (3 answered; the job goes on):\n"
-                                   "  ranks 0, 2 (w0, w1): /app/train.py:7 in <module>\n"
-                                   "  rank 1 (w0): /app/train.py:6 in <module>\n")
-    assert where.answer(dump(1, "w0", 6), everyone=False).startswith("mpirt: where this host's ranks are now (1 ")
+    assert where.answer(dumps, 3) == ("mpirt: where the ranks are now (3 of 3 answered; the job goes on):\n"
+                                      "  ranks 0, 2 (w0, w1): /app/train.py:7 in <module>\n"
+                                      "  rank 1 (w0): /app/train.py:6 in <module>\n")
+    assert where.answer(dumps, 6).splitlines()[-1] == (
+        "  no answer from ranks 3-5: not run under python -m mpirt, or in a wait no signal ends (state D in ps on "
+        "its host: a network filesystem, a device driver)")
+    assert where.answer(dump(1, "w0", 6)).startswith("mpirt: where this host's ranks are now (1 answered; ")
     assert where.answer("").startswith("mpirt: no rank said where it is: only ranks run under python -m mpirt answer")
