@@ -139,9 +139,24 @@ def _failure(p: subprocess.Popen) -> tuple[float]:
     return (ended - float(said[1]),)
 
 
-def _stop(p: subprocess.Popen, marks: Path) -> tuple[float, int, float | None]:
+def _placed(err: str) -> int:
+    """How many ranks the launcher said the place of, after the stop (none from a bare mpirun)."""
+    lines = err.split("where the ranks were when it was stopped:\n", 1)[1:]
+    ranks = 0
+    for line in lines[0].splitlines() if lines else []:
+        said = re.match(r"    ranks? ([\d, -]+) \(", line)
+        if not said:
+            break
+        for part in said[1].split(", "):
+            first, _, last = part.partition("-")
+            ranks += int(last or first) - int(first) + 1
+    return ranks
+
+
+def _stop(p: subprocess.Popen, marks: Path) -> tuple[float, int, float | None, int]:
     """Once every rank runs, SIGTERM to ``p``: seconds until the job has ended, how many ranks'
-    SIGTERM handlers finished their work, and when the last of those got its SIGTERM."""
+    SIGTERM handlers finished their work, when the last of those got its SIGTERM, and how many
+    ranks' places the launcher said."""
     deadline = time.time() + 60
     while len(list(marks.glob("running-*"))) < 4:
         if p.poll() is not None or time.time() > deadline:
@@ -149,12 +164,12 @@ def _stop(p: subprocess.Popen, marks: Path) -> tuple[float, int, float | None]:
         time.sleep(0.02)
     t0 = time.time()
     p.send_signal(signal.SIGTERM)
-    p.communicate()
+    _, err = p.communicate()
     ended = time.time()
     came = [float(f.read_text()) for f in marks.glob("stopped-*")]
     for f in marks.iterdir():
         f.unlink()
-    return ended - t0, len(came), max(came) - t0 if came else None
+    return ended - t0, len(came), max(came) - t0 if came else None, _placed(err)
 
 
 def ending(tmp: Path, reps: int) -> list[dict]:
@@ -165,12 +180,15 @@ def ending(tmp: Path, reps: int) -> list[dict]:
         marks = tmp / "marks"
         marks.mkdir()
         fail, stop = [sys.executable, "-c", FAILING], [sys.executable, "-c", STOPPING, str(marks), str(WORK_S)]
+        # -P: the installed mpirt, with its compiled stop handler, not this checkout's source tree
+        armed = [sys.executable, "-P", "-m", "mpirt", "-c", STOPPING, str(marks), str(WORK_S)]
         out = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
         runs = {
             ("failure", "mpirun"): lambda: _failure(bare.start(fail, **out)),
             ("failure", "mpirt"): lambda: _failure(c.start_launch(names, fail)),
             ("stop", "mpirun"): lambda: _stop(bare.start(stop, **out), marks),
             ("stop", "mpirt"): lambda: _stop(c.start_launch(names, stop), marks),
+            ("stop", "mpirt, python -m mpirt"): lambda: _stop(c.start_launch(names, armed), marks),
         }
         seconds = {k: [] for k in runs}
         handlers = {k: [] for k in runs}
@@ -188,10 +206,11 @@ def ending(tmp: Path, reps: int) -> list[dict]:
             row = {"kind": "launch", "key": {"case": cases[case], "hosts": 4, "ranks": 4, "system": system},
                    "metrics": {"seconds": stat(samples)}}
             if handlers[(case, system)]:
-                came = [t for _, t in handlers[(case, system)] if t is not None]
-                row["derived"] = {"sigterm_handlers_done_min": min(n for n, _ in handlers[(case, system)]),
+                came = [t for _, t, _ in handlers[(case, system)] if t is not None]
+                row["derived"] = {"sigterm_handlers_done_min": min(n for n, _, _ in handlers[(case, system)]),
                                   "last_sigterm_after_s": statistics.median(came) if came else None,
-                                  "handler_work_s": WORK_S}
+                                  "handler_work_s": WORK_S,
+                                  "ranks_placed_min": min(n for _, _, n in handlers[(case, system)])}
             rows.append(row)
         return rows
     finally:
@@ -250,9 +269,12 @@ def markdown(doc: dict) -> str:
         came = d["last_sigterm_after_s"]
         return f"{d['sigterm_handlers_done_min']}/4 done" + (f", SIGTERM after {came:.2f} s" if came is not None else "")
 
+    placed = rows[("stop", "mpirt, python -m mpirt")]["derived"]["ranks_placed_min"]
+
     fail_over = median("failure", "mpirt") - median("failure", "mpirun")
     n = rows[("failure", "mpirt")]["metrics"]["seconds"]["n"]
-    handled = rows[("stop", "mpirt")]["derived"]["sigterm_handlers_done_min"] == 4
+    handled = all(rows[("stop", system)]["derived"]["sigterm_handlers_done_min"] == 4
+                  for system in ("mpirt", "mpirt, python -m mpirt"))
     return "\n".join([
         "# Launcher overhead, readiness, and how jobs end, on this machine", "",
         f"{env['cpu']['model']}, {env['cpu']['cores']} cores; {env['mpi']['library']}; taken {env['timestamp']}  ",
@@ -273,6 +295,13 @@ def markdown(doc: dict) -> str:
         f"{median('stop', 'mpirt'):.2f} s, {ran('mpirt')} | bare mpirun {median('stop', 'mpirun'):.2f} s, "
         f"{ran('mpirun')} | {median('stop', 'mpirt') - median('stop', 'mpirun'):+.2f} s | "
         f"{median('stop', 'mpirt') / median('stop', 'mpirun'):.2f}x | every handler: {'met' if handled else 'NOT met'} |",
+        f"| the same ranks under `python -m mpirt`: each writes its stack dump before its SIGTERM; ranks whose "
+        f"place the launcher said (fewest in a run) | {median('stop', 'mpirt, python -m mpirt'):.2f} s, "
+        f"{ran('mpirt, python -m mpirt')}, {placed}/4 placed | mpirt launch, plain ranks, "
+        f"{median('stop', 'mpirt'):.2f} s | "
+        f"{median('stop', 'mpirt, python -m mpirt') - median('stop', 'mpirt'):+.2f} s | "
+        f"{median('stop', 'mpirt, python -m mpirt') / median('stop', 'mpirt'):.2f}x | every place: "
+        f"{'met' if placed == 4 else 'NOT met'} |",
         "",
         "The launch includes everything `mpirt launch` adds: Python start-up, MPI detection, the hostfile, the "
         "ssh setup and the readiness check of every host, and the output relay. A stop with `mpirt launch` "
@@ -280,7 +309,9 @@ def markdown(doc: dict) -> str:
         "(10 s); bare Open MPI 4 mpirun sends SIGTERM after its 1 s kill timeout and SIGKILL 1 s later, whatever "
         "the ranks are doing. Once a rank has ended, Open MPI 4 takes 2 s to tear the job down either way. Before the launcher signalled the ranks itself, a "
         "failing rank took about 9 s to end a job under Open MPI 4 (the kill timeout was set to half of `--grace`), "
-        "and every stop about `--grace` + 2 s.", ""])
+        "and every stop about `--grace` + 2 s. Under `python -m mpirt` the launcher first has every rank write "
+        "its stack dump (at most 2 s), then sends SIGTERM: a rank with its own SIGTERM handler, as here, "
+        "used to leave no dump at all, its handler replacing the one that wrote it.", ""])
 
 
 def main() -> int:
