@@ -323,17 +323,14 @@ def _wait_for(paths: list[Path], proc: subprocess.Popen, timeout: float = 90) ->
         time.sleep(0.05)
 
 
-@EACH_MPI
-def test_a_stopped_job_gives_every_rank_on_every_host_its_grace_period(cluster, tmp_path, variable, mpirun, env):
-    """SIGTERM to the launcher (its pod deleted): each rank on each host gets SIGTERM at once and
-    its 4 s of work after it fit in --grace 8, whatever the MPI. Left to themselves, Open MPI 4
-    would send SIGTERM only after half the grace period, Open MPI 5 and Intel MPI kill within
-    about a second."""
-    python, extra = mpi_under_test(variable, mpirun)
+def _stopped_on_two_hosts(cluster, tmp_path: Path, command: list[str], *options: str,
+                          env: dict) -> tuple[subprocess.Popen, str]:
+    """``command`` on w0 and w1, stopped with SIGTERM to the launcher once each rank wrote
+    tmp_path/rank-<r>.started; the launch and what it said on stderr."""
     c = cluster(2)
     c.start_worker("w0")
     c.start_worker("w1")
-    proc = c.start_launch(["w0", "w1"], [python, STOP, str(tmp_path), "4"], "--grace", "8", *extra, env=env)
+    proc = c.start_launch(["w0", "w1"], command, *options, env=env)
     try:
         _wait_for([tmp_path / "rank-0.started", tmp_path / "rank-1.started"], proc)
         proc.send_signal(signal.SIGTERM)
@@ -341,6 +338,18 @@ def test_a_stopped_job_gives_every_rank_on_every_host_its_grace_period(cluster, 
     finally:
         if proc.poll() is None:
             proc.kill()
+    return proc, err
+
+
+@EACH_MPI
+def test_a_stopped_job_gives_every_rank_on_every_host_its_grace_period(cluster, tmp_path, variable, mpirun, env):
+    """SIGTERM to the launcher (its pod deleted): each rank on each host gets SIGTERM at once and
+    its 4 s of work after it fit in --grace 8, whatever the MPI. Left to themselves, Open MPI 4
+    would send SIGTERM only after half the grace period, Open MPI 5 and Intel MPI kill within
+    about a second."""
+    python, extra = mpi_under_test(variable, mpirun)
+    proc, err = _stopped_on_two_hosts(cluster, tmp_path, [python, STOP, str(tmp_path), "4"], "--grace", "8", *extra,
+                                      env=env)
     assert proc.returncode == 143, err
     assert "mpirt: stopped by SIGTERM" in err
     assert [(tmp_path / f"rank-{r}.done").exists() for r in range(2)] == [True, True], err
@@ -358,18 +367,8 @@ def test_a_rank_done_with_its_stop_does_not_cut_the_others_short(cluster, tmp_pa
     installed = tmp_path / "installed"  # mpirt for the ranks' Python, without the packages beside it
     installed.mkdir()
     (installed / "mpirt").symlink_to(Path(sysconfig.get_paths()["platlib"]) / "mpirt")
-    c = cluster(2)
-    c.start_worker("w0")
-    c.start_worker("w1")
-    proc = c.start_launch(["w0", "w1"], [python, "-m", "mpirt", SHARDS, str(tmp_path), "3"], "--grace", "15",
-                          "--env", f"PYTHONPATH={installed}", *extra, env=env)
-    try:
-        _wait_for([tmp_path / "rank-0.started", tmp_path / "rank-1.started"], proc)
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    proc, err = _stopped_on_two_hosts(cluster, tmp_path, [python, "-m", "mpirt", SHARDS, str(tmp_path), "3"],
+                                      "--grace", "15", "--env", f"PYTHONPATH={installed}", *extra, env=env)
     assert [(tmp_path / f"rank-{r}.done").exists() for r in range(2)] == [True, True], err
     assert proc.returncode == 143 and "failed" not in err, err
 
