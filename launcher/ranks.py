@@ -146,6 +146,18 @@ def send(pids: list[int], sig: int = signal.SIGTERM, proc: Path = Path("/proc"))
 def dump_first(pids: list[int], proc: Path = Path("/proc"), wait_s: float = DUMP_WAIT_S) -> list[int]:
     """Have every armed rank among ``pids`` write a stack dump, all at once, and wait until each
     has (or has ended, or ``wait_s`` is over); the ones that wrote one."""
+    return sorted(_dump(pids, proc, wait_s))
+
+
+def dumps_now(job: str | None, proc: Path = Path("/proc")) -> str:
+    """This host's ranks of ``job`` (of any job: None) dump their stacks, and go on: the dumps
+    (``mpirt.stacks`` files, each cut to its header and this dump)."""
+    files = _dump(find(table(proc), job=job), proc, DUMP_WAIT_S).values()
+    return "".join(stacks.latest((_read(path) or b"").decode(errors="replace")) for path in files)
+
+
+def _dump(pids: list[int], proc: Path, wait_s: float) -> dict[int, Path]:
+    """``dump_first``: each rank that wrote a dump -> its dump file."""
     files = {pid: path for pid in pids if (path := _stacks_file(pid, proc)) and _catches(pid, stacks.DUMP, proc)}
     before = {pid: _ends(path) for pid, path in files.items()}
     waiting = set()
@@ -163,15 +175,7 @@ def dump_first(pids: list[int], proc: Path = Path("/proc"), wait_s: float = DUMP
         if not waiting or time.monotonic() >= deadline:
             break
         time.sleep(0.01)
-    return sorted(dumped)
-
-
-def dumps_now(job: str | None, proc: Path = Path("/proc")) -> str:
-    """This host's ranks of ``job`` (of any job: None) dump their stacks, and go on: the dumps
-    (``mpirt.stacks`` files, each cut to its header and this dump)."""
-    dumped = dump_first(find(table(proc), job=job), proc)
-    files = [path for pid in dumped if (path := _stacks_file(pid, proc))]
-    return "".join(stacks.latest((_read(path) or b"").decode(errors="replace")) for path in files)
+    return {pid: files[pid] for pid in sorted(dumped)}
 
 
 def _stacks_file(pid: int, proc: Path) -> Path | None:

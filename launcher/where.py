@@ -30,12 +30,19 @@ class Launch:
     error_dir: str
 
 
-def launches(procs: dict[int, tuple[int, dict[bytes, bytes]]], is_mpirt=None) -> list[Launch]:
+def _is_mpirt(pid: int) -> bool:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return any(os.path.basename(arg) == b"mpirt" or arg == b"launcher.cli" for arg in argv[:3])
+
+
+def launches(procs: dict[int, tuple[int, dict[bytes, bytes]]], is_mpirt=_is_mpirt) -> list[Launch]:
     """The launches among ``procs`` (``ranks.table``): each one's mpirun carries the job id and
     the error directory, and no rank variable; its parent is an ``mpirt`` process (an MPI
     daemon that an sshd on this host started may carry the job id too)."""
     job = ranks.JOB_ENV.encode()
-    is_mpirt = is_mpirt or _is_mpirt
 
     def runs(pid: int) -> bool:
         env = procs[pid][1] if pid in procs else {}
@@ -44,14 +51,6 @@ def launches(procs: dict[int, tuple[int, dict[bytes, bytes]]], is_mpirt=None) ->
     found = {ppid: Launch(ppid, env[b"MPIRT_ERROR_DIR"].decode()) for pid, (ppid, env) in procs.items()
              if runs(pid) and ppid in procs and not runs(ppid) and is_mpirt(ppid)}
     return sorted(found.values(), key=lambda launch: launch.pid)
-
-
-def _is_mpirt(pid: int) -> bool:
-    try:
-        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return any(os.path.basename(arg) == b"mpirt" or arg == b"launcher.cli" for arg in argv[:3])
 
 
 def answer(dumps: str, size: int | None = None) -> str:

@@ -92,10 +92,9 @@ def parse(text: str) -> list[Where]:
     found = []
     heads = list(_HEADER_RE.finditer(text))
     for i, head in enumerate(heads):
-        dumps = text[head.end():heads[i + 1].start() if i + 1 < len(heads) else len(text)].split(END)
-        if len(dumps) < 2:  # none whole
+        body = _last_whole(text[head.end():heads[i + 1].start() if i + 1 < len(heads) else len(text)])
+        if body is None:
             continue
-        body = dumps[-2]
         threads = list(_THREAD_RE.finditer(body))
         if not threads:
             continue
@@ -109,11 +108,17 @@ def parse(text: str) -> list[Where]:
     return found
 
 
+def _last_whole(dumps: str) -> str | None:
+    """The last of ``dumps`` (what follows a header) that its END says is whole."""
+    parts = dumps.split(END)
+    return parts[-2] if len(parts) > 1 else None
+
+
 def latest(text: str) -> str:
     """One file's ``text`` cut to its header and its last whole dump; "" without one."""
     head = _HEADER_RE.search(text)
-    dumps = text[head.end():].split(END) if head else []
-    return f"{head[0]}\n{dumps[-2]}{END}" if len(dumps) > 1 else ""
+    body = _last_whole(text[head.end():]) if head else None
+    return "" if body is None else f"{head[0]}\n{body}{END}"
 
 
 def read_all(directory: str | Path) -> list[Where]:
