@@ -295,6 +295,7 @@ def _run(cfg: LaunchConfig, undo: ExitStack) -> tuple[int, str]:
             return 1, ready
         end = supervise(ready, {**env, **added}, cfg.grace_s, log_dir=cfg.log_dir, time_limit_s=cfg.time_limit_s,
                         show=show, timestamps=cfg.timestamp_output,
+                        tag=mpi.rank_tag(impl) if cfg.tag_output else None,
                         stop_ranks=lambda sig: job.stop_ranks(job_id, sig),
                         where=lambda: _say_where(job.dumps(job_id), job.np, added["MPIRT_ERROR_DIR"]))
         failed = end.code != 0 and not end.stopped_by and not end.timed_out

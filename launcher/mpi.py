@@ -48,6 +48,7 @@ class Flags:
     oversubscribe: tuple[str, ...]
     as_root: tuple[str, ...]
     tag_output: tuple[str, ...]  # prefix every output line with the rank
+    tag: bytes  # the prefix as written (a regex; group 1: the rank): each becomes "[RANK] " (launcher.run)
     hostfile: tuple[str, ...]
     dialect: str  # hostfile format (launcher.hosts.render)
     export: tuple[str, ...]  # forward one variable to remote ranks ({name}); () where all are forwarded
@@ -74,16 +75,22 @@ class Flags:
 _OMPI = dict(np=("-np", "{n}"), oversubscribe=("--oversubscribe",), as_root=("--allow-run-as-root",),
              hostfile=("--hostfile", "{hostfile}"), dialect="openmpi", export=("-x", "{name}"),
              unbound=("--bind-to", "none"))
-_HYDRA = dict(np=("-n", "{n}"), oversubscribe=(), as_root=(), tag_output=("-l",), hostfile=("-f", "{hostfile}"),
+# Hydra's -l prefix "[RANK] " could be a rank's own text ("x[0] = 1"); a pattern of ours cannot,
+# so the pieces it tags one by one (as Open MPI 4 does) can be put back together.
+_HYDRA = dict(np=("-n", "{n}"), oversubscribe=(), as_root=(), tag_output=("-prepend-pattern", "[mpirt:%r]"),
+              tag=rb"\[mpirt:(\d+)\]", hostfile=("-f", "{hostfile}"),
               export=(),  # Hydra forwards the whole environment by default
               control_host=("-localhost", "{addr}"))
 
 TABLE: dict[str, Flags] = {
-    "openmpi4": Flags(**_OMPI, tag_output=("--tag-output",), ssh_args_env=("OMPI_MCA_plm_rsh_args",),
+    "openmpi4": Flags(**_OMPI, tag_output=("--tag-output",), tag=rb"\[\d+,(\d+)\]<std(?:out|err)>:",
+                      ssh_args_env=("OMPI_MCA_plm_rsh_args",),
                       launcher_only=(("OMPI_MCA_plm_rsh_no_tree_spawn", "1"),)),
     # Open MPI 5 (PRRTE) still takes --tag-output as the spelling of --output tag; its launcher
-    # reads PRTE_MCA_* and silently ignores the ORTE names the operators set.
-    "openmpi5": Flags(**_OMPI, tag_output=("--tag-output",), ssh_args_env=("PRTE_MCA_plm_ssh_args",),
+    # reads PRTE_MCA_* and silently ignores the ORTE names the operators set. It tags whole
+    # lines, with a space after the tag.
+    "openmpi5": Flags(**_OMPI, tag_output=("--tag-output",), tag=rb"\[\d+,(\d+)\]<std(?:out|err)>: ",
+                      ssh_args_env=("PRTE_MCA_plm_ssh_args",),
                       launcher_only=(("PRTE_MCA_plm_ssh_no_tree_spawn", "1"),)),
     # Hydra runs any number of ranks per host and as any user without being asked.
     # Hydra 4.0 reads HYDRA_LAUNCHER_EXTRA_ARGS (checked in its binary); mpi-operator sets
@@ -244,6 +251,11 @@ def check_local_program(command: list[str], path: str | None) -> None:
     if shutil.which(command[0], path=path) is None:
         where = "is not an executable file" if os.sep in command[0] else f"is not on PATH ({path or ''})"
         raise ValueError(f"cannot run {command[0]!r}: it {where}; check the name, or give its full path")
+
+
+def rank_tag(impl: MpiImpl) -> re.Pattern[bytes]:
+    """How ``impl`` starts each piece of a rank's output that it tags (group 1: the rank)."""
+    return re.compile(TABLE[impl.key].tag)
 
 
 def launch_argv(impl: MpiImpl, n: int, command: list[str], *, cores: int, uid: int, tag_output: bool) -> list[str]:

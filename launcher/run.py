@@ -27,7 +27,6 @@ FATAL_GRACE_S = 15.0
 # After mpirun is told to stop, how long its teardown may take (Open MPI 4's: twice its 1 s
 # kill timeout) before everything left is killed.
 BACKSTOP_S = 5.0
-_TAG = re.compile(rb"^\[(?:\d+,)?(\d+)\](?:<(?:stdout|stderr)>:|\s)")
 # What a signal that killed a rank usually means in a pod.
 _SIGNAL_HINTS = {
     signal.SIGKILL: "the OOM killer at a memory limit (kubectl describe pod: OOMKilled), or a kill -9",
@@ -116,27 +115,26 @@ RANK_LINES = 10  # of each rank's output, kept for the root cause of a rank that
 # Open MPI's signal handler's backtrace ("[host:pid] [ 3] libc.so.6(...)"), which would crowd
 # out what the rank itself said.
 _OMPI_BACKTRACE = re.compile(r"^\[[\w.-]+:\d+\] ")
-# Open MPI 4 tags every chunk a rank writes, not every line: a line written in pieces (print()
-# of several values under PYTHONUNBUFFERED=1, set in many images) arrives as "T:a T: b c", and
-# pieces of two ranks can share one line. Only this tag form is taken apart inside a line;
-# Hydra's "[r] " could be a rank's own text.
-_OMPI_TAG = re.compile(rb"\[\d+,\d+\]<std(?:out|err)>:")
 
 
-def reassemble(line: bytes, pending: dict[bytes, bytes]) -> list[bytes]:
-    """The whole lines in one line of mpirun's output, each under its rank's tag; a piece
-    without its newline yet waits in ``pending`` (tag -> text) for the rest of its line."""
-    tags = list(_OMPI_TAG.finditer(line))
+def reassemble(line: bytes, pending: dict[bytes, bytes],
+               tag: re.Pattern[bytes] | None) -> list[tuple[bytes | None, bytes]]:
+    """The whole lines in one line of mpirun's output, as (rank or None for mpirun's own, text).
+    Open MPI 4 and Hydra tag every piece a rank writes, not every line: a line written in pieces
+    (print() of several values under PYTHONUNBUFFERED=1, set in many images) arrives as
+    "T:a T: b c", and pieces of two ranks can share one line. A piece without its newline yet
+    waits in ``pending`` (rank -> text) for the rest of its line."""
+    tags = list(tag.finditer(line)) if tag else []
     if not tags:
-        return [line]
-    out = [line[:tags[0].start()] + b"\n"] if tags[0].start() > 0 else []
+        return [(None, line)]
+    out = [(None, line[:tags[0].start()] + b"\n")] if tags[0].start() > 0 else []
     for i, m in enumerate(tags):
-        tag = m.group(0)
+        rank = m.group(1)
         text = line[m.end():tags[i + 1].start() if i + 1 < len(tags) else len(line)]
         if i + 1 < len(tags) or not text.endswith(b"\n"):
-            pending[tag] = pending.get(tag, b"") + text
+            pending[rank] = pending.get(rank, b"") + text
         else:
-            out.append(tag + pending.pop(tag, b"") + text)
+            out.append((rank, pending.pop(rank, b"") + text))
     return out
 
 
@@ -154,43 +152,45 @@ def parse_ranks(text: str) -> frozenset[int] | None:
 
 
 class _Relay(threading.Thread):
-    """Copies one of mpirun's streams to ours (a rank's line only if ``show`` has the rank; all
-    when it is None), keeps the last lines (all, and each rank's), splits lines per rank."""
+    """Copies one of mpirun's streams to ours with each rank's line as "[RANK] text" under every
+    MPI (only if ``show`` has the rank; all when it is None), keeps the last lines (all, and
+    each rank's), splits lines per rank. ``tag``: how the MPI tags a rank's output."""
 
     def __init__(self, src, dst, tail: collections.deque, ranks: dict, logs: dict, lock: threading.Lock,
-                 log_dir: Path | None, on_fatal, show: frozenset[int] | None = None, timestamps: bool = False):
+                 log_dir: Path | None, on_fatal, show: frozenset[int] | None = None, timestamps: bool = False,
+                 tag: re.Pattern[bytes] | None = None):
         super().__init__(daemon=True)
         self.src, self.dst, self.tail, self.logs, self.lock, self.log_dir = src, dst, tail, logs, lock, log_dir
-        self.ranks, self.on_fatal, self.show, self.timestamps = ranks, on_fatal, show, timestamps
+        self.ranks, self.on_fatal, self.show, self.timestamps, self.tag = ranks, on_fatal, show, timestamps, tag
 
     def run(self) -> None:
         pending: dict[bytes, bytes] = {}
         for raw in iter(self.src.readline, b""):
-            for line in reassemble(raw, pending):
-                self._one(line)
-        for tag, text in pending.items():  # the last pieces, never finished with a newline
-            self._one(tag + text + b"\n")
+            for rank, text in reassemble(raw, pending, self.tag):
+                self._one(rank, text)
+        for rank, text in pending.items():  # the last pieces, never finished with a newline
+            self._one(rank, text + b"\n")
 
-    def _one(self, line: bytes) -> None:
-        m = _TAG.match(line)
+    def _one(self, rank: bytes | None, text: bytes) -> None:
+        line = text if rank is None else b"[" + rank + b"] " + text
         stamp = _stamp() if self.timestamps else b""
-        if self.show is None or not m or int(m.group(1)) in self.show:
+        if self.show is None or rank is None or int(rank) in self.show:
             self.dst.write(stamp + line)
             self.dst.flush()
         if _FATAL.search(line):
             self.on_fatal()
         with self.lock:
             self.tail.append(line.decode(errors="replace"))
-            if m:
-                said = line[m.end():].decode(errors="replace").rstrip()
+            if rank is not None:
+                said = text.decode(errors="replace").rstrip()
                 if said and not _OMPI_BACKTRACE.match(said):
-                    self.ranks.setdefault(m.group(1).decode(), collections.deque(maxlen=RANK_LINES)).append(said)
+                    self.ranks.setdefault(rank.decode(), collections.deque(maxlen=RANK_LINES)).append(said)
             if self.log_dir is not None:
-                rank = m.group(1).decode() if m else "launcher"
-                f = self.logs.get(rank)
+                name = "launcher" if rank is None else rank.decode()
+                f = self.logs.get(name)
                 if f is None:
-                    f = self.logs[rank] = open(self.log_dir / f"rank-{rank}.log", "ab")
-                f.write(stamp + (line[m.end():] if m else line))
+                    f = self.logs[name] = open(self.log_dir / f"rank-{name}.log", "ab")
+                f.write(stamp + text)
                 f.flush()
 
 
@@ -202,9 +202,11 @@ def _stamp() -> bytes:
 def supervise(argv: list[str], env: dict[str, str], grace_s: float, log_dir: str | None = None,
               fatal_grace_s: float = FATAL_GRACE_S, time_limit_s: float | None = None,
               show: frozenset[int] | None = None, timestamps: bool = False,
-              stop_ranks: Callable[[int], int] | None = None, where: Callable[[], None] | None = None) -> Outcome:
-    """Run ``argv`` to its end, or until a signal or ``time_limit_s`` stops it; ``show``: the
-    ranks whose output reaches our stdout and stderr (None: all; mpirun's own always does);
+              stop_ranks: Callable[[int], int] | None = None, where: Callable[[], None] | None = None,
+              tag: re.Pattern[bytes] | None = None) -> Outcome:
+    """Run ``argv`` to its end, or until a signal or ``time_limit_s`` stops it; ``tag``: how
+    mpirun tags each rank's output (None: it does not); ``show``: the ranks whose output
+    reaches our stdout and stderr (None: all; mpirun's own always does);
     ``timestamps``: each line relayed or logged starts with the time it arrived;
     ``stop_ranks(sig)``: signal every rank of the job, wherever it runs; how many it reached;
     ``where()``: say where the ranks are now, run on SIGUSR1 (one at a time, and not in the
@@ -241,7 +243,7 @@ def supervise(argv: list[str], env: dict[str, str], grace_s: float, log_dir: str
             doomed.set()
             later(fatal_grace_s, kill_all)
 
-    relays = [_Relay(src, dst, tail, ranks, logs, lock, logs_path, on_fatal, show, timestamps)
+    relays = [_Relay(src, dst, tail, ranks, logs, lock, logs_path, on_fatal, show, timestamps, tag)
               for src, dst in ((proc.stdout, sys.stdout.buffer), (proc.stderr, sys.stderr.buffer))]
     for r in relays:
         r.start()

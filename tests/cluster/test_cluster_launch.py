@@ -26,10 +26,12 @@ ENV_REPORT = str(Path(__file__).parent / "ranks" / "env_report.py")
 
 
 def ranks_report(stdout: str) -> list[dict]:
-    for line in stdout.splitlines():  # after the rank tag of any MPI ("[1,0]<stdout>:", "[0] ")
-        if "[{" in line:
-            return json.JSONDecoder().raw_decode(line[line.index("[{"):])[0]
-    raise AssertionError(f"no rank report in:\n{stdout}")
+    """Rank 0's report, and each rank's line in one piece, tagged "[RANK] " under every MPI."""
+    report = json.loads(next((line[4:] for line in stdout.splitlines() if line.startswith("[0] [{")), "null"))
+    assert report, f"no rank report in:\n{stdout}"
+    said = sorted(line for line in stdout.splitlines() if " on " in line)
+    assert said == [f"[{r['rank']}] rank {r['rank']} on {r['host']}" for r in report], stdout
+    return report
 
 
 def test_three_hosts_every_rank_on_its_host(cluster):
@@ -237,7 +239,7 @@ def test_mpirt_where_in_the_launcher_pod_says_where_every_rank_on_every_host_is_
     proc = c.start_launch(["w0", "w1", "w2"], [sys.executable, "-m", "mpirt", WHERE, "hang", "1"],
                           "--time-limit", "120", "--grace", "3")
     try:
-        assert len(json.loads(proc.stdout.readline().partition("<stdout>:")[2])) == 3  # rank 0 heard from all
+        assert len(json.loads(proc.stdout.readline().removeprefix("[0] "))) == 3  # rank 0 heard from all
         asked, on_w1 = (subprocess.run(["nsenter", "-t", str(pid), "-m", "-n", "-u", "mpirt", "where"],
                                        capture_output=True, text=True, timeout=60)
                         for pid in (proc.pid, c.procs["w1"].pid))

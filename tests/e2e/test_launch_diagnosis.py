@@ -113,7 +113,7 @@ def test_unbuffered_prints_of_several_values_stay_whole_lines():
                            "print('step', 3, 'loss', 0.5, flush=True)"], capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert proc.returncode == 0, proc.stderr
-    assert sorted(proc.stdout.splitlines()) == ["[1,0]<stdout>:step 3 loss 0.5", "[1,1]<stdout>:step 3 loss 0.5"]
+    assert sorted(proc.stdout.splitlines()) == ["[0] step 3 loss 0.5", "[1] step 3 loss 0.5"]
 
 
 HANG = """import sys, time

@@ -52,7 +52,8 @@ def test_launch_argv_tags_output_and_appends_the_command():
         "/usr/bin/mpirun", "-np", "4", "--oversubscribe", "--allow-run-as-root", "--bind-to", "none", "--tag-output",
         "mpirt", "train"]
     mpich = MpiImpl("mpich", (4, 0, 2), "mpiexec")
-    assert launch_argv(mpich, 2, ["a.out"], cores=2, uid=1000, tag_output=True) == ["mpiexec", "-n", "2", "-l", "a.out"]
+    assert launch_argv(mpich, 2, ["a.out"], cores=2, uid=1000, tag_output=True) == ["mpiexec", "-n", "2", "-prepend-pattern",
+                                                                                      "[mpirt:%r]", "a.out"]
     assert launch_argv(mpich, 2, ["a.out"], cores=2, uid=1000, tag_output=False) == ["mpiexec", "-n", "2", "a.out"]
 
 
@@ -81,10 +82,10 @@ def test_multi_host_argv_per_implementation():
         "mpirun", "-np", "2", "--hostfile", "hf", "--bind-to", "none", "a"]
     mpich = MpiImpl("mpich", (4, 0, 2), "mpiexec")
     assert build_argv(mpich, 4, "hf", ["a"], uid=0, tag_output=True, export=["PATH"]) == [
-        "mpiexec", "-n", "4", "-f", "hf", "-l", "a"]
+        "mpiexec", "-n", "4", "-f", "hf", "-prepend-pattern", "[mpirt:%r]", "a"]
     intel = MpiImpl("intel", (2021, 15), "mpiexec")  # -f would ignore the counts: a machine file keeps them
     assert build_argv(intel, 4, "hf", ["a"], uid=0, tag_output=True, export=["PATH"]) == [
-        "mpiexec", "-n", "4", "-machinefile", "hf", "-l", "a"]
+        "mpiexec", "-n", "4", "-machinefile", "hf", "-prepend-pattern", "[mpirt:%r]", "a"]
     # Hydra's proxies are told where the launcher is (they would look up its host name): MPICH's
     # by address, Intel's by the launcher's interface; Open MPI's need not be
     assert build_argv(mpich, 4, "hf", ["a"], uid=0, tag_output=False, export=[], control="10.1.2.3") == [

@@ -89,9 +89,8 @@ def test_timestamped_output_on_the_console_and_in_the_logs(tmp_path):
     assert proc.returncode == 0, proc.stderr
     stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z "
     lines = [line for line in proc.stdout.splitlines() if "hello from" in line]
-    assert sorted(re.sub(stamp, "", line) for line in lines) == ["[1,0]<stdout>:hello from 0",
-                                                                 "[1,1]<stdout>:hello from 1"]
-    assert all(re.match(stamp + r"\[1,\d\]", line) for line in lines), lines
+    assert sorted(re.sub(stamp, "", line) for line in lines) == ["[0] hello from 0", "[1] hello from 1"]
+    assert all(re.match(stamp + r"\[\d\] ", line) for line in lines), lines
     assert re.fullmatch(stamp + "hello from 1\n", (tmp_path / "rank-1.log").read_text())
 
 
@@ -294,16 +293,24 @@ def test_last_output_of_the_rank_mpirun_names(tmp_path):
 
 
 def test_pieces_of_lines_come_back_together_under_their_rank():
-    """Open MPI 4 tags every write: print() of several values, unbuffered, arrives in pieces,
-    and two ranks' pieces can share a line (both as seen from mpirun here)."""
+    """Open MPI 4 and Hydra tag every write: print() of several values, unbuffered, arrives in
+    pieces, and two ranks' pieces can share a line (all as seen from their mpiruns here)."""
+    from launcher.mpi import MpiImpl, rank_tag
     from launcher.run import reassemble
 
+    ompi4, ompi5, hydra = (rank_tag(MpiImpl(family, version, "mpirun"))
+                           for family, version in (("openmpi", (4, 1)), ("openmpi", (5, 0)), ("mpich", (4, 1))))
     pending = {}
-    assert reassemble(b"[1,0]<stdout>:a[1,0]<stdout>: b c\n", pending) == [b"[1,0]<stdout>:a b c\n"]
-    assert reassemble(b"[1,1]<stdout>:a[1,0]<stdout>:x\n", pending) == [b"[1,0]<stdout>:x\n"]
-    assert reassemble(b"[1,1]<stdout>: b c\n", pending) == [b"[1,1]<stdout>:a b c\n"] and not pending
-    assert reassemble(b"mpirun noticed [1] nothing\n", pending) == [b"mpirun noticed [1] nothing\n"]
-    assert reassemble(b"[1,2]<stderr>:half", pending) == [] and pending == {b"[1,2]<stderr>:": b"half"}
+    assert reassemble(b"[1,0]<stdout>:a[1,0]<stdout>: b c\n", pending, ompi4) == [(b"0", b"a b c\n")]
+    assert reassemble(b"[1,1]<stdout>:a[1,0]<stdout>:x\n", pending, ompi4) == [(b"0", b"x\n")]
+    assert reassemble(b"[1,1]<stdout>: b c\n", pending, ompi4) == [(b"1", b"a b c\n")] and not pending
+    assert reassemble(b"mpirun noticed [1] nothing\n", pending, ompi4) == [(None, b"mpirun noticed [1] nothing\n")]
+    assert reassemble(b"[1,2]<stderr>:half", pending, ompi4) == [] and pending == {b"2": b"half"}
+    pending = {}
+    assert reassemble(b"[1,3]<stdout>:  two spaces\n", pending, ompi5) == [(b"3", b" two spaces\n")]
+    assert reassemble(b"[mpirt:1]hello[mpirt:0] x[0] = 1\n", pending, hydra) == [(b"0", b" x[0] = 1\n")]
+    assert reassemble(b"[mpirt:1] 1\n", pending, hydra) == [(b"1", b"hello 1\n")] and not pending
+    assert reassemble(b"[1] text\n", pending, None) == [(None, b"[1] text\n")]
 
 
 def test_records_left_on_other_hosts_are_copied_here_and_the_first_of_a_rank_wins(tmp_path):

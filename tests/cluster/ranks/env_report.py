@@ -1,5 +1,6 @@
 """Every rank reports its rank, host and the variables named in argv (None where unset);
-rank 0 prints them as one JSON line."""
+rank 0 prints them as one JSON line; each rank says "rank R on HOST" in pieces, as
+where.py does."""
 
 import json
 import os
@@ -13,3 +14,6 @@ mine = {"rank": comm.Get_rank(), "host": socket.gethostname(), **{n: os.environ.
 everyone = comm.gather(mine, root=0)
 if comm.Get_rank() == 0:
     print(json.dumps(everyone), flush=True)
+for piece in ("rank", f" {mine['rank']}", " on", f" {mine['host']}", "\n"):
+    sys.stdout.write(piece)
+    sys.stdout.flush()
