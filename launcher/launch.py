@@ -313,7 +313,7 @@ def _run(cfg: LaunchConfig, undo: ExitStack) -> tuple[int, str]:
             if said:  # what ranks printed once mpirun had stopped relaying it (mpirt.divert)
                 print("\n".join(["mpirt: the ranks' output after the stop:", *said]), file=sys.stderr, flush=True)
         code, message = report(end.code, error_dir, end.stopped_by, end.tail, oom,
-                               cfg.time_limit_s if end.timed_out else None, end.ranks, places)
+                               cfg.time_limit_s if end.timed_out else None, end.ranks, places, end.raised)
         if not failed or attempt == cfg.max_restarts:
             break
         print(f"mpirt: attempt {attempt + 1} of {cfg.max_restarts + 1} failed; restarting the job "

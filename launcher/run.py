@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, NamedTuple
 
 from mpirt import errors
+from mpirt.console import ranges
 
 # Lines after which an mpirun may wait forever (Hydra does when ssh to a host fails).
 _FATAL = re.compile(rb"ssh: connect to host|ssh: Could not resolve hostname|Permission denied \(publickey|"
@@ -81,7 +82,8 @@ _PATTERNS = (
      lambda m: _not_started(m[2], m[1], "not found")),
     (re.compile(r"\[proxy:[^\]@]*@([^\]]+)\]\s+HYDU_create_process \([^)]*\): execvp error on file (\S+) \(([^)]+)\)"),
      lambda m: _not_started(m[2], m[1], m[3])),
-    (re.compile(r"Process name: \[\[\d+,\d+\],(\d+)\]\s*\n\s*Exit code:\s+(\d+)"),
+    # Open MPI 4 names a process [[JOB,1],RANK], Open MPI 5 [NAMESPACE@1,RANK]
+    (re.compile(r"Process name: \[(?:\[\d+,\d+\]|[^\s\],]+),(\d+)\]\s*\n\s*Exit code:\s+(\d+)"),
      lambda m: f"rank {m[1]} exited with code {m[2]}{_code_hint(int(m[2]))}"),
     (re.compile(r"RANK (\d+) PID \d+ RUNNING AT (\S+)\s*\n=\s+EXIT CODE: (\d+)"),
      lambda m: f"rank {m[1]} on {m[2]} exited with code {m[3]}{_code_hint(int(m[3]))}"),
@@ -97,6 +99,7 @@ class Outcome(NamedTuple):
     tail: list[str]  # mpirun's last output lines
     timed_out: bool = False  # stopped at the time limit
     ranks: dict[str, list[str]] | None = None  # each rank's last output lines, without the rank tag
+    raised: list[str] = []  # the ranks that printed a Python traceback, first first
 
 
 def exit_code(returncode: int) -> int:
@@ -156,12 +159,13 @@ class _Relay(threading.Thread):
     MPI (only if ``show`` has the rank; all when it is None), keeps the last lines (all, and
     each rank's), splits lines per rank. ``tag``: how the MPI tags a rank's output."""
 
-    def __init__(self, src, dst, tail: collections.deque, ranks: dict, logs: dict, lock: threading.Lock,
-                 log_dir: Path | None, on_fatal, show: frozenset[int] | None = None, timestamps: bool = False,
-                 tag: re.Pattern[bytes] | None = None):
+    def __init__(self, src, dst, tail: collections.deque, ranks: dict, raised: list, logs: dict,
+                 lock: threading.Lock, log_dir: Path | None, on_fatal, show: frozenset[int] | None = None,
+                 timestamps: bool = False, tag: re.Pattern[bytes] | None = None):
         super().__init__(daemon=True)
         self.src, self.dst, self.tail, self.logs, self.lock, self.log_dir = src, dst, tail, logs, lock, log_dir
-        self.ranks, self.on_fatal, self.show, self.timestamps, self.tag = ranks, on_fatal, show, timestamps, tag
+        self.ranks, self.raised, self.on_fatal, self.show = ranks, raised, on_fatal, show
+        self.timestamps, self.tag = timestamps, tag
 
     def run(self) -> None:
         pending: dict[bytes, bytes] = {}
@@ -185,6 +189,8 @@ class _Relay(threading.Thread):
                 said = text.decode(errors="replace").rstrip()
                 if said and not _OMPI_BACKTRACE.match(said):
                     self.ranks.setdefault(rank.decode(), collections.deque(maxlen=RANK_LINES)).append(said)
+                if said == "Traceback (most recent call last):" and rank.decode() not in self.raised:
+                    self.raised.append(rank.decode())
             if self.log_dir is not None:
                 name = "launcher" if rank is None else rank.decode()
                 f = self.logs.get(name)
@@ -222,6 +228,7 @@ def supervise(argv: list[str], env: dict[str, str], grace_s: float, log_dir: str
     proc = subprocess.Popen(argv, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     tail: collections.deque = collections.deque(maxlen=300)
     ranks: dict[str, collections.deque] = {}
+    raised: list[str] = []
     logs: dict = {}
     lock = threading.Lock()
     doomed = threading.Event()
@@ -243,7 +250,7 @@ def supervise(argv: list[str], env: dict[str, str], grace_s: float, log_dir: str
             doomed.set()
             later(fatal_grace_s, kill_all)
 
-    relays = [_Relay(src, dst, tail, ranks, logs, lock, logs_path, on_fatal, show, timestamps, tag)
+    relays = [_Relay(src, dst, tail, ranks, raised, logs, lock, logs_path, on_fatal, show, timestamps, tag)
               for src, dst in ((proc.stdout, sys.stdout.buffer), (proc.stderr, sys.stderr.buffer))]
     for r in relays:
         r.start()
@@ -308,7 +315,8 @@ def supervise(argv: list[str], env: dict[str, str], grace_s: float, log_dir: str
         for r in relays:
             r.join(timeout=5)
         with lock:
-            return Outcome(code, stopped_by, list(tail), timed_out.is_set(), {r: list(d) for r, d in ranks.items()})
+            return Outcome(code, stopped_by, list(tail), timed_out.is_set(), {r: list(d) for r, d in ranks.items()},
+                           list(raised))
     finally:
         for timer in timers:
             timer.cancel()
@@ -344,26 +352,50 @@ def from_output(tail: list[str]) -> list[str]:
     return found
 
 
-# What a rank's last words mean, when they say it: (text in them, the fix).
+# What a rank's last words mean, when they say it: (a pattern in them, the fix).
 _OUTPUT_FIXES = (
-    ("env:// rendezvous: environment variable RANK expected",
-     "torch.distributed found no RANK: run the script as `python -m mpirt SCRIPT`, which sets RANK, WORLD_SIZE, "
-     "LOCAL_RANK and LOCAL_WORLD_SIZE from MPI (mpirt launch sends MASTER_ADDR and MASTER_PORT)"),
+    (re.compile(r"env:// rendezvous: environment variable RANK expected"),
+     lambda m: "torch.distributed found no RANK: run the script as `python -m mpirt SCRIPT`, which sets RANK, "
+               "WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE from MPI (mpirt launch sends MASTER_ADDR and MASTER_PORT)"),
+    (re.compile(r"^(\S*python[\d.]*): No module named mpirt\b"),
+     lambda m: f"{m[1]} has no mpirt: install mpirt into the Python the ranks run (the same image on every "
+               "host), or name that Python in the command: mpirt launch -- /path/to/python -m mpirt ..."),
+    (re.compile(r"No module named '([\w.]+)'"),
+     lambda m: f"the ranks' Python cannot import {m[1]}: install it into the image every host runs (pip "
+               f"install in the Containerfile), or add its directory with mpirt launch --env PYTHONPATH=DIR"),
 )
 
 
 def _fixes(lines: list[str]) -> str:
-    found = [fix for text, fix in _OUTPUT_FIXES if any(text in line for line in lines)]
+    found: list[str] = []
+    for pattern, fix in _OUTPUT_FIXES:
+        m = next(filter(None, map(pattern.search, lines)), None)
+        if m and fix(m) not in found:
+            found.append(fix(m))
     return "".join(f"\n  fix: {fix}" for fix in found)
 
 
+def _last_words(ranks: dict[str, list[str]], shown: int = 2, lines: int = 5) -> str:
+    """The last output of the ranks, each text once with the ranks that said it (every rank
+    of a job started wrongly says the same), for a failure nothing else explains."""
+    said: dict[tuple[str, ...], list[int]] = {}
+    for rank, last in sorted(ranks.items(), key=lambda item: int(item[0])):
+        said.setdefault(tuple(last[-lines:]), []).append(int(rank))
+    out = [f"\n  last output of rank{'s' if len(who) > 1 else ''} {','.join(ranges(who))}:" +
+           "".join(f"\n    {line}" for line in text) for text, who in list(said.items())[:shown]]
+    if len(said) > shown:
+        out.append(f"\n  ({len(said) - shown} other endings among the ranks: --log-dir keeps each rank's output)")
+    return "".join(out)
+
+
 def root_cause(code: int, error_dir: str, tail: list[str] = (), lines: int = 12, oom: list[str] = (),
-               ranks: dict[str, list[str]] | None = None) -> str:
+               ranks: dict[str, list[str]] | None = None, raised: list[str] = ()) -> str:
     """What to tell the user when the job exited with ``code``. ``oom``: hosts' out-of-memory
     findings (launcher.postmortem); a rank the kernel killed leaves no record, and the
     records of the ranks that lost it are consequences, so these come first. ``ranks``: each
     rank's last output lines, shown for the rank mpirun names when there is no record (what
-    a native crash or a CUDA error printed before the signal)."""
+    a native crash or a CUDA error printed before the signal); ``raised``: the ranks that
+    printed a Python traceback, first first (Hydra names no rank that exited with a code)."""
     records = errors.read_all(error_dir)
     clues = from_output(list(tail))
     # 128 + N is how a shell reports signal N, but not always mpirun: Open MPI 4 exits 131, 132
@@ -375,12 +407,20 @@ def root_cause(code: int, error_dir: str, tail: list[str] = (), lines: int = 12,
                          [f"  also: {x}" for x in list(oom[1:]) + also[:4]])
     if not records:
         text = f"mpirt: job failed: mpirun exited {code}{sig}"
+        ranks = ranks or {}
+        named = re.match(r"rank (\d+) ", clues[0]) if clues else None
+        source = "mpirun's output"
+        if not named and raised:
+            clues.insert(0, f"rank {raised[0]} ended with a Python exception")
+            named, source = re.match(r"rank (\d+) ", clues[0]), "the ranks' output"
         if clues:
-            named = re.match(r"rank (\d+) ", clues[0])
-            last = (ranks or {}).get(named[1], []) if named else []
+            last = ranks.get(named[1], []) if named else []
             shown = f"\n  last output of rank {named[1]}:" + "".join(f"\n    {ln}" for ln in last) if last else ""
-            return (text + ". Root cause (from mpirun's output): " + clues[0] +
+            return (text + f". Root cause (from {source}): " + clues[0] +
                     "".join(f"\n  also: {c}" for c in clues[1:4]) + shown + _fixes(last))
+        if ranks:
+            return (text + "; no rank left an error record, and mpirun named no rank" + _last_words(ranks) +
+                    _fixes([line for last in ranks.values() for line in last]))
         return text + ("; no rank left an error record (a rank was killed by a signal or exited without a "
                        "Python exception; see its output above)")
     first = records[0]
@@ -397,7 +437,8 @@ def root_cause(code: int, error_dir: str, tail: list[str] = (), lines: int = 12,
 
 def report(code: int, error_dir: str, stopped_by: int = 0, tail: list[str] = (),
            oom: list[str] = (), time_limit_s: float | None = None,
-           ranks: dict[str, list[str]] | None = None, where: list[str] = ()) -> tuple[int, str]:
+           ranks: dict[str, list[str]] | None = None, where: list[str] = (),
+           raised: list[str] = ()) -> tuple[int, str]:
     """Say how the job ended: (the launcher's exit status, 128 + signal when stopped, 124 at
     the time limit; the message). ``time_limit_s``: given when the job ran past it; ``where``:
     then, where the ranks were (``mpirt.stacks.summary``)."""
@@ -412,7 +453,7 @@ def report(code: int, error_dir: str, stopped_by: int = 0, tail: list[str] = (),
                 + places)
         code = 128 + stopped_by
     elif code != 0:
-        text = root_cause(code, error_dir, tail, oom=oom, ranks=ranks)
+        text = root_cause(code, error_dir, tail, oom=oom, ranks=ranks, raised=raised)
     else:
         text = "mpirt: job succeeded (mpirun exited 0)"
     print(text, file=sys.stderr, flush=True)

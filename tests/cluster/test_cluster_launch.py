@@ -88,6 +88,21 @@ def mpi_under_test(variable: str | None, mpirun: str) -> tuple[str, list[str]]:
     return str(prefix / "bin" / "python"), ["--mpirun", str(prefix / "bin" / mpirun)]
 
 
+@EACH_MPI
+def test_the_rank_that_raised_is_the_root_cause_under_every_mpi(variable, mpirun, env):
+    """A script run without python -m mpirt leaves no record. Open MPI names the rank that
+    exited with a code, each version in its own form; Hydra names none, and the rank that
+    printed a traceback is taken. Local ranks: no cluster needed."""
+    python, extra = mpi_under_test(variable, mpirun)
+    proc = subprocess.run(["mpirt", "launch", "-np", "3", *extra, "--", python, WHERE, "raise", "1"],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, **env})
+    assert proc.returncode == 1, proc.stderr
+    cause = proc.stderr[proc.stderr.index("mpirt: job failed"):].splitlines()
+    assert re.fullmatch(r"mpirt: job failed: mpirun exited 1\. Root cause \(from (mpirun's|the ranks') output\): "
+                        r"rank 1 (exited with code 1|ended with a Python exception)", cause[0]), cause
+    assert cause[1] == "  last output of rank 1:" and cause[-1] == "    RuntimeError: shard 1 is corrupt", cause
+
+
 @pytest.mark.parametrize("variable,mpirun,env", [
     # Open MPI 5 (PRRTE) ignores the ORTE variables operators set and would run every rank on
     # the launcher; the explicit hostfile and PRTE_MCA_plm_ssh_args put one rank on each host.

@@ -292,6 +292,45 @@ def test_last_output_of_the_rank_mpirun_names(tmp_path):
     assert "last output" not in root_cause(3, str(tmp_path), [OMPI_EXIT], ranks={"0": ["x"]})  # rank 2 said nothing
 
 
+# Open MPI 5's words for a rank that exited with a code (from prterun here).
+OMPI5_EXIT = """prterun detected that one or more processes exited with non-zero status,
+thus causing the job to be terminated. The first process to do so was:
+
+   Process name: [prterun-vm-2268@1,1]
+   Exit code:    1
+"""
+TRACEBACK = ["Traceback (most recent call last):", '  File "/tmp/t.py", line 5, in <module>',
+             '    raise RuntimeError("bad shard 7")', "RuntimeError: bad shard 7"]
+
+
+def test_the_rank_that_failed_is_named_without_a_record_under_every_mpi(tmp_path):
+    """A script not run under python -m mpirt leaves no record: Open MPI 5 names the rank in
+    its own form; Hydra names none, so the first rank to print a Python traceback is taken."""
+    ranks = {"0": ["rank 0 starting"], "1": ["rank 1 starting", *TRACEBACK]}
+    text = root_cause(1, str(tmp_path), [OMPI5_EXIT], ranks=ranks)
+    assert "Root cause (from mpirun's output): rank 1 exited with code 1" in text
+    assert text.endswith("    RuntimeError: bad shard 7")
+    text = root_cause(1, str(tmp_path), [], ranks={**ranks, "2": TRACEBACK}, raised=["1", "2"])
+    assert text.splitlines()[0] == ("mpirt: job failed: mpirun exited 1. Root cause (from the ranks' output): rank 1 "
+                                    "ended with a Python exception")
+    assert text.splitlines()[1:3] == ["  last output of rank 1:", "    rank 1 starting"]
+
+
+def test_a_failure_nothing_names_shows_what_the_ranks_said_last_once_with_the_fix(tmp_path):
+    """Hydra names no rank that exited with a code: every rank of a job started with a Python
+    that lacks mpirt says the same, once; different endings are counted past two."""
+    missing = {str(r): ["/opt/venv/bin/python: No module named mpirt"] for r in range(4)}
+    text = root_cause(1, str(tmp_path), [], ranks=missing).splitlines()
+    assert text[0] == "mpirt: job failed: mpirun exited 1; no rank left an error record, and mpirun named no rank"
+    assert text[1:3] == ["  last output of ranks 0-3:", "    /opt/venv/bin/python: No module named mpirt"]
+    assert text[3].startswith("  fix: /opt/venv/bin/python has no mpirt: install mpirt into the Python the ranks run")
+    text = root_cause(1, str(tmp_path), [], ranks={"0": ["a"], "1": ["b"], "2": ["a"], "3": ["c"], "4": ["d"]})
+    assert text.splitlines()[1:] == ["  last output of ranks 0,2:", "    a", "  last output of rank 1:", "    b",
+                                     "  (2 other endings among the ranks: --log-dir keeps each rank's output)"]
+    text = root_cause(1, str(tmp_path), [OMPI_EXIT], ranks={"2": ["ModuleNotFoundError: No module named 'timm'"]})
+    assert "fix: the ranks' Python cannot import timm: install it into the image" in text
+
+
 def test_pieces_of_lines_come_back_together_under_their_rank():
     """Open MPI 4 and Hydra tag every write: print() of several values, unbuffered, arrives in
     pieces, and two ranks' pieces can share a line (all as seen from their mpiruns here)."""

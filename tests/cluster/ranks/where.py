@@ -2,7 +2,8 @@
 argument, each rank also says "rank R on HOST" in pieces, each written apart as print() of
 several values does under PYTHONUNBUFFERED=1. With an
 argument R: rank R exits with code 3 (through SystemExit, so `python -m mpirt` records it);
-with `hang R`: rank R sleeps, the others wait for it in a barrier."""
+with `hang R`: rank R sleeps, the others wait for it in a barrier; with `raise R`: rank R
+raises an exception."""
 
 import json
 import socket
@@ -24,6 +25,9 @@ elif sys.argv[1] == "sleep":
     comm.Barrier()
     time.sleep(float(sys.argv[2]))
     comm.Barrier()
+elif sys.argv[1] == "raise":
+    if comm.Get_rank() == int(sys.argv[2]):
+        raise RuntimeError(f"shard {comm.Get_rank()} is corrupt")
 elif sys.argv[1] == "hang":
     if comm.Get_rank() == int(sys.argv[2]):
         time.sleep(600)
