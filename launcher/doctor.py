@@ -152,8 +152,8 @@ def torch_check(seen: dict | None, gpus: int) -> Check:
         return Check("torch", "pass", f"{seen_gpus}; data_parallel reduces a model on GPUs over NCCL {nccl} with up "
                      f"to {visible} rank{'s' if visible != 1 else ''} here (more share GPUs, which NCCL refuses: the "
                      "core then stages through host memory)")
-    return Check("torch", "pass", f"{seen_gpus}; data_parallel reduces with the compiled core (algo='torch': over "
-                 f"gloo{', no NCCL in this torch' if visible else ''})")
+    return Check("torch", "pass", f"{seen_gpus}; data_parallel reduces with the compiled core "
+                 f"(with algo='torch': over gloo{'; no NCCL in this torch' if visible else ''})")
 
 
 def _memory_check(root: Path) -> Check:

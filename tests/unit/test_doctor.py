@@ -42,7 +42,7 @@ def test_torch_that_cannot_see_the_hosts_gpus_fails_with_the_fix():
         "here (more share GPUs, which NCCL refuses: the core then stages through host memory)")
     cpu_node = torch_check({"version": "2.13.0+cpu", "gpus": 0, "nccl": None}, gpus=0)
     assert cpu_node.status == "pass" and cpu_node.detail == (
-        "torch 2.13.0+cpu, 0 GPUs visible; data_parallel reduces with the compiled core (algo='torch': over gloo)")
+        "torch 2.13.0+cpu, 0 GPUs visible; data_parallel reduces with the compiled core (with algo='torch': over gloo)")
     missing = torch_check({"error": "ModuleNotFoundError: No module named 'torch'"}, gpus=0)
     assert missing.status == "warn" and "No module named 'torch'" in missing.detail and missing.fix
 
