@@ -36,7 +36,8 @@ from launcher.envdefaults import load_profiles, resolve
 from launcher.detect.gpu import device_nodes
 from launcher.detect.netif import bootstrap_interface
 from launcher.roles import detect as detect_role
-from launcher.run import parse_ranks, report, supervise
+from launcher.relay import parse_ranks
+from launcher.run import report, supervise
 from mpirt import divert, stacks
 
 
@@ -63,7 +64,7 @@ class LaunchConfig:
     time_limit_s: float | None = None  # stop the job (SIGTERM, then SIGKILL after grace_s) past this
     max_restarts: int = 0  # run the job again after a failure, this many times at most
     env: tuple[str, ...] = ()  # --env NAME[=VALUE]: to every rank, even a name like a secret's
-    output_ranks: str = "all"  # whose output reaches the console: all, or ranks like 0,4-7 (run.parse_ranks)
+    output_ranks: str = "all"  # whose output reaches the console: all, or ranks like 0,4-7 (relay.parse_ranks)
     timestamp_output: bool = False  # each output line starts with the UTC time it arrived
 
 
@@ -272,6 +273,8 @@ def _run(cfg: LaunchConfig, undo: ExitStack) -> tuple[int, str]:
     error_dir = env.get("MPIRT_ERROR_DIR") or tempfile.mkdtemp(prefix="mpirt-errors-")
     job_id = ranks.new_job_id()  # marks this job's ranks on every host: a stop signals them (launcher.ranks)
     base = {"MPIRT_ERROR_DIR": error_dir, ranks.JOB_ENV: job_id, **named}
+    if sys.stdout.isatty() and "MPIRT_PROGRESS" not in env:  # the relay redraws a bar in place (launcher.relay)
+        base["MPIRT_PROGRESS"] = "bar"
     info: dict = {"mpi": impl.label, "hosts_from": source}
     job = _Local(cfg, impl, env, info) if not hosts else _Remote(cfg, impl, env, hosts, source, undo, base, info,
                                                                  named)

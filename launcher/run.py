@@ -7,23 +7,20 @@ mpirun itself said (which rank, host, exit code or signal; a lost host)."""
 
 from __future__ import annotations
 
-import collections
 import os
 import re
 import signal
 import subprocess
 import sys
 import threading
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import Callable, NamedTuple
 
+from launcher.relay import Heard, Relay
 from mpirt import errors
 from mpirt.console import ranges
 
-# Lines after which an mpirun may wait forever (Hydra does when ssh to a host fails).
-_FATAL = re.compile(rb"ssh: connect to host|ssh: Could not resolve hostname|Permission denied \(publickey|"
-                    rb"Host key verification failed")
+# How long an mpirun may go on after an ssh failure (launcher.relay) before it is stopped:
+# Hydra would wait forever.
 FATAL_GRACE_S = 15.0
 # After mpirun is told to stop, how long its teardown may take (Open MPI 4's: twice its 1 s
 # kill timeout) before everything left is killed.
@@ -114,97 +111,6 @@ def _signame(num: int) -> str:
         return ""
 
 
-RANK_LINES = 10  # of each rank's output, kept for the root cause of a rank that died without a record
-# Open MPI's signal handler's backtrace ("[host:pid] [ 3] libc.so.6(...)"), which would crowd
-# out what the rank itself said.
-_OMPI_BACKTRACE = re.compile(r"^\[[\w.-]+:\d+\] ")
-
-
-def reassemble(line: bytes, pending: dict[bytes, bytes],
-               tag: re.Pattern[bytes] | None) -> list[tuple[bytes | None, bytes]]:
-    """The whole lines in one line of mpirun's output, as (rank or None for mpirun's own, text).
-    Open MPI 4 and Hydra tag every piece a rank writes, not every line: a line written in pieces
-    (print() of several values under PYTHONUNBUFFERED=1, set in many images) arrives as
-    "T:a T: b c", and pieces of two ranks can share one line. A piece without its newline yet
-    waits in ``pending`` (rank -> text) for the rest of its line."""
-    tags = list(tag.finditer(line)) if tag else []
-    if not tags:
-        return [(None, line)]
-    out = [(None, line[:tags[0].start()] + b"\n")] if tags[0].start() > 0 else []
-    for i, m in enumerate(tags):
-        rank = m.group(1)
-        text = line[m.end():tags[i + 1].start() if i + 1 < len(tags) else len(line)]
-        if i + 1 < len(tags) or not text.endswith(b"\n"):
-            pending[rank] = pending.get(rank, b"") + text
-        else:
-            out.append((rank, pending.pop(rank, b"") + text))
-    return out
-
-
-def parse_ranks(text: str) -> frozenset[int] | None:
-    """``--output-ranks``: ``all`` (None), or ranks and ranges such as ``0`` or ``0,4-7``."""
-    if text.strip().lower() == "all":
-        return None
-    chosen: set[int] = set()
-    for part in text.split(","):
-        first, dash, last = part.strip().partition("-")
-        if not first.isdigit() or (dash and not last.isdigit()) or (dash and int(last) < int(first)):
-            raise ValueError(f"--output-ranks {text!r}: write all, or ranks and ranges such as 0 or 0,4-7")
-        chosen.update(range(int(first), int(last if dash else first) + 1))
-    return frozenset(chosen)
-
-
-class _Relay(threading.Thread):
-    """Copies one of mpirun's streams to ours with each rank's line as "[RANK] text" under every
-    MPI (only if ``show`` has the rank; all when it is None), keeps the last lines (all, and
-    each rank's), splits lines per rank. ``tag``: how the MPI tags a rank's output."""
-
-    def __init__(self, src, dst, tail: collections.deque, ranks: dict, raised: list, logs: dict,
-                 lock: threading.Lock, log_dir: Path | None, on_fatal, show: frozenset[int] | None = None,
-                 timestamps: bool = False, tag: re.Pattern[bytes] | None = None):
-        super().__init__(daemon=True)
-        self.src, self.dst, self.tail, self.logs, self.lock, self.log_dir = src, dst, tail, logs, lock, log_dir
-        self.ranks, self.raised, self.on_fatal, self.show = ranks, raised, on_fatal, show
-        self.timestamps, self.tag = timestamps, tag
-
-    def run(self) -> None:
-        pending: dict[bytes, bytes] = {}
-        for raw in iter(self.src.readline, b""):
-            for rank, text in reassemble(raw, pending, self.tag):
-                self._one(rank, text)
-        for rank, text in pending.items():  # the last pieces, never finished with a newline
-            self._one(rank, text + b"\n")
-
-    def _one(self, rank: bytes | None, text: bytes) -> None:
-        line = text if rank is None else b"[" + rank + b"] " + text
-        stamp = _stamp() if self.timestamps else b""
-        if self.show is None or rank is None or int(rank) in self.show:
-            self.dst.write(stamp + line)
-            self.dst.flush()
-        if _FATAL.search(line):
-            self.on_fatal()
-        with self.lock:
-            self.tail.append(line.decode(errors="replace"))
-            if rank is not None:
-                said = text.decode(errors="replace").rstrip()
-                if said and not _OMPI_BACKTRACE.match(said):
-                    self.ranks.setdefault(rank.decode(), collections.deque(maxlen=RANK_LINES)).append(said)
-                if said == "Traceback (most recent call last):" and rank.decode() not in self.raised:
-                    self.raised.append(rank.decode())
-            if self.log_dir is not None:
-                name = "launcher" if rank is None else rank.decode()
-                f = self.logs.get(name)
-                if f is None:
-                    f = self.logs[name] = open(self.log_dir / f"rank-{name}.log", "ab")
-                f.write(stamp + text)
-                f.flush()
-
-
-def _stamp() -> bytes:
-    """When a line arrived, in UTC to the millisecond: the time ranks' logs are compared by."""
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3].encode() + b"Z "
-
-
 def supervise(argv: list[str], env: dict[str, str], grace_s: float, log_dir: str | None = None,
               fatal_grace_s: float = FATAL_GRACE_S, time_limit_s: float | None = None,
               show: frozenset[int] | None = None, timestamps: bool = False,
@@ -222,14 +128,6 @@ def supervise(argv: list[str], env: dict[str, str], grace_s: float, log_dir: str
     ``grace_s``; then mpirun is told to stop (its own teardown), and BACKSTOP_S later whatever
     is left is killed. A second stop signal cuts the grace period short. Where no rank was
     reached, mpirun is told at once."""
-    logs_path = Path(log_dir) if log_dir else None
-    if logs_path:
-        logs_path.mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(argv, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    tail: collections.deque = collections.deque(maxlen=300)
-    ranks: dict[str, collections.deque] = {}
-    raised: list[str] = []
-    logs: dict = {}
     lock = threading.Lock()
     doomed = threading.Event()
     timers: list[threading.Timer] = []
@@ -250,8 +148,10 @@ def supervise(argv: list[str], env: dict[str, str], grace_s: float, log_dir: str
             doomed.set()
             later(fatal_grace_s, kill_all)
 
-    relays = [_Relay(src, dst, tail, ranks, raised, logs, lock, logs_path, on_fatal, show, timestamps, tag)
-              for src, dst in ((proc.stdout, sys.stdout.buffer), (proc.stderr, sys.stderr.buffer))]
+    heard = Heard(log_dir, show, timestamps, tag, on_fatal)  # the log directory made before anything starts
+    proc = subprocess.Popen(argv, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    relays = [Relay(src, dst, heard) for src, dst in ((proc.stdout, sys.stdout.buffer),
+                                                       (proc.stderr, sys.stderr.buffer))]
     for r in relays:
         r.start()
     stopping = threading.Event()
@@ -314,9 +214,9 @@ def supervise(argv: list[str], env: dict[str, str], grace_s: float, log_dir: str
         code = exit_code(proc.wait())
         for r in relays:
             r.join(timeout=5)
-        with lock:
-            return Outcome(code, stopped_by, list(tail), timed_out.is_set(), {r: list(d) for r, d in ranks.items()},
-                           list(raised))
+        with heard.lock:
+            return Outcome(code, stopped_by, list(heard.tail), timed_out.is_set(),
+                           {r: list(d) for r, d in heard.ranks.items()}, list(heard.raised))
     finally:
         for timer in timers:
             timer.cancel()
@@ -324,8 +224,7 @@ def supervise(argv: list[str], env: dict[str, str], grace_s: float, log_dir: str
             signal.signal(s, handler)
         if proc.poll() is None:
             _kill_group(proc)
-        for f in logs.values():
-            f.close()
+        heard.close()
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:

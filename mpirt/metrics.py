@@ -1,7 +1,8 @@
 """Per-step training metrics: JSON lines for machines, a progress bar or log line for people.
 Only rank 0 writes. The bar needs a real terminal: under mpirun, output goes through the
 launcher's relay (and Open MPI hands ranks a pty that is not the user's terminal), so ranks
-print a line every ``every`` steps unless MPIRT_PROGRESS=bar asks for the bar."""
+print a line every ``every`` steps unless MPIRT_PROGRESS=bar asks for the bar, as mpirt
+launch does when its own output is a terminal (its relay redraws the bar in place)."""
 
 from __future__ import annotations
 

@@ -72,6 +72,31 @@ def assert_weights_of_one_rank(out, one_rank, rtol=1e-5, atol=1e-6):
         assert torch.allclose(w, one_rank[1][name], rtol=rtol, atol=atol), name
 
 
+def test_the_readme_job_on_a_terminal_draws_its_progress_bar_in_place(tmp_path):
+    """`mpirt launch` on a terminal asks the ranks for the bar (MPIRT_PROGRESS=bar), and its
+    relay passes each redraw on as it comes, tagged after every carriage return."""
+    import pty
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(["mpirt", "launch", "-np", "2", "--", "mpirt", "train", "--model", "mlp", "--steps",
+                             "40", "--out", str(tmp_path)], stdout=follower, stderr=subprocess.PIPE)
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # EIO: the launcher has exited and closed the terminal
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(leader)
+    assert proc.wait(timeout=240) == 0, proc.stderr.read()
+    bars = [b for b in shown.split(b"\r") if b.startswith(b"[0] [#")]
+    assert len(bars) >= 30 and b"step     40/40" in bars[-1], shown  # a state per step, the last one whole
+    assert b"[1] " not in shown, shown  # only rank 0 draws
+
+
 @pytest.mark.parametrize("np_", [2, 4])
 def test_n_ranks_give_the_weights_of_one_rank(tmp_path, one_rank, np_):
     train(np_, tmp_path, *SAME)
