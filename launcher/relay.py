@@ -13,6 +13,7 @@ import math
 import os
 import re
 import select
+import sys
 import threading
 import time
 from datetime import datetime, timezone
@@ -114,8 +115,11 @@ class Heard:
         line = text if rank is None else b"[" + rank + b"] " + text
         stamp = _stamp() if self.timestamps else b""
         if self.show is None or rank is None or int(rank) in self.show:
-            dst.write(stamp + line)
-            dst.flush()
+            try:
+                dst.write(stamp + line)
+                dst.flush()
+            except BrokenPipeError:
+                _console_gone(dst)
         if _FATAL.search(line):
             self.on_fatal()
         redraw = text.endswith(b"\r")
@@ -173,6 +177,19 @@ class Relay(threading.Thread):
     def _say(self, lines: list[tuple[bytes | None, bytes]]) -> None:
         for rank, text in lines:
             self.heard.say(rank, text, self.dst)
+
+
+def _console_gone(dst) -> None:
+    """Our stdout or stderr lost its reader (`mpirt launch ... | head`). The job goes on, and
+    its output still reaches --log-dir and the root cause: a job is never stopped, nor left
+    blocked on a full pipe, by a console. The stream writes into /dev/null from now on, so no
+    later write, nor the flush at exit, fails on it."""
+    null = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(null, dst.fileno())
+    os.close(null)
+    if dst.fileno() != sys.stderr.fileno():
+        print("mpirt: the console's reader went away; the job goes on (its output into --log-dir, if given)",
+              file=sys.stderr, flush=True)
 
 
 def _stamp() -> bytes:

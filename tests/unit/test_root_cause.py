@@ -66,43 +66,6 @@ def test_local_ranks_default_to_this_machines_slots():
     assert json.loads(one.stdout)["np"] == (f"{gpus} ({gpus} GPU(s) on this machine)" if gpus else "1 (default)")
 
 
-def test_output_of_other_ranks_is_kept_out_of_the_console_only(tmp_path):
-    """--output-ranks 0: rank 1's lines reach its log and, when it fails, the root cause."""
-    code = "import os, sys; r = os.environ['OMPI_COMM_WORLD_RANK']; print('line from rank ' + r); sys.exit(int(r) * 5)"
-    proc = subprocess.run([sys.executable, "-m", "launcher.cli", "launch", "-np", "2", "--output-ranks", "0",
-                           "--log-dir", str(tmp_path), "--no-env-defaults", "--", sys.executable, "-c", code],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 5, proc.stderr
-    assert "line from rank 0" in proc.stdout and "line from rank 1" not in proc.stdout + proc.stderr.split("mpirt:")[0]
-    assert (tmp_path / "rank-1.log").read_text() == "line from rank 1\n"
-    cause = proc.stderr[proc.stderr.index("mpirt: job failed"):]
-    assert "rank 1 exited with code 5" in cause and "last output of rank 1:\n    line from rank 1" in cause
-
-
-def test_timestamped_output_on_the_console_and_in_the_logs(tmp_path):
-    import re
-
-    code = "import os; print('hello from ' + os.environ['OMPI_COMM_WORLD_RANK'])"
-    proc = subprocess.run([sys.executable, "-m", "launcher.cli", "launch", "-np", "2", "--timestamp-output",
-                           "--log-dir", str(tmp_path), "--no-env-defaults", "--", sys.executable, "-c", code],
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr
-    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z "
-    lines = [line for line in proc.stdout.splitlines() if "hello from" in line]
-    assert sorted(re.sub(stamp, "", line) for line in lines) == ["[0] hello from 0", "[1] hello from 1"]
-    assert all(re.match(stamp + r"\[\d\] ", line) for line in lines), lines
-    assert re.fullmatch(stamp + "hello from 1\n", (tmp_path / "rank-1.log").read_text())
-
-
-def test_output_ranks_are_checked():
-    from launcher.relay import parse_ranks
-
-    assert parse_ranks("all") is None and parse_ranks("0") == {0} and parse_ranks("0, 4-6") == {0, 4, 5, 6}
-    for bad in ("", "x", "3-1", "1-", "-1", "0,,1"):
-        with pytest.raises(ValueError, match="write all, or ranks and ranges such as 0 or 0,4-7"):
-            parse_ranks(bad)
-
-
 def test_launch_without_command_is_a_usage_error():
     proc = subprocess.run([sys.executable, "-m", "launcher.cli", "launch", "-np", "2"], capture_output=True,
                           text=True, timeout=60)
@@ -329,74 +292,6 @@ def test_a_failure_nothing_names_shows_what_the_ranks_said_last_once_with_the_fi
                                      "  (2 other endings among the ranks: --log-dir keeps each rank's output)"]
     text = root_cause(1, str(tmp_path), [OMPI_EXIT], ranks={"2": ["ModuleNotFoundError: No module named 'timm'"]})
     assert "fix: the ranks' Python cannot import timm: install it into the image" in text
-
-
-def test_pieces_of_lines_come_back_together_under_their_rank():
-    """Open MPI 4 and Hydra tag every write: print() of several values, unbuffered, arrives in
-    pieces, and two ranks' pieces can share a line (all as seen from their mpiruns here)."""
-    from launcher.mpi import MpiImpl, rank_tag
-    from launcher.relay import Lines
-
-    ompi4, ompi5, hydra = (Lines(rank_tag(MpiImpl(family, version, "mpirun")))
-                           for family, version in (("openmpi", (4, 1)), ("openmpi", (5, 0)), ("mpich", (4, 1))))
-    assert ompi4.feed(b"[1,0]<stdout>:a[1,0]<stdout>: b c\n") == [(b"0", b"a b c\n")]
-    assert ompi4.feed(b"[1,1]<stdout>:a[1,0]<stdout>:x\n") == [(b"0", b"x\n")]
-    assert ompi4.feed(b"[1,1]<stdout>: b c\n") == [(b"1", b"a b c\n")] and not ompi4.pending
-    assert ompi4.feed(b"mpirun noticed [1] nothing\n") == [(None, b"mpirun noticed [1] nothing\n")]
-    assert ompi4.feed(b"[1,2]<stderr>:half", now=5.0) == [] and ompi4.pending == {b"2": (b"half", 5.0)}
-    assert ompi5.feed(b"[1,3]<stdout>:  two spaces\n") == [(b"3", b" two spaces\n")]
-    assert hydra.feed(b"[mpirt:1]hello[mpirt:0] x[0] = 1\n") == [(b"0", b" x[0] = 1\n")]
-    assert hydra.feed(b"[mpirt:1] 1\n") == [(b"1", b"hello 1\n")] and not hydra.pending
-    assert Lines(None).feed(b"[1] text\n") == [(None, b"[1] text\n")]
-
-
-def test_a_progress_bar_and_a_line_without_its_end_show_while_they_happen():
-    """tqdm redraws its bar after a carriage return and ends no line until it closes: each
-    state ends at the next one's carriage return, and one left waiting IDLE_FLUSH_S shows
-    then. Without that, a bar over an epoch showed nothing until the epoch ended."""
-    from launcher.mpi import MpiImpl, rank_tag
-    from launcher.relay import IDLE_FLUSH_S, Lines
-
-    bar = Lines(rank_tag(MpiImpl("openmpi", (4, 1), "mpirun")))
-    assert bar.feed(b"[1,0]<stderr>:\r  0%|     |", now=1.0) == []
-    assert bar.feed(b"[1,0]<stderr>:\r 20%|#    |[1,0]<stderr>:\r 40%|##   |", now=1.2) == [
-        (b"0", b"  0%|     |\r"), (b"0", b" 20%|#    |\r")]
-    assert bar.due(now=1.2 + IDLE_FLUSH_S * 0.9) == []  # 40% has waited since 1.2
-    assert bar.due(now=1.2 + IDLE_FLUSH_S) == [(b"0", b" 40%|##   |\n")] and not bar.pending
-    assert bar.feed(b"[1,1]<stderr>:\rfaster|##\r", now=2.5) == [(b"1", b"faster|##\r")]
-    assert bar.feed(b"|###", now=2.6) == [] and bar.pending == {b"1": (b"|###", 2.6)}  # rank 1's, fed apart
-    assert bar.feed(b"[1,0]<stderr>:\r100%|#####|\n", now=3.0) == [(b"0", b"100%|#####|\n")]
-    assert bar.feed(b"mpirun: done\n") == [(None, b"mpirun: done\n")]
-    text = Lines(None)
-    assert text.feed(b"loading...", now=0.0) == [] and text.due(now=IDLE_FLUSH_S) == [(None, b"loading...\n")]
-    assert text.feed(b"a\r\nb\r\n") == [(None, b"a\r\n"), (None, b"b\r\n")]
-
-
-def test_a_rank_drawing_a_bar_shows_it_live_and_keeps_only_its_last_state(tmp_path):
-    """Through the real relay (Open MPI 4, 2 ranks): the bar's states reach the console while
-    rank 0 draws it (in 3 s), not all at its end; the last state, left waiting, shows after
-    IDLE_FLUSH_S; the root cause keeps only the bar's last state."""
-    import time
-
-    bar = ("import os, sys, time\n"
-           "if os.environ['OMPI_COMM_WORLD_RANK'] == '0':\n"
-           "    for i in range(11):\n"
-           "        sys.stderr.write(f'\\r{i * 10:3d}%|' + '#' * i); sys.stderr.flush(); time.sleep(0.3)\n"
-           "    time.sleep(3)\n"
-           "    sys.exit(3)\n")
-    proc = subprocess.Popen([sys.executable, "-m", "launcher.cli", "launch", "-np", "2", "--no-env-defaults", "--",
-                             sys.executable, "-c", bar], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    came, said, t0 = [], b"", time.monotonic()
-    while chunk := os.read(proc.stderr.fileno(), 4096):
-        came += [time.monotonic() - t0] * chunk.count(b"%|")
-        said += chunk
-    assert proc.wait(timeout=60) == 3
-    states = said[:said.index(b"100%|")].split(b"\r")
-    assert states == [f"[0] {i * 10:3d}%|{'#' * i}".encode() for i in range(10)] + [b"[0] "], said
-    assert said[said.index(b"100%|"):].startswith(b"100%|##########\n"), said  # ended after IDLE_FLUSH_S
-    assert came[9] - came[0] > 1.5 and came[10] - came[9] > 1.0, came  # as drawn, not all at the end
-    cause = said.decode()[said.decode().index("mpirt: job failed"):].splitlines()
-    assert cause[1:] == ["  last output of rank 0:", "    100%|##########"], cause
 
 
 def test_records_left_on_other_hosts_are_copied_here_and_the_first_of_a_rank_wins(tmp_path):
