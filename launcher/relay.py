@@ -21,6 +21,7 @@ from pathlib import Path
 
 RANK_LINES = 10  # of each rank's output, kept for the root cause of a rank that died without a record
 IDLE_FLUSH_S = 1.0
+HOLD_S = 0.05  # for the rest of a write that came in parts
 _UNREAD_MAX = 1 << 20  # mpirun's output held for its line end at most
 # Lines after which an mpirun may wait forever (Hydra does when ssh to a host fails).
 _FATAL = re.compile(rb"ssh: connect to host|ssh: Could not resolve hostname|Permission denied \(publickey|"
@@ -29,6 +30,7 @@ _FATAL = re.compile(rb"ssh: connect to host|ssh: Could not resolve hostname|Perm
 # out what the rank itself said.
 _OMPI_BACKTRACE = re.compile(r"^\[[\w.-]+:\d+\] ")
 _LINE = re.compile(rb"[^\r\n]*(?:\r\n?|\n)")
+_MPIRUN_LINE = re.compile(rb"[^\n]*\n|[^\n]+$")
 _TRACEBACK = "Traceback (most recent call last):"
 
 
@@ -46,27 +48,47 @@ def parse_ranks(text: str) -> frozenset[int] | None:
 
 
 class Lines:
-    """mpirun's output as whole lines, each (rank, or None for untagged text, text). Open MPI 4
-    and Hydra tag every piece a rank writes, not every line: a line written in pieces (print()
-    of several values under PYTHONUNBUFFERED=1, set in many images) arrives as "T:a T: b c",
-    and pieces of two ranks can share a line. A piece waits for the rest of its line in
-    ``pending`` (rank -> (text, when its wait began)). Every MPI tags each line of a piece,
-    so text after a newline is another piece or mpirun's own, and text fed after a carriage
-    return continues the piece it was in (``current``)."""
+    """mpirun's output as whole lines, each (rank, or None for untagged text, text), however
+    its reads cut it. Open MPI 4 and Hydra tag every piece a rank writes, not every line: a
+    line written in pieces (print() of several values under PYTHONUNBUFFERED=1, set in many
+    images) arrives as "T:a T: b c", and pieces of two ranks can share a line. A piece waits
+    for the rest of its line in ``pending`` (rank -> (text, when its wait began)); what was
+    read after the last whole piece waits in ``unread``."""
 
     def __init__(self, tag: re.Pattern[bytes] | None):
         self.tag = tag
+        self.unread = b""
         self.pending: dict[bytes | None, tuple[bytes, float]] = {}
-        self.current: bytes | None = None
 
     def feed(self, data: bytes, now: float = 0.0) -> list[tuple[bytes | None, bytes]]:
-        """The lines ``data`` ends; ``data`` is mpirun's output, never cut inside a tag."""
-        marks = list(self.tag.finditer(data)) if self.tag else []
-        parts = [(self.current, data[:marks[0].start()] if marks else data)]
-        parts += [(m.group(1), data[m.end():marks[i + 1].start() if i + 1 < len(marks) else len(data)])
-                  for i, m in enumerate(marks)]
+        """The lines that ``data``, mpirun's output as read, ends."""
+        self.unread += data
+        cut = self._whole()
+        whole, self.unread = self.unread[:cut], self.unread[cut:]
+        return self._split(whole, now)
+
+    def _whole(self) -> int:
+        """How much of ``unread`` is whole pieces: up to its last tag or newline, after which
+        the piece may go on in the next read, so that no tag is cut in two; all of it after a
+        newline, or untagged."""
+        if self.tag is None or self.unread.endswith(b"\n") or len(self.unread) > _UNREAD_MAX:
+            return len(self.unread)
+        marks = list(self.tag.finditer(self.unread))
+        return max(marks[-1].start() if marks else 0, self.unread.rfind(b"\n") + 1)
+
+    def _parts(self, data: bytes) -> list[tuple[bytes | None, bytes]]:
+        """(rank, text) of each piece; every line of mpirun's starts with a tag, or is its own."""
+        parts = []
+        for line in _MPIRUN_LINE.findall(data):
+            marks = list(self.tag.finditer(line)) if self.tag else []
+            parts.append((None, line[:marks[0].start()] if marks else line))
+            parts += [(m.group(1), line[m.end():marks[i + 1].start() if i + 1 < len(marks) else len(line)])
+                      for i, m in enumerate(marks)]
+        return parts
+
+    def _split(self, data: bytes, now: float) -> list[tuple[bytes | None, bytes]]:
         out = []
-        for rank, text in parts:
+        for rank, text in self._parts(data):
             if not text:
                 continue
             held, since = self.pending.pop(rank, (b"", now))
@@ -77,8 +99,6 @@ class Lines:
                     out.append((rank, m.group()))
             if end < len(text):
                 self.pending[rank] = (text[end:], since if end == 0 else now)
-        if data:
-            self.current = None if data.endswith(b"\n") else parts[-1][0]
         return out
 
     def due(self, now: float, wait: float = IDLE_FLUSH_S) -> list[tuple[bytes | None, bytes]]:
@@ -86,11 +106,17 @@ class Lines:
         late = [rank for rank, (_, since) in self.pending.items() if now - since >= wait]
         return [(rank, self.pending.pop(rank)[0] + b"\n") for rank in late]
 
+    def settle(self, now: float = 0.0) -> list[tuple[bytes | None, bytes]]:
+        """The lines ``unread`` ends, its pieces taken as whole: mpirun has written nothing
+        for HOLD_S, so its last write was (a write larger than a pipe takes at once comes in
+        parts, microseconds apart, which a read can fall between)."""
+        lines = self._split(self.unread, now)
+        self.unread = b""
+        return lines
+
     def quiet(self) -> list[tuple[bytes | None, bytes]]:
-        """Every piece, ended now that mpirun has been quiet: its writes are whole, so what it
-        writes next starts afresh."""
-        self.current = None
-        return self.due(math.inf)
+        """Everything, ended now that mpirun has been quiet (or is done)."""
+        return self.settle() + self.due(math.inf)
 
 
 class Heard:
@@ -159,20 +185,17 @@ class Relay(threading.Thread):
         self.fd, self.dst, self.heard, self.lines = src.fileno(), dst, heard, Lines(heard.tag)
 
     def run(self) -> None:
-        unread = b""
         while True:
-            waiting = bool(unread or self.lines.pending)
-            quiet = not select.select([self.fd], [], [], IDLE_FLUSH_S if waiting else None)[0]
-            data = b"" if quiet else os.read(self.fd, 1 << 16)
-            if not quiet and not data:
+            wait = HOLD_S if self.lines.unread else IDLE_FLUSH_S if self.lines.pending else None
+            if not select.select([self.fd], [], [], wait)[0]:
+                self._say(self.lines.settle(time.monotonic()) if self.lines.unread else self.lines.quiet())
+                continue
+            data = os.read(self.fd, 1 << 16)
+            if not data:
                 break
-            unread += data
-            whole = quiet or len(unread) > _UNREAD_MAX
-            cut = len(unread) if whole else max(unread.rfind(b"\n"), unread.rfind(b"\r")) + 1
             now = time.monotonic()
-            self._say(self.lines.feed(unread[:cut], now) + (self.lines.quiet() if quiet else self.lines.due(now)))
-            unread = unread[cut:]
-        self._say(self.lines.feed(unread) + self.lines.quiet())  # the last pieces, never ended
+            self._say(self.lines.feed(data, now) + self.lines.due(now))
+        self._say(self.lines.quiet())  # the last pieces, never ended
 
     def _say(self, lines: list[tuple[bytes | None, bytes]]) -> None:
         for rank, text in lines:

@@ -58,11 +58,37 @@ def test_pieces_of_lines_come_back_together_under_their_rank():
     assert ompi4.feed(b"[1,1]<stdout>:a[1,0]<stdout>:x\n") == [(b"0", b"x\n")]
     assert ompi4.feed(b"[1,1]<stdout>: b c\n") == [(b"1", b"a b c\n")] and not ompi4.pending
     assert ompi4.feed(b"mpirun noticed [1] nothing\n") == [(None, b"mpirun noticed [1] nothing\n")]
-    assert ompi4.feed(b"[1,2]<stderr>:half", now=5.0) == [] and ompi4.pending == {b"2": (b"half", 5.0)}
+    assert ompi4.feed(b"[1,2]<stderr>:half") == [] and ompi4.unread == b"[1,2]<stderr>:half"  # may go on
+    assert ompi4.feed(b"[1,2]<stderr>: more", now=5.0) == [] and ompi4.pending == {b"2": (b"half", 5.0)}
+    assert ompi4.quiet() == [(b"2", b"half more\n")] and not ompi4.pending and not ompi4.unread
     assert ompi5.feed(b"[1,3]<stdout>:  two spaces\n") == [(b"3", b" two spaces\n")]
     assert hydra.feed(b"[mpirt:1]hello[mpirt:0] x[0] = 1\n") == [(b"0", b" x[0] = 1\n")]
     assert hydra.feed(b"[mpirt:1] 1\n") == [(b"1", b"hello 1\n")] and not hydra.pending
     assert Lines(None).feed(b"[1] text\n") == [(None, b"[1] text\n")]
+
+
+@pytest.mark.parametrize("impl", [("openmpi", (4, 1)), ("openmpi", (5, 0)), ("mpich", (4, 1))])
+def test_the_lines_are_the_same_however_mpiruns_output_is_cut_by_its_reads(impl):
+    """A read can end anywhere: inside a tag, inside a piece, between a carriage return and
+    its newline. Byte by byte, the lines are those of one read of everything."""
+    from launcher.mpi import MpiImpl, rank_tag
+    from launcher.relay import Lines
+
+    def tag(rank: int) -> bytes:
+        return {"openmpi": b"[1,%d]<stdout>:" if impl[1][0] == 4 else b"[1,%d]<stdout>: ",
+                "mpich": b"[mpirt:%d]"}[impl[0]] % rank
+
+    stream = (tag(0) + b"step" + tag(1) + b"a" + tag(0) + b" 3\n" + tag(1) + b" b\r\n" + b"mpirun: note\n" +
+              tag(0) + b"\r  0%|" + tag(0) + b"\r 50%|#" + tag(1) + b"x[0] = 1\n" + tag(0) + b"\r100%|##\n" +
+              tag(2) + b"ab\n" + tag(2) + b"cd" + tag(2) + b"ef\n" + tag(1) + b"no end")
+    whole = Lines(rank_tag(MpiImpl(impl[0], impl[1], "mpirun")))
+    expected = whole.feed(stream) + whole.quiet()
+    assert expected == [(b"0", b"step 3\n"), (b"1", b"a b\r\n"), (None, b"mpirun: note\n"), (b"0", b"  0%|\r"),
+                        (b"1", b"x[0] = 1\n"), (b"0", b" 50%|#\r"), (b"0", b"100%|##\n"), (b"2", b"ab\n"),
+                        (b"2", b"cdef\n"), (b"1", b"no end\n")]
+    bytewise = Lines(whole.tag)
+    said = [line for i in range(len(stream)) for line in bytewise.feed(stream[i:i + 1])] + bytewise.quiet()
+    assert said == expected
 
 
 def test_a_progress_bar_and_a_line_without_its_end_show_while_they_happen():
@@ -74,14 +100,14 @@ def test_a_progress_bar_and_a_line_without_its_end_show_while_they_happen():
 
     bar = Lines(rank_tag(MpiImpl("openmpi", (4, 1), "mpirun")))
     assert bar.feed(b"[1,0]<stderr>:\r  0%|     |", now=1.0) == []
-    assert bar.feed(b"[1,0]<stderr>:\r 20%|#    |[1,0]<stderr>:\r 40%|##   |", now=1.2) == [
-        (b"0", b"  0%|     |\r"), (b"0", b" 20%|#    |\r")]
+    assert bar.feed(b"[1,0]<stderr>:\r 20%|#    |[1,0]<stderr>:\r 40%|##   |[1,1]<stdout>:x\n", now=1.2) == [
+        (b"0", b"  0%|     |\r"), (b"0", b" 20%|#    |\r"), (b"1", b"x\n")]
     assert bar.due(now=1.2 + IDLE_FLUSH_S * 0.9) == []  # 40% has waited since 1.2
     assert bar.due(now=1.2 + IDLE_FLUSH_S) == [(b"0", b" 40%|##   |\n")] and not bar.pending
-    assert bar.feed(b"[1,1]<stderr>:\rfaster|##\r", now=2.5) == [(b"1", b"faster|##\r")]
-    assert bar.feed(b"|###", now=2.6) == [] and bar.pending == {b"1": (b"|###", 2.6)}  # rank 1's, fed apart
     assert bar.feed(b"[1,0]<stderr>:\r100%|#####|\n", now=3.0) == [(b"0", b"100%|#####|\n")]
-    assert bar.feed(b"mpirun: done\n") == [(None, b"mpirun: done\n")]
+    assert bar.feed(b"[1,0]<stderr>:\r 60%|###  |") == [] and bar.quiet() == [(b"0", b" 60%|###  |\n")]
+    assert bar.feed(b"[1,0]<stderr>:\r 80%|#### |") == [] and bar.settle(now=4.0) == [] and bar.pending == {
+        b"0": (b" 80%|#### |", 4.0)}
     text = Lines(None)
     assert text.feed(b"loading...", now=0.0) == [] and text.due(now=IDLE_FLUSH_S) == [(None, b"loading...\n")]
     assert text.feed(b"a\r\nb\r\n") == [(None, b"a\r\n"), (None, b"b\r\n")]
