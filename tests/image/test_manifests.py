@@ -1,6 +1,6 @@
 """The example manifests agree with what the image and its entrypoint read: the port sshd
-listens on, where the ssh Secret is, the role each pod gets from what the operator adds, the
-commands the launcher is given, /dev/shm, and the non-root settings."""
+listens on, where the ssh Secret is, the role each pod gets from what the operator (or
+scheduler) adds, the commands the launcher is given, /dev/shm, and the non-root settings."""
 
 from __future__ import annotations
 
@@ -143,3 +143,33 @@ def test_trainer_runtime_and_trainjob(tmp_path):
     (tmp_path / "etc/mpi/hostfile").write_text("mpirt-train-node-0-0.mpirt-train slots=1\n")
     role = detect({"OMPI_MCA_orte_default_hostfile": "/etc/mpi/hostfile"}, tmp_path, "mpirt-train-launcher-0-0")
     assert (role.kind, role.system) == ("launcher", "trainer")
+
+
+def test_volcano_job(tmp_path):
+    """What Volcano's svc plugin adds (VC_<TASK>_HOSTS, /etc/volcano/<task>.host) makes the
+    master pod the launcher over the worker task's hosts, and each worker pod a worker; the
+    ssh plugin mounts its Secret where the image looks and says the workers' port."""
+    (job,) = load("volcano-job.yaml")
+    assert (job["apiVersion"], job["kind"]) == ("batch.volcano.sh/v1alpha1", "Job")
+    tasks = {t["name"]: t for t in job["spec"]["tasks"]}
+    assert job["spec"]["minAvailable"] == sum(t["replicas"] for t in tasks.values())  # gang: all or none
+    assert job["spec"]["plugins"]["ssh"] == [f"--ssh-port={exposed_port()}"] and "svc" in job["spec"]["plugins"]
+    (master,), (worker,) = (tasks[n]["template"]["spec"]["containers"] for n in ("master", "worker"))
+    for c in (master, worker):
+        assert "command" not in c, "a command would replace the mpirt entrypoint"
+        assert ssh_dir(c) == "/root/.ssh"  # the ssh plugin's default mount path
+    check_worker(tasks["worker"]["template"]["spec"], worker)
+    check_launcher_args(master["args"])
+    assert "args" not in worker
+    assert {"event": "TaskCompleted", "action": "CompleteJob"} in tasks["master"]["policies"]
+    name = job["metadata"]["name"]
+    hosts = {t: [f"{name}-{t}-{i}.{name}" for i in range(tasks[t]["replicas"])] for t in tasks}
+    env = {f"VC_{t.upper()}_HOSTS": ",".join(h) for t, h in hosts.items()}
+    role = detect(env, tmp_path, f"{name}-master-0")
+    assert (role.kind, role.system) == ("launcher", "volcano")
+    assert [h.name for h in role.hosts] == hosts["worker"]
+    assert detect(env, tmp_path, f"{name}-worker-1").kind == "worker"
+    (tmp_path / "etc/volcano").mkdir(parents=True)  # the same from the mounted files alone
+    for t, h in hosts.items():
+        (tmp_path / "etc/volcano" / f"{t}.host").write_text("\n".join(h) + "\n")
+    assert [h.name for h in detect({}, tmp_path, f"{name}-master-0").hosts] == hosts["worker"]
