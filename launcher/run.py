@@ -262,6 +262,18 @@ _OUTPUT_FIXES = (
     (re.compile(r"No module named '([\w.]+)'"),
      lambda m: f"the ranks' Python cannot import {m[1]}: install it into the image every host runs (pip "
                f"install in the Containerfile), or add its directory with mpirt launch --env PYTHONPATH=DIR"),
+    (re.compile(r"failed to extend /dev/shm|No space left on device.*/dev/shm|/dev/shm.*No space left"),
+     lambda m: "/dev/shm is full (a container gets 64 MiB): mount an emptyDir with medium: Memory at /dev/shm, "
+               "sizeLimit 1Gi or more, on every replica (mpirt doctor shows its size)"),
+    (re.compile(r"CUDA out of memory"),
+     lambda m: "the GPU's memory is full: a smaller per-rank batch (with gradient accumulation to keep the "
+               "global batch), bf16, or PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True against fragmentation"),
+    (re.compile(r"Expected to have finished reduction in the prior iteration"),
+     lambda m: "DistributedDataParallel found parameters that got no gradient: pass find_unused_parameters=True, "
+               "or use mpirt.data_parallel, which reduces such parameters without being told"),
+    (re.compile(r"NCCL.*unhandled system error"),
+     lambda m: "NCCL failed in a system call: rerun with --profile debug (NCCL_DEBUG=INFO) to see which; in a pod "
+               "it is most often /dev/shm too small or the locked-memory limit for RDMA (mpirt doctor checks both)"),
 )
 
 
@@ -331,7 +343,7 @@ def root_cause(code: int, error_dir: str, tail: list[str] = (), lines: int = 12,
     out += ["    " + line for line in tb]
     if others:
         out.append(f"  later failures on rank(s) {', '.join(map(str, others))}; records in {error_dir}")
-    return "\n".join(out)
+    return "\n".join(out) + _fixes([first["message"], *tb])
 
 
 def report(code: int, error_dir: str, stopped_by: int = 0, tail: list[str] = (),

@@ -25,6 +25,35 @@ def test_earliest_record_is_the_root_cause(tmp_path):
     assert "later failures on rank(s) 0" in text
 
 
+# What torch and NCCL say for the failures data scientists meet most (their messages' forms).
+KNOWN_FAILURES = [
+    ("OutOfMemoryError", "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 79.11 GiB",
+     "the GPU's memory is full"),
+    ("RuntimeError", "NCCL error in: ProcessGroupNCCL.cpp:1970, unhandled system error (run with NCCL_DEBUG=INFO "
+     "for details), NCCL version 2.21.5", "NCCL failed in a system call: rerun with --profile debug"),
+    ("RuntimeError", "Expected to have finished reduction in the prior iteration before starting a new one. This "
+     "error indicates that your module has parameters that were not used in producing loss.",
+     "pass find_unused_parameters=True, or use mpirt.data_parallel"),
+    ("ModuleNotFoundError", "No module named 'timm'", "the ranks' Python cannot import timm"),
+]
+
+
+@pytest.mark.parametrize("exception,message,fix", KNOWN_FAILURES, ids=["cuda-oom", "nccl-system-error", "ddp-unused-parameters", "missing-module"])
+def test_a_known_failure_in_a_record_comes_with_its_fix(tmp_path, exception, message, fix):
+    errors.write(errors.record("exception", exception, message, f"Traceback...\n{exception}: {message}\n", rank=1),
+                 str(tmp_path))
+    text = root_cause(1, str(tmp_path)).splitlines()
+    assert text[0].endswith(f"{exception}: {message}") and text[-1].startswith(f"  fix: ") and fix in text[-1]
+    assert len([line for line in text if line.startswith("  fix: ")]) == 1
+
+
+def test_a_full_dev_shm_in_a_ranks_last_words_comes_with_its_fix(tmp_path):
+    said = {"3": ["misc/shmutils.cc:72 NCCL WARN Error: failed to extend /dev/shm/nccl-0aNhQB to 9637892 bytes"]}
+    text = root_cause(1, str(tmp_path), [OMPI_EXIT.replace("],2]", "],3]")], ranks=said)
+    assert "fix: /dev/shm is full (a container gets 64 MiB): mount an emptyDir with medium: Memory" in text
+    assert "fix:" not in root_cause(1, str(tmp_path), [OMPI_EXIT], ranks={"2": ["step 7 loss 0.1"]})
+
+
 def test_first_record_of_a_rank_wins_and_files_are_whole(tmp_path):
     errors.write(errors.record("exception", "A", "first", "", rank=2), str(tmp_path))
     errors.write(errors.record("exception", "B", "second", "", rank=2), str(tmp_path))
