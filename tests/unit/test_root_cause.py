@@ -43,7 +43,7 @@ def test_a_known_failure_in_a_record_comes_with_its_fix(tmp_path, exception, mes
     errors.write(errors.record("exception", exception, message, f"Traceback...\n{exception}: {message}\n", rank=1),
                  str(tmp_path))
     text = root_cause(1, str(tmp_path)).splitlines()
-    assert text[0].endswith(f"{exception}: {message}") and text[-1].startswith(f"  fix: ") and fix in text[-1]
+    assert text[0].endswith(f"{exception}: {message}") and text[-1].startswith("  fix: ") and fix in text[-1]
     assert len([line for line in text if line.startswith("  fix: ")]) == 1
 
 
