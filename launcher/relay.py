@@ -121,7 +121,7 @@ class Lines:
 
 class Heard:
     """What the job said, as the relays of its streams keep it: mpirun's last lines (its own
-    words for a failure), each rank's last lines, the ranks that printed a Python traceback
+    words for a failure; all lines where output is not tagged), each rank's last lines, the ranks that printed a Python traceback
     (first first), and each rank's log file under ``log_dir``."""
 
     def __init__(self, log_dir: str | None, show: frozenset[int] | None, timestamps: bool,
@@ -146,11 +146,11 @@ class Heard:
                 dst.flush()
             except BrokenPipeError:
                 _console_gone(dst)
-        if _FATAL.search(line):
+        if rank is None and _FATAL.search(line):  # mpirun's, or its ssh's: a rank's own words never end a job
             self.on_fatal()
         redraw = text.endswith(b"\r")
         with self.lock:
-            if not redraw:
+            if rank is None and not redraw:
                 self.tail.append(line.decode(errors="replace"))
             if rank is not None:
                 self._keep(rank.decode(), text.decode(errors="replace").rstrip(), redraw)

@@ -145,6 +145,20 @@ def test_an_mpirun_that_waits_forever_after_ssh_fails_is_stopped(tmp_path):
     assert (tmp_path / "rank-launcher.log").read_text().startswith("ssh: connect to host w9")
 
 
+def test_a_rank_that_says_an_ssh_error_is_not_taken_for_mpirun_saying_it(tmp_path):
+    """A rank fetching its data over ssh may print ssh's errors and go on: only mpirun's own
+    lines (untagged) make the launcher stop a job that cannot start, nor become its root cause."""
+    from launcher.mpi import MpiImpl, rank_tag
+    from launcher.run import supervise
+
+    rank = [sys.executable, "-c", "import sys, time; print('[1,0]<stderr>:ssh: connect to host data port 22: "
+            "Connection refused', file=sys.stderr, flush=True); time.sleep(3); sys.exit(5)"]
+    end = supervise(rank, dict(os.environ), grace_s=5, fatal_grace_s=0.5,
+                    tag=rank_tag(MpiImpl("openmpi", (4, 1), "mpirun")))
+    assert end.code == 5 and end.ranks == {"0": ["ssh: connect to host data port 22: Connection refused"]}
+    assert "ssh to data" not in root_cause(end.code, str(tmp_path), end.tail, ranks=end.ranks)
+
+
 # Real outputs from this machine: a rank killed by SIGBUS under Open MPI 5's prterun (which
 # wraps its lines), by SIGKILL under Intel MPI's Hydra (which also lists the ranks it cleaned
 # up) and under the MPICH 5 wheel's Hydra (no rank number at all).
