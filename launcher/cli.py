@@ -244,7 +244,8 @@ def bench_compare(base: str, new: str, threshold: str, as_json: bool) -> None:
               envvar="MPIRT_GRACE_S", help="On SIGTERM/SIGINT (or the time limit), seconds every rank gets to end "
                                              "after its SIGTERM, before the kill.")
 @click.option("--tag-output/--no-tag-output", default=True, envvar="MPIRT_TAG_OUTPUT",
-              help="Prefix each output line with its rank.")
+              help="Prefix each output line with its rank, as \"[RANK] \" under every MPI (--no-tag-output: lines "
+                   "as the ranks wrote them; --log-dir then keeps them all in rank-launcher.log).")
 @click.option("--profile", envvar="MPIRT_PROFILE", help="Algorithm profile: rl, debug, or one from MPIRT_PROFILES.")
 @click.option("--env-defaults/--no-env-defaults", default=True, envvar="MPIRT_ENV_DEFAULTS",
               help="Set NCCL/UCX/MPI defaults for the network tier found on every host (mpirt env --explain).")
