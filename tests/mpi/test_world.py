@@ -88,7 +88,7 @@ def test_a_stale_rank_variable_is_warned_about_and_kept():
     code = "import os; print('RANK', os.environ['RANK'], 'SIZE', os.environ['WORLD_SIZE'], flush=True)"
     proc = launch(2, "-m", "mpirt", "-c", code, env={"RANK": "0"})
     assert proc.returncode == 0, proc.stderr
-    assert sorted(x.split(":", 1)[1] for x in proc.stdout.splitlines() if ":RANK " in x) == [
+    assert sorted(x.split("] ", 1)[1] for x in proc.stdout.splitlines() if "] RANK " in x) == [
         "RANK 0 SIZE 2", "RANK 0 SIZE 2"]
     assert proc.stderr.count("warning: RANK=0 is set, but the MPI launcher says 1") == 1, proc.stderr
 
