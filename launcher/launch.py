@@ -131,6 +131,15 @@ def run(cfg: LaunchConfig) -> int:
     return code
 
 
+def terminal_env(env: dict, named: dict, np: int, columns: int) -> dict[str, str]:
+    """For ranks whose output reaches a terminal through the relay, which redraws a bar in
+    place (launcher.relay): mpirt train's bar (unless MPIRT_PROGRESS says otherwise), and the
+    terminal's width (``columns``) less the "[RANK] " tag as COLUMNS, which tqdm and Python's
+    shutil read, so a bar does not wrap; a COLUMNS given with --env stays."""
+    want = {"MPIRT_PROGRESS": "bar", "COLUMNS": str(max(20, columns - len(f"[{max(np - 1, 0)}] ") - 1))}
+    return {k: v for k, v in want.items() if k not in (env if k == "MPIRT_PROGRESS" else named)}
+
+
 def _stop(child: subprocess.Popen) -> None:
     child.terminate()
     child.wait()
@@ -273,11 +282,11 @@ def _run(cfg: LaunchConfig, undo: ExitStack) -> tuple[int, str]:
     error_dir = env.get("MPIRT_ERROR_DIR") or tempfile.mkdtemp(prefix="mpirt-errors-")
     job_id = ranks.new_job_id()  # marks this job's ranks on every host: a stop signals them (launcher.ranks)
     base = {"MPIRT_ERROR_DIR": error_dir, ranks.JOB_ENV: job_id, **named}
-    if sys.stdout.isatty() and "MPIRT_PROGRESS" not in env:  # the relay redraws a bar in place (launcher.relay)
-        base["MPIRT_PROGRESS"] = "bar"
     info: dict = {"mpi": impl.label, "hosts_from": source}
     job = _Local(cfg, impl, env, info) if not hosts else _Remote(cfg, impl, env, hosts, source, undo, base, info,
                                                                  named)
+    if sys.stdout.isatty():
+        base.update(terminal_env(env, named, job.np, shutil.get_terminal_size().columns))
     if cfg.dry_run:
         added, argv = job.dry_run(base, info)
         print(json.dumps({**info, "argv": argv, "env": mpi.masked(added)}, indent=1))

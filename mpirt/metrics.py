@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -36,14 +37,21 @@ class Metrics:
                 f"step {record['step_time_s'] * 1e3:7.1f} ms  comm {record['comm_s'] * 1e3:6.1f} ms "
                 f"({record['overlap'] * 100:3.0f}% overlapped)")
         if self.tty:
-            done = int(30 * step / max(1, self.total))
-            self.stream.write(f"\r[{'#' * done}{'.' * (30 - done)}] {text}")
+            self.stream.write("\r" + self._bar(step, text))
             if step == self.total:
                 self.stream.write("\n")
             self.stream.flush()
         elif step % self.every == 0 or step == self.total or step == 1:
             self.stream.write(text + "\n")
             self.stream.flush()
+
+    def _bar(self, step: int, text: str) -> str:
+        """One state of the bar, as wide as the terminal (COLUMNS under mpirt launch) allows:
+        a line that wraps cannot be redrawn in place."""
+        width = shutil.get_terminal_size((160, 24)).columns - 1
+        cells = max(10, min(30, width - len(text) - 3))
+        done = int(cells * step / max(1, self.total))
+        return f"[{'#' * done}{'.' * (cells - done)}] {text}"[:width]
 
     def close(self) -> None:
         if self._file:

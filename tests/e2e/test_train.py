@@ -73,11 +73,16 @@ def assert_weights_of_one_rank(out, one_rank, rtol=1e-5, atol=1e-6):
 
 
 def test_the_readme_job_on_a_terminal_draws_its_progress_bar_in_place(tmp_path):
-    """`mpirt launch` on a terminal asks the ranks for the bar (MPIRT_PROGRESS=bar), and its
-    relay passes each redraw on as it comes, tagged after every carriage return."""
+    """`mpirt launch` on an 80-column terminal asks the ranks for the bar (MPIRT_PROGRESS=bar)
+    no wider than what is left after the tag (COLUMNS), and its relay passes each redraw on as
+    it comes, tagged after every carriage return."""
+    import fcntl
     import pty
+    import struct
+    import termios
 
     leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
     proc = subprocess.Popen(["mpirt", "launch", "-np", "2", "--", "mpirt", "train", "--model", "mlp", "--steps",
                              "40", "--out", str(tmp_path)], stdout=follower, stderr=subprocess.PIPE)
     os.close(follower)
@@ -92,8 +97,9 @@ def test_the_readme_job_on_a_terminal_draws_its_progress_bar_in_place(tmp_path):
         shown += chunk
     os.close(leader)
     assert proc.wait(timeout=240) == 0, proc.stderr.read()
-    bars = [b for b in shown.split(b"\r") if b.startswith(b"[0] [#")]
+    bars = [b.split(b"\n")[0] for b in shown.split(b"\r") if b.startswith(b"[0] [#")]
     assert len(bars) >= 30 and b"step     40/40" in bars[-1], shown  # a state per step, the last one whole
+    assert max(len(b) for b in bars) < 80, bars  # none wraps
     assert b"[1] " not in shown, shown  # only rank 0 draws
 
 

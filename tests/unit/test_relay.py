@@ -157,3 +157,14 @@ def test_a_console_that_goes_away_neither_stops_nor_blocks_the_job(tmp_path):
     assert b"mpirt: the console's reader went away; the job goes on" in err and b"Traceback" not in err, err
     for rank in (0, 1):
         assert (tmp_path / f"rank-{rank}.log").read_text().splitlines()[-1] == "line 99999"
+
+
+def test_ranks_drawing_for_a_terminal_are_told_its_width_less_their_tag():
+    """A COLUMNS in the launcher's environment describes its terminal (GNU readline exports
+    it): the ranks get it less their tag. One given with --env is the user's."""
+    from launcher.launch import terminal_env
+
+    assert terminal_env({}, {}, 8, 80) == {"MPIRT_PROGRESS": "bar", "COLUMNS": "75"}  # "[7] " and the cursor's column
+    assert terminal_env({"COLUMNS": "80"}, {}, 1000, 120)["COLUMNS"] == "113"
+    assert terminal_env({"MPIRT_PROGRESS": "lines"}, {"COLUMNS": "200"}, 2, 80) == {}  # what the user set stays
+    assert terminal_env({}, {}, 2, 10)["COLUMNS"] == "20"
