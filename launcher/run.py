@@ -96,7 +96,7 @@ class Outcome(NamedTuple):
     tail: list[str]  # mpirun's last output lines
     timed_out: bool = False  # stopped at the time limit
     ranks: dict[str, list[str]] | None = None  # each rank's last output lines, without the rank tag
-    raised: list[str] = []  # the ranks that printed a Python traceback, first first
+    raised: list[str] = ()  # the ranks that printed a Python traceback, first first
 
 
 def exit_code(returncode: int) -> int:
