@@ -251,29 +251,29 @@ def from_output(tail: list[str]) -> list[str]:
     return found
 
 
-# What a rank's last words mean, when they say it: (a pattern in them, the fix).
+# What a rank's last words mean, when they say it: (a pattern in them, the fix; \1: its group).
 _OUTPUT_FIXES = (
     (re.compile(r"env:// rendezvous: environment variable RANK expected"),
-     lambda m: "torch.distributed found no RANK: run the script as `python -m mpirt SCRIPT`, which sets RANK, "
-               "WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE from MPI (mpirt launch sends MASTER_ADDR and MASTER_PORT)"),
+     "torch.distributed found no RANK: run the script as `python -m mpirt SCRIPT`, which sets RANK, WORLD_SIZE, "
+     "LOCAL_RANK and LOCAL_WORLD_SIZE from MPI (mpirt launch sends MASTER_ADDR and MASTER_PORT)"),
     (re.compile(r"^(\S*python[\d.]*): No module named mpirt\b"),
-     lambda m: f"{m[1]} has no mpirt: install mpirt into the Python the ranks run (the same image on every "
-               "host), or name that Python in the command: mpirt launch -- /path/to/python -m mpirt ..."),
+     r"\1 has no mpirt: install mpirt into the Python the ranks run (the same image on every host), or name "
+     "that Python in the command: mpirt launch -- /path/to/python -m mpirt ..."),
     (re.compile(r"No module named '([\w.]+)'"),
-     lambda m: f"the ranks' Python cannot import {m[1]}: install it into the image every host runs (pip "
-               f"install in the Containerfile), or add its directory with mpirt launch --env PYTHONPATH=DIR"),
+     r"the ranks' Python cannot import \1: install it into the image every host runs (pip install in the "
+     "Containerfile), or add its directory with mpirt launch --env PYTHONPATH=DIR"),
     (re.compile(r"failed to extend /dev/shm|No space left on device.*/dev/shm|/dev/shm.*No space left"),
-     lambda m: "/dev/shm is full (a container gets 64 MiB): mount an emptyDir with medium: Memory at /dev/shm, "
-               "sizeLimit 1Gi or more, on every replica (mpirt doctor shows its size)"),
+     "/dev/shm is full (a container gets 64 MiB): mount an emptyDir with medium: Memory at /dev/shm, sizeLimit "
+     "1Gi or more, on every replica (mpirt doctor shows its size)"),
     (re.compile(r"CUDA out of memory"),
-     lambda m: "the GPU's memory is full: a smaller per-rank batch (with gradient accumulation to keep the "
-               "global batch), bf16, or PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True against fragmentation"),
+     "the GPU's memory is full: a smaller per-rank batch (with gradient accumulation to keep the global batch), "
+     "bf16, or PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True against fragmentation"),
     (re.compile(r"Expected to have finished reduction in the prior iteration"),
-     lambda m: "DistributedDataParallel found parameters that got no gradient: pass find_unused_parameters=True, "
-               "or use mpirt.data_parallel, which reduces such parameters without being told"),
+     "DistributedDataParallel found parameters that got no gradient: pass find_unused_parameters=True, or use "
+     "mpirt.data_parallel, which reduces such parameters without being told"),
     (re.compile(r"NCCL.*unhandled system error"),
-     lambda m: "NCCL failed in a system call: rerun with --profile debug (NCCL_DEBUG=INFO) to see which; in a pod "
-               "it is most often /dev/shm too small or the locked-memory limit for RDMA (mpirt doctor checks both)"),
+     "NCCL failed in a system call: rerun with --profile debug (NCCL_DEBUG=INFO) to see which; in a pod it is "
+     "most often /dev/shm too small or the locked-memory limit for RDMA (mpirt doctor checks both)"),
 )
 
 
@@ -281,8 +281,8 @@ def _fixes(lines: list[str]) -> str:
     found: list[str] = []
     for pattern, fix in _OUTPUT_FIXES:
         m = next(filter(None, map(pattern.search, lines)), None)
-        if m and fix(m) not in found:
-            found.append(fix(m))
+        if m and m.expand(fix) not in found:
+            found.append(m.expand(fix))
     return "".join(f"\n  fix: {fix}" for fix in found)
 
 
