@@ -136,8 +136,10 @@ def terminal_env(env: dict, named: dict, np: int, columns: int) -> dict[str, str
     place (launcher.relay): mpirt train's bar (unless MPIRT_PROGRESS says otherwise), and the
     terminal's width (``columns``) less the "[RANK] " tag as COLUMNS, which tqdm and Python's
     shutil read, so a bar does not wrap; a COLUMNS given with --env stays."""
-    want = {"MPIRT_PROGRESS": "bar", "COLUMNS": str(max(20, columns - len(f"[{max(np - 1, 0)}] ") - 1))}
-    return {k: v for k, v in want.items() if k not in (env if k == "MPIRT_PROGRESS" else named)}
+    out = {} if "MPIRT_PROGRESS" in env else {"MPIRT_PROGRESS": "bar"}
+    if "COLUMNS" not in named:
+        out["COLUMNS"] = str(max(20, columns - len(f"[{max(np - 1, 0)}] ") - 1))
+    return out
 
 
 def _stop(child: subprocess.Popen) -> None:

@@ -48,7 +48,7 @@ class Flags:
     oversubscribe: tuple[str, ...]
     as_root: tuple[str, ...]
     tag_output: tuple[str, ...]  # prefix every output line with the rank
-    tag: bytes  # the prefix as written (a regex; group 1: the rank): each becomes "[RANK] " (launcher.run)
+    tag: bytes  # the prefix as written (a regex; group 1: the rank): each becomes "[RANK] " (launcher.relay)
     hostfile: tuple[str, ...]
     dialect: str  # hostfile format (launcher.hosts.render)
     export: tuple[str, ...]  # forward one variable to remote ranks ({name}); () where all are forwarded
