@@ -30,7 +30,7 @@ from pathlib import Path
 
 from launcher import fleet
 from launcher import hosts as hostlib
-from launcher import mpi, postmortem, ranks, sidecar, termination, where
+from launcher import limits, mpi, postmortem, ranks, sidecar, termination, where
 from launcher.detect import memcg
 from launcher.envdefaults import load_profiles, resolve
 from launcher.detect.gpu import device_nodes
@@ -117,6 +117,7 @@ def _progress(ready: int, total: int) -> None:
 
 def run(cfg: LaunchConfig) -> int:
     target = termination.path_for(cfg.termination_log)  # a bad value fails before anything starts
+    limits.raise_open_files()  # a log file per rank, a socket per host: 1024 is too few for large jobs
     asked = signal.signal(signal.SIGUSR1, _nothing_to_say)  # `mpirt where` must never end the launcher
     try:
         with ExitStack() as undo:  # our own sshd, the ssh connections kept open for mpirun

@@ -135,6 +135,7 @@ class Heard:
         self.raised: list[str] = []
         self.redrawn: set[str] = set()  # ranks whose last kept line is a bar redrawn in place
         self.logs: dict[str, object] = {}
+        self.unlogged: set[str] = set()  # logs that could not be written
         self.lock = threading.Lock()
 
     def say(self, rank: bytes | None, text: bytes, dst) -> None:
@@ -155,12 +156,22 @@ class Heard:
             if rank is not None:
                 self._keep(rank.decode(), text.decode(errors="replace").rstrip(), redraw)
             if self.log_dir is not None:
-                name = "launcher" if rank is None else rank.decode()
-                f = self.logs.get(name)
-                if f is None:
-                    f = self.logs[name] = open(self.log_dir / f"rank-{name}.log", "ab")
-                f.write(stamp + text)
-                f.flush()
+                self._log("launcher" if rank is None else rank.decode(), stamp + text)
+
+    def _log(self, name: str, data: bytes) -> None:
+        """Into rank-NAME.log; a log that cannot be written is said once and left, and the
+        relay goes on: a relay that stopped would leave mpirun blocked on a full pipe."""
+        if name in self.unlogged:
+            return
+        path = self.log_dir / f"rank-{name}.log"
+        try:
+            f = self.logs.get(name) or self.logs.setdefault(name, open(path, "ab"))
+            f.write(data)
+            f.flush()
+        except OSError as e:
+            self.unlogged.add(name)
+            print(f"mpirt: cannot write {path} ({e.strerror}); that output goes on to the console only",
+                  file=sys.stderr, flush=True)
 
     def _keep(self, rank: str, said: str, redraw: bool) -> None:
         if said and not _OMPI_BACKTRACE.match(said):

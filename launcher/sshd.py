@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
-from launcher import fleet, ranks
+from launcher import fleet, limits, ranks
 from launcher.ssh import SshSetupError, write_private, private_dir
 
 PRIVSEP_DIR = "/run/sshd"
@@ -263,6 +263,7 @@ def run(cfg: WorkerConfig) -> int:
         return 0
     print(f"mpirt worker: sshd on port {cfg.port}, uid {os.getuid()}, config {config}", file=sys.stderr, flush=True)
     ranks.become_subreaper()  # ranks whose daemon died stay below us, where a stop finds them
+    limits.raise_open_files()  # the ranks started through sshd inherit it
     proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(config)], env=env)
     drain = _Drain(cfg.grace_s)
     blocking = False

@@ -169,3 +169,35 @@ def test_ranks_drawing_for_a_terminal_are_told_its_width_less_their_tag():
     assert terminal_env({"COLUMNS": "80"}, {}, 1000, 120)["COLUMNS"] == "113"
     assert terminal_env({"MPIRT_PROGRESS": "lines"}, {"COLUMNS": "200"}, 2, 80) == {}  # what the user set stays
     assert terminal_env({}, {}, 2, 10)["COLUMNS"] == "20"
+
+
+def test_a_log_that_cannot_be_written_is_said_once_and_the_relay_goes_on(tmp_path, capsys):
+    import io
+
+    from launcher.relay import Heard
+
+    (tmp_path / "rank-1.log").mkdir()  # not a file: open() fails as on a full disk or too many open files
+    heard = Heard(str(tmp_path), None, False, None, on_fatal=lambda: None)
+    console = io.BytesIO()
+    for n in range(3):
+        heard.say(b"1", f"line {n}\n".encode(), console)
+        heard.say(b"0", f"line {n}\n".encode(), console)
+    heard.close()
+    assert console.getvalue().count(b"[1] line") == 3 and list(heard.ranks["1"]) == ["line 0", "line 1", "line 2"]
+    assert capsys.readouterr().err.count("rank-1.log (Is a directory); that output goes on to the console only") == 1
+    assert (tmp_path / "rank-0.log").read_text() == "line 0\nline 1\nline 2\n"
+
+
+def test_the_launcher_and_its_ranks_get_the_open_files_the_container_allows():
+    """A soft limit of 1024 is too few for a log file per rank of a large job: raised to the
+    hard limit, for mpirun and the ranks too."""
+    import resource
+
+    def low():
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 4096))
+
+    code = "import resource; print('NOFILE', *resource.getrlimit(resource.RLIMIT_NOFILE))"
+    proc = subprocess.run([sys.executable, "-m", "launcher.cli", "launch", "-np", "1", "--no-env-defaults", "--",
+                           sys.executable, "-c", code], capture_output=True, text=True, timeout=60, preexec_fn=low)
+    assert proc.returncode == 0, proc.stderr
+    assert "[0] NOFILE 4096 4096" in proc.stdout.splitlines(), proc.stdout
