@@ -106,14 +106,16 @@ class Cluster:
         kw["env"] = {**kw.get("env", os.environ), "TMPDIR": str(self.pod_tmp)}
         return subprocess.Popen(cgroup.wrap(cmd) if cgroup else cmd, start_new_session=True, **kw)
 
-    def start_worker(self, name: str, delay: float = 0.0, cgroup=None, env: dict | None = None) -> None:
-        """``mpirt worker`` on host ``name``; ``env``: what its pod spec would add."""
+    def start_worker(self, name: str, delay: float = 0.0, cgroup=None, env: dict | None = None,
+                     preexec_fn=None) -> None:
+        """``mpirt worker`` on host ``name``; ``env``: what its pod spec would add;
+        ``preexec_fn``: run in the pod's process first (a container's limits)."""
         argv = [sys.executable, "-m", "launcher.cli", "worker", "--ssh-dir", str(self.secret), "--state-dir",
                 str(self.tmp / f"sshd-{name}")]
         if delay:
             argv = [sys.executable, "-c", LATER, str(delay), *argv]
         self.procs[name] = self.run_in(name, argv, cgroup, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                       env={**os.environ, **(env or {})})
+                                       env={**os.environ, **(env or {})}, preexec_fn=preexec_fn)
 
     def limit_rate(self, rate: str) -> None:
         """Every link into a host limited to ``rate`` (e.g. 1gbit) by a token bucket (tc tbf):

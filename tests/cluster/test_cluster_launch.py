@@ -4,6 +4,7 @@ mpirun (the system MPI), real ranks on every host."""
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -159,11 +160,13 @@ def test_ranks_see_their_hosts_environment_and_the_variables_named_at_launch(clu
     """What a worker's pod spec sets reaches the ranks on that worker (mpirun forwards only what
     it is told to); a library variable set there is not replaced by a default from the
     launcher; --env / -x sends one to every rank, even one named like a secret. Hydra (Intel
-    MPI, MPICH) forwards the launcher's whole environment as well."""
+    MPI, MPICH) forwards the launcher's whole environment as well. The ranks have the open
+    files the worker's container allows, not its low starting limit."""
     python, extra = mpi_under_test(variable, mpirun)
     c = cluster(3)
-    for w in ("w0", "w1", "w2"):
-        c.start_worker(w, env={"HOST_TAG": f"tag {w}", **({"NCCL_DEBUG": "INFO"} if w == "w1" else {})})
+    for w in ("w0", "w1", "w2"):  # each pod's container starts with 256 open files, 4096 allowed
+        c.start_worker(w, env={"HOST_TAG": f"tag {w}", **({"NCCL_DEBUG": "INFO"} if w == "w1" else {})},
+                       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (256, 4096)))
     names = ["HOST_TAG", "NCCL_DEBUG", "DATA_DIR", "HF_TOKEN", "ONLY_HERE"]
     proc = c.launch(["w0", "w1", "w2"], [python, ENV_REPORT, *names], *extra, "--env", "DATA_DIR=/data/a b",
                     "-x", "HF_TOKEN", env={**env, "HF_TOKEN": "hf_abc", "ONLY_HERE": "launcher"})
@@ -172,6 +175,7 @@ def test_ranks_see_their_hosts_environment_and_the_variables_named_at_launch(clu
     assert [r["host"] for r in report] == ["w0", "w1", "w2"]
     assert [r["HOST_TAG"] for r in report] == ["tag w0", "tag w1", "tag w2"]
     assert [r["NCCL_DEBUG"] for r in report] == [None, "INFO", None]
+    assert [r["nofile"] for r in report] == [[4096, 4096]] * 3  # raised by mpirt worker, inherited
     hydra = mpirun == "mpiexec"
     assert {(r["DATA_DIR"], r["HF_TOKEN"], r["ONLY_HERE"]) for r in report} == {
         ("/data/a b", "hf_abc", "launcher" if hydra else None)}
