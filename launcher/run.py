@@ -281,8 +281,9 @@ def _fixes(lines: list[str]) -> str:
     found: list[str] = []
     for pattern, fix in _OUTPUT_FIXES:
         m = next(filter(None, map(pattern.search, lines)), None)
-        if m and m.expand(fix) not in found:
-            found.append(m.expand(fix))
+        said = m.expand(fix) if m else None
+        if said and said not in found:
+            found.append(said)
     return "".join(f"\n  fix: {fix}" for fix in found)
 
 
