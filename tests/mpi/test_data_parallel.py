@@ -32,6 +32,7 @@ def test_gradients_match_references(mpiexec, np_):
                  "shared buckets: /dev/shm full on one rank", "shared buckets only where shm reads them",
                  "buffers broadcast_buffers=True", "buffers broadcast_buffers=False", "buffers of every layout",
                  "frozen and thawed parameters", "empty shards, two optimizers",
+                 "DataLoader through the sampler, 2 workers",
                  "accumulation backward_passes_per_step=3", "backward_passes_per_step=3: a step after one pass"):
         assert case in report["checked"]
 

@@ -58,3 +58,84 @@ def test_resume_with_other_data_settings_is_refused():
 def test_bad_arguments(args, message):
     with pytest.raises(ValueError, match=message):
         DistributedSampler(*args)
+
+
+def dataset(n):
+    return torch.utils.data.TensorDataset(torch.arange(n))
+
+
+class Stream(torch.utils.data.IterableDataset):
+    def __iter__(self):
+        return iter(range(3))
+
+
+def loaded(loader):
+    """(epoch, step, indices the DataLoader produced) of one pass; None for an empty shard."""
+    return [(sh.epoch, sh.step_in_epoch, None if batch is None else batch[0].tolist()) for sh, batch in loader]
+
+
+@pytest.mark.parametrize("world,workers", [(1, 0), (3, 0), (3, 2)])
+def test_loader_yields_the_shards_next_gives_through_a_dataloader(world, workers):
+    n, batch = 50, 16
+    for rank in range(world):
+        s = DistributedSampler(dataset(n), batch, rank, world, seed=5)
+        loader = s.loader(dataset(n), num_workers=workers)
+        ref = DistributedSampler(n, batch, rank, world, seed=5)
+        for epoch in (0, 1):
+            assert len(loader) == 4
+            expected = [(sh.epoch, sh.step_in_epoch, sh.indices.tolist() or None) for sh in (ref.next() for _ in range(4))]
+            assert loaded(loader) == expected and expected[0][0] == epoch
+
+
+def test_loader_gives_none_for_an_empty_shard_and_the_step_still_counts():
+    # 33 samples in global batches of 16 over 3 ranks: the last global batch is 1 sample, on rank 0
+    passes = [loaded(DistributedSampler(33, 16, r, 3, seed=2).loader(dataset(33))) for r in range(3)]
+    assert [len(p) for p in passes] == [3, 3, 3]
+    assert len(passes[0][2][2]) == 1 and passes[1][2][2] is None and passes[2][2][2] is None
+    everything = [i for p in passes for (_, _, idx) in p if idx for i in idx]
+    assert sorted(everything) == list(range(33))
+
+
+def test_a_step_counts_when_the_loop_has_its_batch_not_when_a_worker_fetched_it():
+    n, batch = 64, 4  # 16 steps an epoch; 2 workers prefetch 4 batches ahead
+    ref = DistributedSampler(n, batch, 1, 2, seed=9)
+    full = [ref.next().indices.tolist() for _ in range(16)]
+    s = DistributedSampler(n, batch, 1, 2, seed=9)
+    seen = []
+    for shard, b in s.loader(dataset(n), num_workers=2):
+        seen.append(b[0].tolist())
+        if len(seen) == 5:
+            break
+    assert s.state_dict()["position"] == 5
+    resumed = DistributedSampler(n, batch, 1, 2, seed=9)
+    resumed.load_state_dict(s.state_dict())
+    assert seen + [b[0].tolist() for _, b in resumed.loader(dataset(n), num_workers=2)] == full
+
+
+def test_persistent_workers_follow_the_sampler_across_epochs_and_set_epoch():
+    s = DistributedSampler(20, 8, 0, 2, seed=4)
+    loader = s.loader(dataset(20), num_workers=1, persistent_workers=True)
+    ref = DistributedSampler(20, 8, 0, 2, seed=4)
+    for _ in range(3):
+        assert [idx for _, _, idx in loaded(loader)] == [ref.next().indices.tolist() for _ in range(3)]
+    assert s.epoch == 2
+    s.set_epoch(2)  # the epoch it is in (a resumed run's): position kept
+    assert len(loader) == 3 and s.position == 3
+    s.set_epoch(7)
+    assert s.position == 0 and loaded(loader)[0][0] == 7
+
+
+@pytest.mark.parametrize("options,data,message", [
+    ({"batch_size": 8}, dataset(20), r"loader\(batch_size=\): the sampler decides the batches \(global_batch=8"),
+    ({"shuffle": True, "drop_last": True}, dataset(20), r"loader\(shuffle=, drop_last=\)"),
+    ({}, dataset(21), "the dataset has 21 samples but the sampler was made for 20"),
+    ({}, Stream(), "Stream has no length: the sampler needs a map-style dataset"),
+])
+def test_loader_refuses_what_would_break_the_batches(options, data, message):
+    with pytest.raises(ValueError, match=message):
+        DistributedSampler(20, 8, 0, 2).loader(data, **options)
+
+
+def test_set_epoch_refuses_a_negative_epoch():
+    with pytest.raises(ValueError, match="epoch -1 is negative"):
+        DistributedSampler(20, 8, 0, 2).set_epoch(-1)

@@ -480,6 +480,39 @@ for optimizers in (1, 2):
     dp.close()
 checked.append("empty shards, two optimizers")
 
+# 7d. A dataset loaded through the sampler by a DataLoader with two worker processes each (forked
+#     from a rank that has MPI and the communication thread running): 19 samples in global batches
+#     of 8, so each epoch ends with 3 (at 4 ranks one rank's shard is empty), against one process
+#     training on each whole global batch in the same order.
+x_all, y_all = data(19, seed=77)
+model = make_model()
+opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+dp = data_parallel(model, opt, bucket_mb=0.002)
+single = copy.deepcopy(model)
+single_opt = torch.optim.SGD(single.parameters(), lr=0.05, momentum=0.9)
+sampler = DistributedSampler(torch.utils.data.TensorDataset(x_all, y_all), 8, rank, size, seed=3)
+loader = sampler.loader(torch.utils.data.TensorDataset(x_all, y_all), num_workers=2, persistent_workers=True)
+whole = DistributedSampler(19, 8, 0, 1, seed=3)
+for epoch in range(2):
+    for shard, batch in loader:
+        opt.zero_grad()
+        if batch is not None:
+            (loss_fn(model, *batch) * shard.weight(size)).backward()
+        opt.step()
+        idx = whole.next().indices
+        single_opt.zero_grad()
+        loss_fn(single, x_all[idx], y_all[idx]).backward()
+        single_opt.step()
+        for (n, a), b in zip(model.named_parameters(), single.parameters()):
+            if not torch.allclose(a, b, rtol=1e-10, atol=1e-12):
+                raise AssertionError(f"DataLoader, epoch {epoch} step {shard.step_in_epoch}: {n} differs from "
+                                     "one-process training")
+if dp.step != 6 or sampler.state_dict()["position"] != 3 or sampler.epoch != 1:
+    raise AssertionError(f"DataLoader: {dp.step} steps averaged, sampler at {sampler.state_dict()}")
+same_on_all_ranks(list(model.parameters()), "DataLoader through the sampler")
+dp.close()
+checked.append("DataLoader through the sampler, 2 workers")
+
 # 8. AMP's recipe as PyTorch documents it, no synchronize(): GradScaler.unscale_ and gradient
 #    clipping right after backward see averaged gradients; an inf on one rank only makes every
 #    rank skip the step (a local inf check would let the ranks' weights part).
