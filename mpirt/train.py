@@ -13,7 +13,6 @@ import hashlib
 import json
 import os
 import random
-import signal
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -25,10 +24,10 @@ from mpirt import checkpoint
 from mpirt.comm import MPI
 from mpirt.console import say
 from mpirt.data_parallel import DEFAULT_FIRST_BUCKET_MB, data_parallel
-from mpirt.divert import divert
 from mpirt.metrics import Metrics
 from mpirt.models import build
 from mpirt.sampler import DistributedSampler
+from mpirt.stop import Stop
 from mpirt.world import export_torch_env, pick_device, world
 
 OPTIMIZERS = ("adam", "sgd")
@@ -81,22 +80,6 @@ class TrainConfig:
         pick_device(self.device, 0)  # a device this machine lacks is refused before any rank starts
 
 
-class _Stop:
-    """SIGTERM/SIGINT ask for a stop at the next step boundary (all ranks agree on which). The
-    rank's output goes to its error directory from then on (``mpirt.divert``): mpirun relays
-    none while it waits to kill, and a blocked print would cost the checkpoint."""
-
-    def __init__(self, rank: int):
-        self.requested, self.rank = 0, rank
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._handler)
-
-    def _handler(self, signum, _frame):
-        if not self.requested:
-            divert(self.rank)
-        self.requested = signum
-
-
 def _rng_state() -> dict:
     return {"torch": torch.get_rng_state(), "python": random.getstate()}
 
@@ -146,7 +129,7 @@ def run(cfg: TrainConfig) -> int:
             f"{'' if cfg.compile_mode == 'none' else ', compiled ' + cfg.compile_mode}), global batch "
             f"{cfg.batch_size}{f' in {cfg.accumulate} backward passes' if cfg.accumulate > 1 else ''}, "
             f"steps {start + 1}..{cfg.steps}")
-    stop = _Stop(w.rank)
+    stop = Stop()  # agreed in the per-step loss allreduce below, at no extra cost
     step, loss_value, rates = start, float("nan"), []
     t_begin = time.perf_counter()
     try:
@@ -165,7 +148,7 @@ def run(cfg: TrainConfig) -> int:
                     local += loss.item() * len(part)
             opt.step()
             step_time = time.perf_counter() - t0
-            both = np.array([local, float(stop.requested != 0)])
+            both = np.array([local, float(stop.requested)])
             comm.Allreduce(MPI.IN_PLACE, both, op=MPI.SUM)  # global loss, and whether any rank must stop
             loss_value, stopping = both[0] / shard.global_size, bool(both[1])
             st = dp.last_stats

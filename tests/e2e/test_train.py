@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -296,3 +297,23 @@ def test_time_limit_stops_the_job_as_sigterm_does_and_exits_124(tmp_path):
     assert message.read_text().startswith("mpirt: job stopped: it ran past its time limit (--time-limit 8 s)")
     step, state = checkpoint.load_latest(tmp_path / "checkpoints")
     assert step == state["step"] >= 1
+
+
+@pytest.mark.parametrize("np_", [2, 4])
+def test_a_script_of_ones_own_checkpoints_at_the_time_limit_with_mpirt_stop(tmp_path, np_):
+    """A loop of the user's own with mpirt.stop.Stop: --time-limit signals every rank wherever it
+    is; all stop after one agreed step, rank 0 checkpoints it while the others wait (no kill at
+    the end of --grace), and each rank's last words, printed after the signal while mpirun
+    relays nothing, come back in the launcher's report."""
+    script = Path(__file__).parents[1] / "mpi" / "ranks" / "stop_agreed.py"
+    t0 = time.time()
+    proc = subprocess.run(["mpirt", "launch", "-np", str(np_), "--grace", "30", "--time-limit", "8", "--",
+                           sys.executable, "-m", "mpirt", str(script), "none", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 124, proc.stderr
+    assert time.time() - t0 < 8 + 30, "the ranks were killed at the end of the grace period"
+    step, state = checkpoint.load_latest(tmp_path)
+    assert step == state["step"] > 1
+    said = proc.stdout + proc.stderr
+    for r in range(np_):
+        assert f"rank {r} stopped after step {step} by signal 15" in said, said[-3000:]

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from conftest import RANKS
+from mpirt import checkpoint
 
 pytestmark = pytest.mark.mpi
 
@@ -131,3 +132,17 @@ def test_replica_check_names_what_differs_and_where(mpiexec, np_):
         f"[{np_ - 1}] differs from rank 0's",
         f"replicas diverged at step 2: weight 'head.bias' (the first that differs) on rank(s) [{np_ - 1}] differs "
         "from rank 0's"]
+
+
+@pytest.mark.parametrize("np_", [1, 2, 4])
+def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(mpiexec, np_, tmp_path):
+    """mpirt.stop: the last rank signals itself after step 5; every rank learns it in agreed(),
+    rank 0 checkpoints that step while the others wait, and every rank exits 143."""
+    proc = mpiexec(np_, [sys.executable, "-m", "mpirt", str(RANKS / "stop_agreed.py"), "-1", str(tmp_path)],
+                   check=False, timeout=120)
+    assert proc.returncode == 143, proc.stderr
+    for r in range(np_):
+        assert f"rank {r} stopped after step 5 by signal 15" in proc.stdout, proc.stdout[-2000:]
+    assert "step 6 " not in proc.stdout
+    step, state = checkpoint.load_latest(tmp_path)
+    assert step == state["step"] == 5
