@@ -139,3 +139,17 @@ def test_loader_refuses_what_would_break_the_batches(options, data, message):
 def test_set_epoch_refuses_a_negative_epoch():
     with pytest.raises(ValueError, match="epoch -1 is negative"):
         DistributedSampler(20, 8, 0, 2).set_epoch(-1)
+
+
+def test_a_pass_left_early_with_persistent_workers_goes_on_where_the_loop_stopped():
+    s = DistributedSampler(40, 4, 1, 2, seed=6)
+    ref = DistributedSampler(40, 4, 1, 2, seed=6)
+    expected = [ref.next().indices.tolist() for _ in range(20)]
+    loader = s.loader(dataset(40), num_workers=2, persistent_workers=True)
+    seen = []
+    for limit in (2, 5, 10, 20):  # two passes left early (the workers had read ahead), then two to the end
+        for _, batch in loader:
+            seen.append(batch[0].tolist())
+            if len(seen) == limit:
+                break
+    assert seen == expected
