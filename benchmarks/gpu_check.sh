@@ -3,8 +3,8 @@
 # machine lent to some sessions: Python with CUDA torch, nvcc, cmake and scikit-build-core
 # installed; no MPI). Builds mpirt with CUDA against the MPICH wheel carried in .whl/, then:
 # doctor and topology, the GPU tests (core on device buffers, data-parallel training on
-# CUDA), the CUDA allreduce benchmark on 1 and 2 ranks, a launch of `mpirt train`, and the
-# scaling sweep on CUDA.
+# CUDA), the CUDA allreduce benchmark on 1 and 2 ranks, a launch of `mpirt train` and of
+# examples/train_loop.py, and the scaling sweep on CUDA.
 # Everything lands in $OUT (at most 8 files): log.txt and the JSON.
 #
 # Here, once:  echo /.whl/ >> .git/info/exclude
@@ -60,6 +60,9 @@ done
 step "train np2 bf16" 300 mpirt launch -np 2 -- mpirt train --device cuda --model transformer --steps 100 \
     --compression bf16 --verify-every 25 --out /tmp/mpirt-gpu-train
 cp /tmp/mpirt-gpu-train/summary.json "$out/train-summary.json" 2>/dev/null
+# a loop of one's own (examples/train_loop.py) on the GPU: DataLoader workers with pinned memory
+step "example loop np2 cuda" 180 mpirt launch -np 2 -- python3 -m mpirt examples/train_loop.py --device cuda \
+    --steps 60 --out /tmp/mpirt-gpu-loop
 # issue 6 on a GPU: the scaling sweep's CUDA training rows, mpirt against DDP over NCCL, at one
 # rank (NCCL refuses two ranks on one GPU: with one GPU that is all the sweep can run)
 step "scaling cuda" 240 mpirt bench scaling --device cuda --max-np 1 --repeats 2 --steps 5 \

@@ -21,7 +21,7 @@ from mpirt.comm import world as comm_world
 from mpirt.data_parallel import data_parallel
 from mpirt.sampler import DistributedSampler
 from mpirt.stop import Stop
-from mpirt.world import world
+from mpirt.world import pick_device, world
 
 
 class Waves(torch.utils.data.Dataset):
@@ -48,14 +48,16 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=2, help="DataLoader worker processes per rank")
     p.add_argument("--out", default="train-loop")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--device", default="auto", help="auto (this rank's GPU where there is one), cpu or cuda")
     args = p.parse_args()
 
     w, comm = world(), comm_world()
+    device = pick_device(args.device, w.local_rank)
     stop = Stop()  # SIGTERM from now on: every rank finishes the same step, then checkpoints
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // w.local_size))
     torch.manual_seed(0)
     data = Waves(args.samples, 16)
-    model = nn.Sequential(nn.Linear(16, 128), nn.Tanh(), nn.Linear(128, 128), nn.Tanh(), nn.Linear(128, 1))
+    model = nn.Sequential(nn.Linear(16, 128), nn.Tanh(), nn.Linear(128, 128), nn.Tanh(), nn.Linear(128, 1)).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     sampler = DistributedSampler(data, global_batch=args.batch, rank=w.rank, world=w.size, seed=0)
     ckpt_dir, step = os.path.join(args.out, "checkpoints"), 0
@@ -69,15 +71,16 @@ def main() -> int:
             step = state["step"]
             sampler.load_state_dict(state["sampler"])
     dp = data_parallel(model, opt)  # rank 0's weights and optimizer state on every rank
-    loader = sampler.loader(data, num_workers=args.workers, persistent_workers=args.workers > 0)
+    loader = sampler.loader(data, num_workers=args.workers, persistent_workers=args.workers > 0,
+                            pin_memory=device.type == "cuda")
     if w.rank == 0:
-        print(f"training on {w.size} ranks from step {step} to {args.steps}", flush=True)
+        print(f"training on {w.size} ranks ({device.type}) from step {step} to {args.steps}", flush=True)
     while step < args.steps:
         for shard, batch in loader:
             step += 1
             opt.zero_grad()
             if batch is not None:  # a rank whose part of a short last batch is empty only steps
-                x, y = batch
+                x, y = (t.to(device, non_blocking=True) for t in batch)
                 loss = nn.functional.mse_loss(model(x), y)
                 (loss * shard.weight(w.size)).backward()
             opt.step()

@@ -40,7 +40,7 @@ def test_train_loop_stopped_and_resumed_ends_with_the_weights_of_an_uninterrupte
 
     resumed = subprocess.run(loop(tmp_path / "part", "--resume"), capture_output=True, text=True, timeout=180)
     assert resumed.returncode == 0, resumed.stderr
-    assert f"[0] training on 2 ranks from step {at} to 40" in resumed.stdout
+    assert f"[0] training on 2 ranks (cpu) from step {at} to 40" in resumed.stdout
     ends = [checkpoint.load_latest(tmp_path / run / "checkpoints") for run in ("whole", "part")]
     assert ends[0][0] == ends[1][0] == 40
     for name, weight in ends[0][1]["model"].items():
