@@ -411,7 +411,7 @@ def env_cmd(profile, explain, as_json, peer, root, mpirun) -> None:
 @click.option("--ssh-dir", default="/root/.ssh", show_default=True, envvar="MPIRT_SSH_DIR")
 @click.option("--ssh-port", type=int, default=2222, show_default=True, envvar="MPIRT_SSH_PORT")
 @click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=10.0, show_default=True,
-              help="Seconds to wait for the hosts.")
+              envvar="MPIRT_DOCTOR_WAIT_S", help="Seconds to wait for the hosts.")
 @click.option("--root", default="/", show_default=True, envvar="MPIRT_SYSFS_ROOT",
               help="Root of the sysfs/dev/proc trees to read (a fixture tree in tests).")
 @click.option("--mpirun", envvar="MPIRT_MPIRUN")
