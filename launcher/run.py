@@ -271,6 +271,14 @@ _OUTPUT_FIXES = (
     (re.compile(r"Expected to have finished reduction in the prior iteration"),
      "DistributedDataParallel found parameters that got no gradient: pass find_unused_parameters=True, or use "
      "mpirt.data_parallel, which reduces such parameters without being told"),
+    (re.compile(r"Duplicate GPU detected : rank (\d+) and rank (\d+) both on CUDA device"),
+     r"ranks \1 and \2 are on one GPU, which NCCL refuses: give each rank its own, torch.cuda.set_device("
+     "int(os.environ['LOCAL_RANK'])) before init_process_group (python -m mpirt sets LOCAL_RANK), and start at "
+     "most one rank per GPU on a host (mpirt launch without -np starts one per GPU)"),
+    (re.compile(r"Watchdog caught collective operation timeout: WorkNCCL\(SeqNum=(\d+), OpType=(\w+)"),
+     r"NCCL's \2 number \1 waited past torch.distributed's timeout: a rank was slow or never came to it; the "
+     "first failure of another kind, a stall report, or `mpirt where` while a job waits names that rank and its "
+     "line; a long pause on purpose (evaluation or saving on one rank) needs timeout= in init_process_group"),
     (re.compile(r"NCCL.*unhandled system error"),
      "NCCL failed in a system call: rerun with --profile debug (NCCL_DEBUG=INFO) to see which; in a pod it is "
      "most often /dev/shm too small or the locked-memory limit for RDMA (mpirt doctor checks both)"),
@@ -338,9 +346,11 @@ def root_cause(code: int, error_dir: str, tail: list[str] = (), lines: int = 12,
     first = records[0]
     tb = first.get("traceback", "").rstrip().splitlines()[-lines:]
     others = [r["rank"] for r in records[1:]]
+    # a message of several lines (NCCL's, torch's) heads with its first; the rest ends the traceback
+    headline = next((line for line in first["message"].splitlines() if line.strip()), "")
     out = [f"mpirt: job failed (exit {code}{sig}). Root cause (first "
            f"failure): rank {first['rank']} on {first['host']} (pid {first['pid']}): {first['exception']}: "
-           f"{first['message']}"]
+           f"{headline}"]
     out += ["    " + line for line in tb]
     if others:
         out.append(f"  later failures on rank(s) {', '.join(map(str, others))}; records in {error_dir}")

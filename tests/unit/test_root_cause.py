@@ -35,16 +35,36 @@ KNOWN_FAILURES = [
      "error indicates that your module has parameters that were not used in producing loss.",
      "pass find_unused_parameters=True, or use mpirt.data_parallel"),
     ("ModuleNotFoundError", "No module named 'timm'", "the ranks' Python cannot import timm"),
+    ("torch.distributed.DistBackendError", "NCCL error in: ../torch/csrc/distributed/c10d/ProcessGroupNCCL.cpp:1691, "
+     "invalid usage (run with NCCL_DEBUG=WARN for details), NCCL version 2.19.3\nncclInvalidUsage: This usually "
+     "reflects invalid usage of NCCL library.\nLast error:\nDuplicate GPU detected : rank 1 and rank 0 both on CUDA "
+     "device 2000", "ranks 1 and 0 are on one GPU, which NCCL refuses: give each rank its own"),
+    ("torch.distributed.DistBackendError", "[Rank 2] Watchdog caught collective operation timeout: WorkNCCL(SeqNum="
+     "808, OpType=ALLREDUCE, NumelIn=9801523, NumelOut=9801523, Timeout(ms)=600000) ran for 600061 milliseconds "
+     "before timing out.", "NCCL's ALLREDUCE number 808 waited past torch.distributed's timeout"),
 ]
 
 
-@pytest.mark.parametrize("exception,message,fix", KNOWN_FAILURES, ids=["cuda-oom", "nccl-system-error", "ddp-unused-parameters", "missing-module"])
+@pytest.mark.parametrize("exception,message,fix", KNOWN_FAILURES, ids=["cuda-oom", "nccl-system-error",
+                         "ddp-unused-parameters", "missing-module", "nccl-duplicate-gpu", "nccl-watchdog-timeout"])
 def test_a_known_failure_in_a_record_comes_with_its_fix(tmp_path, exception, message, fix):
     errors.write(errors.record("exception", exception, message, f"Traceback...\n{exception}: {message}\n", rank=1),
                  str(tmp_path))
     text = root_cause(1, str(tmp_path)).splitlines()
-    assert text[0].endswith(f"{exception}: {message}") and text[-1].startswith("  fix: ") and fix in text[-1]
+    assert text[0].endswith(f"{exception}: {message.splitlines()[0]}") and text[-1].startswith("  fix: ")
+    assert fix in text[-1]
     assert len([line for line in text if line.startswith("  fix: ")]) == 1
+
+
+def test_a_message_of_several_lines_heads_with_its_first_and_the_traceback_has_the_rest(tmp_path):
+    message = "NCCL error in: x.cpp:1691, invalid usage\nLast error:\nDuplicate GPU detected : rank 1 and rank 0 both on"
+    tb = f"Traceback (most recent call last):\n  File \"t.py\", line 3\nDistBackendError: {message}\n"
+    errors.write(errors.record("exception", "DistBackendError", message, tb, rank=1), str(tmp_path))
+    text = root_cause(1, str(tmp_path)).splitlines()
+    assert text[0].endswith("(pid %d): DistBackendError: NCCL error in: x.cpp:1691, invalid usage" % os.getpid())
+    assert text[1:6] == ["    Traceback (most recent call last):", '      File "t.py", line 3',
+                         "    DistBackendError: NCCL error in: x.cpp:1691, invalid usage", "    Last error:",
+                         "    Duplicate GPU detected : rank 1 and rank 0 both on"]
 
 
 def test_a_full_dev_shm_in_a_ranks_last_words_comes_with_its_fix(tmp_path):
