@@ -272,10 +272,14 @@ def bench_compare(base: str, new: str, threshold: str, as_json: bool) -> None:
                    "and into the root cause of a failure).")
 @click.option("--timestamp-output", is_flag=True, envvar="MPIRT_TIMESTAMP_OUTPUT",
               help="Start each output line (console and --log-dir) with the UTC time it arrived.")
+@click.option("--guard/--no-guard", default=True, envvar="MPIRT_GUARD",
+              help="Run a Python command (python SCRIPT, -m MODULE, -c CODE) as python -m mpirt ..., where that "
+                   "Python has mpirt: one rank's exception stops the job and is its root cause, a stop leaves "
+                   "each rank's stack, torchrun's RANK... are set (--no-guard: the command as given).")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 def launch(np_, hostfile, hosts, slots, ssh_dir, ssh_port, wait_s, state_dir, log_dir, mpirun, dry_run, grace_s,
            tag_output, profile, env_defaults, sidecar_quit, termination_log, time_limit_s, max_restarts, env,
-           output_ranks, timestamp_output, command) -> None:
+           output_ranks, timestamp_output, guard, command) -> None:
     """Run COMMAND on MPI ranks and report the root cause if it fails.
 
     Hosts come from --hostfile / -H, else from the pod (mpi-operator, Kubeflow Trainer,
@@ -295,7 +299,7 @@ def launch(np_, hostfile, hosts, slots, ssh_dir, ssh_port, wait_s, state_dir, lo
                                   log_dir=log_dir, profile=profile, env_defaults=env_defaults,
                                   sidecar_quit=sidecar_quit, termination_log=termination_log,
                                   time_limit_s=time_limit_s, max_restarts=max_restarts, env=env,
-                                  output_ranks=output_ranks, timestamp_output=timestamp_output)))
+                                  output_ranks=output_ranks, timestamp_output=timestamp_output, guard=guard)))
     except (MpiError, HostError, SshSetupError, ValueError) as e:
         raise CliError(str(e)) from e
 

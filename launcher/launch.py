@@ -25,12 +25,12 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from launcher import fleet
 from launcher import hosts as hostlib
-from launcher import limits, mpi, postmortem, ranks, sidecar, termination, where
+from launcher import guard, limits, mpi, postmortem, ranks, sidecar, termination, where
 from launcher.detect import memcg
 from launcher.envdefaults import load_profiles, resolve
 from launcher.detect.gpu import device_nodes
@@ -66,6 +66,7 @@ class LaunchConfig:
     env: tuple[str, ...] = ()  # --env NAME[=VALUE]: to every rank, even a name like a secret's
     output_ranks: str = "all"  # whose output reaches the console: all, or ranks like 0,4-7 (relay.parse_ranks)
     timestamp_output: bool = False  # each output line starts with the UTC time it arrived
+    guard: bool = True  # a Python command runs under python -m mpirt where that Python has it (launcher.guard)
 
 
 def read_hostfile(path: str, why: str, slots: int) -> list[hostlib.Host]:
@@ -270,6 +271,9 @@ def _pause(seconds: float) -> int:
 def _run(cfg: LaunchConfig, undo: ExitStack) -> tuple[int, str]:
     mpi.check_command(list(cfg.command))  # a mistyped option is said before anything starts
     named = mpi.user_env(cfg.env, os.environ)
+    if cfg.guard:
+        path = {**os.environ, **named}.get("PATH")
+        cfg = replace(cfg, command=tuple(guard.guarded(list(cfg.command), lambda python: guard.has_mpirt(python, path))))
     show = parse_ranks(cfg.output_ranks)
     if show is not None and not cfg.tag_output:
         raise ValueError("--output-ranks needs each line tagged with its rank: drop --no-tag-output")

@@ -55,16 +55,17 @@ def test_a_rank_told_to_stop_leaves_no_failure_record(tmp_path, code, exit_code)
 TORCHRUN_SCRIPT = str(Path(__file__).parent / "ranks" / "torchrun_script.py")
 
 
-def launch(np_: int, *command: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(["mpirt", "launch", "-np", str(np_), "--", sys.executable, *command], capture_output=True,
-                          text=True, timeout=180, env={**os.environ, **(env or {})})
+def launch(np_: int, *command: str, env: dict | None = None, options=()) -> subprocess.CompletedProcess:
+    return subprocess.run(["mpirt", "launch", "-np", str(np_), *options, "--", sys.executable, *command],
+                          capture_output=True, text=True, timeout=180, env={**os.environ, **(env or {})})
 
 
 @pytest.mark.parametrize("np_", [1, 2, 4])
 def test_a_torchrun_script_runs_unchanged(np_):
-    """init_process_group() from the environment, DDP and torch's DistributedSampler reach the
+    """`mpirt launch -- python SCRIPT` runs it under python -m mpirt (launcher.guard):
+    init_process_group() from the environment, DDP and torch's DistributedSampler reach the
     weights of one process on the global batch, every rank the same; MPI never starts."""
-    proc = launch(np_, "-m", "mpirt", TORCHRUN_SCRIPT)
+    proc = launch(np_, TORCHRUN_SCRIPT)
     assert proc.returncode == 0, proc.stderr
     line = next(x for x in proc.stdout.splitlines() if '{"ranks"' in x)
     report = json.JSONDecoder().raw_decode(line[line.index("{"):])[0]
@@ -77,7 +78,9 @@ def test_a_torchrun_script_runs_unchanged(np_):
 
 
 def test_a_torchrun_script_without_python_m_mpirt_is_told_how():
-    proc = launch(2, TORCHRUN_SCRIPT)
+    dry = launch(2, TORCHRUN_SCRIPT, options=["--dry-run"])
+    assert json.loads(dry.stdout)["argv"][-4:] == [sys.executable, "-m", "mpirt", TORCHRUN_SCRIPT]
+    proc = launch(2, TORCHRUN_SCRIPT, options=["--no-guard"])
     assert proc.returncode != 0
     assert "environment variable RANK expected" in proc.stderr
     assert "fix: torch.distributed found no RANK: run the script as `python -m mpirt SCRIPT`" in proc.stderr
