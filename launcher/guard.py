@@ -45,11 +45,16 @@ def split(command: list[str]) -> tuple[list[str], list[str]] | None:
 
 def guarded(command: list[str], has_mpirt) -> list[str]:
     """``command`` with ``-m mpirt`` before its program where it is a Python command line
-    whose interpreter ``has_mpirt(interpreter)``; else ``command`` as it is."""
+    whose interpreter ``has_mpirt(interpreter)`` and not mpirt's own; else ``command`` as it is."""
     parts = split(command)
-    if parts is None or parts[1][:2] == ["-m", "mpirt"] or not has_mpirt(parts[0][0]):
+    if parts is None or _ours(parts[1]) or not has_mpirt(parts[0][0]):
         return command
     return [*parts[0], "-m", "mpirt", *parts[1]]
+
+
+def _ours(program: list[str]) -> bool:
+    """``-m mpirt`` already, or a module of mpirt's (``mpirt.bench.train``): each sees to itself."""
+    return program[0] == "-m" and (program[1] == "mpirt" or program[1].startswith("mpirt."))
 
 
 @functools.cache
