@@ -46,6 +46,8 @@ def main(argv: list[str]) -> int:
             exec(compile(argv[1], "<string>", "exec"), {"__name__": "__main__"})
         else:
             sys.argv = list(argv)
+            if not sys.flags.safe_path:  # as `python SCRIPT` has it: the script's modules import each other
+                sys.path[0] = os.path.dirname(os.path.realpath(argv[0]))
             runpy.run_path(argv[0], run_name="__main__")
     except KeyboardInterrupt:  # SIGINT: told to stop, as below
         return STOPPED[0]

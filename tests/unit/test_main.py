@@ -1,0 +1,21 @@
+"""`python -m mpirt SCRIPT` runs a script as `python SCRIPT` would: what it imports from beside
+itself is found, wherever the job's working directory is."""
+
+import os
+import subprocess
+import sys
+
+
+def test_a_script_imports_the_modules_beside_it(tmp_path):
+    project, elsewhere = tmp_path / "project", tmp_path / "elsewhere"
+    project.mkdir()
+    elsewhere.mkdir()
+    (project / "helper.py").write_text("VALUE = 42\n")
+    (project / "main.py").write_text("import sys\nimport helper\nprint(helper.VALUE, sys.argv[1:], __name__)\n")
+    (elsewhere / "helper.py").write_text("VALUE = 'the wrong one'\n")  # the working directory's is not imported
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONSAFEPATH"}
+    for command in ([sys.executable, str(project / "main.py"), "a"],
+                    [sys.executable, "-m", "mpirt", str(project / "main.py"), "a"],
+                    [sys.executable, "-m", "mpirt", "../project/main.py", "a"]):
+        proc = subprocess.run(command, cwd=elsewhere, env=env, capture_output=True, text=True, timeout=60)
+        assert (proc.returncode, proc.stdout) == (0, "42 ['a'] __main__\n"), (command, proc.stderr)
