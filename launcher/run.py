@@ -258,7 +258,8 @@ _OUTPUT_FIXES = (
      "LOCAL_RANK and LOCAL_WORLD_SIZE from MPI (mpirt launch sends MASTER_ADDR and MASTER_PORT)"),
     (re.compile(r"^(\S*python[\d.]*): No module named mpirt\b"),
      r"\1 has no mpirt: install mpirt into the Python the ranks run (the same image on every host), or name "
-     "that Python in the command: mpirt launch -- /path/to/python -m mpirt ..."),
+     "that Python in the command: mpirt launch -- /path/to/python -m mpirt ... (where the launcher's own Python "
+     "has mpirt and the hosts' has not, mpirt launch --no-guard runs a script as given)"),
     (re.compile(r"No module named '([\w.]+)'"),
      r"the ranks' Python cannot import \1: install it into the image every host runs (pip install in the "
      "Containerfile), or add its directory with mpirt launch --env PYTHONPATH=DIR"),
