@@ -87,12 +87,14 @@ def test_no_records_names_the_signal(tmp_path):
     assert "mpirun exited 137 (SIGKILL); no rank left an error record" in text
 
 
-def test_dry_run_prints_argv_and_env_without_running(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "launcher.cli", "launch", "-np", "3", "--dry-run", "--",
-                           "python", "-c", "raise SystemExit(7)"], capture_output=True, text=True, timeout=60)
+@pytest.mark.parametrize("guard,program", [("--guard", [sys.executable, "-m", "mpirt", "-c", "raise SystemExit(7)"]),
+                                           ("--no-guard", [sys.executable, "-c", "raise SystemExit(7)"])])
+def test_dry_run_prints_argv_and_env_without_running(tmp_path, guard, program):
+    proc = subprocess.run([sys.executable, "-m", "launcher.cli", "launch", "-np", "3", "--dry-run", guard, "--",
+                           sys.executable, "-c", "raise SystemExit(7)"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
-    assert doc["argv"][-3:] == ["python", "-c", "raise SystemExit(7)"]
+    assert doc["argv"][-len(program):] == program
     assert "-np" in doc["argv"] or "-n" in doc["argv"]
     assert "MPIRT_ERROR_DIR" in doc["env"]
 
