@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Launcher benchmarks (root, iproute2, openssh-server):
 
-1. Launch overhead: `mpirt launch` against a bare `mpirun` of the same hostfile and program on
+1. Launch overhead: `mpirt launch --no-guard` against a bare `mpirun` of the same hostfile and program on
    4 network-namespace hosts running `mpirt worker` (the tests' cluster), alternating runs.
    Overhead = median(mpirt launch) - median(bare mpirun); target <= 0.5 s.
 2. Readiness: `launcher.ready.wait_ready` over 64 hosts, each its own `mpirt worker` on its own
@@ -81,6 +81,9 @@ def _cluster(tmp: Path) -> tuple[Cluster, list[str]]:
     return c, names
 
 
+GUARDED = "mpirt, guarded (python -m mpirt)"
+
+
 def launch_overhead(tmp: Path, reps: int) -> dict:
     c, names = _cluster(tmp)
     try:
@@ -91,24 +94,27 @@ def launch_overhead(tmp: Path, reps: int) -> dict:
             if bare.start(program, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).wait() != 0:
                 sys.exit("bare mpirun failed")
 
-        def run_mpirt():
-            p = c.start_launch(names, program)
+        def run_mpirt(*options):
+            p = c.start_launch(names, program, *options)
             out, err = p.communicate()
             if p.returncode != 0:
                 sys.exit(f"mpirt launch failed:\n{err}")
 
-        samples = {"mpirun": [], "mpirt": []}
+        # the launcher's own cost: the program as given (--no-guard), as bare mpirun runs it; and
+        # what a user gets by default, the program under python -m mpirt (launcher.guard)
+        runs = {"mpirun": run_bare, "mpirt": lambda: run_mpirt("--no-guard"), GUARDED: run_mpirt}
+        samples = {name: [] for name in runs}
         run_bare(), bare.close(), run_mpirt()  # warm caches (imports, host keys, DNS)
         for i in range(reps):
-            order = [("mpirun", run_bare), ("mpirt", run_mpirt)]
-            for name, fn in (order if i % 2 == 0 else order[::-1]):
+            for name, fn in (list(runs.items()) if i % 2 == 0 else list(runs.items())[::-1]):
                 samples[name].append(timed(fn))
                 bare.close()
         med = {k: statistics.median(v) for k, v in samples.items()}
         key = {"case": "launch: mpi4py init + barrier + finalize", "hosts": 4, "ranks": 4}
-        return [{"kind": "launch", "key": {**key, "system": "mpirun"}, "metrics": {"seconds": stat(samples["mpirun"])}},
-                {"kind": "launch", "key": {**key, "system": "mpirt"}, "metrics": {"seconds": stat(samples["mpirt"])},
-                 "derived": {"overhead_s": med["mpirt"] - med["mpirun"], "vs_mpirun": med["mpirt"] / med["mpirun"]}}]
+        return [{"kind": "launch", "key": {**key, "system": "mpirun"}, "metrics": {"seconds": stat(samples["mpirun"])}}] + [
+            {"kind": "launch", "key": {**key, "system": name}, "metrics": {"seconds": stat(samples[name])},
+             "derived": {"overhead_s": med[name] - med["mpirun"], "vs_mpirun": med[name] / med["mpirun"]}}
+            for name in ("mpirt", GUARDED)]
     finally:
         c.close()
 
@@ -185,9 +191,9 @@ def ending(tmp: Path, reps: int) -> list[dict]:
         out = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
         runs = {
             ("failure", "mpirun"): lambda: _failure(bare.start(fail, **out)),
-            ("failure", "mpirt"): lambda: _failure(c.start_launch(names, fail)),
+            ("failure", "mpirt"): lambda: _failure(c.start_launch(names, fail, "--no-guard")),
             ("stop", "mpirun"): lambda: _stop(bare.start(stop, **out), marks),
-            ("stop", "mpirt"): lambda: _stop(c.start_launch(names, stop), marks),
+            ("stop", "mpirt"): lambda: _stop(c.start_launch(names, stop, "--no-guard"), marks),
             ("stop", "mpirt, python -m mpirt"): lambda: _stop(c.start_launch(names, armed), marks),
         }
         seconds = {k: [] for k in runs}
@@ -256,6 +262,7 @@ def readiness(tmp: Path, n: int, reps: int) -> dict:
 def markdown(doc: dict) -> str:
     rows = {(r["key"]["case"].split(":")[0], r["key"]["system"]): r for r in doc["rows"]}
     bare, ours, ready = rows[("launch", "mpirun")], rows[("launch", "mpirt")], rows[("readiness", "mpirt")]
+    guarded = rows[("launch", GUARDED)]
     t = doc["config"]["targets"]
     over = ours["derived"]["overhead_s"]
     med = ready["metrics"]["seconds"]["median"]
@@ -284,6 +291,10 @@ def markdown(doc: dict) -> str:
         f"{ours['metrics']['seconds']['n']}) | {ours['metrics']['seconds']['median']:.2f} s | bare mpirun "
         f"{bare['metrics']['seconds']['median']:.2f} s | {over:+.2f} s | {ours['derived']['vs_mpirun']:.2f}x | "
         f"<= {t['overhead_s']} s: {'met' if over <= t['overhead_s'] else 'NOT met'} |",
+        f"| the same program under `python -m mpirt`, as `mpirt launch` runs a Python program by default (the "
+        f"guard) | {guarded['metrics']['seconds']['median']:.2f} s | bare mpirun "
+        f"{bare['metrics']['seconds']['median']:.2f} s | {guarded['derived']['overhead_s']:+.2f} s | "
+        f"{guarded['derived']['vs_mpirun']:.2f}x | |",
         f"| readiness of {ready['key']['hosts']} hosts (median of {ready['metrics']['seconds']['n']}) | {med:.2f} s | | | | "
         f"<= {t['readiness_s']} s: {'met' if med <= t['readiness_s'] else 'NOT met'} |",
         f"| a rank fails: from its exit to the job's end, 4 hosts (median of {n}) | {median('failure', 'mpirt'):.2f} s "
@@ -304,7 +315,9 @@ def markdown(doc: dict) -> str:
         f"{'met' if placed == 4 else 'NOT met'} |",
         "",
         "The launch includes everything `mpirt launch` adds: Python start-up, MPI detection, the hostfile, the "
-        "ssh setup and the readiness check of every host, and the output relay. A stop with `mpirt launch` "
+        "ssh setup and the readiness check of every host, and the output relay; the rows against bare mpirun "
+        "run the program as given (`--no-guard`), and the guarded row adds what `python -m mpirt` costs each "
+        "rank at start. A stop with `mpirt launch` "
         "gives every rank SIGTERM itself (over ssh on the other hosts) and lets the job end within `--grace` "
         "(10 s); bare Open MPI 4 mpirun sends SIGTERM after its 1 s kill timeout and SIGKILL 1 s later, whatever "
         "the ranks are doing. Once a rank has ended, Open MPI 4 takes 2 s to tear the job down either way. Before the launcher signalled the ranks itself, a "
