@@ -347,12 +347,21 @@ def root_cause(code: int, error_dir: str, tail: list[str] = (), lines: int = 12,
     first = records[0]
     tb = first.get("traceback", "").rstrip().splitlines()[-lines:]
     others = [r["rank"] for r in records[1:]]
-    # a message of several lines (NCCL's, torch's) heads with its first; the rest ends the traceback
-    headline = next((line for line in first["message"].splitlines() if line.strip()), "")
-    out = [f"mpirt: job failed (exit {code}{sig}). Root cause (first "
-           f"failure): rank {first['rank']} on {first['host']} (pid {first['pid']}): {first['exception']}: "
-           f"{headline}"]
-    out += ["    " + line for line in tb]
+    who = f"rank {first['rank']} on {first['host']} (pid {first['pid']})"
+    if first["exception"] == "SystemExit":  # the program's own sys.exit(N): where, and what it printed last
+        sites = re.findall(r'File "([^"]*)", line (\d+)', first.get("traceback", ""))
+        said = first["message"]
+        out = [f"mpirt: job failed (exit {code}{sig}). Root cause (first failure): {who} exited with "
+               f"{'code ' + said if re.fullmatch(r'-?[0-9]+', said) else repr(said)}"
+               f"{' (sys.exit at %s:%s)' % sites[-1] if sites else ''}"]
+        last = (ranks or {}).get(str(first["rank"]), [])
+        out += [f"  last output of rank {first['rank']}:", *(f"    {line}" for line in last)] if last else []
+    else:
+        # a message of several lines (NCCL's, torch's) heads with its first; the rest ends the traceback
+        headline = next((line for line in first["message"].splitlines() if line.strip()), "")
+        out = [f"mpirt: job failed (exit {code}{sig}). Root cause (first failure): {who}: {first['exception']}: "
+               f"{headline}"]
+        out += ["    " + line for line in tb]
     if others:
         out.append(f"  later failures on rank(s) {', '.join(map(str, others))}; records in {error_dir}")
     return "\n".join(out) + _fixes([first["message"], *tb])

@@ -93,9 +93,13 @@ def parse_many(text: str) -> list[dict]:
 
 
 def abort_on_exception(exc: BaseException, code: int = 1) -> None:
-    """Report ``exc`` (stderr and error record) and stop every rank of the job."""
+    """Report ``exc`` (stderr and error record) and stop every rank of the job. A
+    ``sys.exit(N)`` says on stderr what Python would: nothing for a number, the text for text."""
     rec = record_exception(exc)
-    sys.stderr.write(f"mpirt: rank {rec['rank']} on {rec['host']} failed:\n{rec['traceback']}")
+    if not isinstance(exc, SystemExit):
+        sys.stderr.write(f"mpirt: rank {rec['rank']} on {rec['host']} failed:\n{rec['traceback']}")
+    elif not isinstance(exc.code, int):
+        sys.stderr.write(f"{exc.code}\n")
     sys.stderr.flush()
     write(rec)
     if "mpi4py.MPI" in sys.modules:

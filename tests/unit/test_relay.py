@@ -19,7 +19,8 @@ def test_output_of_other_ranks_is_kept_out_of_the_console_only(tmp_path):
     assert "line from rank 0" in proc.stdout and "line from rank 1" not in proc.stdout + proc.stderr.split("mpirt:")[0]
     assert (tmp_path / "rank-1.log").read_text() == "line from rank 1\n"
     cause = proc.stderr[proc.stderr.index("mpirt: job failed"):]
-    assert "rank 1 exited with code 5" in cause and "last output of rank 1:\n    line from rank 1" in cause
+    assert "rank 1 on " in cause and "exited with code 5 (sys.exit at <string>:1)" in cause
+    assert "last output of rank 1:\n    line from rank 1" in cause
 
 
 def test_timestamped_output_on_the_console_and_in_the_logs(tmp_path):

@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -65,6 +66,20 @@ def test_a_message_of_several_lines_heads_with_its_first_and_the_traceback_has_t
     assert text[1:6] == ["    Traceback (most recent call last):", '      File "t.py", line 3',
                          "    DistBackendError: NCCL error in: x.cpp:1691, invalid usage", "    Last error:",
                          "    Duplicate GPU detected : rank 1 and rank 0 both on"]
+
+
+def test_a_program_that_called_sys_exit_is_named_with_its_code_line_and_last_output(tmp_path):
+    """Under python -m mpirt (the launcher's guard), sys.exit(3) on one rank leaves a record; its
+    traceback says nothing a user needs, the line and what the rank printed last do."""
+    tb = 'Traceback (most recent call last):\n  File "/job/train.py", line 41, in <module>\nSystemExit: 3\n'
+    errors.write(errors.record("exception", "SystemExit", "3", tb, rank=1), str(tmp_path))
+    text = root_cause(3, str(tmp_path), ranks={"1": ["epoch 2", "validation loss nan: giving up"]}).splitlines()
+    assert text == [f"mpirt: job failed (exit 3). Root cause (first failure): rank 1 on {socket.gethostname()} "
+                    f"(pid {os.getpid()}) exited with code 3 (sys.exit at /job/train.py:41)",
+                    "  last output of rank 1:", "    epoch 2", "    validation loss nan: giving up"]
+    (tmp_path / "rank-1.json").unlink()
+    errors.write(errors.record("exception", "SystemExit", "no data in /data", tb, rank=1), str(tmp_path))
+    assert root_cause(1, str(tmp_path)).endswith("exited with 'no data in /data' (sys.exit at /job/train.py:41)")
 
 
 def test_a_full_dev_shm_in_a_ranks_last_words_comes_with_its_fix(tmp_path):
