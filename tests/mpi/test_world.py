@@ -49,7 +49,19 @@ def test_a_rank_told_to_stop_leaves_no_failure_record(tmp_path, code, exit_code)
     assert proc.returncode == exit_code
     failed = exit_code == 3
     assert [p.name for p in tmp_path.glob("rank-*.json")] == (["rank-0.json"] if failed else [])
-    assert ("mpirt: rank 0 on " in proc.stderr) == failed, proc.stderr
+    assert "mpirt: rank 0 on " not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr  # as Python says
+
+
+def test_a_rank_that_raised_says_so_and_sys_exit_with_text_prints_it(tmp_path):
+    env = {**os.environ, "MPIRT_ERROR_DIR": str(tmp_path), "OMPI_COMM_WORLD_RANK": "0"}
+    raised = subprocess.run([sys.executable, "-m", "mpirt", "-c", "raise ValueError('bad shard')"],
+                            capture_output=True, text=True, timeout=60, env=env)
+    assert raised.returncode == 1 and raised.stderr.startswith("mpirt: rank 0 on ")
+    assert raised.stderr.rstrip().endswith("ValueError: bad shard"), raised.stderr
+    (tmp_path / "rank-0.json").unlink()
+    text = subprocess.run([sys.executable, "-m", "mpirt", "-c", "import sys; sys.exit('no data in /data')"],
+                          capture_output=True, text=True, timeout=60, env=env)
+    assert (text.returncode, text.stderr) == (1, "no data in /data\n")
 
 
 TORCHRUN_SCRIPT = str(Path(__file__).parent / "ranks" / "torchrun_script.py")
