@@ -271,13 +271,13 @@ def _pause(seconds: float) -> int:
 def _run(cfg: LaunchConfig, undo: ExitStack) -> tuple[int, str]:
     mpi.check_command(list(cfg.command))  # a mistyped option is said before anything starts
     named = mpi.user_env(cfg.env, os.environ)
-    if cfg.guard:
-        path = {**os.environ, **named}.get("PATH")
-        cfg = replace(cfg, command=tuple(guard.guarded(list(cfg.command), lambda python: guard.has_mpirt(python, path))))
     show = parse_ranks(cfg.output_ranks)
     if show is not None and not cfg.tag_output:
         raise ValueError("--output-ranks needs each line tagged with its rank: drop --no-tag-output")
     env = {**os.environ, **named}
+    if cfg.guard:
+        path = env.get("PATH")
+        cfg = replace(cfg, command=tuple(guard.guarded(list(cfg.command), lambda python: guard.has_mpirt(python, path))))
     quit_url = sidecar.quit_url(cfg.sidecar_quit, env)
     if quit_url and not cfg.dry_run:  # first in, so last out: on every way this launch ends
         undo.callback(_stop_sidecar, quit_url)
