@@ -531,7 +531,8 @@ def worker(port: int, ssh_dir: str, state_dir: str, listen: str, sshd: str, grac
 @click.option("--overlap/--no-overlap", default=True, envvar="MPIRT_OVERLAP",
               help="Reduce buckets on a communication thread during backward.")
 @click.option("--threads", type=click.IntRange(min=1), envvar="MPIRT_TRAIN_THREADS",
-              help="torch intra-op threads per rank (default: cores / local ranks).")
+              help="torch intra-op threads per rank (default: OMP_NUM_THREADS, which mpirt launch sets, else the "
+                   "CPUs this host allows / local ranks).")
 @click.option("--verify-every", type=int, default=0, show_default=True, envvar="MPIRT_TRAIN_VERIFY_EVERY",
               help="Check every K steps that all ranks hold identical weights (0: never).")
 @click.option("--log-every", type=click.IntRange(min=1), default=10, show_default=True, envvar="MPIRT_TRAIN_LOG_EVERY")

@@ -18,7 +18,7 @@ from typing import Mapping
 LIBRARIES = ("nccl", "ucx", "openmpi4", "openmpi5", "mpich", "intel")
 # The variables of those libraries: one set on a host counts as set by the user there.
 LIBRARY_PREFIXES = ("NCCL_", "GLOO_", "UCX_", "OMPI_MCA_", "PRTE_MCA_", "FI_", "HYDRA_", "I_MPI_", "MPIR_CVAR_",
-                    "MPIRT_AUTO_", "MPIRT_RING_")
+                    "MPIRT_AUTO_", "MPIRT_RING_", "OMP_")
 
 
 class EnvError(ValueError):
@@ -40,6 +40,27 @@ class Topology:
     mig: bool = False
     shm_bytes: int = 1 << 40  # size of /dev/shm
 
+
+@dataclass(frozen=True)
+class CpuShare:
+    """The CPUs of the host whose ranks get the fewest each, against its ranks."""
+
+    host: str
+    cpus: int
+    ranks: int
+    why: str  # where the count came from (launcher.detect.cpus)
+    capped: bool = False  # a cgroup quota caps it below the cores the ranks see
+
+    @property
+    def threads(self) -> int:
+        return max(1, self.cpus // self.ranks)
+
+
+# A rank waiting in MPI polls: with more ranks than CPUs it holds the CPU the rank it waits for
+# needs. Open MPI yields only when its own slot count says a node is oversubscribed, Intel MPI
+# when it sees more ranks than cores; MPICH yields every MPIR_CVAR_POLLS_BEFORE_YIELD polls anyway.
+YIELD = [("openmpi4", "OMPI_MCA_mpi_yield_when_idle", "1"), ("openmpi5", "OMPI_MCA_mpi_yield_when_idle", "1"),
+         ("intel", "I_MPI_WAIT_MODE", "1")]
 
 # (library, tiers) -> [(name, value, reason)]; {iface} and {hcas} are filled in, entries
 # needing an unknown value are left out.
@@ -124,6 +145,23 @@ PROFILES: dict[str, dict[str, tuple[str, str]]] = {
 }
 
 
+def cpu_rules(cpus: CpuShare, libraries: list[str]) -> dict[str, EnvVar]:
+    """OpenMP threads a rank where the default is wrong (several ranks share the host, or a
+    quota caps the cores each rank's torch would count), and MPI's waiting with more ranks than
+    CPUs."""
+    out, where = {}, f"{cpus.host}: {cpus.ranks} rank{'s' if cpus.ranks > 1 else ''} on {cpus.cpus} CPUs ({cpus.why})"
+    if cpus.ranks > 1 or cpus.capped:
+        out["OMP_NUM_THREADS"] = EnvVar("OMP_NUM_THREADS", str(cpus.threads), "topology",
+                                        f"{where}: torch and OpenMP would start a thread per core they see in every "
+                                        "rank")
+    if cpus.ranks > cpus.cpus:
+        for lib, name, value in YIELD:
+            if lib in libraries:
+                out[name] = EnvVar(name, value, "topology", f"{where}: a rank waiting in MPI gives up its CPU to "
+                                   "the rank it waits for, instead of polling")
+    return out
+
+
 def load_profiles(path: str | None) -> dict[str, dict[str, tuple[str, str]]]:
     """Built-in profiles plus those in the TOML file at ``path``."""
     profiles = {k: dict(v) for k, v in PROFILES.items()}
@@ -152,9 +190,11 @@ def load_profiles(path: str | None) -> dict[str, dict[str, tuple[str, str]]]:
 
 def resolve(tier: str, libraries: list[str], user_env: Mapping[str, str], *, iface: str | None = None,
             hcas: tuple[str, ...] = (), topology: Topology = Topology(), profile: str | None = None,
-            profiles: Mapping[str, Mapping[str, tuple[str, str]]] = PROFILES, hosts: int | None = None) -> list[EnvVar]:
+            profiles: Mapping[str, Mapping[str, tuple[str, str]]] = PROFILES, hosts: int | None = None,
+            cpus: CpuShare | None = None) -> list[EnvVar]:
     """The variables to set, each with its source and reason, in a stable order. ``hosts``: the
-    job's host count where known (one host gets none of the across-hosts settings)."""
+    job's host count where known (one host gets none of the across-hosts settings); ``cpus``:
+    the most crowded host's CPUs and ranks, where known."""
     if profile and profile not in profiles:
         raise EnvError(f"unknown profile {profile!r}; known: {', '.join(sorted(profiles))} (add your own in the file "
                        "named by MPIRT_PROFILES)")
@@ -177,6 +217,8 @@ def resolve(tier: str, libraries: list[str], user_env: Mapping[str, str], *, ifa
         if topology.mig:
             chosen["NCCL_NVLS_ENABLE"] = EnvVar("NCCL_NVLS_ENABLE", "0", "topology",
                                                 "MIG instances have no NVLink between them")
+    if cpus:
+        chosen.update(cpu_rules(cpus, libraries))
     if profile:
         for name, (value, reason) in profiles[profile].items():
             chosen[name] = EnvVar(name, value, f"profile:{profile}", reason)

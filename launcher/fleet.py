@@ -14,7 +14,7 @@ from typing import Mapping
 
 from launcher.detect.memcg import OomCounter, parse as parse_oom
 from launcher.detect.probe import Probe
-from launcher.envdefaults import LIBRARY_PREFIXES, Topology
+from launcher.envdefaults import LIBRARY_PREFIXES, CpuShare, Topology
 
 TIER_ORDER = {"tcp": 0, "roce": 1, "ib": 2}
 
@@ -41,12 +41,13 @@ class Plan:
     topology: Topology
     notes: tuple[str, ...]
     host_env: Mapping[str, str] = field(default_factory=dict)  # set on the hosts themselves: counts as the user's
+    cpus: CpuShare | None = None  # the host whose ranks get the fewest CPUs each
 
 
 def from_json(host: str, doc: dict) -> HostProbe:
     p = doc["probe"]
     probe = Probe(p["tier"], tuple(p["hcas"]), p["iface"], p["memlock"], p["shm_bytes"], p["gpus"], tuple(p["notes"]),
-                  tuple(p["ports"]))
+                  tuple(p["ports"]), p.get("cpus"), p.get("cpus_why", ""))
     g = doc["gpus"]
     oom = doc.get("oom")  # absent from an older mpirt's probe, as is env
     return HostProbe(host, probe, Topology(gpus=g["count"], p2p_ok=g["p2p_ok"], mig=g["mig"],
@@ -60,8 +61,15 @@ def _names(hosts: list[str], limit: int = 4) -> str:
     return ", ".join(hosts[:limit]) + (f" and {len(hosts) - limit} more" if len(hosts) > limit else "")
 
 
-def combine(probes: list[HostProbe]) -> Plan:
-    """One plan for all hosts (pure)."""
+def crowded(probes: list[HostProbe], ranks: Mapping[str, int]) -> CpuShare | None:
+    """The host whose ranks (``ranks``: per host name) get the fewest CPUs each, by its probe."""
+    shares = [CpuShare(p.host, p.probe.cpus, ranks[p.host], p.probe.cpus_why, "quota" in p.probe.cpus_why)
+              for p in probes if p.probe and p.probe.cpus and ranks.get(p.host, 0) > 0]
+    return min(shares, key=lambda c: (c.cpus / c.ranks, -c.ranks), default=None)
+
+
+def combine(probes: list[HostProbe], placed: Mapping[str, int] | None = None) -> Plan:
+    """One plan for all hosts (pure); ``placed``: how many ranks each host runs, where known."""
     ranks = [p for p in probes if p.runs_ranks]
     notes = [f"{p.host}: no probe ({p.error}); counted as tcp" for p in ranks if p.probe is None]
     tiers = {p.host: p.probe.tier if p.probe else "tcp" for p in ranks} or {"": "tcp"}
@@ -90,7 +98,11 @@ def combine(probes: list[HostProbe]) -> Plan:
     for p in ranks:  # a worker's own NCCL_DEBUG reaches its ranks (`mpirt worker`): no default may replace it
         for name, value in p.env.items():
             host_env.setdefault(name, value)
-    return Plan(tier, iface, hcas, topology, tuple(notes), host_env)
+    cpus = crowded(probes, placed) if placed else None
+    if cpus and cpus.ranks > cpus.cpus:
+        notes.append(f"{cpus.host} runs {cpus.ranks} ranks on {cpus.cpus} CPUs ({cpus.why}): they take turns; give "
+                     "it more CPUs or run fewer ranks there")
+    return Plan(tier, iface, hcas, topology, tuple(notes), host_env, cpus)
 
 
 def local(host: str, root: Path = Path("/"), peer: str | None = None, runs_ranks: bool = True,

@@ -157,6 +157,16 @@ def slots_from_gpus(hosts: list[Host], gpus: Mapping[str, int]) -> list[Host]:
             for h in hosts]
 
 
+def placement(hosts: list[Host], np: int) -> dict[str, int]:
+    """Ranks on each host as every MPI here places them by default (by slot: the first host's
+    slots filled first), for ``np`` at most the slots there are."""
+    placed, left = {}, np
+    for h in hosts:
+        placed[h.name] = min(h.slots, left)
+        left -= placed[h.name]
+    return placed
+
+
 def render(hosts: list[Host], dialect: str) -> str:
     """The hostfile text for an MPI: ``slots=`` for Open MPI, ``host:N`` for Hydra."""
     if dialect == "openmpi":

@@ -149,15 +149,17 @@ def _stop(child: subprocess.Popen) -> None:
     child.wait()
 
 
-def env_defaults(cfg: LaunchConfig, impl: mpi.MpiImpl, env: dict, probes: list[fleet.HostProbe]) -> dict[str, str]:
+def env_defaults(cfg: LaunchConfig, impl: mpi.MpiImpl, env: dict, probes: list[fleet.HostProbe],
+                 ranks: dict[str, int]) -> dict[str, str]:
     """The tier defaults every rank gets, with the one-line summary. What the user set wins:
-    on the launcher (forwarded to every rank) or on a host (its ranks see it, launcher.sshd)."""
+    on the launcher (forwarded to every rank) or on a host (its ranks see it, launcher.sshd).
+    ``ranks``: how many each host runs."""
     if not cfg.env_defaults:
         return {}
-    plan = fleet.combine(probes)
+    plan = fleet.combine(probes, ranks)
     values = resolve(plan.tier, ["nccl", "ucx", impl.key], {**plan.host_env, **env}, iface=plan.iface, hcas=plan.hcas,
                      topology=plan.topology, profile=cfg.profile, profiles=load_profiles(env.get("MPIRT_PROFILES")),
-                     hosts=sum(p.runs_ranks for p in probes))
+                     hosts=sum(p.runs_ranks for p in probes), cpus=plan.cpus)
     chosen = {v.name: v.value for v in values if v.source != "user"}
     left = tuple(v.name for v in values if v.source == "user" and v.name not in env)
     print(fleet.summary(plan, probes, cfg.profile, len(chosen), left), file=sys.stderr, flush=True)
@@ -367,7 +369,7 @@ class _Local:
     def _argv(self, added: dict) -> list[str]:
         added.update(rendezvous_env(self.env, "127.0.0.1", _free_port()))
         if self.cfg.env_defaults:
-            added.update(env_defaults(self.cfg, self.impl, self.env, [fleet.local("localhost")]))
+            added.update(env_defaults(self.cfg, self.impl, self.env, [fleet.local("localhost")], {"localhost": self.np}))
         return mpi.launch_argv(self.impl, self.np, list(self.cfg.command), cores=os.cpu_count() or 1,
                                uid=os.getuid(), tag_output=self.cfg.tag_output)
 
@@ -522,7 +524,8 @@ class _Remote:
             print("mpirt: slots from each host's GPUs: " + ", ".join(
                 f"{h.name} {h.slots}" for h in self.hosts if not h.slots_given), file=sys.stderr, flush=True)
         if cfg.env_defaults:
-            added.update(env_defaults(cfg, self.impl, self.env, [own.result()] + found))
+            added.update(env_defaults(cfg, self.impl, self.env, [own.result()] + found,
+                                      hostlib.placement(self.hosts, self.np)))
         argv = self._argv(added, peer)
         if mpi.TABLE[self.impl.key].export and not self.hinted:  # Open MPI sends only what it is told to
             self.hinted = True

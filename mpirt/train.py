@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from launcher.detect import cpus
 from mpirt import checkpoint
 from mpirt.comm import MPI
 from mpirt.console import say
@@ -100,7 +101,10 @@ def run(cfg: TrainConfig) -> int:
     w = world()
     export_torch_env(w)
     comm = MPI.COMM_WORLD
-    torch.set_num_threads(cfg.threads or max(1, (os.cpu_count() or 1) // w.local_size))
+    if cfg.threads or not os.environ.get("OMP_NUM_THREADS"):  # torch read that one itself
+        # the host's CPUs (its quota, not this rank's mask) shared by its ranks, within a binding's mask
+        share = max(1, cpus.budget(affinity=os.cpu_count() or 1).count // w.local_size)
+        torch.set_num_threads(cfg.threads or min(share, len(os.sched_getaffinity(0))))
     if cfg.batch_size < w.size and w.rank == 0:
         say(f"mpirt: warning: global batch {cfg.batch_size} < {w.size} ranks: some ranks get no samples", err=True)
     out = Path(cfg.out)

@@ -1,5 +1,6 @@
-"""One host's detection result (``mpirt env`` shows it; the launcher will gather it from every
-host over ssh): tier, HCAs, bootstrap interface, memlock, /dev/shm, GPUs seen as device nodes."""
+"""One host's detection result (``mpirt env`` shows it; the launcher gathers it from every
+host over ssh): tier, HCAs, bootstrap interface, memlock, /dev/shm, GPUs seen as device nodes,
+the CPUs its ranks may use."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import resource
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from launcher.detect.cpus import budget
 from launcher.detect.gpu import device_nodes
 from launcher.detect.netif import bootstrap_interface
 from launcher.detect.rdma import classify, ports
@@ -23,6 +25,8 @@ class Probe:
     gpus: int
     notes: tuple[str, ...]
     ports: tuple[dict, ...]
+    cpus: int | None = None  # what this host's ranks may use (launcher.detect.cpus); None: an older probe
+    cpus_why: str = ""
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -57,7 +61,8 @@ def probe(root: Path, peer: str | None = None) -> Probe:
         shm = st.f_frsize * st.f_blocks
     except OSError:
         shm = 0
+    cpus = budget(root)
     return Probe(tier.tier, tier.hcas, bootstrap_interface(route_text, peer), memlock, shm,
                  device_nodes(root), tier.notes,
                  tuple({"port": p.name, "link_layer": p.link_layer, "state": p.state, "rate": p.rate, "kind": p.kind,
-                        "why": p.why} for p in found))
+                        "why": p.why} for p in found), cpus.count, cpus.why)

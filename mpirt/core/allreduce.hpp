@@ -71,7 +71,7 @@ void allreduce_hier(const Call& call);
 struct NodeLayout {
   int local_rank, local_size, node_count;
   bool uniform;         // every node holds local_size ranks
-  bool oversubscribed;  // more ranks on this node than online cores
+  bool oversubscribed;  // on some node more ranks than CPUs (online, within a cgroup quota)
 };
 const NodeLayout& node_layout(MPI_Comm comm);
 // From which buffer size `auto` runs `ring` across nodes (MPIRT_AUTO_RING_MIN_BYTES; SIZE_MAX,

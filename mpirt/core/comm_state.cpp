@@ -163,6 +163,25 @@ ShmStores::Class& size_class(ShmStores& s, size_t bytes) {
   return s.classes[k];
 }
 
+// The CPUs of this node: those online, capped by a CPU quota on the container's cgroup (v2
+// cpu.max or v1 cpu.cfs_quota_us; Kubernetes resources.limits.cpu), not by this rank's own
+// affinity mask, which a binding narrows to its share. launcher/detect/cpus.py reads the whole
+// cgroup tree for the launcher; the container's own cgroup is the common case.
+long node_cpus() {
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  long quota = -1, period = 0;
+  std::ifstream v2("/sys/fs/cgroup/cpu.max");
+  std::string q;
+  if (v2 >> q >> period) {
+    if (q != "max") quota = std::atol(q.c_str());
+  } else {
+    std::ifstream qf("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"), pf("/sys/fs/cgroup/cpu/cpu.cfs_period_us");
+    if (!(qf >> quota && pf >> period)) quota = -1;
+  }
+  if (quota > 0 && period > 0) n = std::min(n, std::max(1L, quota / period));
+  return n;
+}
+
 }  // namespace
 
 double ShmStores::Class::cost(int streaming) const {
@@ -229,10 +248,11 @@ static CommState& lookup_or_create(MPI_Comm comm) {
   int leaders = st->layout.local_rank == 0 ? 1 : 0;
   MPI_Allreduce(MPI_IN_PLACE, &leaders, 1, MPI_INT, MPI_SUM, comm);
   st->layout.node_count = leaders;
-  int minmax[2] = {-st->layout.local_size, st->layout.local_size};
-  MPI_Allreduce(MPI_IN_PLACE, minmax, 2, MPI_INT, MPI_MAX, comm);
+  // any node oversubscribed counts for all: `auto` must choose alike on every rank
+  int minmax[3] = {-st->layout.local_size, st->layout.local_size, st->layout.local_size > node_cpus()};
+  MPI_Allreduce(MPI_IN_PLACE, minmax, 3, MPI_INT, MPI_MAX, comm);
   st->layout.uniform = -minmax[0] == minmax[1];
-  st->layout.oversubscribed = st->layout.local_size > sysconf(_SC_NPROCESSORS_ONLN);
+  st->layout.oversubscribed = minmax[2] != 0;
   st->shm_policy = static_cast<int>(settings[kShmStores]);
   st->shm_chunk = settings[kShmChunk] ? static_cast<size_t>(settings[kShmChunk]) / 64 * 64
                                       : default_shm_chunk(st->layout.local_size);

@@ -163,11 +163,12 @@ class Cluster:
         """The variables among ``names`` that rank 0 sees under ``mpirt launch ...extra`` on
         ``hosts`` (the launcher's defaults, from the hosts' probes), for a benchmark's record;
         ``python``: one whose mpi4py matches the MPI launched."""
-        proc = self.launch(hosts, [python, str(ENV_REPORT), *names], "--no-tag-output", *extra, timeout=120)
+        proc = self.launch(hosts, [python, str(ENV_REPORT), *names], *extra, timeout=120)
         if proc.returncode != 0:
             sys.exit(f"mpirt launch cannot start on {len(hosts)} hosts:\n{proc.stderr[-3000:]}")
-        line = next(x for x in proc.stdout.splitlines() if x.startswith("[{"))
-        return {k: v for k, v in json.loads(line)[0].items() if k in names and v is not None}
+        # Tagged: the other ranks write their lines in pieces, which untagged output interleaves.
+        line = next(x for x in proc.stdout.splitlines() if x.startswith("[0] [{"))
+        return {k: v for k, v in json.loads(line[4:])[0].items() if k in names and v is not None}
 
     def kill_host(self, name: str) -> None:
         """Every process in the host's network namespace dies at once, as when a pod is lost."""

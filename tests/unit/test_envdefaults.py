@@ -4,7 +4,7 @@ bad profile input; the bootstrap interface from a routing table."""
 import pytest
 
 from launcher.detect.netif import bootstrap_interface
-from launcher.envdefaults import LIBRARY_PREFIXES, PROFILES, TIER, EnvError, Topology, load_profiles, resolve
+from launcher.envdefaults import LIBRARY_PREFIXES, PROFILES, TIER, YIELD, EnvError, Topology, load_profiles, resolve
 
 
 def as_dict(env):
@@ -178,5 +178,6 @@ def test_unreadable_sysfs_is_a_clear_error(tmp_path):
 
 def test_every_variable_mpirt_sets_is_one_a_host_can_claim():
     """A host's own value of any variable the tables set counts as the user's (launcher.fleet)."""
-    names = {row[2] for row in TIER} | {n for p in PROFILES.values() for n in p}
+    names = {row[2] for row in TIER} | {n for p in PROFILES.values() for n in p} | {n for _, n, _ in YIELD}
+    names |= {"OMP_NUM_THREADS"}
     assert [n for n in sorted(names) if not n.startswith(LIBRARY_PREFIXES)] == []
