@@ -317,3 +317,28 @@ def test_a_script_of_ones_own_checkpoints_at_the_time_limit_with_mpirt_stop(tmp_
     said = proc.stdout + proc.stderr
     for r in range(np_):
         assert f"rank {r} stopped after step {step} by signal 15" in said, said[-3000:]
+
+
+@pytest.mark.parametrize("np_", [1, 2, 4])
+def test_a_scripts_torch_threads_share_the_hosts_cpus(np_):
+    """A script of one's own sets no threads: torch would count the cores it sees (MKL's builds
+    divide them by the ranks Open MPI says share the node, but count no cgroup quota).
+    mpirt launch gives each rank of several its share of the CPUs the host allows
+    (OMP_NUM_THREADS), which torch follows; a rank alone keeps torch's own default; the
+    user's value stands."""
+    from launcher.detect.cpus import budget
+
+    def threads(*extra):
+        code = "import os, torch; print('threads', torch.get_num_threads(), os.environ.get('OMP_NUM_THREADS'))"
+        proc = subprocess.run(["mpirt", "launch", "-np", str(np_), *extra, "--", sys.executable, "-c", code],
+                              capture_output=True, text=True, timeout=120,
+                              env={k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"})
+        assert proc.returncode == 0, proc.stderr
+        return sorted(line.split("] ", 1)[1].split()[1:] for line in proc.stdout.splitlines() if "threads" in line)
+
+    share = str(max(1, budget().count // np_))
+    said = threads()
+    assert len(said) == np_ and all(env == (share if np_ > 1 else "None") for _, env in said), said
+    if np_ > 1:
+        assert {n for n, _ in said} == {share}
+    assert threads("--env", "OMP_NUM_THREADS=2") == [["2", "2"]] * np_
