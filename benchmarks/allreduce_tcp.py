@@ -7,10 +7,12 @@ link into a host limited by a token bucket (`tc ... tbf rate RATE`, default 1 Gb
 host) in place through `mpirt launch`, which sets the TCP
 tier's defaults (among them MPIRT_AUTO_RING_MIN_BYTES: from there `auto` runs `ring` across
 hosts; MPIRT_RING_SEGMENT_BYTES, the size of the ring's messages; MPIRT_RING_WAIT_US, how it
-waits). Each world size is measured --repeats times, each a fresh job. Writes
+waits). Where the namespace hosts' ranks outnumber this machine's cores, Open MPI is told to
+yield while it waits, as it does on a host it knows is oversubscribed (see shares_cores).
+Each world size is measured --repeats times, each a fresh job. Writes
 results/allreduce-tcp.{json,md} (allreduce-tcp-Nperhost.* with --slots N).
 
-    python benchmarks/allreduce_tcp.py [--rate 1gbit] [--hosts 2,3,4] [--slots 1] [--repeats 3]
+    python benchmarks/allreduce_tcp.py [--rate 1gbit] [--hosts 2,3,4] [--slots 1] [--repeats 3] [--min 16K]
 
 With --mpi PREFIX the jobs use PREFIX/bin/mpirun and PREFIX/bin/mpirt-allreduce-perf: another
 MPI with mpirt built against it, e.g. Open MPI 5 from its wheel (results/allreduce-tcp-NAME.*):
@@ -27,6 +29,7 @@ shared memory.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -43,6 +46,7 @@ from mpirt.bench.report import fmt_size  # noqa: E402
 from mpirt.bench.scaling import collective_rows, json_in  # noqa: E402
 
 ALGOS = ("mpi", "ring", "auto")
+YIELD = "OMPI_MCA_mpi_yield_when_idle=1"
 WATCHED = ("MPIRT_AUTO_RING_MIN_BYTES", "MPIRT_RING_SEGMENT_BYTES", "MPIRT_RING_WAIT_US", "OMPI_MCA_btl_tcp_links",
            "OMPI_MCA_mpi_preconnect_mpi")
 
@@ -51,11 +55,21 @@ def algos(slots: int) -> tuple[str, ...]:
     return ALGOS + (("hier",) if slots > 1 else ())
 
 
+def shares_cores(hosts: int, slots: int) -> bool:
+    """More ranks than this machine has cores: the namespace hosts share them, which no real
+    host does. Each host's probe sees all the cores and one rank, so the launcher sees nothing
+    to correct; Open MPI then polls while it waits and starves the rank it waits for (MPICH
+    yields by itself): its MPI_Allreduce measured 3-40 times slower at 3 and 4 hosts."""
+    return hosts * slots > (os.cpu_count() or 1)
+
+
 def measure(hosts: int, args) -> tuple[list[dict], dict]:
     """Every repeat's harness document at ``hosts`` hosts, and the variables the launcher set."""
     docs = []
     bindir = f"{args.mpi}/bin/" if args.mpi else ""
     extra = (["--mpirun", f"{bindir}{args.mpirun}"] if args.mpi else []) + [f"--env={e}" for e in args.env]
+    if shares_cores(hosts, args.slots) and args.mpirun == "mpirun":  # Open MPI yields as on an oversubscribed host
+        extra.append(f"--env={YIELD}")
     with rate_limited(hosts, args.rate, "mpirt-bench-tcp-") as (c, names):
         added = c.rank_env(names, WATCHED, *extra, python=f"{bindir}python" if args.mpi else sys.executable)
         harness = [f"{bindir}mpirt-allreduce-perf", "-b", args.min, "-e", args.max, "-f", "4", "-n", str(args.iters),
@@ -81,7 +95,10 @@ def markdown(doc: dict) -> str:
              f"{env['mpi']['library']}; median of {cfg['repeats']} jobs of {cfg['iters']} timed calls per size; "
              f"taken {env['timestamp']}. busbw in MB/s (nccl-tests definition); the link carries at most about 119 "
              "MB/s of payload. Ratios are taken within each job, then their median; ± is twice their coefficient "
-             "of variation.", "",
+             "of variation." + (f" The hosts share this machine's {cfg['cores']} cores: from "
+                                f"{cfg['yield_from']} hosts on, every rank got `{YIELD}`, as Open MPI sets on a host "
+                                "it knows is oversubscribed (polling, its MPI_Allreduce starved the rank it waited "
+                                "for)." if cfg.get("yield_from") else ""), "",
              "| hosts | ranks | size | "
              + " | ".join(f"{a} busbw" + (" (→algo)" if a == "auto" else "") for a in names)
              + " | " + " | ".join(f"{a} / mpi" for a in names[1:]) + (" | hier / ring |" if "hier" in names else " |"),
@@ -108,7 +125,7 @@ def main() -> int:
     ap.add_argument("--slots", type=int, default=1, help="ranks on each host")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--iters", type=int, default=5, help="timed calls per size")
-    ap.add_argument("--min", default="256K")
+    ap.add_argument("--min", default="16K")
     ap.add_argument("--max", default="64M")
     ap.add_argument("--out", type=Path, default=ROOT / "results")
     ap.add_argument("--mpi", help="prefix of another MPI's environment, with mpirt built against it")
@@ -135,8 +152,10 @@ def main() -> int:
                                                                                          range(max(counts))],
                                      "oversubscribed": args.slots > 1, "nodes_seen": max(counts)},
                               rank_view={"mpi_library": first["mpi"]["library"], "cuda_aware": first["mpi"]["cuda_aware"]})
+    shared = [n for n in counts if shares_cores(n, args.slots)] if args.mpirun == "mpirun" else []
     config = {"rate": args.rate, "hosts": counts, "slots": args.slots, "repeats": args.repeats, "iters": args.iters,
-              "dtype": first["config"]["dtype"], "op": first["config"]["op"]}
+              "dtype": first["config"]["dtype"], "op": first["config"]["op"], "cores": os.cpu_count(),
+              "yield_from": min(shared, default=None)}
     doc = schema.document("allreduce-tcp", env, config, rows)
     stem = ("allreduce-tcp" + (f"-{args.name}" if args.name else "")
             + (f"-{args.slots}perhost" if args.slots > 1 else ""))

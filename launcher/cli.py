@@ -371,7 +371,9 @@ def signal_ranks_cmd(sig, dump, job) -> None:
 @click.option("--root", default="/", show_default=True, envvar="MPIRT_SYSFS_ROOT",
               help="Root of the sysfs/dev/proc trees to read (a fixture tree in tests).")
 @click.option("--mpirun", envvar="MPIRT_MPIRUN", help="mpirun whose variables to include (default: the one found).")
-def env_cmd(profile, explain, as_json, peer, root, mpirun) -> None:
+@click.option("--ranks", type=click.IntRange(min=1), envvar="MPIRT_ENV_RANKS",
+              help="Ranks this host would run: adds what follows from its CPUs (OMP_NUM_THREADS, MPI's waiting).")
+def env_cmd(profile, explain, as_json, peer, root, mpirun, ranks) -> None:
     """The environment mpirt sets for this host: network tier, interface, NCCL/UCX/MPI defaults."""
     import json
     import os
@@ -393,7 +395,8 @@ def env_cmd(profile, explain, as_json, peer, root, mpirun) -> None:
         pass
     try:
         values = resolve(found.tier, libs, os.environ, iface=found.iface, hcas=found.hcas, topology=here.topology,
-                         profile=profile, profiles=load_profiles(os.environ.get("MPIRT_PROFILES")))
+                         profile=profile, profiles=load_profiles(os.environ.get("MPIRT_PROFILES")),
+                         cpus=fleet.crowded([here], {here.host: ranks}) if ranks else None)
     except EnvError as e:
         raise CliError(str(e)) from e
     if as_json:

@@ -124,6 +124,13 @@ def run_checks(cfg: DoctorConfig) -> list[Check]:
         checks.append(Check("memlock", "fail" if small and rdma_present else "warn" if small else "pass",
                             f"locked-memory limit {'unlimited' if found.memlock < 0 else found.memlock}",
                             "run with `ulimit -l unlimited` (RDMA registers memory)" if small else ""))
+        crowded = found.gpus > found.cpus  # a rank per GPU, the default, outnumbers the CPUs
+        checks.append(Check("cpus", "warn" if crowded else "pass",
+                            f"{found.cpus} for the ranks here ({found.cpus_why})" +
+                            (f", fewer than the {found.gpus} GPUs: a rank per GPU would take turns on them"
+                             if crowded else ""),
+                            "raise the pod's resources.limits.cpu (a rank's data loading and launches need a CPU "
+                            "each)" if crowded else ""))
         shm_mib = found.shm_bytes >> 20
         checks.append(Check("/dev/shm", "pass" if found.shm_bytes >= 1 << 30 else "warn", f"{shm_mib} MiB",
                             "" if found.shm_bytes >= 1 << 30 else "give the pod a larger /dev/shm (an emptyDir with "

@@ -135,3 +135,27 @@ def test_launch_sets_them_from_this_machines_cpus():
     key = detect(find_mpirun()).key
     assert {n: env[n] for _, n, _ in YIELD if n in env} == {n: v for lib, n, v in YIELD if lib == key}
     assert f"localhost runs {n + 1} ranks on {n} CPUs" in proc.stderr
+
+
+def test_doctor_warns_when_a_rank_per_gpu_outnumbers_the_cpus(tmp_path):
+    root = tree(tmp_path, {"proc/self/cgroup": "0::/\n", "sys/fs/cgroup/cpu.max": "100000 100000\n",
+                           **{f"dev/nvidia{i}": "" for i in range(8)}})
+    proc = subprocess.run([sys.executable, "-m", "launcher.cli", "doctor", "--root", str(root), "--json"],
+                          capture_output=True, text=True, timeout=120)
+    check = next(c for c in json.loads(proc.stdout)["checks"] if c["name"] == "cpus")
+    assert check["status"] == "warn" and check["detail"].startswith("1 for the ranks here (affinity ")
+    assert "cgroup quota 1 (cpu.max 100000 100000)), fewer than the 8 GPUs" in check["detail"]
+    assert "resources.limits.cpu" in check["fix"]
+
+
+def test_mpirt_env_shows_them_for_a_number_of_ranks():
+    def variables(*args):
+        proc = subprocess.run([sys.executable, "-m", "launcher.cli", "env", "--json", *args], capture_output=True,
+                              text=True, timeout=60, env={k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"})
+        assert proc.returncode == 0, proc.stderr
+        return {v["name"]: v for v in json.loads(proc.stdout)["variables"]}
+
+    n = cpus.budget().count
+    assert "OMP_NUM_THREADS" not in variables()
+    omp = variables("--ranks", str(2 * n))["OMP_NUM_THREADS"]
+    assert (omp["value"], omp["source"]) == ("1", "topology") and f"{2 * n} ranks on {n} CPUs" in omp["reason"]

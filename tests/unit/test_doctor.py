@@ -16,7 +16,7 @@ def test_json_schema_on_this_machine():
     assert doc["schema"] == "mpirt.doctor/1" and set(doc) == {"schema", "ok", "checks"}
     names = [c["name"] for c in doc["checks"]]
     for name in ("mpi", "mpi4py", "core", "build", "ucx", "gpus", "torch", "network", "memlock", "/dev/shm",
-                 "memory", "ssh key"):
+                 "memory", "cpus", "ssh key"):
         assert name in names
     for c in doc["checks"]:
         assert set(c) == {"name", "status", "detail", "fix"} and c["status"] in STATUSES and c["detail"]
