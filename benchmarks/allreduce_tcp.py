@@ -58,8 +58,9 @@ def algos(slots: int) -> tuple[str, ...]:
 def shares_cores(hosts: int, slots: int) -> bool:
     """More ranks than this machine has cores: the namespace hosts share them, which no real
     host does. Each host's probe sees all the cores and one rank, so the launcher sees nothing
-    to correct; Open MPI then polls while it waits and starves the rank it waits for (MPICH
-    yields by itself): its MPI_Allreduce measured 3-40 times slower at 3 and 4 hosts."""
+    to correct; Open MPI then polls while it waits and starves the rank it waits for: its
+    MPI_Allreduce measured 3-40 times slower at 3 and 4 hosts. (MPICH's ch4 has no setting
+    to yield: its runs here poll.)"""
     return hosts * slots > (os.cpu_count() or 1)
 
 

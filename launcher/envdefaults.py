@@ -57,8 +57,9 @@ class CpuShare:
 
 
 # A rank waiting in MPI polls: with more ranks than CPUs it holds the CPU the rank it waits for
-# needs. Open MPI yields only when its own slot count says a node is oversubscribed, Intel MPI
-# when it sees more ranks than cores; MPICH yields every MPIR_CVAR_POLLS_BEFORE_YIELD polls anyway.
+# needs. Open MPI yields only when its own slot count says a node is oversubscribed, which a
+# cgroup quota never does; Intel MPI waits without polling in its wait mode. MPICH's ch4 device
+# has no such setting (MPIR_CVAR_POLLS_BEFORE_YIELD is ch3's): its ranks keep polling.
 YIELD = [("openmpi4", "OMPI_MCA_mpi_yield_when_idle", "1"), ("openmpi5", "OMPI_MCA_mpi_yield_when_idle", "1"),
          ("intel", "I_MPI_WAIT_MODE", "1")]
 
