@@ -7,8 +7,8 @@ link into a host limited by a token bucket (`tc ... tbf rate RATE`, default 1 Gb
 host) in place through `mpirt launch`, which sets the TCP
 tier's defaults (among them MPIRT_AUTO_RING_MIN_BYTES: from there `auto` runs `ring` across
 hosts; MPIRT_RING_SEGMENT_BYTES, the size of the ring's messages; MPIRT_RING_WAIT_US, how it
-waits). Where the namespace hosts' ranks outnumber this machine's cores, Open MPI is told to
-yield while it waits, as it does on a host it knows is oversubscribed (see shares_cores).
+waits). Where the namespace hosts' ranks outnumber this machine's cores, the launcher sees
+that they share one machine and has Open MPI yield while it waits (docs/launcher.md, CPUs).
 Each world size is measured --repeats times, each a fresh job. Writes
 results/allreduce-tcp.{json,md} (allreduce-tcp-Nperhost.* with --slots N).
 
@@ -46,22 +46,13 @@ from mpirt.bench.report import fmt_size  # noqa: E402
 from mpirt.bench.scaling import collective_rows, json_in  # noqa: E402
 
 ALGOS = ("mpi", "ring", "auto")
-YIELD = "OMPI_MCA_mpi_yield_when_idle=1"
 WATCHED = ("MPIRT_AUTO_RING_MIN_BYTES", "MPIRT_RING_SEGMENT_BYTES", "MPIRT_RING_WAIT_US", "OMPI_MCA_btl_tcp_links",
-           "OMPI_MCA_mpi_preconnect_mpi")
+           "OMPI_MCA_mpi_preconnect_mpi", "OMPI_MCA_mpi_yield_when_idle")
+YIELD = "OMPI_MCA_mpi_yield_when_idle"
 
 
 def algos(slots: int) -> tuple[str, ...]:
     return ALGOS + (("hier",) if slots > 1 else ())
-
-
-def shares_cores(hosts: int, slots: int) -> bool:
-    """More ranks than this machine has cores: the namespace hosts share them, which no real
-    host does. Each host's probe sees all the cores and one rank, so the launcher sees nothing
-    to correct; Open MPI then polls while it waits and starves the rank it waits for: its
-    MPI_Allreduce measured 3-40 times slower at 3 and 4 hosts. (MPICH's ch4 has no setting
-    to yield: its runs here poll.)"""
-    return hosts * slots > (os.cpu_count() or 1)
 
 
 def measure(hosts: int, args) -> tuple[list[dict], dict]:
@@ -69,8 +60,6 @@ def measure(hosts: int, args) -> tuple[list[dict], dict]:
     docs = []
     bindir = f"{args.mpi}/bin/" if args.mpi else ""
     extra = (["--mpirun", f"{bindir}{args.mpirun}"] if args.mpi else []) + [f"--env={e}" for e in args.env]
-    if shares_cores(hosts, args.slots) and args.mpirun == "mpirun":  # Open MPI yields as on an oversubscribed host
-        extra.append(f"--env={YIELD}")
     with rate_limited(hosts, args.rate, "mpirt-bench-tcp-") as (c, names):
         added = c.rank_env(names, WATCHED, *extra, python=f"{bindir}python" if args.mpi else sys.executable)
         harness = [f"{bindir}mpirt-allreduce-perf", "-b", args.min, "-e", args.max, "-f", "4", "-n", str(args.iters),
@@ -96,10 +85,11 @@ def markdown(doc: dict) -> str:
              f"{env['mpi']['library']}; median of {cfg['repeats']} jobs of {cfg['iters']} timed calls per size; "
              f"taken {env['timestamp']}. busbw in MB/s (nccl-tests definition); the link carries at most about 119 "
              "MB/s of payload. Ratios are taken within each job, then their median; ± is twice their coefficient "
-             "of variation." + (f" The hosts share this machine's {cfg['cores']} cores: from "
-                                f"{cfg['yield_from']} hosts on, every rank got `{YIELD}`, as Open MPI sets on a host "
-                                "it knows is oversubscribed (polling, its MPI_Allreduce starved the rank it waited "
-                                "for)." if cfg.get("yield_from") else ""), "",
+             "of variation." + (f" The hosts share this machine's {cfg['cores']} cores: from {cfg['yield_from']} "
+                                "hosts on their ranks outnumber them, which the launcher sees (the hosts' kernel boot "
+                                f"id is one) and sets `{YIELD}=1` on every rank, as Open MPI does on a host it knows "
+                                "is oversubscribed (polling, its MPI_Allreduce starved the ranks it waited for)."
+                                if cfg.get("yield_from") else ""), "",
              "| hosts | ranks | size | "
              + " | ".join(f"{a} busbw" + (" (→algo)" if a == "auto" else "") for a in names)
              + " | " + " | ".join(f"{a} / mpi" for a in names[1:]) + (" | hier / ring |" if "hier" in names else " |"),
@@ -113,7 +103,7 @@ def markdown(doc: dict) -> str:
         lines.append(f"| {n // slots} | {n} | {fmt_size(size)} | " +
                      " | ".join(f"{m[a]['median'] * 1e3:.0f}" + (f" (→{used})" if a == "auto" else "") for a in names)
                      + " | " + " | ".join(f"{x:.2f} ±{nz:.2f}" for x, nz in ratios) + " |")
-    mine = {k: v["value"] for k, v in env["network"]["env"].items() if k in WATCHED}
+    mine = {k: v["value"] for k, v in env["network"]["env"].items() if k in WATCHED and k != YIELD}
     lines += ["", "Set by the launcher on every rank, among others: " +
               ", ".join(f"`{k}={v}`" for k, v in sorted(mine.items())), ""]
     return "\n".join(lines)
@@ -141,9 +131,11 @@ def main() -> int:
     reason = namespaces_usable()
     if reason:
         sys.exit(f"cannot run: {reason}")
-    runs, added = {}, {}
+    runs, added, yielding = {}, {}, []
     for hosts in (int(h) for h in args.hosts.split(",")):
         runs[hosts * args.slots], added = measure(hosts, args)  # by world size, as every result
+        if added.get(YIELD) == "1":
+            yielding.append(hosts)
     first = next(iter(runs.values()))[0]
     rows = collective_rows(runs)
     counts = sorted(n // args.slots for n in runs)
@@ -153,10 +145,9 @@ def main() -> int:
                                                                                          range(max(counts))],
                                      "oversubscribed": args.slots > 1, "nodes_seen": max(counts)},
                               rank_view={"mpi_library": first["mpi"]["library"], "cuda_aware": first["mpi"]["cuda_aware"]})
-    shared = [n for n in counts if shares_cores(n, args.slots)] if args.mpirun == "mpirun" else []
     config = {"rate": args.rate, "hosts": counts, "slots": args.slots, "repeats": args.repeats, "iters": args.iters,
               "dtype": first["config"]["dtype"], "op": first["config"]["op"], "cores": os.cpu_count(),
-              "yield_from": min(shared, default=None)}
+              "yield_from": min(yielding, default=None)}
     doc = schema.document("allreduce-tcp", env, config, rows)
     stem = ("allreduce-tcp" + (f"-{args.name}" if args.name else "")
             + (f"-{args.slots}perhost" if args.slots > 1 else ""))

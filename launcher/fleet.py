@@ -47,7 +47,7 @@ class Plan:
 def from_json(host: str, doc: dict) -> HostProbe:
     p = doc["probe"]
     probe = Probe(p["tier"], tuple(p["hcas"]), p["iface"], p["memlock"], p["shm_bytes"], p["gpus"], tuple(p["notes"]),
-                  tuple(p["ports"]), p.get("cpus"), p.get("cpus_why", ""))
+                  tuple(p["ports"]), p.get("cpus"), p.get("cpus_why", ""), p.get("cores", 0), p.get("machine", ""))
     g = doc["gpus"]
     oom = doc.get("oom")  # absent from an older mpirt's probe, as is env
     return HostProbe(host, probe, Topology(gpus=g["count"], p2p_ok=g["p2p_ok"], mig=g["mig"],
@@ -62,9 +62,26 @@ def _names(hosts: list[str], limit: int = 4) -> str:
 
 
 def crowded(probes: list[HostProbe], ranks: Mapping[str, int]) -> CpuShare | None:
-    """The host whose ranks (``ranks``: per host name) get the fewest CPUs each, by its probe."""
-    shares = [CpuShare(p.host, p.probe.cpus, ranks[p.host], p.probe.cpus_why, "quota" in p.probe.cpus_why)
-              for p in probes if p.probe and p.probe.cpus and ranks.get(p.host, 0) > 0]
+    """The machine whose ranks (``ranks``: per host name) get the fewest CPUs each, by the
+    probes. Hosts on one machine (the same kernel boot id: pods packed on one node, or the
+    tests' network namespaces) share its cores: their CPUs add up to at most its cores."""
+    machines: dict[str, list[HostProbe]] = {}
+    for p in probes:
+        if p.probe and p.probe.cpus and ranks.get(p.host, 0) > 0:
+            machines.setdefault(p.probe.machine or f"host {p.host}", []).append(p)
+    shares = []
+    for hosts in machines.values():
+        one = hosts[0].probe
+        quota = any("quota" in h.probe.cpus_why for h in hosts)
+        count = sum(ranks[h.host] for h in hosts)
+        if len(hosts) == 1:
+            shares.append(CpuShare(hosts[0].host, one.cpus, count, one.cpus_why, quota))
+            continue
+        cores = max(h.probe.cores for h in hosts) or sum(h.probe.cpus for h in hosts)
+        cpus = min(sum(h.probe.cpus for h in hosts), cores)
+        shares.append(CpuShare(f"{_names([h.host for h in hosts])} (one machine)", cpus, count,
+                               f"{len(hosts)} hosts on one machine of {cores} cores, by their kernel's boot id",
+                               quota or cpus < sum(h.probe.cpus for h in hosts)))
     return min(shares, key=lambda c: (c.cpus / c.ranks, -c.ranks), default=None)
 
 

@@ -17,6 +17,15 @@ class Cpus:
     why: str  # "affinity 64, cgroup quota 8 (cpu.max 800000 100000)"
 
 
+def machine(root: Path = Path("/")) -> str:
+    """The kernel's boot id: the same in every container on one machine (pods packed on a
+    node share its cores), "" where unreadable."""
+    try:
+        return (root / "proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
 def quota_dirs(root: Path, proc_cgroup: str) -> list[Path]:
     """The cgroup directories whose CPU quota applies to this process, from the text of
     ``/proc/self/cgroup``: its own and every ancestor up to the mount's root (a pod's quota

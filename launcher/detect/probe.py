@@ -9,7 +9,7 @@ import resource
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from launcher.detect.cpus import budget
+from launcher.detect.cpus import budget, machine
 from launcher.detect.gpu import device_nodes
 from launcher.detect.netif import bootstrap_interface
 from launcher.detect.rdma import classify, ports
@@ -27,6 +27,8 @@ class Probe:
     ports: tuple[dict, ...]
     cpus: int | None = None  # what this host's ranks may use (launcher.detect.cpus); None: an older probe
     cpus_why: str = ""
+    cores: int = 0  # the machine's, as os.cpu_count() counts them
+    machine: str = ""  # its kernel's boot id: hosts on one machine share its cores
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -65,4 +67,4 @@ def probe(root: Path, peer: str | None = None) -> Probe:
     return Probe(tier.tier, tier.hcas, bootstrap_interface(route_text, peer), memlock, shm,
                  device_nodes(root), tier.notes,
                  tuple({"port": p.name, "link_layer": p.link_layer, "state": p.state, "rate": p.rate, "kind": p.kind,
-                        "why": p.why} for p in found), cpus.count, cpus.why)
+                        "why": p.why} for p in found), cpus.count, cpus.why, os.cpu_count() or 1, machine(root))

@@ -107,8 +107,9 @@ def test_more_ranks_than_cpus_makes_mpi_give_up_the_cpu_while_it_waits(lib):
     assert mine["OMP_NUM_THREADS"] == ("3", "user")
 
 
-def probe(name, n, why="affinity"):
-    return fleet.HostProbe(name, Probe("tcp", (), "eth0", -1, 1 << 34, 0, (), (), n, f"{why} {n}"), None)
+def probe(name, n, why="affinity", cores=64, machine=""):
+    return fleet.HostProbe(name, Probe("tcp", (), "eth0", -1, 1 << 34, 0, (), (), n, f"{why} {n}", cores, machine),
+                           None)
 
 
 def test_the_most_crowded_host_decides_and_is_named():
@@ -159,3 +160,31 @@ def test_mpirt_env_shows_them_for_a_number_of_ranks():
     assert "OMP_NUM_THREADS" not in variables()
     omp = variables("--ranks", str(2 * n))["OMP_NUM_THREADS"]
     assert (omp["value"], omp["source"]) == ("1", "topology") and f"{2 * n} ranks on {n} CPUs" in omp["reason"]
+
+
+def test_hosts_on_one_machine_share_its_cores():
+    """Pods packed on one node (or this machine's namespace hosts) each see all its cores; the
+    kernel's boot id says they share them."""
+    here = [probe(f"w{i}", 2, cores=2, machine="boot-a") for i in range(4)]
+    two = fleet.combine(here[:2], {"w0": 1, "w1": 1})
+    assert (two.cpus.host, two.cpus.cpus, two.cpus.ranks, two.cpus.threads) == ("w0, w1 (one machine)", 2, 2, 1)
+    assert two.notes == ()
+    env = {v.name: v.value for v in resolve("tcp", ["openmpi4"], {}, cpus=two.cpus)}
+    assert env["OMP_NUM_THREADS"] == "1" and "OMPI_MCA_mpi_yield_when_idle" not in env
+    four = fleet.combine(here, {f"w{i}": 1 for i in range(4)})
+    assert four.notes == ("w0, w1, w2, w3 (one machine) runs 4 ranks on 2 CPUs (4 hosts on one machine of 2 cores, by "
+                          "their kernel's boot id): they take turns; give it more CPUs or run fewer ranks there",)
+    assert {v.name: v.value for v in resolve("tcp", ["openmpi4"], {}, cpus=four.cpus)}[
+        "OMPI_MCA_mpi_yield_when_idle"] == "1"
+    # pods with quotas of 8 on a 64-core node: their quotas add up; other machines count alone
+    packed = [probe("a", 8, "affinity 64, cgroup quota", machine="n1"), probe("b", 8, "affinity 64, cgroup quota",
+                                                                           machine="n1"), probe("c", 64, machine="n2")]
+    share = fleet.combine(packed, {"a": 8, "b": 8, "c": 8}).cpus
+    assert (share.host, share.cpus, share.ranks, share.capped) == ("a, b (one machine)", 16, 16, True)
+
+
+def test_the_probe_names_its_machine_and_cores():
+    doc = json.loads(subprocess.run([sys.executable, "-m", "launcher.cli", "probe"], capture_output=True, text=True,
+                                    timeout=60, check=True).stdout)["probe"]
+    assert doc["machine"] == Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    assert doc["cores"] == os.cpu_count() and doc["cpus"] == cpus.budget().count
