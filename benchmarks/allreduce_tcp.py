@@ -61,7 +61,8 @@ def measure(hosts: int, args) -> tuple[list[dict], dict]:
     bindir = f"{args.mpi}/bin/" if args.mpi else ""
     extra = (["--mpirun", f"{bindir}{args.mpirun}"] if args.mpi else []) + [f"--env={e}" for e in args.env]
     with rate_limited(hosts, args.rate, "mpirt-bench-tcp-") as (c, names):
-        added = c.rank_env(names, WATCHED, *extra, python=f"{bindir}python" if args.mpi else sys.executable)
+        added = c.rank_env(names, WATCHED, *extra, python=f"{bindir}python" if args.mpi else sys.executable,
+                           slots=args.slots)
         harness = [f"{bindir}mpirt-allreduce-perf", "-b", args.min, "-e", args.max, "-f", "4", "-n", str(args.iters),
                    "-w", "1", "-a", ",".join(algos(args.slots)), "-m", "in-place", "-c", "1", "--json", "-"]
         for _ in range(args.repeats):

@@ -49,7 +49,7 @@ class CpuShare:
     cpus: int
     ranks: int
     why: str  # where the count came from (launcher.detect.cpus)
-    capped: bool = False  # a cgroup quota caps it below the cores the ranks see
+    capped: bool = False  # a quota or mask keeps it below the cores the ranks see
 
     @property
     def threads(self) -> int:
@@ -148,8 +148,8 @@ PROFILES: dict[str, dict[str, tuple[str, str]]] = {
 
 def cpu_rules(cpus: CpuShare, libraries: list[str]) -> dict[str, EnvVar]:
     """OpenMP threads a rank where the default is wrong (several ranks share the host, or a
-    quota caps the cores each rank's torch would count), and MPI's waiting with more ranks than
-    CPUs."""
+    quota or mask leaves fewer CPUs than the cores each rank's torch would count), and MPI's
+    waiting with more ranks than CPUs."""
     out, where = {}, f"{cpus.host}: {cpus.ranks} rank{'s' if cpus.ranks > 1 else ''} on {cpus.cpus} CPUs ({cpus.why})"
     if cpus.ranks > 1 or cpus.capped:
         out["OMP_NUM_THREADS"] = EnvVar("OMP_NUM_THREADS", str(cpus.threads), "topology",

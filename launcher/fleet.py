@@ -71,17 +71,14 @@ def crowded(probes: list[HostProbe], ranks: Mapping[str, int]) -> CpuShare | Non
             machines.setdefault(p.probe.machine or f"host {p.host}", []).append(p)
     shares = []
     for hosts in machines.values():
-        one = hosts[0].probe
-        quota = any("quota" in h.probe.cpus_why for h in hosts)
-        count = sum(ranks[h.host] for h in hosts)
+        own = sum(h.probe.cpus for h in hosts)
+        cores = max(h.probe.cores for h in hosts) or own  # an older probe counts no cores
         if len(hosts) == 1:
-            shares.append(CpuShare(hosts[0].host, one.cpus, count, one.cpus_why, quota))
-            continue
-        cores = max(h.probe.cores for h in hosts) or sum(h.probe.cpus for h in hosts)
-        cpus = min(sum(h.probe.cpus for h in hosts), cores)
-        shares.append(CpuShare(f"{_names([h.host for h in hosts])} (one machine)", cpus, count,
-                               f"{len(hosts)} hosts on one machine of {cores} cores, by their kernel's boot id",
-                               quota or cpus < sum(h.probe.cpus for h in hosts)))
+            name, why = hosts[0].host, hosts[0].probe.cpus_why
+        else:
+            name = f"{_names([h.host for h in hosts])} (one machine)"
+            why = f"{len(hosts)} hosts on one machine of {cores} cores, by their kernel's boot id"
+        shares.append(CpuShare(name, min(own, cores), sum(ranks[h.host] for h in hosts), why, min(own, cores) < cores))
     return min(shares, key=lambda c: (c.cpus / c.ranks, -c.ranks), default=None)
 
 

@@ -159,11 +159,12 @@ class Cluster:
         return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
     def rank_env(self, hosts: list[str], names: tuple[str, ...], *extra: str,
-                 python: str = sys.executable) -> dict[str, str]:
+                 python: str = sys.executable, slots: int = 1) -> dict[str, str]:
         """The variables among ``names`` that rank 0 sees under ``mpirt launch ...extra`` on
-        ``hosts`` (the launcher's defaults, from the hosts' probes), for a benchmark's record;
-        ``python``: one whose mpi4py matches the MPI launched."""
-        proc = self.launch(hosts, [python, str(ENV_REPORT), *names], *extra, timeout=120)
+        ``hosts`` with ``slots`` ranks each (the launcher's defaults, from the hosts' probes and
+        the ranks on each), for a benchmark's record; ``python``: one whose mpi4py matches the
+        MPI launched."""
+        proc = self.launch(hosts, [python, str(ENV_REPORT), *names], *extra, timeout=120, slots=slots)
         if proc.returncode != 0:
             sys.exit(f"mpirt launch cannot start on {len(hosts)} hosts:\n{proc.stderr[-3000:]}")
         # Tagged: the other ranks write their lines in pieces, which untagged output interleaves.
