@@ -107,7 +107,7 @@ TIER: list[tuple[str, tuple[str, ...], str, str, str]] = [
 RING_TCP = [
     ("MPIRT_AUTO_RING_MIN_BYTES", "1048576",
      "mpirt's algo auto runs its ring (hier with several ranks a host) across hosts from 1 MiB: Open MPI's own choice "
-     "(4.1 and 5.0) was 3-4x slower there on 3 hosts (docs/allreduce.md)"),
+     "(4.1 and 5.0) was 2.0-3.0x slower there on 3 hosts, 1.3-1.9x on 4 (docs/allreduce.md)"),
     ("MPIRT_RING_SEGMENT_BYTES", "61440",
      "mpirt's ring sends 60 KiB segments, eager under the TCP BTL's 64 KiB limit: larger ones wait for a rendezvous "
      "reply queued behind the peer's data on the same socket, which halved the rate between 2 hosts "
