@@ -32,7 +32,7 @@ from mpirt.bench.schema import stat  # noqa: E402
 COMPRESSIONS = ("none", "fp16", "powersgd")
 MODEL = "comm"
 WATCHED = ("MPIRT_AUTO_RING_MIN_BYTES", "MPIRT_RING_SEGMENT_BYTES", "MPIRT_RING_WAIT_US", "OMPI_MCA_btl",
-           "OMPI_MCA_pml")
+           "OMPI_MCA_pml", "OMPI_MCA_mpi_yield_when_idle", "OMP_NUM_THREADS")
 
 
 def measure(c: Cluster, names: list[str], compression: str, args) -> dict:

@@ -10,6 +10,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from launcher.detect.cgroup import locate
+
 
 @dataclass(frozen=True)
 class Cpus:
@@ -32,21 +34,12 @@ def quota_dirs(root: Path, proc_cgroup: str) -> list[Path]:
     may sit above the container's). A v1 cpu controller wins over v2 (a hybrid host). Inside a
     container the mount is the container's own cgroup and the path may be the host's: the
     directories that do not exist are left out, the mount's root stays."""
-    v1 = v2 = None
-    for line in proc_cgroup.splitlines():
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        ident, controllers, path = parts
-        if ident == "0" and controllers == "":
-            v2 = ("", path)
-        elif "cpu" in controllers.split(","):
-            v1 = (controllers, path)
-    if v1 is None and v2 is None:
+    found = locate(proc_cgroup, "cpu")
+    if found is None:
         return []
-    mount, path = v1 or v2
+    v1, path = found
     base = root / "sys/fs/cgroup"
-    bases = [base / mount, base / "cpu"] if v1 else [base]
+    bases = [base / v1, base / "cpu"] if v1 else [base]
     base = next((b for b in bases if b.is_dir()), bases[0])
     dirs, here = [], base / path.lstrip("/")
     while True:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from launcher.detect.cgroup import locate
+
 
 @dataclass(frozen=True)
 class OomCounter:
@@ -22,23 +24,15 @@ def candidates(root: Path, proc_cgroup: str) -> list[Path]:
     A v1 memory line wins (on a hybrid host the memory controller is v1). Inside a container
     the cgroup root mounted at /sys/fs/cgroup is the container's own, and the path in
     /proc/self/cgroup may be the host's: hence the fallback to the mount's root."""
-    v1 = v2 = None
-    for line in proc_cgroup.splitlines():
-        parts = line.split(":", 2)
-        if len(parts) != 3:
-            continue
-        ident, controllers, path = parts
-        if ident == "0" and controllers == "":
-            v2 = path
-        elif "memory" in controllers.split(","):
-            v1 = path
+    found = locate(proc_cgroup, "memory")
+    if found is None:
+        return []
+    v1, path = found
     base = root / "sys/fs/cgroup"
     if v1 is not None:
         mem = base / "memory"
-        return [mem / v1.lstrip("/") / "memory.oom_control", mem / "memory.oom_control"]
-    if v2 is not None:
-        return [base / v2.lstrip("/") / "memory.events", base / "memory.events"]
-    return []
+        return [mem / path.lstrip("/") / "memory.oom_control", mem / "memory.oom_control"]
+    return [base / path.lstrip("/") / "memory.events", base / "memory.events"]
 
 
 def parse(text: str) -> int | None:
