@@ -30,7 +30,7 @@ from trainjobs import HERE, launch_here, launcher_note, measure, namespace_hosts
 ROOT = Path(__file__).resolve().parent
 MODELS = {"comm": 32, "compute": 256, "deep": 64}  # model -> per-rank batch (the first two as in scaling.py)
 WATCHED = ("MPIRT_AUTO_RING_MIN_BYTES", "MPIRT_RING_SEGMENT_BYTES", "MPIRT_RING_WAIT_US", "OMPI_MCA_btl",
-           "OMPI_MCA_pml")
+           "OMPI_MCA_pml", "OMPI_MCA_mpi_yield_when_idle")
 
 
 def rank_argv(model: str, args) -> list[str]:

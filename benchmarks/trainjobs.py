@@ -63,7 +63,7 @@ def namespace_hosts(rate: str, slots: int, prefix: str, watched):
     with rate_limited(2, rate, prefix) as (c, names):
         hosts = {"count": 2, "slots": 2 * slots, "names": list(names), "oversubscribed": slots > 1, "nodes_seen": 2}
         yield (lambda argv: c.launch(names, argv, "--no-tag-output", timeout=3600, slots=slots),
-               c.rank_env(names, watched), hosts)
+               c.rank_env(names, watched, slots=slots), hosts)
 
 
 def launcher_note(env: dict, watched) -> list[str]:
