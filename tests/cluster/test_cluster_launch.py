@@ -48,6 +48,25 @@ def test_three_hosts_every_rank_on_its_host(cluster):
     assert "interfaces differ (" in proc.stderr
 
 
+def test_hosts_on_one_machine_share_its_cores(cluster):
+    """The namespace hosts are one machine (one kernel boot id), each seeing all its cores: the
+    launcher counts their ranks together, gives each rank its share of threads, and from more
+    ranks than cores has Open MPI yield while it waits (polling, its small allreduces took
+    milliseconds here)."""
+    c = cluster(3)
+    for w in ("w0", "w1", "w2"):
+        c.start_worker(w)
+    names = ["OMP_NUM_THREADS", "OMPI_MCA_mpi_yield_when_idle"]
+    proc = c.launch(["w0", "w1", "w2"], [sys.executable, ENV_REPORT, *names],
+                    env={k: v for k, v in os.environ.items() if k not in names})
+    assert proc.returncode == 0, proc.stderr
+    cores = os.cpu_count()
+    expect = {"OMP_NUM_THREADS": str(max(1, cores // 3)), "OMPI_MCA_mpi_yield_when_idle": "1" if 3 > cores else None}
+    assert [{n: r[n] for n in names} for r in ranks_report(proc.stdout)] == [expect] * 3
+    crowded = f"mpirt:   w0, w1, w2 (one machine) runs 3 ranks on {cores} CPUs"
+    assert (crowded in proc.stderr) == (3 > cores), proc.stderr
+
+
 def test_three_hosts_with_mpich(cluster, tmp_path):
     mpiexec = shutil.which("mpiexec.mpich")
     libmpich = Path("/usr/lib/x86_64-linux-gnu/libmpich.so.12")
