@@ -78,7 +78,7 @@ def crowded(probes: list[HostProbe], ranks: Mapping[str, int]) -> CpuShare | Non
         else:
             name = f"{_names([h.host for h in hosts])} (one machine)"
             why = f"{len(hosts)} hosts on one machine of {cores} cores, by their kernel's boot id"
-        shares.append(CpuShare(name, min(own, cores), sum(ranks[h.host] for h in hosts), why, min(own, cores) < cores))
+        shares.append(CpuShare(name, min(own, cores), sum(ranks[h.host] for h in hosts), why))
     return min(shares, key=lambda c: (c.cpus / c.ranks, -c.ranks), default=None)
 
 

@@ -175,6 +175,8 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch intra-op threads a rank, whatever OMP_NUM_THREADS says (the same for every system)")
     ap.add_argument("--bucket-mb", type=bucket_sizes, default=None,
                     help="mpirt's bucket size in MiB (default: data_parallel's); a comma list trains mpirt "
                          "once per size")
@@ -187,7 +189,9 @@ def main() -> None:
         ap.error("--compile trains mpirt once per mode: give one --bucket-mb size with it")
     if args.compression == "powersgd" and args.warmup < POWERSGD_START:
         raise SystemExit(f"--compression powersgd: --warmup must cover the {POWERSGD_START} exact steps")
-    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    if args.threads < 1:
+        ap.error(f"--threads {args.threads}: give 1 or more")
+    torch.set_num_threads(args.threads)
     comm = MPI.COMM_WORLD
     w = world()
     try:

@@ -83,19 +83,20 @@ def as_dict(env):
     return {v.name: (v.value, v.source) for v in env}
 
 
-def test_threads_a_rank_where_several_share_a_host_or_a_quota_caps_it():
+def test_threads_a_rank_are_its_share_of_the_cpus():
     env = as_dict(resolve("tcp", ["openmpi4"], {}, cpus=CpuShare("w1", 16, 4, "affinity 16")))
     assert env["OMP_NUM_THREADS"] == ("4", "topology") and "OMPI_MCA_mpi_yield_when_idle" not in env
-    alone = as_dict(resolve("tcp", ["openmpi4"], {}, cpus=CpuShare("w1", 16, 1, "affinity 16")))
-    assert "OMP_NUM_THREADS" not in alone  # torch's own default (a thread per core) is right there
-    capped = as_dict(resolve("tcp", ["openmpi4"], {}, cpus=CpuShare("w1", 6, 1, "affinity 64, cgroup quota 6",
-                                                                    capped=True)))
+    # alone: under MPI torch's MKL builds would start 1 thread
+    assert as_dict(resolve("tcp", ["openmpi4"], {}, cpus=CpuShare("w1", 16, 1, "affinity 16")))[
+        "OMP_NUM_THREADS"] == ("16", "topology")
+    capped = as_dict(resolve("tcp", ["openmpi4"], {}, cpus=CpuShare("w1", 6, 1, "affinity 64, cgroup quota 6")))
     assert capped["OMP_NUM_THREADS"] == ("6", "topology")
+    assert "OMP_NUM_THREADS" not in as_dict(resolve("tcp", ["openmpi4"], {}))  # ranks unknown: nothing
 
 
 @pytest.mark.parametrize("lib", ["openmpi4", "openmpi5", "intel", "mpich"])
 def test_more_ranks_than_cpus_makes_mpi_give_up_the_cpu_while_it_waits(lib):
-    share = CpuShare("w0", 2, 4, "affinity 64, cgroup quota 2", capped=True)
+    share = CpuShare("w0", 2, 4, "affinity 64, cgroup quota 2")
     env = resolve("tcp", [lib], {}, cpus=share)
     d = as_dict(env)
     assert d["OMP_NUM_THREADS"] == ("1", "topology")
@@ -115,8 +116,7 @@ def probe(name, n, why="affinity", cores=64, machine=""):
 def test_the_most_crowded_host_decides_and_is_named():
     probes = [probe("w0", 32), probe("w1", 8, "affinity 64, cgroup quota"), probe("w2", 2)]
     plan = fleet.combine(probes, {"w0": 8, "w1": 8, "w2": 0})  # w2 runs no rank
-    assert (plan.cpus.host, plan.cpus.cpus, plan.cpus.ranks, plan.cpus.threads, plan.cpus.capped) == \
-        ("w1", 8, 8, 1, True)
+    assert (plan.cpus.host, plan.cpus.cpus, plan.cpus.ranks, plan.cpus.threads) == ("w1", 8, 8, 1)
     assert plan.notes == ()
     over = fleet.combine(probes, {"w0": 8, "w1": 8, "w2": 4})
     assert over.cpus.host == "w2" and over.notes == (
@@ -180,7 +180,7 @@ def test_hosts_on_one_machine_share_its_cores():
     packed = [probe("a", 8, "affinity 64, cgroup quota", machine="n1"), probe("b", 8, "affinity 64, cgroup quota",
                                                                            machine="n1"), probe("c", 64, machine="n2")]
     share = fleet.combine(packed, {"a": 8, "b": 8, "c": 8}).cpus
-    assert (share.host, share.cpus, share.ranks, share.capped) == ("a, b (one machine)", 16, 16, True)
+    assert (share.host, share.cpus, share.ranks) == ("a, b (one machine)", 16, 16)
 
 
 def test_the_probe_names_its_machine_and_cores():
