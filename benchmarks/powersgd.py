@@ -7,7 +7,9 @@ each, with every link into a host limited by a token bucket (`tc ... tbf rate RA
 communication-bound model of the scaling benchmark trains three ways in one job per
 compression (none, fp16, powersgd): without communication (the ideal), with mpirt, and with
 torch DDP over gloo using its own hooks (fp16_compress_hook, powerSGD_hook at the same rank and
-warm-up). Writes results/powersgd-tcp.{json,md}.
+warm-up). Uncompressed and in fp16, mpirt also trains with ``algo="torch"`` in the same turns:
+its buckets reduced through gloo, the transport DDP uses, beside the core's (the default).
+Writes results/powersgd-tcp.{json,md}.
 
     python benchmarks/powersgd.py [--rate 1gbit] [--hosts 2,3] [--repeats 3]
 """
@@ -30,6 +32,8 @@ from mpirt.bench.scaling import json_in  # noqa: E402
 from mpirt.bench.schema import stat  # noqa: E402
 
 COMPRESSIONS = ("none", "fp16", "powersgd")
+BOTH_TRANSPORTS = ("none", "fp16")  # mpirt trains with the core's allreduce and with gloo's
+NAMES = {"mpirt:auto": "mpirt", "mpirt:torch": "mpirt torch"}
 MODEL = "comm"
 WATCHED = ("MPIRT_AUTO_RING_MIN_BYTES", "MPIRT_RING_SEGMENT_BYTES", "MPIRT_RING_WAIT_US", "OMPI_MCA_btl",
            "OMPI_MCA_pml", "OMPI_MCA_mpi_yield_when_idle", "OMP_NUM_THREADS")
@@ -38,7 +42,8 @@ WATCHED = ("MPIRT_AUTO_RING_MIN_BYTES", "MPIRT_RING_SEGMENT_BYTES", "MPIRT_RING_
 def measure(c: Cluster, names: list[str], compression: str, args) -> dict:
     proc = c.launch(names, [sys.executable, "-P", "-m", "mpirt.bench.train", "--json", "-", "--model", MODEL,
                                    "--scaling", "weak", "--batch", str(args.batch), "--steps", str(args.steps),
-                                   "--warmup", "3", "--repeats", str(args.repeats), "--compression", compression],
+                                   "--warmup", "3", "--repeats", str(args.repeats), "--compression", compression,
+                                   *(["--algo", "auto,torch"] if compression in BOTH_TRANSPORTS else [])],
                     "--no-tag-output", timeout=1800)
     if proc.returncode != 0:
         sys.exit(f"the {compression} job on {len(names)} hosts failed:\n{proc.stderr[-3000:]}")
@@ -48,8 +53,8 @@ def measure(c: Cluster, names: list[str], compression: str, args) -> dict:
 def rows_of(doc: dict, compression: str) -> list[dict]:
     rows = []
     for r in doc["results"]:
-        system = r["system"] if r["system"] == "compute-only" or compression == "none" else \
-            f"{r['system']} {compression}"
+        name = NAMES.get(r["system"], r["system"])
+        system = name if name == "compute-only" or compression == "none" else f"{name} {compression}"
         rows.append({"kind": "train", "key": {"np": doc["ranks"], "scaling": "weak", "system": system, "model": MODEL,
                                               "device": "cpu"},
                      "metrics": {"samples_per_s": stat([r["global_batch"] / t for t in r["step_s"]]),
@@ -58,14 +63,16 @@ def rows_of(doc: dict, compression: str) -> list[dict]:
 
 
 def derive(rows: list[dict]) -> None:
-    """Each mpirt row against DDP with the same compression, and against uncompressed mpirt, at
-    the same host count."""
+    """Each mpirt row against DDP with the same compression, and against uncompressed mpirt (with
+    the same allreduce), at the same host count."""
     rate = {(r["key"]["np"], r["key"]["system"]): r["metrics"]["samples_per_s"]["median"] for r in rows}
     for r in rows:
         n, system = r["key"]["np"], r["key"]["system"]
         if system.startswith("mpirt"):
-            r["derived"] = {"vs_ddp": rate[n, system] / rate[n, system.replace("mpirt", "ddp")],
-                            "vs_uncompressed": rate[n, system] / rate[n, "mpirt"]}
+            who, _, comp = system.rpartition(" ")
+            who, suffix = (who, f" {comp}") if comp in COMPRESSIONS else (system, "")
+            r["derived"] = {"vs_ddp": rate[n, system] / rate[n, f"ddp{suffix}"],
+                            "vs_uncompressed": rate[n, system] / rate[n, who]}
 
 
 def markdown(doc: dict) -> str:
@@ -79,19 +86,23 @@ def markdown(doc: dict) -> str:
              f"fp32 gradients), per-rank batch {cfg['batch']}; median of {cfg['repeats']} repeats of "
              f"{cfg['steps']} steps; {env['cpu']['model']}, {env['cpu']['cores']} cores; taken {env['timestamp']}",
              "", "| hosts | compression | compute only | mpirt | DDP (gloo, its hooks) | mpirt / DDP "
-                 "| mpirt / mpirt uncompressed |",
-             "|---:|---|---:|---:|---:|---:|---:|"]
+                 "| mpirt / mpirt uncompressed | mpirt `torch` | mpirt `torch` / DDP |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for n in hosts:
         ideal = by[n, "compute-only"]["metrics"]["samples_per_s"]["median"]
         for comp in COMPRESSIONS:
             suffix = "" if comp == "none" else f" {comp}"
-            ours, theirs = by[n, f"mpirt{suffix}"], by[n, f"ddp{suffix}"]
+            ours, theirs, gloo = by[n, f"mpirt{suffix}"], by[n, f"ddp{suffix}"], by.get((n, f"mpirt torch{suffix}"))
             lines.append(f"| {n} | {comp} | {ideal:.0f} samples/s | {ours['metrics']['samples_per_s']['median']:.0f} | "
                          f"{theirs['metrics']['samples_per_s']['median']:.0f} | {ours['derived']['vs_ddp']:.2f}x | "
-                         f"{ours['derived']['vs_uncompressed']:.2f}x |")
+                         f"{ours['derived']['vs_uncompressed']:.2f}x | " +
+                         (f"{gloo['metrics']['samples_per_s']['median']:.0f} | {gloo['derived']['vs_ddp']:.2f}x |"
+                          if gloo else "– | – |"))
     mine = {k: v["value"] for k, v in env["network"]["env"].items() if k in WATCHED}
     lines += ["", "compute only: each rank trains on its own batch without communication (the ideal; one row per host "
-              "count, from the uncompressed job). PowerSGD: rank 4, two exact warm-up steps, for both.", "",
+              "count, from the uncompressed job). mpirt: the core's allreduce (`auto`, the default); mpirt `torch`: the same "
+              "buckets reduced through gloo (`algo=\"torch\"`), in the same turns. PowerSGD: rank 4, two exact warm-up "
+              "steps, for both.", "",
               "Set by the launcher on every rank, among others: " +
               ", ".join(f"`{k}={v}`" for k, v in sorted(mine.items())), ""]
     return "\n".join(lines)

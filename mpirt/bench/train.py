@@ -13,6 +13,9 @@ With ``--compile whole,split`` every system runs under torch.compile: DDP and co
 compiled whole (DDP then splits the graph at its buckets itself), mpirt twice in the same
 turns, compiled whole ("mpirt+whole") and split at its buckets by ``dp.compile()``
 ("mpirt+split"): what the split buys is the difference (benchmarks/compile.py).
+With several ``--algo`` names, mpirt trains once per allreduce in the same turns ("mpirt:torch":
+through torch.distributed), which is how the core's transport is weighed against gloo's on the
+same link (benchmarks/powersgd.py).
 Rank 0 writes one JSON file (--json) that the driver turns into mpirt.bench/1 rows.
 """
 
@@ -29,7 +32,7 @@ from torch import nn
 
 from mpirt import torchdist
 from mpirt.comm import MPI
-from mpirt.data_parallel import data_parallel
+from mpirt.data_parallel import ALGOS, data_parallel
 from mpirt.models import MLP, ConvNet
 from mpirt.world import pick_device, world
 
@@ -92,11 +95,13 @@ def _ddp_hook(model, compression: str) -> None:
         model.register_comm_hook(state, powerSGD_hook.powerSGD_hook)
 
 
-def systems(bucket_mbs: list[float] | None, compile_modes: list[str] = ()) -> list[str]:
-    """What trains in each turn: one mpirt per bucket size ("mpirt@SIZE" when there are several)
-    or per compile mode ("mpirt+MODE")."""
+def systems(bucket_mbs: list[float] | None, compile_modes: list[str] = (), algos: list[str] | None = None) -> list[str]:
+    """What trains in each turn: one mpirt per bucket size ("mpirt@SIZE" when there are several),
+    per compile mode ("mpirt+MODE") or per allreduce ("mpirt:ALGO")."""
     if compile_modes:
         return ["compute-only", *(f"mpirt+{m}" for m in compile_modes), "ddp"]
+    if algos and len(algos) > 1:
+        return ["compute-only", *(f"mpirt:{a}" for a in algos), "ddp"]
     mpirt = ["mpirt"] if bucket_mbs is None or len(bucket_mbs) == 1 else [f"mpirt@{mb:g}" for mb in bucket_mbs]
     return ["compute-only", *mpirt, "ddp"]
 
@@ -116,6 +121,21 @@ def bucket_sizes(text: str) -> list[float]:
     if not sizes or min(sizes) <= 0 or len(set(sizes)) < len(sizes):
         raise argparse.ArgumentTypeError(f"{text!r}: give bucket sizes in MiB, positive and each once, e.g. 4,25")
     return sizes
+
+
+def algo_names(text: str) -> list[str]:
+    names = text.split(",")
+    if any(a not in ALGOS for a in names) or len(set(names)) < len(names):
+        raise argparse.ArgumentTypeError(f"{text!r}: give data_parallel algos, each once, from {', '.join(ALGOS)}; "
+                                         "e.g. auto,torch")
+    return names
+
+
+def algo(system: str, algos: list[str] | None) -> str | None:
+    """The ``algo`` a system passes to data_parallel (None: its default, $MPIRT_ALGO or auto)."""
+    if system.startswith("mpirt:"):
+        return system.removeprefix("mpirt:")
+    return algos[0] if algos else None
 
 
 def bucket_mb(system: str, bucket_mbs: list[float] | None) -> float | None:
@@ -140,7 +160,8 @@ def run_system(system: str, model_name: str, batch: int, args, device, comm) -> 
         _ddp_hook(model, args.compression)
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     dp = data_parallel(model, opt, compression=args.compression, powersgd_rank=POWERSGD_RANK,
-                       powersgd_start=POWERSGD_START, bucket_mb=bucket_mb(system, args.bucket_mb)) \
+                       powersgd_start=POWERSGD_START, bucket_mb=bucket_mb(system, args.bucket_mb),
+                       algo=algo(system, args.algo)) \
         if system.startswith("mpirt") else None
     run = model
     if args.compile:
@@ -184,9 +205,16 @@ def main() -> None:
                     help="gradients on the wire, for mpirt and for DDP (its fp16 and PowerSGD hooks)")
     ap.add_argument("--compile", type=compile_modes, default=[],
                     help="none, or whole and/or split: every system under torch.compile, mpirt once per mode")
+    ap.add_argument("--algo", type=algo_names, default=None,
+                    help="data_parallel's allreduce (default: its own, $MPIRT_ALGO or auto); a comma list "
+                         "trains mpirt once per algo")
     args = ap.parse_args()
-    if args.compile and args.bucket_mb and len(args.bucket_mb) > 1:
-        ap.error("--compile trains mpirt once per mode: give one --bucket-mb size with it")
+    # each names mpirt's systems in a turn: one at a time
+    naming = [f"--{name}" for name, many in (("bucket-mb", args.bucket_mb and len(args.bucket_mb) > 1),
+                                             ("compile", args.compile), ("algo", args.algo and len(args.algo) > 1))
+              if many]
+    if len(naming) > 1:
+        ap.error(f"{' with '.join(naming)}: each trains mpirt once per value; give several values to one of them")
     if args.compression == "powersgd" and args.warmup < POWERSGD_START:
         raise SystemExit(f"--compression powersgd: --warmup must cover the {POWERSGD_START} exact steps")
     if args.threads < 1:
@@ -205,7 +233,7 @@ def main() -> None:
     results, reduced_by, buckets = [], {}, {}
     for scaling in args.scaling.split(","):
         batch = per_rank_batch(scaling, args.batch, args.global_batch, w.size)
-        turn = systems(args.bucket_mb, args.compile)
+        turn = systems(args.bucket_mb, args.compile, args.algo)
         times: dict[str, list[float]] = {s: [] for s in turn}
         for r in range(args.repeats):
             order = turn[r % len(turn):] + turn[:r % len(turn)]

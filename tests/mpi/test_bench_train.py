@@ -1,6 +1,7 @@
-"""The training benchmark's rank side with several bucket sizes (benchmarks/buckets.py) or
-compile modes (benchmarks/compile.py): mpirt trains once per size or mode in every turn, each
-under its own name, and a bad list is refused before any training."""
+"""The training benchmark's rank side with several bucket sizes (benchmarks/buckets.py),
+compile modes (benchmarks/compile.py) or allreduces (benchmarks/powersgd.py): mpirt trains once
+per size, mode or algo in every turn, each under its own name, and a bad list is refused before
+any training."""
 
 import json
 import subprocess
@@ -37,6 +38,20 @@ def test_a_bad_list_of_bucket_sizes_is_refused(tmp_path, sizes):
     assert not (tmp_path / "t.json").exists()
 
 
+@pytest.mark.parametrize("np_", [1, 2, 4])
+def test_every_algo_trains_in_every_turn(mpiexec, tmp_path, np_):
+    """Each under its own name, reduced by the allreduce it names."""
+    out = tmp_path / "train.json"
+    mpiexec(np_, TRAIN + ["--json", str(out), "--model", "compute", "--scaling", "weak", "--batch", "4", "--steps",
+                          "1", "--warmup", "1", "--repeats", "2", "--algo", "core,torch", "--device", "cpu"],
+            timeout=300)
+    doc = json.loads(out.read_text())
+    assert [r["system"] for r in doc["results"]] == ["compute-only", "mpirt:core", "mpirt:torch", "ddp"]
+    assert all(len(r["step_s"]) == 2 and min(r["step_s"]) > 0 for r in doc["results"])
+    assert doc["rank_view"]["reduced_by"]["mpirt:torch"] == "torch"
+    assert doc["rank_view"]["reduced_by"]["mpirt:core"].startswith("core")
+
+
 def test_both_compile_modes_train_in_every_turn(mpiexec, tmp_path):
     out = tmp_path / "train.json"
     mpiexec(2, TRAIN + ["--json", str(out), "--model", "compute", "--scaling", "weak", "--batch", "8", "--steps",
@@ -50,8 +65,11 @@ def test_both_compile_modes_train_in_every_turn(mpiexec, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--compile", "fast"], "give none, or whole and/or split"),
     (["--compile", "split,split"], "give none, or whole and/or split"),
-    (["--compile", "split", "--bucket-mb", "1,25"], "--compile trains mpirt once per mode: give one --bucket-mb")])
-def test_a_bad_compile_mode_is_refused(tmp_path, args, message):
+    (["--compile", "split", "--bucket-mb", "1,25"], "--bucket-mb with --compile: each trains mpirt once per value"),
+    (["--algo", "nccl"], "give data_parallel algos, each once, from auto, core,"),
+    (["--algo", "torch,torch"], "give data_parallel algos, each once"),
+    (["--algo", "auto,torch", "--bucket-mb", "1,25"], "--bucket-mb with --algo: each trains mpirt once per value")])
+def test_a_bad_list_is_refused(tmp_path, args, message):
     proc = subprocess.run(TRAIN + ["--json", str(tmp_path / "t.json"), *args], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2
