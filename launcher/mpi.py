@@ -70,11 +70,20 @@ class Flags:
     # them shared a core (Horovod's launcher passes the same flag). Hydra leaves ranks unbound;
     # Intel's pins each to a domain of cores, which keeps room for threads.
     unbound: tuple[str, ...] = ()
+    # Open MPI started by an absolute path takes that path's prefix as --prefix, and puts its
+    # bin directory first on every rank's PATH: with mpirun in /usr/bin, a venv's or conda's
+    # `python` on the user's PATH lost to the system's (which has no torch). The prefix exists
+    # so that the hosts' daemons are found; from a system directory (SYSTEM_BIN) they are
+    # found without it, so there it is turned off.
+    no_prefix: tuple[str, ...] = ()
 
+
+# Where any ssh session's PATH looks (Debian's sshd default: /usr/local/bin:/usr/bin:/bin:/usr/games).
+SYSTEM_BIN = ("/usr/bin", "/bin", "/usr/local/bin")
 
 _OMPI = dict(np=("-np", "{n}"), oversubscribe=("--oversubscribe",), as_root=("--allow-run-as-root",),
              hostfile=("--hostfile", "{hostfile}"), dialect="openmpi", export=("-x", "{name}"),
-             unbound=("--bind-to", "none"))
+             unbound=("--bind-to", "none"), no_prefix=("--noprefix",))
 # Hydra's -l prefix "[RANK] " could be a rank's own text ("x[0] = 1"); a pattern of ours cannot,
 # so the pieces it tags one by one (as Open MPI 4 does) can be put back together.
 _HYDRA = dict(np=("-n", "{n}"), oversubscribe=(), as_root=(), tag_output=("-prepend-pattern", "[mpirt:%r]"),
@@ -190,7 +199,7 @@ def local_argv(impl: MpiImpl, n: int, *, cores: int, uid: int) -> list[str]:
     if n < 1:
         raise ValueError(f"-np {n}: need at least one rank")
     flags = TABLE[impl.key]
-    argv = [impl.mpirun, *(a.format(n=n) for a in flags.np)]
+    argv = [impl.mpirun, *(a.format(n=n) for a in flags.np), *_no_prefix(impl)]
     if n > cores:
         argv += flags.oversubscribe
     if uid == 0:
@@ -304,7 +313,7 @@ def build_argv(impl: MpiImpl, np: int, hostfile: str, command: list[str], *, uid
         raise ValueError(f"-np {np}: need at least one rank")
     f = TABLE[impl.key]
     argv = [impl.mpirun, *(a.format(n=np) for a in f.np), *(a.format(hostfile=hostfile) for a in f.hostfile),
-            *f.unbound]
+            *f.unbound, *_no_prefix(impl)]
     if uid == 0:
         argv += f.as_root
     if tag_output:
@@ -315,6 +324,12 @@ def build_argv(impl: MpiImpl, np: int, hostfile: str, command: list[str], *, uid
         for name in export:
             argv += [a.format(name=name) for a in f.export]
     return argv + list(command)
+
+
+def _no_prefix(impl: MpiImpl) -> tuple[str, ...]:
+    """``Flags.no_prefix`` where mpirun lies in a system directory (its realpath need not: Debian
+    links /usr/bin/mpirun through /etc/alternatives; Open MPI reads the path it was started by)."""
+    return TABLE[impl.key].no_prefix if os.path.dirname(impl.mpirun) in SYSTEM_BIN else ()
 
 
 def ssh_env(impl: MpiImpl, ssh_args: list[str]) -> dict[str, str]:

@@ -142,3 +142,18 @@ def memory_cgroup():
     yield make
     for cg in made:
         cg.close()
+
+
+@pytest.fixture
+def user_venv(tmp_path) -> Path:
+    """An image's venv: its bin (python3, and mpirt launching from it) first on the PATH this
+    returns, the system's /usr/bin behind it. Built on the tests' Python, whose packages it
+    sees. (Run through pyenv's shims, `mpirt` would put pyenv's own bin first instead.)"""
+    if not os.path.exists("/usr/bin/python3"):
+        pytest.skip("needs a system /usr/bin/python3 for the venv's to win over")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(venv)], check=True)
+    (venv / "bin" / "mpirt").write_text(f"#!{venv}/bin/python3\nimport sys\nfrom launcher.cli import main\n"
+                                        "sys.exit(main())\n")
+    (venv / "bin" / "mpirt").chmod(0o755)
+    return venv / "bin"

@@ -204,6 +204,20 @@ def test_ranks_see_their_hosts_environment_and_the_variables_named_at_launch(clu
     assert (hint in proc.stderr) != hydra, proc.stderr  # Hydra sends everything
 
 
+def test_ranks_on_every_host_run_the_python_first_on_the_users_path(cluster, user_venv):
+    """An image's venv (or conda) first on PATH, Open MPI in /usr/bin: `python3` in the command
+    is the venv's on every host, not the system's, which Open MPI started by an absolute path
+    would put first on the ranks' PATH."""
+    c = cluster(2)
+    for w in ("w0", "w1"):
+        c.start_worker(w)
+    proc = c.launch(["w0", "w1"], ["python3", "-c", "import socket, sys; print('ran', socket.gethostname(), "
+                                   "sys.executable)"], env={"PATH": f"{user_venv}:{os.environ['PATH']}"})
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(x for x in proc.stdout.splitlines() if " ran " in x) == [
+        f"[0] ran w0 {user_venv}/python3", f"[1] ran w1 {user_venv}/python3"], proc.stdout
+
+
 @EACH_MPI
 def test_workers_that_cannot_resolve_the_launchers_name(cluster, variable, mpirun, env):
     """Hydra's proxies connect back to the launcher by its host name, which workers of a

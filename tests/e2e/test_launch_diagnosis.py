@@ -92,6 +92,16 @@ MPI.COMM_WORLD.Barrier()
 """
 
 
+def test_local_ranks_run_the_python_first_on_the_users_path(user_venv):
+    """The venv first on PATH is the ranks' `python3`, wherever mpirun lies (Open MPI started
+    as /usr/bin/mpirun would put /usr/bin first on theirs, and the system's python3)."""
+    proc = launch("-np", "2", "--", "python3", "-c", "import sys; print('ran', sys.executable)",
+                  env={"PATH": f"{user_venv}:{os.environ['PATH']}"})
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(x for x in proc.stdout.splitlines() if " ran " in x) == [
+        f"[0] ran {user_venv}/python3", f"[1] ran {user_venv}/python3"], proc.stdout
+
+
 def test_a_rank_that_dies_without_a_record_shows_its_last_words():
     """A native crash: no Python exception, only a signal; what the rank printed before it is the
     clue (Open MPI's own backtrace of the signal is left out)."""

@@ -128,6 +128,11 @@ def test_train_across_three_containers(pods):
     # every rank on its own container: not all of them on the launcher (the Open MPI 5 trap)
     assert "on 3 ranks / 3 nodes" in proc.stdout, proc.stdout[-3000:]
     assert "mpirt train: done: 20 steps" in proc.stdout
+    # `python3` is the venv's on every rank: Open MPI from /usr/bin would put the system's first
+    proc = pods.launcher("launch", "--", "python3", "-c", "import sys, torch; print('ran', sys.executable)")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert sorted(x for x in proc.stdout.splitlines() if " ran " in x) == [
+        f"[{r}] ran /opt/mpirt/bin/python3" for r in range(3)], proc.stdout[-3000:]
 
 
 def test_allreduce_check_across_containers(pods):

@@ -6,6 +6,7 @@ any training."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -14,13 +15,16 @@ pytestmark = pytest.mark.mpi
 TRAIN = [sys.executable, "-P", "-m", "mpirt.bench.train"]
 
 
+def trained(mpiexec, np_: int, out: Path, repeats: int, *args: str) -> dict:
+    """Rank 0's record of a short weak-scaling job of the compute model on ``np_`` ranks."""
+    mpiexec(np_, TRAIN + ["--json", str(out), "--model", "compute", "--scaling", "weak", "--batch", "8", "--steps",
+                          "1", "--warmup", "1", "--repeats", str(repeats), "--device", "cpu", *args], timeout=300)
+    return json.loads(out.read_text())
+
+
 @pytest.mark.parametrize("np_", [1, 2])
 def test_every_bucket_size_trains_in_every_turn(mpiexec, tmp_path, np_):
-    out = tmp_path / "train.json"
-    mpiexec(np_, TRAIN + ["--json", str(out), "--model", "compute", "--scaling", "weak", "--batch", "8", "--steps",
-                          "1", "--warmup", "1", "--repeats", "2", "--bucket-mb", "0.5,25", "--device", "cpu"],
-            timeout=300)
-    doc = json.loads(out.read_text())
+    doc = trained(mpiexec, np_, tmp_path / "train.json", 2, "--bucket-mb", "0.5,25")
     by = {r["system"]: r for r in doc["results"]}
     assert list(by) == ["compute-only", "mpirt@0.5", "mpirt@25", "ddp"]
     assert all(len(r["step_s"]) == 2 and min(r["step_s"]) > 0 for r in by.values())
@@ -41,11 +45,7 @@ def test_a_bad_list_of_bucket_sizes_is_refused(tmp_path, sizes):
 @pytest.mark.parametrize("np_", [1, 2, 4])
 def test_every_algo_trains_in_every_turn(mpiexec, tmp_path, np_):
     """Each under its own name, reduced by the allreduce it names."""
-    out = tmp_path / "train.json"
-    mpiexec(np_, TRAIN + ["--json", str(out), "--model", "compute", "--scaling", "weak", "--batch", "4", "--steps",
-                          "1", "--warmup", "1", "--repeats", "2", "--algo", "core,torch", "--device", "cpu"],
-            timeout=300)
-    doc = json.loads(out.read_text())
+    doc = trained(mpiexec, np_, tmp_path / "train.json", 2, "--algo", "core,torch")
     assert [r["system"] for r in doc["results"]] == ["compute-only", "mpirt:core", "mpirt:torch", "ddp"]
     assert all(len(r["step_s"]) == 2 and min(r["step_s"]) > 0 for r in doc["results"])
     assert doc["rank_view"]["reduced_by"]["mpirt:torch"] == "torch"
@@ -53,11 +53,7 @@ def test_every_algo_trains_in_every_turn(mpiexec, tmp_path, np_):
 
 
 def test_both_compile_modes_train_in_every_turn(mpiexec, tmp_path):
-    out = tmp_path / "train.json"
-    mpiexec(2, TRAIN + ["--json", str(out), "--model", "compute", "--scaling", "weak", "--batch", "8", "--steps",
-                        "1", "--warmup", "1", "--repeats", "1", "--compile", "whole,split", "--device", "cpu"],
-            timeout=300)
-    doc = json.loads(out.read_text())
+    doc = trained(mpiexec, 2, tmp_path / "train.json", 1, "--compile", "whole,split")
     assert [r["system"] for r in doc["results"]] == ["compute-only", "mpirt+whole", "mpirt+split", "ddp"]
     assert all(min(r["step_s"]) > 0 for r in doc["results"])
 

@@ -28,12 +28,29 @@ def test_unknown_mpirun_names_the_fix():
 def test_openmpi_argv_as_root_oversubscribed():
     impl = MpiImpl("openmpi", (4, 1, 4), "/usr/bin/mpirun")
     assert local_argv(impl, 4, cores=2, uid=0) == [
-        "/usr/bin/mpirun", "-np", "4", "--oversubscribe", "--allow-run-as-root"]
+        "/usr/bin/mpirun", "-np", "4", "--noprefix", "--oversubscribe", "--allow-run-as-root"]
 
 
 def test_openmpi_argv_as_user_within_cores():
     impl = MpiImpl("openmpi", (5, 0, 11), "mpirun")
     assert local_argv(impl, 2, cores=2, uid=1000) == ["mpirun", "-np", "2"]
+
+
+def test_open_mpi_from_a_system_directory_leaves_the_ranks_path_alone():
+    """Started as /usr/bin/mpirun, Open MPI would put /usr/bin first on every rank's PATH, and the
+    system's python before the venv's on the user's PATH; installed elsewhere, its prefix is how
+    the hosts find its daemons, so it stays."""
+    for family, version, mpirun in (("openmpi", (4, 1, 4), "/usr/bin/mpirun"), ("openmpi", (5, 0, 7), "/usr/local/bin/mpirun"),
+                                    ("openmpi", (4, 1, 4), "/bin/mpirun")):
+        assert "--noprefix" in local_argv(MpiImpl(family, version, mpirun), 2, cores=2, uid=1)
+        assert "--noprefix" in build_argv(MpiImpl(family, version, mpirun), 2, "hf", ["a"], uid=1, tag_output=False,
+                                          export=[])
+    for family, version, mpirun in (("openmpi", (4, 1, 4), "/opt/openmpi/bin/mpirun"),
+                                    ("openmpi", (5, 0, 7), "/opt/venv/bin/mpirun"), ("mpich", (4, 0, 2), "/usr/bin/mpiexec"),
+                                    ("intel", (2021, 15), "/usr/bin/mpiexec")):
+        assert "--noprefix" not in local_argv(MpiImpl(family, version, mpirun), 2, cores=2, uid=1)
+        assert "--noprefix" not in build_argv(MpiImpl(family, version, mpirun), 2, "hf", ["a"], uid=1,
+                                              tag_output=False, export=[])
 
 
 def test_mpich_needs_no_extra_flags():
@@ -49,8 +66,8 @@ def test_zero_ranks_is_refused():
 def test_launch_argv_tags_output_and_appends_the_command():
     impl = MpiImpl("openmpi", (4, 1, 4), "/usr/bin/mpirun")
     assert launch_argv(impl, 4, ["mpirt", "train"], cores=2, uid=0, tag_output=True) == [
-        "/usr/bin/mpirun", "-np", "4", "--oversubscribe", "--allow-run-as-root", "--bind-to", "none", "--tag-output",
-        "mpirt", "train"]
+        "/usr/bin/mpirun", "-np", "4", "--noprefix", "--oversubscribe", "--allow-run-as-root", "--bind-to", "none",
+        "--tag-output", "mpirt", "train"]
     mpich = MpiImpl("mpich", (4, 0, 2), "mpiexec")
     assert launch_argv(mpich, 2, ["a.out"], cores=2, uid=1000, tag_output=True) == ["mpiexec", "-n", "2", "-prepend-pattern",
                                                                                       "[mpirt:%r]", "a.out"]
@@ -75,8 +92,8 @@ def test_multi_host_argv_per_implementation():
     ompi4 = MpiImpl("openmpi", (4, 1, 4), "/usr/bin/mpirun")
     assert build_argv(ompi4, 6, "/s/hostfile", ["python", "t.py"], uid=0, tag_output=True,
                       export=["PATH", "MPIRT_ERROR_DIR"]) == [
-        "/usr/bin/mpirun", "-np", "6", "--hostfile", "/s/hostfile", "--bind-to", "none", "--allow-run-as-root",
-        "--tag-output", "-x", "PATH", "-x", "MPIRT_ERROR_DIR", "python", "t.py"]
+        "/usr/bin/mpirun", "-np", "6", "--hostfile", "/s/hostfile", "--bind-to", "none", "--noprefix",
+        "--allow-run-as-root", "--tag-output", "-x", "PATH", "-x", "MPIRT_ERROR_DIR", "python", "t.py"]
     ompi5 = MpiImpl("openmpi", (5, 0, 7), "mpirun")
     assert build_argv(ompi5, 2, "hf", ["a"], uid=1000, tag_output=False, export=[]) == [
         "mpirun", "-np", "2", "--hostfile", "hf", "--bind-to", "none", "a"]
@@ -95,7 +112,7 @@ def test_multi_host_argv_per_implementation():
     assert control_env(intel, "eth0") == {"I_MPI_HYDRA_IFACE": "eth0"} and control_env(intel, None) == {}
     assert control_env(mpich, "eth0") == {} == control_env(ompi4, "eth0")
     assert build_argv(ompi4, 1, "hf", ["a"], uid=1, tag_output=False, export=[], control="10.1.2.3") == [
-        "/usr/bin/mpirun", "-np", "1", "--hostfile", "hf", "--bind-to", "none", "a"]
+        "/usr/bin/mpirun", "-np", "1", "--hostfile", "hf", "--bind-to", "none", "--noprefix", "a"]
     with pytest.raises(ValueError):
         build_argv(mpich, 1, "hf", ["a"], uid=1, tag_output=False, export=[], control="w0; rm -rf /")
 
