@@ -327,8 +327,8 @@ def build_argv(impl: MpiImpl, np: int, hostfile: str, command: list[str], *, uid
 
 
 def _no_prefix(impl: MpiImpl) -> tuple[str, ...]:
-    """``Flags.no_prefix`` where mpirun lies in a system directory (its realpath need not: Debian
-    links /usr/bin/mpirun through /etc/alternatives; Open MPI reads the path it was started by)."""
+    """``Flags.no_prefix`` where mpirun's path, as started, lies in a system directory: Open MPI
+    takes its prefix from that path, not from where Debian's /etc/alternatives link leads."""
     return TABLE[impl.key].no_prefix if os.path.dirname(impl.mpirun) in SYSTEM_BIN else ()
 
 
