@@ -15,7 +15,7 @@ import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from launcher import mpi
+from launcher import guard, mpi
 from launcher.detect import memcg
 
 SCHEMA = "mpirt.doctor/1"
@@ -99,6 +99,7 @@ def run_checks(cfg: DoctorConfig) -> list[Check]:
     gpus = gpu_local()
     checks += _build_checks(impl, bool(gpus.gpus))
     checks.append(torch_check(view.get("torch"), len(gpus.gpus)))
+    checks += python_checks(os.environ.get("PATH"))
     if gpus.gpus:
         checks.append(Check("gpus", "pass", f"{len(gpus.gpus)} x {gpus.gpus[0].name}; P2P "
                             f"{'ok' if gpus.p2p_ok else 'not available (NCCL P2P/SHM get disabled)'}"
@@ -161,6 +162,28 @@ def torch_check(seen: dict | None, gpus: int) -> Check:
                      "core then stages through host memory)")
     return Check("torch", "pass", f"{seen_gpus}; data_parallel reduces with the compiled core "
                  f"(with algo='torch': over gloo{'; no NCCL in this torch' if visible else ''})")
+
+
+def python_checks(path: str | None) -> list[Check]:
+    """The `python3` and `python` a command names, as the ranks find them (`mpirt launch` keeps
+    this PATH): whether a script given to them runs under ``python -m mpirt``. Without mpirt it
+    runs as given, and a rank that raises neither stops the others at once nor leaves the record
+    the root cause is read from."""
+    checks = []
+    for name in ("python3", "python"):
+        found = shutil.which(name, path=path)
+        if found is None:
+            continue
+        if guard.has_mpirt(name, path):
+            checks.append(Check(name, "pass", f"{found}: `mpirt launch -- {name} train.py` runs the script under "
+                                "python -m mpirt"))
+        else:
+            checks.append(Check(name, "warn", f"{found} has no mpirt: `mpirt launch -- {name} train.py` runs the "
+                                "script as given, so a rank that raises does not stop the others at once and leaves "
+                                "no record for the root cause",
+                                f"install mpirt into that Python, or put {os.path.dirname(sys.executable)} first on "
+                                "PATH"))
+    return checks
 
 
 def _memory_check(root: Path) -> Check:

@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+import sys
 
 STATUSES = {"pass", "warn", "fail"}
 
@@ -16,7 +17,7 @@ def test_json_schema_on_this_machine():
     assert doc["schema"] == "mpirt.doctor/1" and set(doc) == {"schema", "ok", "checks"}
     names = [c["name"] for c in doc["checks"]]
     for name in ("mpi", "mpi4py", "core", "build", "ucx", "gpus", "torch", "network", "memlock", "/dev/shm",
-                 "memory", "cpus", "ssh key"):
+                 "memory", "cpus", "ssh key", "python3"):
         assert name in names
     for c in doc["checks"]:
         assert set(c) == {"name", "status", "detail", "fix"} and c["status"] in STATUSES and c["detail"]
@@ -45,6 +46,25 @@ def test_torch_that_cannot_see_the_hosts_gpus_fails_with_the_fix():
         "torch 2.13.0+cpu, 0 GPUs visible; data_parallel reduces with the compiled core (with algo='torch': over gloo)")
     missing = torch_check({"error": "ModuleNotFoundError: No module named 'torch'"}, gpus=0)
     assert missing.status == "warn" and "No module named 'torch'" in missing.detail and missing.fix
+
+
+def test_a_python_on_path_without_mpirt_is_named_with_the_fix(tmp_path):
+    """A venv of the user's own first on PATH, without mpirt: `mpirt launch -- python3 t.py`
+    would run the script as given (no job-wide stop on an exception, no root-cause record)."""
+    from launcher.doctor import python_checks
+
+    bare, shared = tmp_path / "bare", tmp_path / "shared"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", "--system-site-packages", str(shared)], check=True)
+    checks = python_checks(f"{bare}/bin:{shared}/bin")
+    assert [(c.name, c.status) for c in checks] == [("python3", "warn"), ("python", "warn")]
+    for c in checks:
+        assert c.detail.startswith(f"{bare}/bin/{c.name} has no mpirt: `mpirt launch -- {c.name} train.py` runs "
+                                   "the script as given")
+        assert c.fix.startswith("install mpirt into that Python, or put ")
+    assert [(c.name, c.status) for c in python_checks(f"{shared}/bin:{bare}/bin")] == [("python3", "pass"),
+                                                                                        ("python", "pass")]
+    assert python_checks(str(tmp_path / "nothing-here")) == []
 
 
 def test_missing_mpirun_fails_with_the_fix():
