@@ -100,6 +100,7 @@ def run_checks(cfg: DoctorConfig) -> list[Check]:
     checks += _build_checks(impl, bool(gpus.gpus))
     checks.append(torch_check(view.get("torch"), len(gpus.gpus)))
     checks += python_checks(os.environ.get("PATH"))
+    checks.append(tmp_check(os.environ))
     if gpus.gpus:
         checks.append(Check("gpus", "pass", f"{len(gpus.gpus)} x {gpus.gpus[0].name}; P2P "
                             f"{'ok' if gpus.p2p_ok else 'not available (NCCL P2P/SHM get disabled)'}"
@@ -184,6 +185,22 @@ def python_checks(path: str | None) -> list[Check]:
                                 f"install mpirt into that Python, or put {os.path.dirname(sys.executable)} first on "
                                 "PATH"))
     return checks
+
+
+def tmp_check(env) -> Check:
+    """Where Open MPI keeps its session directory (PMIx too): TMPDIR, TEMP or TMP, else /tmp.
+    Where it cannot make one (a pod with readOnlyRootFilesystem and no /tmp mounted), mpirun
+    cannot start."""
+    name = next((n for n in ("TMPDIR", "TEMP", "TMP") if env.get(n)), None)
+    base = env[name] if name else "/tmp"
+    where = f"{name}={base}" if name else "/tmp"
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix="mpirt-doctor-", dir=base))
+    except OSError as e:
+        return Check("tmp", "fail", f"{where}: no directory can be made there ({e.strerror}), and Open MPI keeps its "
+                     "session directory there", "mount a writable emptyDir at /tmp (a pod with readOnlyRootFilesystem "
+                     "has none) or set TMPDIR to a writable directory")
+    return Check("tmp", "pass", f"{where} is writable (Open MPI's session directory)")
 
 
 def _memory_check(root: Path) -> Check:

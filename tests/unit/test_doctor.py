@@ -17,7 +17,7 @@ def test_json_schema_on_this_machine():
     assert doc["schema"] == "mpirt.doctor/1" and set(doc) == {"schema", "ok", "checks"}
     names = [c["name"] for c in doc["checks"]]
     for name in ("mpi", "mpi4py", "core", "build", "ucx", "gpus", "torch", "network", "memlock", "/dev/shm",
-                 "memory", "cpus", "ssh key", "python3"):
+                 "memory", "cpus", "ssh key", "python3", "tmp"):
         assert name in names
     for c in doc["checks"]:
         assert set(c) == {"name", "status", "detail", "fix"} and c["status"] in STATUSES and c["detail"]
@@ -65,6 +65,18 @@ def test_a_python_on_path_without_mpirt_is_named_with_the_fix(tmp_path):
     assert [(c.name, c.status) for c in python_checks(f"{shared}/bin:{bare}/bin")] == [("python3", "pass"),
                                                                                         ("python", "pass")]
     assert python_checks(str(tmp_path / "nothing-here")) == []
+
+
+def test_a_tmp_where_no_session_directory_can_be_made_fails_with_the_fix(tmp_path):
+    from launcher.doctor import tmp_check
+
+    (tmp_path / "file").write_text("")
+    bad = tmp_check({"TMPDIR": str(tmp_path / "file" / "tmp")})
+    assert (bad.status, bad.detail) == ("fail", f"TMPDIR={tmp_path}/file/tmp: no directory can be made there (Not a "
+                                        "directory), and Open MPI keeps its session directory there")
+    assert bad.fix.startswith("mount a writable emptyDir at /tmp")
+    assert tmp_check({"TMP": str(tmp_path)}).detail == f"TMP={tmp_path} is writable (Open MPI's session directory)"
+    assert tmp_check({}).status == "pass" and list(tmp_path.iterdir()) == [tmp_path / "file"]  # nothing left
 
 
 def test_missing_mpirun_fails_with_the_fix():

@@ -294,6 +294,54 @@ def test_a_program_mpirun_cannot_start_is_named_with_its_host_and_no_signal_is_g
         255, str(tmp_path), [MPICH5_NO_PROGRAM])
 
 
+OMPI4_NO_SESSION_DIR = """--------------------------------------------------------------------------
+A call to mkdir was unable to create the desired directory:
+
+  Directory: /tmp/ompi.w0.0/pid.26544
+  Error:     Read-only file system
+
+Please check to ensure you have adequate permissions to perform
+the desired operation.
+--------------------------------------------------------------------------
+[w0:26544] [[2894,0],0] ORTE_ERROR_LOG: Error in file ../../../orte/util/session_dir.c at line 107
+"""
+OMPI5_NO_SESSION_DIR = """--------------------------------------------------------------------------
+PMIx detected a call to mkdir was unable to create the desired directory:
+
+  Directory: /tmp/ompi.26642
+  Error:     Read-only file system
+
+Please check to ensure you have adequate permissions to perform
+the desired operation.
+--------------------------------------------------------------------------
+"""
+
+
+def test_a_session_directory_mpirun_cannot_create_is_named_with_the_fix(tmp_path):
+    """A pod with readOnlyRootFilesystem and no /tmp mounted: Open MPI cannot start at all."""
+    for text, where in ((OMPI4_NO_SESSION_DIR, "/tmp/ompi.w0.0/pid.26544"), (OMPI5_NO_SESSION_DIR, "/tmp/ompi.26642")):
+        said = root_cause(1, str(tmp_path), text.splitlines(keepends=True))
+        assert said.startswith(f"mpirt: job failed: mpirun exited 1. Root cause (from mpirun's output): mpirun could "
+                               f"not create its session directory {where} (Read-only file system): Open MPI keeps it "
+                               "under TMPDIR, else /tmp, on every host; mount a writable emptyDir at /tmp"), said
+
+
+def test_a_session_directory_under_a_file_fails_the_real_job_with_the_fix(tmp_path):
+    """The same with the real mpirun: TMPDIR under a file, where no directory can be made."""
+    from launcher.mpi import detect, find_mpirun
+
+    if detect(find_mpirun()).family != "openmpi":
+        pytest.skip("only Open MPI keeps a session directory (Hydra has none)")
+    (tmp_path / "file").write_text("")
+    proc = subprocess.run([sys.executable, "-m", "launcher.cli", "launch", "-np", "2", "--", sys.executable, "-c",
+                           "pass"], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "TMPDIR": str(tmp_path / "file" / "tmp")})
+    assert proc.returncode != 0
+    assert "Root cause (from mpirun's output): mpirun could not create its session directory " \
+           f"{tmp_path}/file/tmp" in proc.stderr, proc.stderr
+    assert "(Not a directory): Open MPI keeps it under TMPDIR, else /tmp" in proc.stderr, proc.stderr
+
+
 @pytest.mark.parametrize("program", ["pyhton", "script.sh"])
 def test_a_local_program_that_cannot_run_is_said_before_mpirun_starts(tmp_path, program):
     script = tmp_path / "script.sh"
