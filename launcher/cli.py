@@ -236,7 +236,7 @@ def bench_compare(base: str, new: str, threshold: str, as_json: bool) -> None:
 @click.option("--wait", "wait_s", type=click.FloatRange(min=0), default=300.0, show_default=True,
               envvar="MPIRT_WAIT_S", help="Seconds to wait for every host (DNS, TCP, ssh) before giving up.")
 @click.option("--state-dir", default="", envvar="MPIRT_STATE_DIR",
-              help="Private directory for the hostfile and ssh files (default /tmp/mpirt-launch-<uid>).")
+              help="Private directory for the hostfile and ssh files (default mpirt-launch-<uid> under $TMPDIR, else /tmp).")
 @click.option("--log-dir", envvar="MPIRT_LOG_DIR", help="Write each rank's output to LOG_DIR/rank-<r>.log too.")
 @click.option("--mpirun", envvar="MPIRT_MPIRUN", help="mpirun to use (default: the one matching mpi4py's MPI).")
 @click.option("--dry-run", is_flag=True, envvar="MPIRT_DRY_RUN", help="Print the mpirun argv and env as JSON; run nothing.")
@@ -470,7 +470,7 @@ def topo(as_json: bool, root: str) -> None:
 @click.option("--ssh-dir", default="/root/.ssh", show_default=True, envvar="MPIRT_SSH_DIR",
               help="Where the job's ssh Secret is mounted (authorized_keys; optional ssh_host_*_key).")
 @click.option("--state-dir", default="", envvar="MPIRT_STATE_DIR",
-              help="Private writable directory for sshd's files (default /tmp/mpirt-sshd-<uid>).")
+              help="Private writable directory for sshd's files (default mpirt-sshd-<uid> under $TMPDIR, else /tmp).")
 @click.option("--listen", default="0.0.0.0", show_default=True, envvar="MPIRT_SSH_LISTEN")
 @click.option("--sshd", default="/usr/sbin/sshd", show_default=True, envvar="MPIRT_SSHD")
 @click.option("--grace", "grace_s", type=click.FloatRange(min=0), default=10.0, show_default=True,

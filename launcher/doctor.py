@@ -198,8 +198,7 @@ def tmp_check(env) -> Check:
         os.rmdir(tempfile.mkdtemp(prefix="mpirt-doctor-", dir=base))
     except OSError as e:
         return Check("tmp", "fail", f"{where}: no directory can be made there ({e.strerror}), and Open MPI keeps its "
-                     "session directory there", "mount a writable emptyDir at /tmp (a pod with readOnlyRootFilesystem "
-                     "has none) or set TMPDIR to a writable directory")
+                     "session directory there", mpi.TMP_FIX)
     return Check("tmp", "pass", f"{where} is writable (Open MPI's session directory)")
 
 
@@ -243,7 +242,11 @@ def _ssh_checks(cfg: DoctorConfig) -> list[Check]:
         return checks + [Check("hosts", "fail", str(e))]
     from launcher import fleet
 
-    with tempfile.TemporaryDirectory(prefix="mpirt-doctor-") as state:
+    try:
+        scratch = tempfile.TemporaryDirectory(prefix="mpirt-doctor-")
+    except OSError as e:  # no usable temporary directory
+        return checks + [Check("hosts", "fail", f"no directory for the ssh files ({e.strerror})", mpi.TMP_FIX)]
+    with scratch as state:
         setup = prepare(Path(cfg.ssh_dir), Path(state), cfg.ssh_port)
         env = {**os.environ, **nss_wrapper_env(Path(state))}
         names = [h.name for h in hosts]

@@ -133,6 +133,15 @@ def run(cfg: LaunchConfig) -> int:
     return code
 
 
+def _error_dir() -> str:
+    """This launch's directory for the ranks' error records (on this host; other hosts' are
+    fetched into it)."""
+    try:
+        return tempfile.mkdtemp(prefix="mpirt-errors-")
+    except OSError as e:  # no usable temporary directory: TMPDIR, /tmp, /var/tmp and the current one tried
+        raise ValueError(f"no temporary directory can be made here ({e.strerror}): {mpi.TMP_FIX}") from e
+
+
 def terminal_env(env: dict, named: dict, np: int, columns: int) -> dict[str, str]:
     """For ranks whose output reaches a terminal through the relay, which redraws a bar in
     place (launcher.relay): mpirt train's bar (unless MPIRT_PROGRESS says otherwise), and the
@@ -288,12 +297,17 @@ def _run(cfg: LaunchConfig, undo: ExitStack) -> tuple[int, str]:
         resolve("tcp", [], {}, profile=cfg.profile, profiles=load_profiles(env.get("MPIRT_PROFILES")))
     hosts, source = resolve_hosts(cfg, env)
     own_dir = "MPIRT_ERROR_DIR" not in env
-    error_dir = env.get("MPIRT_ERROR_DIR") or tempfile.mkdtemp(prefix="mpirt-errors-")
+    error_dir = env.get("MPIRT_ERROR_DIR") or _error_dir()
     job_id = ranks.new_job_id()  # marks this job's ranks on every host: a stop signals them (launcher.ranks)
     base = {"MPIRT_ERROR_DIR": error_dir, ranks.JOB_ENV: job_id, **named}
     info: dict = {"mpi": impl.label, "hosts_from": source}
-    job = _Local(cfg, impl, env, info) if not hosts else _Remote(cfg, impl, env, hosts, source, undo, base, info,
-                                                                 named)
+    try:
+        job = _Local(cfg, impl, env, info) if not hosts else _Remote(cfg, impl, env, hosts, source, undo, base, info,
+                                                                     named)
+    except BaseException:  # nothing ran: no records to keep
+        if own_dir:
+            shutil.rmtree(error_dir, ignore_errors=True)
+        raise
     if sys.stdout.isatty():
         base.update(terminal_env(env, named, job.np, shutil.get_terminal_size().columns))
     if cfg.dry_run:
@@ -404,7 +418,7 @@ class _Remote:
         for text, fix in mpi.known_faults(impl):
             print(f"mpirt: warning: {text}; {fix}", file=sys.stderr, flush=True)
         # the ssh modules only where there are remote hosts: a local launch stays light
-        from launcher.ssh import prepare
+        from launcher.ssh import prepare, private_dir, state_default
         from launcher.sshd import nss_wrapper_env
 
         self.cfg, self.impl, self.env, self.undo, self.source = cfg, impl, env, undo, source
@@ -412,8 +426,7 @@ class _Remote:
         # GPU of that host, known once its probe is read (hostlib.slots_from_gpus).
         self.per_host = (cfg.slots in (None, "", "auto") and not any(env.get(n) for n in hostlib.SLOTS_ENV)
                          and not all(h.slots_given for h in hosts))
-        self.state = Path(cfg.state_dir or f"/tmp/mpirt-launch-{os.getuid()}")
-        self.state.mkdir(parents=True, exist_ok=True)
+        self.state = private_dir(Path(cfg.state_dir) if cfg.state_dir else state_default("mpirt-launch"))
         self.hostfile = self.state / "hostfile"
         info["hostfile"] = self._use(hosts, check=not self.per_host)
         if self.per_host:

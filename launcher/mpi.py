@@ -78,6 +78,12 @@ class Flags:
     no_prefix: tuple[str, ...] = ()
 
 
+# Open MPI 4 keeps its session directory, and PMIx its own under Open MPI 5, under TMPDIR (or
+# TEMP, TMP), else /tmp, on every host: where none can be made mpirun cannot start, and a pod
+# with readOnlyRootFilesystem has no writable /tmp unless one is mounted.
+TMP_FIX = ("mount a writable emptyDir at /tmp (a pod with readOnlyRootFilesystem has none) or set TMPDIR to a "
+           "writable directory")
+
 # Where any ssh session's PATH looks (Debian's sshd default: /usr/local/bin:/usr/bin:/bin:/usr/games).
 SYSTEM_BIN = ("/usr/bin", "/bin", "/usr/local/bin")
 

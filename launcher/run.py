@@ -15,6 +15,7 @@ import sys
 import threading
 from typing import Callable, NamedTuple
 
+from launcher import mpi
 from launcher.relay import Heard, Relay
 from mpirt import errors
 from mpirt.console import ranges
@@ -60,12 +61,9 @@ _PATTERNS = (
      lambda m: _killed(m[1], m[2], int(m[3]))),
     (re.compile(r"PID \d+ RUNNING AT (\S+)\s*\n=\s+EXIT CODE: \d+[\s\S]*?EXIT STRING: [^\n]*\(signal (\d+)\)"),
      lambda m: _killed(None, m[1], int(m[2]))),
-    # Open MPI 4's session directory, or PMIx's under Open MPI 5: under TMPDIR, else /tmp, on
-    # every host; a pod with readOnlyRootFilesystem has no writable /tmp unless one is mounted
     (re.compile(r"call to mkdir was unable to create the desired directory:\s+Directory:\s+(\S+)\s+Error:\s+([^\n]+)"),
      lambda m: f"mpirun could not create its session directory {m[1]} ({m[2].strip()}): Open MPI keeps it under "
-               "TMPDIR, else /tmp, on every host; mount a writable emptyDir at /tmp (a pod with "
-               "readOnlyRootFilesystem has none) or set TMPDIR to a writable directory"),
+               f"TMPDIR, else /tmp, on every host; {mpi.TMP_FIX}"),
     (re.compile(r"Remote daemon:.*? on node (\S+)"),
      lambda m: f"host {m[1]} stopped answering (its pod died, was evicted or OOM-killed, or lost the network)"),
     (re.compile(r"Connection to (\S+) closed by remote host"),

@@ -22,6 +22,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from launcher.mpi import TMP_FIX
+
 KEY_NAMES = ("id_rsa", "id_ed25519", "id_ecdsa", "ssh-privatekey")
 # Every OpenSSH since 7.4 knows these names (an unknown one is a config error); no sntrup761.
 KEX = ("curve25519-sha256,curve25519-sha256@libssh.org,ecdh-sha2-nistp256,ecdh-sha2-nistp384,ecdh-sha2-nistp521,"
@@ -49,9 +51,18 @@ class SshSetup:
         return ["-F", str(self.config)]
 
 
+def state_default(name: str) -> Path:
+    """A private directory's default place: under TMPDIR, else /tmp, named for this UID."""
+    return Path(os.environ.get("TMPDIR") or "/tmp") / f"{name}-{os.getuid()}"
+
+
 def private_dir(path: Path) -> Path:
-    path.mkdir(parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        os.chmod(path, 0o700)
+    except OSError as e:
+        raise SshSetupError(f"cannot make the private directory {path} ({e.strerror}): point --state-dir "
+                            f"(MPIRT_STATE_DIR) at a writable directory, or {TMP_FIX}") from e
     return path
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Mapping
 
 from launcher import fleet, limits, ranks
-from launcher.ssh import SshSetupError, write_private, private_dir
+from launcher.ssh import SshSetupError, private_dir, state_default, write_private
 
 PRIVSEP_DIR = "/run/sshd"
 _NAME = re.compile(r"^[-._A-Za-z][-._A-Za-z0-9]*$")  # what Kubernetes allows in a container's env
@@ -46,7 +46,7 @@ NSS_WRAPPER_PATHS = ("/usr/lib/x86_64-linux-gnu/libnss_wrapper.so", "/usr/lib/aa
 class WorkerConfig:
     port: int = 2222
     ssh_dir: str = "/root/.ssh"
-    state_dir: str = ""  # default: /tmp/mpirt-sshd-<uid>
+    state_dir: str = ""  # default: $TMPDIR (else /tmp)/mpirt-sshd-<uid>
     listen: str = "0.0.0.0"
     sshd: str = "/usr/sbin/sshd"
     check_only: bool = False  # write everything, run `sshd -t`, exit
@@ -54,7 +54,7 @@ class WorkerConfig:
 
 
 def state_path(cfg: WorkerConfig) -> Path:
-    return Path(cfg.state_dir or f"/tmp/mpirt-sshd-{os.getuid()}")
+    return Path(cfg.state_dir) if cfg.state_dir else state_default("mpirt-sshd")
 
 
 def _host_keys(ssh_dir: Path, state: Path, env: dict[str, str]) -> list[Path]:

@@ -102,6 +102,22 @@ def test_local_ranks_run_the_python_first_on_the_users_path(user_venv):
         f"[0] ran {user_venv}/python3", f"[1] ran {user_venv}/python3"], proc.stdout
 
 
+def test_no_writable_temporary_directory_is_said_with_the_fix():
+    """A pod with readOnlyRootFilesystem and no emptyDir at /tmp: /tmp, /var/tmp and the current
+    directory read-only (bind mounts in a mount namespace of its own)."""
+    ro = "for d in /tmp /var/tmp; do mount --bind $d $d && mount -o remount,bind,ro $d || exit 97; done; cd /tmp && " \
+         'exec "$@"'
+    proc = launch("-np", "1", "--", "true", wrap=lambda argv: ["unshare", "-m", "sh", "-c", ro, "sh", sys.executable,
+                                                              "-m", "launcher.cli", *argv[1:]])
+    if proc.returncode == 97 or "unshare: " in proc.stderr:
+        pytest.skip(f"cannot make /tmp read-only in a mount namespace here: {proc.stderr.strip()}")
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("Error: no temporary directory can be made here (No usable temporary directory "
+                                  "found in "), proc.stderr
+    assert "mount a writable emptyDir at /tmp (a pod with readOnlyRootFilesystem has none)" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
 def test_a_rank_that_dies_without_a_record_shows_its_last_words():
     """A native crash: no Python exception, only a signal; what the rank printed before it is the
     clue (Open MPI's own backtrace of the signal is left out)."""
