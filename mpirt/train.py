@@ -108,6 +108,12 @@ def run(cfg: TrainConfig) -> int:
     if cfg.batch_size < w.size and w.rank == 0:
         say(f"mpirt: warning: global batch {cfg.batch_size} < {w.size} ranks: some ranks get no samples", err=True)
     out = Path(cfg.out)
+    if w.rank == 0:  # the one that writes there: a bad --out fails the job before any training
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"--out {cfg.out}: cannot make it ({e.strerror}); give a writable directory on rank "
+                             "0's host") from e
     ckpt_dir = out / "checkpoints"
     device = pick_device(cfg.device, w.local_rank)
     if device.type == "cuda":

@@ -5,11 +5,13 @@
 // as in OSU), time avg/min/max are across ranks of each rank's mean, p50/p99 are over
 // iterations of the slowest rank's time, algbw = bytes/avg, busbw = algbw * 2(n-1)/n.
 #include <mpi.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cerrno>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -541,6 +543,23 @@ int Bench::run() {
   return passed ? 0 : 1;
 }
 
+// What keeps rank 0 from writing --json or --csv (a directory that is not there or not writable),
+// said before the run rather than after it; "" when nothing does.
+std::string output_problem(const BenchOptions& o) {
+  for (const std::string& path : {o.json, o.csv}) {
+    if (path.empty() || path == "-") continue;
+    const size_t slash = path.rfind('/');
+    const std::string dir = slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+    struct stat st;
+    const char* why = stat(dir.c_str(), &st) != 0          ? std::strerror(errno)
+                      : !S_ISDIR(st.st_mode)                ? std::strerror(ENOTDIR)
+                      : access(dir.c_str(), W_OK) != 0     ? std::strerror(errno)
+                                                            : nullptr;
+    if (why) return path + ": cannot write into " + dir + " (" + why + "); give a file in an existing, writable directory";
+  }
+  return "";
+}
+
 }  // namespace
 }  // namespace mpirt
 
@@ -550,7 +569,8 @@ int main(int argc, char** argv) {
   // starting N ranks, so a bad option is said once, without mpirun's report of a failed job.
   if (std::any_of(argv + 1, argv + argc, [](const char* a) { return std::strcmp(a, "--check-args") == 0; })) {
     try {
-      parse_options(argc, argv);
+      const std::string problem = output_problem(parse_options(argc, argv));
+      if (!problem.empty()) throw UsageError(problem);
       return 0;
     } catch (const std::exception& e) {
       std::fprintf(stderr, "mpirt-allreduce-perf: error: %s\n", e.what());
@@ -567,6 +587,11 @@ int main(int argc, char** argv) {
     if (o.help || o.version) {
       if (w.rank == 0) std::fputs(o.help ? usage() : "mpirt-allreduce-perf " MPIRT_VERSION "\n", stdout);
     } else {
+      // rank 0 writes the files: its word goes for all
+      std::string problem = w.rank == 0 ? output_problem(o) : "";
+      int bad = !problem.empty();
+      MPI_Bcast(&bad, 1, MPI_INT, 0, w.comm);
+      if (bad) throw UsageError(problem);
       w.layout = node_layout(w.comm);
       Bench bench(o, w, std::vector<std::string>(argv, argv + argc));
       rc = bench.run();

@@ -274,6 +274,18 @@ def test_bad_option_is_a_clear_error(tmp_path):
     assert "--steps must be at least 1 (got 0)" in proc.stderr
 
 
+def test_an_out_directory_that_cannot_be_made_is_the_root_cause(tmp_path):
+    (tmp_path / "file").write_text("")
+    out = tmp_path / "file" / "out"
+    proc = subprocess.run(["mpirt", "launch", "-np", "2", "--", "mpirt", "train", "--steps", "5", "--out", str(out)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert "Root cause (first failure): rank 0 on " in proc.stderr
+    assert f"ValueError: --out {out}: cannot make it (Not a directory); give a writable directory on rank 0's " \
+           "host" in proc.stderr, proc.stderr
+    assert "loss" not in proc.stdout  # before any training
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU: tests/mpi/test_gpu.py trains on it")
 def test_cuda_asked_for_where_there_is_none_is_refused_before_training(tmp_path):
     proc = subprocess.run(["mpirt", "train", "--device", "cuda", "--out", str(tmp_path)], capture_output=True,

@@ -181,6 +181,9 @@ def test_only_rank_0_prints(mpiexec):
     (["-R", "-D", "cuda"], "-R/--shared-buffers: shared buffers are host memory; use --device cpu"),
     (["-f", "1"], "must be greater than 1"),
     (["--bogus"], "unknown option --bogus"),
+    (["-J", "/nonexistent/r.json"], "/nonexistent/r.json: cannot write into /nonexistent (No such file or directory); "
+                                    "give a file in an existing, writable directory"),
+    (["--csv", "/etc/hostname/r.csv"], "/etc/hostname/r.csv: cannot write into /etc/hostname (Not a directory)"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, message):
     # Run as a single rank (MPI singleton): what a user typing the command sees.
@@ -191,6 +194,15 @@ def test_bad_input_is_one_line_and_exit_2(args, message):
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("mpirt-allreduce-perf: error: ")
     assert message in lines[0]
+
+
+def test_a_result_file_rank_0_cannot_write_stops_every_rank_before_the_run(mpiexec):
+    """Rank 0 writes the files: its check goes for all ranks, said once, before any measurement
+    (it used to come after the whole sweep)."""
+    proc = run_bench(mpiexec, 2, "-b", "8", "-e", "8", "-J", "/nonexistent/r.json", check=False)
+    assert proc.returncode != 0
+    assert proc.stderr.count("/nonexistent/r.json: cannot write into /nonexistent") == 1, proc.stderr
+    assert "# Collective test starting" not in proc.stdout
 
 
 def test_cli_wrapper_starts_local_ranks(tmp_path):
@@ -210,6 +222,7 @@ def test_cli_wrapper_passes_bad_input_through():
 @pytest.mark.parametrize("args,message", [
     (["-b", "1", "-d", "float16"], "smaller than one float16 element (2 bytes); use -b 2 or more"),
     (["-a", "tree"], "unknown algorithm"),
+    (["-J", "/nonexistent/r.json"], "/nonexistent/r.json: cannot write into /nonexistent"),
 ])
 def test_bad_input_with_np_is_said_once_before_any_rank_starts(args, message):
     """Checked by one process without MPI (--check-args) before mpirun starts ranks that would
