@@ -283,6 +283,11 @@ def _run(cfg: LaunchConfig, undo: ExitStack) -> tuple[int, str]:
     mpi.check_command(list(cfg.command))  # a mistyped option is said before anything starts
     named = mpi.user_env(cfg.env, os.environ)
     show = parse_ranks(cfg.output_ranks)
+    if cfg.log_dir:  # made now, not after the hosts were waited for
+        try:
+            Path(cfg.log_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ValueError(f"--log-dir {cfg.log_dir}: cannot make it ({e.strerror}); give a writable directory") from e
     if show is not None and not cfg.tag_output:
         raise ValueError("--output-ranks needs each line tagged with its rank: drop --no-tag-output")
     env = {**os.environ, **named}

@@ -342,6 +342,15 @@ def test_a_session_directory_under_a_file_fails_the_real_job_with_the_fix(tmp_pa
     assert "(Not a directory): Open MPI keeps it under TMPDIR, else /tmp" in proc.stderr, proc.stderr
 
 
+def test_a_log_dir_that_cannot_be_made_is_said_before_anything_starts(tmp_path):
+    (tmp_path / "file").write_text("")
+    proc = subprocess.run([sys.executable, "-m", "launcher.cli", "launch", "-np", "1", "--log-dir",
+                           str(tmp_path / "file" / "logs"), "--", "true"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr == f"Error: --log-dir {tmp_path}/file/logs: cannot make it (Not a directory); give a writable " \
+                          "directory\n", proc.stderr
+
+
 @pytest.mark.parametrize("program", ["pyhton", "script.sh"])
 def test_a_local_program_that_cannot_run_is_said_before_mpirun_starts(tmp_path, program):
     script = tmp_path / "script.sh"
