@@ -514,10 +514,11 @@ def worker(port: int, ssh_dir: str, state_dir: str, listen: str, sshd: str, grac
 @click.option("--resume", is_flag=True, envvar="MPIRT_TRAIN_RESUME",
               help="Continue from the newest complete checkpoint in --out (implied in a job that "
                    "`mpirt launch --max-restarts` restarted).")
-@click.option("--bucket-mb", type=float, default=None, envvar="MPIRT_BUCKET_MB",
+@click.option("--bucket-mb", type=click.FloatRange(min=0, min_open=True), default=None, envvar="MPIRT_BUCKET_MB",
               help="Gradient bucket size in MiB (default: 2 on CPUs, 25 on GPUs or with PowerSGD; "
                    "benchmarks/buckets.py).")
-@click.option("--first-bucket-mb", type=float, default=1.0, show_default=True, envvar="MPIRT_FIRST_BUCKET_MB")
+@click.option("--first-bucket-mb", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              envvar="MPIRT_FIRST_BUCKET_MB")
 @click.option("--compression", type=click.Choice(["none", "fp16", "bf16", "powersgd"]), default="none",
               show_default=True, envvar="MPIRT_COMPRESSION",
               help="Gradients on the wire: as they are, in 16 bits, or as PowerSGD's low-rank factors.")

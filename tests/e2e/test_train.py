@@ -267,11 +267,15 @@ def test_sigterm_to_the_launcher_checkpoints_and_exits_143(tmp_path):
     assert step == state["step"] == last_logged >= 5
 
 
-def test_bad_option_is_a_clear_error(tmp_path):
-    proc = subprocess.run(["mpirt", "train", "--steps", "0", "--out", str(tmp_path)], capture_output=True,
+@pytest.mark.parametrize("option, value, message", [
+    ("--steps", "0", "--steps must be at least 1 (got 0)"),
+    ("--bucket-mb", "0", "Invalid value for '--bucket-mb': 0.0 is not in the range x>0."),
+    ("--first-bucket-mb", "-1", "Invalid value for '--first-bucket-mb': -1.0 is not in the range x>0.")])
+def test_bad_option_is_a_clear_error(tmp_path, option, value, message):
+    proc = subprocess.run(["mpirt", "train", option, value, "--out", str(tmp_path)], capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode == 2
-    assert "--steps must be at least 1 (got 0)" in proc.stderr
+    assert message in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_an_out_directory_that_cannot_be_made_is_the_root_cause(tmp_path):
