@@ -423,7 +423,7 @@ class _Remote:
         for text, fix in mpi.known_faults(impl):
             print(f"mpirt: warning: {text}; {fix}", file=sys.stderr, flush=True)
         # the ssh modules only where there are remote hosts: a local launch stays light
-        from launcher.ssh import prepare, private_dir, state_default
+        from launcher.ssh import make_dir, prepare, state_default
         from launcher.sshd import nss_wrapper_env
 
         self.cfg, self.impl, self.env, self.undo, self.source = cfg, impl, env, undo, source
@@ -431,7 +431,7 @@ class _Remote:
         # GPU of that host, known once its probe is read (hostlib.slots_from_gpus).
         self.per_host = (cfg.slots in (None, "", "auto") and not any(env.get(n) for n in hostlib.SLOTS_ENV)
                          and not all(h.slots_given for h in hosts))
-        self.state = private_dir(Path(cfg.state_dir) if cfg.state_dir else state_default("mpirt-launch"))
+        self.state = make_dir(Path(cfg.state_dir) if cfg.state_dir else state_default("mpirt-launch"))
         self.hostfile = self.state / "hostfile"
         info["hostfile"] = self._use(hosts, check=not self.per_host)
         if self.per_host:

@@ -56,14 +56,20 @@ def state_default(name: str) -> Path:
     return Path(os.environ.get("TMPDIR") or "/tmp") / f"{name}-{os.getuid()}"
 
 
-def private_dir(path: Path) -> Path:
+def make_dir(path: Path, private: bool = False) -> Path:
+    """``path`` made (0700 when ``private``); one that cannot be said with the fix."""
     try:
         path.mkdir(parents=True, exist_ok=True)
-        os.chmod(path, 0o700)
+        if private:
+            os.chmod(path, 0o700)
     except OSError as e:
-        raise SshSetupError(f"cannot make the private directory {path} ({e.strerror}): point --state-dir "
-                            f"(MPIRT_STATE_DIR) at a writable directory, or {TMP_FIX}") from e
+        raise SshSetupError(f"cannot make the {'private ' if private else ''}directory {path} ({e.strerror}): point "
+                            f"--state-dir (MPIRT_STATE_DIR) at a writable directory, or {TMP_FIX}") from e
     return path
+
+
+def private_dir(path: Path) -> Path:
+    return make_dir(path, private=True)
 
 
 def write_private(path: Path, data: bytes) -> None:

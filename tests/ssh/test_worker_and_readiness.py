@@ -317,15 +317,15 @@ def test_a_state_directory_that_cannot_be_made_is_a_clear_error(secret, tmp_path
     TMPDIR elsewhere. The worker and the launcher both say so before anything starts."""
     (tmp_path / "file").write_text("")
     state = tmp_path / "file" / "state"
-    said = f"cannot make the private directory {state} (Not a directory): point --state-dir (MPIRT_STATE_DIR) at"
+    said = f"directory {state} (Not a directory): point --state-dir (MPIRT_STATE_DIR) at a writable directory"
     worker = subprocess.run([*WORKER, "--ssh-dir", str(secret), "--state-dir", str(state), "--check"],
                             capture_output=True, text=True, timeout=30)
-    assert worker.returncode == 2 and said in worker.stderr, worker.stderr
+    assert worker.returncode == 2 and f"cannot make the private {said}" in worker.stderr, worker.stderr
     (tmp_path / "records").mkdir()
     launch = subprocess.run(["mpirt", "launch", "-H", "127.0.0.1:1", "--ssh-dir", str(secret), "--state-dir",
                              str(state), "--", "true"], capture_output=True, text=True, timeout=60,
                             env={**os.environ, "TMPDIR": str(tmp_path / "records")})
-    assert launch.returncode == 2 and said in launch.stderr, launch.stderr
+    assert launch.returncode == 2 and f"cannot make the {said}" in launch.stderr, launch.stderr
     assert not list((tmp_path / "records").iterdir())  # its error-record directory is not left behind
     assert "Traceback" not in worker.stderr + launch.stderr
     # TMPDIR, where no --state-dir is given
