@@ -152,9 +152,7 @@ def main() -> int:
     doc = schema.document("allreduce-tcp", env, config, rows)
     stem = ("allreduce-tcp" + (f"-{args.name}" if args.name else "")
             + (f"-{args.slots}perhost" if args.slots > 1 else ""))
-    schema.write(doc, args.out / f"{stem}.json")
-    (args.out / f"{stem}.md").write_text(markdown(doc))
-    print(markdown(doc))
+    schema.publish(doc, args.out / f"{stem}.json", markdown(doc))
     return 0
 
 

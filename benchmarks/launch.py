@@ -346,10 +346,9 @@ def main() -> int:
     targets = {"overhead_s": 0.5, "readiness_s": 2.0, "failure_overhead_s": 0.5}
     doc = schema.document("launch", env, {"reps": args.reps, "readiness_hosts": args.hosts, "targets": targets},
                           rows)
-    schema.write(doc, args.out / "launch.json")
-    (args.out / "launch.md").write_text(markdown(doc))
-    print(markdown(doc))
-    return 0 if "NOT met" not in markdown(doc) else 1
+    text = markdown(doc)
+    schema.publish(doc, args.out / "launch.json", text)
+    return 0 if "NOT met" not in text else 1
 
 
 if __name__ == "__main__":

@@ -140,9 +140,7 @@ def main() -> int:
                               argv=["python", "benchmarks/powersgd.py", *sys.argv[1:]])
     config = {"rate": args.rate, "hosts": counts, "repeats": args.repeats, "steps": args.steps, "batch": args.batch, "params": params}
     out = schema.document("powersgd", env, config, rows)
-    schema.write(out, args.out / "powersgd-tcp.json")
-    (args.out / "powersgd-tcp.md").write_text(markdown(out))
-    print(markdown(out))
+    schema.publish(out, args.out / "powersgd-tcp.json", markdown(out))
     return 0
 
 

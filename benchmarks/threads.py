@@ -96,9 +96,7 @@ def main() -> int:
                               hosts={"count": 1, "slots": os.cpu_count(), "names": ["localhost"],
                                      "oversubscribed": max(counts) > (os.cpu_count() or 1), "nodes_seen": 1})
     doc = schema.document("threads", env, {"ranks": counts, "repeats": args.repeats}, rows)
-    schema.write(doc, args.out / "threads.json")
-    (args.out / "threads.md").write_text(markdown(doc))
-    print(markdown(doc))
+    schema.publish(doc, args.out / "threads.json", markdown(doc))
     return 0
 
 

@@ -79,10 +79,7 @@ def write(benchmark: str, placement: str, title: str, rows: list[dict], view: di
     env = environment.collect(impl=detect(find_mpirun()), hosts=hosts, launcher_added=added, rank_view=view,
                               argv=["python", f"benchmarks/{benchmark}.py", *sys.argv[1:]])
     doc = schema.document(benchmark, env, config, rows)
-    schema.write(doc, out / f"{benchmark}-{placement}.json")
-    text = markdown(doc, title)
-    (out / f"{benchmark}-{placement}.md").write_text(text)
-    print(text, flush=True)
+    schema.publish(doc, out / f"{benchmark}-{placement}.json", markdown(doc, title))
 
 
 def run_placements(args, run: dict) -> int:

@@ -198,6 +198,14 @@ def load(path: str | Path) -> dict:
     return doc
 
 
+def publish(doc: dict, path: Path, view: str) -> None:
+    """A benchmark's results at ``path`` and their Markdown ``view`` beside them (.md), printed:
+    the data first, the table a view of it."""
+    write(doc, path)
+    path.with_suffix(".md").write_text(view)
+    print(view, flush=True)
+
+
 def write(doc: dict, path: str | Path) -> None:
     """Write atomically: a reader never sees half a results file."""
     p = Path(path)

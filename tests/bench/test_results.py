@@ -77,6 +77,14 @@ def test_writer_refuses_an_invalid_document(tmp_path):
         doc([{"kind": "train", "key": {"np": 1}, "metrics": {}}])
 
 
+def test_publish_writes_the_results_and_their_view_beside_them(tmp_path, capsys):
+    d = sweep()
+    schema.publish(d, tmp_path / "r" / "sweep.json", "| table |\n")
+    assert schema.load(tmp_path / "r" / "sweep.json") == d
+    assert (tmp_path / "r" / "sweep.md").read_text() == "| table |\n"
+    assert capsys.readouterr().out == "| table |\n\n"
+
+
 # --- compare -----------------------------------------------------------------------------
 
 def test_planted_twenty_percent_regression_fails_the_gate(tmp_path):
