@@ -279,6 +279,13 @@ def _pause(seconds: float) -> int:
     return which[0] if which else 0
 
 
+def _check_shown(show: frozenset[int] | None, np: int, text: str) -> None:
+    """``--output-ranks`` must name a rank the job has: else the console stays silent, as if hung."""
+    if show is not None and min(show) >= np:
+        span = "0" if np == 1 else f"0-{np - 1}"
+        raise ValueError(f"--output-ranks {text} names none of this job's ranks ({span}); name one of them, or write all")
+
+
 def _run(cfg: LaunchConfig, undo: ExitStack) -> tuple[int, str]:
     mpi.check_command(list(cfg.command))  # a mistyped option is said before anything starts
     named = mpi.user_env(cfg.env, os.environ)
@@ -290,6 +297,8 @@ def _run(cfg: LaunchConfig, undo: ExitStack) -> tuple[int, str]:
             raise ValueError(f"--log-dir {cfg.log_dir}: cannot make it ({e.strerror}); give a writable directory") from e
     if show is not None and not cfg.tag_output:
         raise ValueError("--output-ranks needs each line tagged with its rank: drop --no-tag-output")
+    if cfg.np:  # said now, not after the hosts were waited for
+        _check_shown(show, cfg.np, cfg.output_ranks)
     env = {**os.environ, **named}
     if cfg.guard:
         path = env.get("PATH")
@@ -309,6 +318,7 @@ def _run(cfg: LaunchConfig, undo: ExitStack) -> tuple[int, str]:
     try:
         job = _Local(cfg, impl, env, info) if not hosts else _Remote(cfg, impl, env, hosts, source, undo, base, info,
                                                                      named)
+        _check_shown(show, job.np, cfg.output_ranks)
     except BaseException:  # nothing ran: no records to keep
         if own_dir:
             shutil.rmtree(error_dir, ignore_errors=True)

@@ -47,6 +47,18 @@ def test_output_ranks_are_checked():
             parse_ranks(bad)
 
 
+@pytest.mark.parametrize("np", [["-np", "2"], []])
+def test_output_ranks_the_job_does_not_have_are_refused_before_it_runs(tmp_path, np):
+    """--output-ranks naming no rank of the job would keep the console silent, as if hung."""
+    marker = tmp_path / "ran"
+    proc = subprocess.run([sys.executable, "-m", "launcher.cli", "launch", *np, "--output-ranks", "2-3",
+                           "--no-env-defaults", "--", sys.executable, "-c", f"open({str(marker)!r}, 'w')"],
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "TMPDIR": str(tmp_path)})
+    span = "0-1" if np else "0"
+    assert proc.returncode == 2 and f"--output-ranks 2-3 names none of this job's ranks ({span})" in proc.stderr
+    assert not marker.exists() and [p.name for p in tmp_path.iterdir()] == [], proc.stderr
+
+
 def test_pieces_of_lines_come_back_together_under_their_rank():
     """Open MPI 4 and Hydra tag every write: print() of several values, unbuffered, arrives in
     pieces, and two ranks' pieces can share a line (all as seen from their mpiruns here)."""
