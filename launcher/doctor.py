@@ -17,6 +17,7 @@ from pathlib import Path
 
 from launcher import guard, mpi
 from launcher.detect import memcg
+from launcher.detect.rdma import memlock_ok
 
 SCHEMA = "mpirt.doctor/1"
 FAMILY_WORDS = {"openmpi": "Open MPI", "mpich": "MPICH", "intel": "Intel(R) MPI"}
@@ -121,11 +122,8 @@ def run_checks(cfg: DoctorConfig) -> list[Check]:
         status = "warn" if found.notes else "pass"
         checks.append(Check("network", status, f"tier {found.tier}, interface {found.iface or 'unknown'}, "
                             f"RDMA ports {', '.join(found.hcas) or 'none'}" + "".join(f"; {n}" for n in found.notes)))
-        rdma_present = any(p["kind"] != "none" or "ACTIVE" in p["state"] for p in found.ports)
-        small = 0 <= found.memlock < 1 << 30
-        checks.append(Check("memlock", "fail" if small and rdma_present else "warn" if small else "pass",
-                            f"locked-memory limit {'unlimited' if found.memlock < 0 else found.memlock}",
-                            "run with `ulimit -l unlimited` (RDMA registers memory)" if small else ""))
+        checks.append(memlock_check(found.memlock, any(p["kind"] != "none" or "ACTIVE" in p["state"]
+                                                       for p in found.ports)))
         crowded = found.gpus > found.cpus  # a rank per GPU, the default, outnumbers the CPUs
         checks.append(Check("cpus", "warn" if crowded else "pass",
                             f"{found.cpus} for the ranks here ({found.cpus_why})" +
@@ -185,6 +183,23 @@ def python_checks(path: str | None) -> list[Check]:
                                 f"install mpirt into that Python, or put {os.path.dirname(sys.executable)} first on "
                                 "PATH"))
     return checks
+
+
+def memlock_check(limit: int, rdma: bool) -> Check:
+    """The locked-memory limit (bytes, < 0 unlimited) matters to RDMA only, which registers
+    memory: too small there fails (NCCL and UCX fall back or abort); without RDMA ports it is
+    no concern (TCP, shared memory and CUDA's pinned buffers do not count against it)."""
+    if memlock_ok(limit):
+        return Check("memlock", "pass", f"locked-memory limit {'unlimited' if limit < 0 else _mib(limit)}")
+    if not rdma:
+        return Check("memlock", "pass", f"locked-memory limit {_mib(limit)}: enough without RDMA ports")
+    return Check("memlock", "fail", f"locked-memory limit {_mib(limit)}: too small for the RDMA ports here",
+                 "run the pod with an unlimited memlock limit (`ulimit -l unlimited`; a container runtime's "
+                 "default ulimits, e.g. containerd's LimitMEMLOCK=infinity, or the IPC_LOCK capability)")
+
+
+def _mib(size: int) -> str:
+    return f"{size >> 20} MiB" if size >= 1 << 20 else f"{size >> 10} KiB"
 
 
 def tmp_check(env) -> Check:

@@ -31,6 +31,19 @@ def test_json_schema_on_this_machine():
     assert "compiler unknown" not in by_name["build"]["detail"] and "MPI from system" in by_name["build"]["detail"]
 
 
+def test_memlock_matters_where_there_is_rdma_only():
+    from launcher.doctor import memlock_check
+
+    assert memlock_check(-1, rdma=True) == memlock_check(-1, rdma=False)
+    assert memlock_check(-1, rdma=True).status == "pass" and "unlimited" in memlock_check(-1, rdma=True).detail
+    assert memlock_check(2 << 30, rdma=True).status == "pass"
+    tcp = memlock_check(8 << 20, rdma=False)
+    assert tcp.status == "pass" and tcp.detail == "locked-memory limit 8 MiB: enough without RDMA ports"
+    ib = memlock_check(64 << 10, rdma=True)
+    assert ib.status == "fail" and "64 KiB: too small for the RDMA ports here" in ib.detail
+    assert "ulimit -l unlimited" in ib.fix and "IPC_LOCK" in ib.fix
+
+
 def test_torch_that_cannot_see_the_hosts_gpus_fails_with_the_fix():
     from launcher.doctor import torch_check
 
