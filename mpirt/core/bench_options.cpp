@@ -65,6 +65,32 @@ const char* usage() {
          "  -V, --version           print the version\n";
 }
 
+namespace {
+
+// The help line of the option typed (e.g. "-c, --check N  check N results ... [1]"), squeezed
+// onto one line for an error message; "see --help" where it has none.
+std::string help_line(const std::string& typed) {
+  const std::string text = usage();
+  size_t at = 0;
+  while (at < text.size()) {
+    size_t end = text.find('\n', at);
+    if (end == std::string::npos) end = text.size();
+    std::string line = text.substr(at, end - at);
+    at = end + 1;
+    for (const char* stop : {" ", ","}) {
+      if (line.find(" " + typed + stop) == std::string::npos) continue;
+      std::string squeezed;
+      for (char ch : line) {
+        if (ch != ' ' || (!squeezed.empty() && squeezed.back() != ' ')) squeezed += ch;
+      }
+      return squeezed;
+    }
+  }
+  return "see --help";
+}
+
+}  // namespace
+
 size_t parse_size(const std::string& text, const char* option) {
   size_t i = 0;
   while (i < text.size() && std::isdigit(static_cast<unsigned char>(text[i]))) ++i;
@@ -162,7 +188,7 @@ BenchOptions parse_options(int argc, char** argv) {
       case 'R': o.shared_buffers = true; break;
       case 'h': o.help = true; break;
       case 'V': o.version = true; break;
-      case ':': throw UsageError(std::string(argv[optind - 1]) + " needs a value; see --help");
+      case ':': throw UsageError(std::string(argv[optind - 1]) + " needs a value: " + help_line(argv[optind - 1]));
       default: throw UsageError(std::string("unknown option ") + argv[optind - 1] + "; see --help");
     }
   }

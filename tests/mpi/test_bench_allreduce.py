@@ -181,6 +181,8 @@ def test_only_rank_0_prints(mpiexec):
     (["-R", "-D", "cuda"], "-R/--shared-buffers: shared buffers are host memory; use --device cpu"),
     (["-f", "1"], "must be greater than 1"),
     (["--bogus"], "unknown option --bogus"),
+    (["--check"], "--check needs a value: -c, --check N check N results against locally computed values [1]"),
+    (["-b"], "-b needs a value: -b, --minbytes SIZE smallest buffer per rank"),
     (["-J", "/nonexistent/r.json"], "/nonexistent/r.json: cannot write into /nonexistent (No such file or directory); "
                                     "give a file in an existing, writable directory"),
     (["--csv", "/etc/hostname/r.csv"], "/etc/hostname/r.csv: cannot write into /etc/hostname (Not a directory)"),
