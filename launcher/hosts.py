@@ -53,9 +53,10 @@ def name_problem(name: str) -> str | None:
     return None
 
 
-def _slots(raw: str, origin: str, host: str) -> int:
+def _slots(raw: str, origin: str, host: str, example: str) -> int:
+    """A slot count as written; ``example`` shows a good one in the form the entry used."""
     if not raw.isdigit():
-        raise HostError(f"{origin}: slots for {host!r} is {raw!r}, not a whole number; write e.g. {host} slots=4")
+        raise HostError(f"{origin}: slots for {host!r} is {raw!r}, not a whole number; write e.g. {example}")
     n = int(raw)
     if n <= 0:
         raise HostError(f"{origin}: {host!r} has {n} slots; give at least 1 (or remove the line)")
@@ -84,9 +85,9 @@ def parse_entry(entry: str, origin: str, default_slots: int) -> Host:
                 raise HostError(f"{origin}: cannot read {token!r} after {host!r}; the forms are "
                                 "'host', 'host slots=N' and 'host:N'")
             if token.startswith("slots="):
-                slots = _slots(om.group(1), origin, host)
+                slots = _slots(om.group(1), origin, host, f"{host} slots=4")
             else:
-                _slots(om.group(1), origin, host)
+                _slots(om.group(1), origin, host, f"{host} {token.split('=')[0]}=4")
         if host.count(":") > 1:
             raise HostError(f"{origin}: {host!r} looks like an IPv6 address; use a host name or IPv4 address")
         if ":" in host:
@@ -94,7 +95,7 @@ def parse_entry(entry: str, origin: str, default_slots: int) -> Host:
         return Host(_checked(host, origin), slots or default_slots, origin, slots is not None)
     if host.count(":") == 1:
         name, raw = host.split(":")
-        return Host(_checked(name, origin), _slots(raw, origin, name), origin)
+        return Host(_checked(name, origin), _slots(raw, origin, name, f"{name}:4"), origin)
     if ":" in host:
         raise HostError(f"{origin}: {host!r} looks like an IPv6 address; use a host name or IPv4 address")
     return Host(_checked(host, origin), default_slots, origin, False)
@@ -142,7 +143,7 @@ def default_slots(option: str | None, env: Mapping[str, str], gpu_count: Callabl
     for name in SLOTS_ENV:
         raw = env.get(name, "")
         if raw:
-            return _slots(raw, name, "every host"), name
+            return _slots(raw, name, "every host", f"{name}=4"), name
     gpus = gpu_count()
     if gpus > 0:
         return gpus, f"{gpus} GPU(s) on this machine"

@@ -31,9 +31,10 @@ def test_lists_from_volcano_and_mpi_host():
 
 
 @pytest.mark.parametrize("text,message", [
-    ("good slots=2\nbad slots=x\n", "hf:2: slots for 'bad' is 'x', not a whole number"),
+    ("good slots=2\nbad slots=x\n", "hf:2: slots for 'bad' is 'x', not a whole number; write e.g. bad slots=4"),
     ("w slots=0\n", "hf:1: 'w' has 0 slots; give at least 1"),
-    ("w:-1\n", "hf:1: slots for 'w' is '-1'"),
+    ("w:-1\n", "hf:1: slots for 'w' is '-1', not a whole number; write e.g. w:4"),
+    ("w max_slots=a\n", "hf:1: slots for 'w' is 'a', not a whole number; write e.g. w max_slots=4"),
     ("w slots=2 extra\n", "hf:1: cannot read 'extra' after 'w'"),
     ("a\nb\nA\n", "hf:3: 'A' is listed again (first at hf:1); list each host once"),
     ("-oProxyCommand=x\n", "hf:1: host name '-oProxyCommand=x' starts with '-'"),
@@ -68,7 +69,7 @@ def test_default_slots_order():
     assert default_slots(None, {}, none) == (1, "default")
     with pytest.raises(HostError, match="--slots 'x'"):
         default_slots("x", {}, none)
-    with pytest.raises(HostError, match="OMPI_MCA_orte_set_default_slots"):
+    with pytest.raises(HostError, match="OMPI_MCA_orte_set_default_slots: .* write e.g. OMPI_MCA_orte_set_default_slots=4"):
         default_slots(None, {"OMPI_MCA_orte_set_default_slots": "zero"}, none)
 
 
