@@ -28,7 +28,7 @@ class MpiRun:
 
     def __call__(self, np: int, argv: list[str], timeout: float = 180, env: dict | None = None,
                  check: bool = True) -> subprocess.CompletedProcess:
-        cmd = local_argv_here(self.impl, np) + argv
+        cmd = self.argv(np) + argv
         full_env = {**os.environ, **(env or {})}
         try:
             proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
@@ -37,6 +37,10 @@ class MpiRun:
         if check and proc.returncode != 0:
             pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
         return proc
+
+    def argv(self, np: int) -> list[str]:
+        """mpirun's words for ``np`` ranks here, the command to follow."""
+        return local_argv_here(self.impl, np)
 
     def python(self, np: int, script: str, *args: str, **kw) -> subprocess.CompletedProcess:
         return self(np, [sys.executable, str(RANKS / script), *args], **kw)

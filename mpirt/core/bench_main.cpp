@@ -26,6 +26,7 @@
 #include "allreduce.hpp"
 #include "comm_state.hpp"
 #include "bench_options.hpp"
+#include "bench_watchdog.hpp"
 #include "memops.hpp"
 
 #ifndef MPIRT_VERSION
@@ -215,7 +216,7 @@ double core_round_trip_ns(const World& w) {
 class Bench {
  public:
   Bench(const BenchOptions& o, const World& w, const std::vector<std::string>& argv)
-      : o_(o), w_(w), argv_(argv) {}
+      : o_(o), w_(w), argv_(argv), watch_(o.timeout, w.rank) {}
 
   int run();
 
@@ -235,6 +236,7 @@ class Bench {
   std::vector<Row> rows_, memcpy_rows_;
   std::string timestamp_;
   double round_trip_ns_[2] = {-1, -1};  // core_round_trip_ns before and after the sweep
+  Watchdog watch_;
 };
 
 Row Bench::measure(Buffers& b, size_t bytes, Algo algo, Mode mode) {
@@ -244,7 +246,10 @@ Row Bench::measure(Buffers& b, size_t bytes, Algo algo, Mode mode) {
   if (mode == Mode::in_place) b.fill(b.recv, w_.rank, count, o_.dtype, 0);
   Call call{mode == Mode::in_place ? b.recv : b.send, b.recv, count, o_.dtype, o_.op, w_.comm};
   Algo used = algo;
-  for (int i = 0; i < row.warmup; ++i) used = allreduce(call, algo, o_.device);
+  for (int i = 0; i < row.warmup; ++i) {
+    used = allreduce(call, algo, o_.device);
+    watch_.tick();
+  }
   std::vector<double> times(static_cast<size_t>(row.iters));
   const ShmStores& stores = comm_state(w_.comm).shm_stores;
   double chose[3] = {-static_cast<double>(stores.used), -static_cast<double>(stores.streamed),
@@ -254,6 +259,7 @@ Row Bench::measure(Buffers& b, size_t bytes, Algo algo, Mode mode) {
     const double t0 = MPI_Wtime();
     used = allreduce(call, algo, o_.device);
     times[static_cast<size_t>(i)] = MPI_Wtime() - t0;
+    watch_.tick();
   }
   row.algo_used = algorithm(used).name;
   chose[0] += static_cast<double>(stores.used);
@@ -278,6 +284,7 @@ long long Bench::check(Buffers& b, size_t count, Algo algo, Mode mode) {
     b.fill(mode == Mode::in_place ? b.recv : b.send, w_.rank, count, o_.dtype, seed);
     Call call{mode == Mode::in_place ? b.recv : b.send, b.recv, count, o_.dtype, o_.op, w_.comm};
     allreduce(call, algo, o_.device);
+    watch_.tick();
     const void* got = b.download(b.recv, count * dtype_size(o_.dtype));
     if (o_.corrupt && w_.rank == 0 && count > 0) {
       b.host.assign(static_cast<const char*>(got), static_cast<const char*>(got) + count * dtype_size(o_.dtype));
@@ -301,7 +308,10 @@ Row Bench::measure_memcpy(Buffers& b, size_t bytes) {
   // Real data: untouched pages all map the kernel's one zero page, which stays in cache and
   // would make the copy (and so the bound) look faster than DRAM allows.
   b.fill(b.send, w_.rank, row.count, o_.dtype, 0);
-  for (int i = 0; i < row.warmup; ++i) mem.copy(b.recv, b.send, bytes);
+  for (int i = 0; i < row.warmup; ++i) {
+    mem.copy(b.recv, b.send, bytes);
+    watch_.tick();
+  }
   std::vector<double> times(static_cast<size_t>(row.iters));
   for (int i = 0; i < row.iters; ++i) {
     MPI_Barrier(w_.comm);  // every rank copies at once: the bandwidth each gets when all are busy
@@ -309,6 +319,7 @@ Row Bench::measure_memcpy(Buffers& b, size_t bytes) {
     mem.copy(b.recv, b.send, bytes);
     if (o_.device == Device::cuda) cuda::synchronize();
     times[static_cast<size_t>(i)] = MPI_Wtime() - t0;
+    watch_.tick();
   }
   row.t = reduce_times(w_, times);
   row.algbw = static_cast<double>(bytes) / 1e9 / row.t.avg;
@@ -495,21 +506,29 @@ int Bench::run() {
   std::strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", std::gmtime(&now));
   timestamp_ = ts;
   if (o_.device == Device::cuda) cuda::set_device(w_.layout.local_rank % cuda::device_count());
+  watch_.arm("the start (buffers, the core-to-core round trip)");
   Buffers b(o_.device, o_.maxbytes, o_.shared_buffers ? w_.comm : MPI_COMM_NULL);
   round_trip_ns_[0] = core_round_trip_ns(w_);
   if (w_.rank == 0) print_header();
+  const std::string of = " (" + std::string(dtype_name(o_.dtype)) + ", " + op_name(o_.op) + ")";
   for (size_t bytes : sizes(o_)) {
     if (o_.memcpy_baseline) {
+      watch_.arm("memcpy of " + std::to_string(bytes) + " bytes");
       memcpy_rows_.push_back(measure_memcpy(b, bytes));
       if (w_.rank == 0) print_row(memcpy_rows_.back(), nullptr);
     }
     for (Algo a : o_.algos) {
       std::vector<Row> pair;
-      for (Mode m : o_.modes) pair.push_back(measure(b, bytes, a, m));
+      for (Mode m : o_.modes) {
+        watch_.arm("the allreduce of " + std::to_string(bytes) + " bytes" + of + " by algo " + algorithm(a).name +
+                  (m == Mode::in_place ? ", in place" : ", out of place"));
+        pair.push_back(measure(b, bytes, a, m));
+      }
       for (const Row& r : pair) rows_.push_back(r);
       if (w_.rank == 0) print_row(pair[0], pair.size() > 1 ? &pair[1] : nullptr);
     }
   }
+  watch_.arm("the end (the core-to-core round trip, the totals)");
   round_trip_ns_[1] = core_round_trip_ns(w_);
   std::map<std::string, std::pair<double, int>> sums;
   long long wrong = 0;
@@ -528,6 +547,7 @@ int Bench::run() {
                          fmt_num(o_.min_busbw, 9));
   }
   const bool passed = failures.empty();
+  watch_.arm("");  // what is left is rank 0 writing its files
   if (w_.rank == 0) {
     if (round_trip_ns_[1] >= 0)
       std::printf("# Core to core (local ranks 0 and 1): a cache line's round trip %.0f ns before, %.0f ns after\n",

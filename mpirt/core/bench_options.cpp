@@ -54,6 +54,8 @@ const char* usage() {
          "  -D, --device DEV        cpu|cuda (cuda: local rank picks the GPU)        [cpu]\n"
          "  -c, --check N           check N results against locally computed values  [1]\n"
          "      --min-busbw GBS     exit 1 if an algorithm's average busbw is lower\n"
+         "  -T, --timeout S         end the run (exit 124) where a rank waits S seconds for one\n"
+         "                          call to complete, naming the test it is in            [off]\n"
          "  -R, --shared-buffers    buffers in memory the local ranks share (shm then reduces\n"
          "                          without staging, as nccl-tests -R registers them)  [off]\n"
          "      --memcpy            also time memcpy of each size on every rank at once (baseline)\n"
@@ -122,6 +124,7 @@ BenchOptions parse_options(int argc, char** argv) {
       {"op", required_argument, nullptr, 'o'},       {"algo", required_argument, nullptr, 'a'},
       {"mode", required_argument, nullptr, 'm'},     {"device", required_argument, nullptr, 'D'},
       {"check", required_argument, nullptr, 'c'},    {"json", required_argument, nullptr, 'J'},
+      {"timeout", required_argument, nullptr, 'T'},
       {"min-busbw", required_argument, nullptr, kMinBusbw},
       {"csv", required_argument, nullptr, kCsv},     {"memcpy", no_argument, nullptr, kMemcpy},
       {"corrupt", no_argument, nullptr, kCorrupt},   {"help", no_argument, nullptr, 'h'},
@@ -131,7 +134,7 @@ BenchOptions parse_options(int argc, char** argv) {
   opterr = 0;
   optind = 1;
   int ch;
-  while ((ch = getopt_long(argc, argv, ":b:e:f:n:w:d:o:a:m:D:c:J:RhV", longopts, nullptr)) != -1) {
+  while ((ch = getopt_long(argc, argv, ":b:e:f:n:w:d:o:a:m:D:c:J:T:RhV", longopts, nullptr)) != -1) {
     const std::string arg = optarg ? optarg : "";
     switch (ch) {
       case 'b': o.minbytes = parse_size(arg, "-b/--minbytes"); break;
@@ -180,6 +183,10 @@ BenchOptions parse_options(int argc, char** argv) {
       case kMinBusbw:
         o.min_busbw = parse_double(arg, "--min-busbw");
         if (o.min_busbw < 0) throw UsageError("--min-busbw " + arg + ": must not be negative");
+        break;
+      case 'T':
+        o.timeout = parse_double(arg, "-T/--timeout");
+        if (o.timeout < 0) throw UsageError("-T/--timeout " + arg + ": must not be negative (0: no limit)");
         break;
       case kCsv: o.csv = arg; break;
       case kMemcpy: o.memcpy_baseline = true; break;

@@ -28,6 +28,7 @@ struct BenchOptions {
   Device device = Device::cpu;
   int check = 1;
   double min_busbw = 0.0;  // GB/s, 0 = no threshold
+  double timeout = 0.0;    // seconds one test may take, 0 = no limit
   bool shared_buffers = false;  // send and receive buffers from shared_alloc
   bool memcpy_baseline = false;
   bool corrupt = false;  // self-test of the checker: damage one element on rank 0

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -163,6 +164,58 @@ def test_min_busbw_gate(mpiexec, tmp_path):
     assert "below --min-busbw" in json.loads(out.read_text())["summary"]["failures"][0]
     ok = run_bench(mpiexec, 2, "-b", "1K", "-e", "1K", "-a", "mpi", "--min-busbw", "0.000001")
     assert ok.returncode == 0
+
+
+def test_timeout_ends_a_run_that_a_stopped_rank_holds_up_and_names_the_test(mpiexec, tmp_path):
+    """-T (nccl-tests' option): rank 1 stopped mid-test (SIGSTOP, as a rank starved or a link
+    stuck) leaves rank 0 waiting; its watchdog ends it with exit 124 and names the test, and
+    mpirun ends the job, instead of a hang that says nothing."""
+    import signal
+    import time
+    import uuid
+
+    mark = uuid.uuid4().hex
+    cmd = mpiexec.argv(2) + [PERF, "-b", "8", "-e", "8", "-a", "mpi", "-m", "out-of-place", "-n", "10000000",
+                             "-w", "0", "-c", "0", "-T", "3"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "MPIRT_TEST_MARK": mark})
+    stopped = None
+    try:
+        assert "# Collective test starting" in proc.stdout.readline() + proc.stdout.readline()
+        stopped = rank_pid(mark, 1)
+        os.kill(stopped, signal.SIGSTOP)
+        begun = time.monotonic()
+        rc = proc.wait(timeout=60)
+        waited = time.monotonic() - begun
+    finally:
+        proc.kill()
+        if stopped and Path(f"/proc/{stopped}").exists():
+            os.kill(stopped, signal.SIGKILL)
+    err = proc.stderr.read()
+    assert rc == 124, err
+    assert "rank 0 on " in err and ("stuck for 3 s (--timeout) in the allreduce of 8 bytes (float32, sum) by algo "
+                                    "mpi, out of place: a rank stopped") in err, err
+    assert waited < 30, waited
+
+
+def rank_pid(mark: str, rank: int, timeout: float = 30) -> int:
+    """The pid of ``rank`` of the job whose environment carries MPIRT_TEST_MARK=``mark``."""
+    import time
+
+    want = {f"MPIRT_TEST_MARK={mark}".encode(), *(f"{name}={rank}".encode()
+                                                  for name in ("OMPI_COMM_WORLD_RANK", "PMI_RANK"))}
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for d in Path("/proc").iterdir():
+            try:
+                env = set((d / "environ").read_bytes().split(b"\0"))
+                exe = os.readlink(d / "exe")
+            except (OSError, ValueError):
+                continue
+            if exe.endswith(PERF) and f"MPIRT_TEST_MARK={mark}".encode() in env and len(want & env) >= 2:
+                return int(d.name)
+        time.sleep(0.1)
+    raise AssertionError(f"no rank {rank} of the job found")
 
 
 def test_only_rank_0_prints(mpiexec):
