@@ -59,41 +59,47 @@ def last_json(text: str) -> dict:
     raise AssertionError(f"no JSON line in output:\n{text}")
 
 
-class MemoryCgroup:
-    """A memory cgroup with a hard limit and no swap: the pod's container for the OOM tests.
-    cgroup v2 where the memory controller is there, else v1 (hybrid hosts)."""
+class Cgroup:
+    """A cgroup with a limit on one controller (memory, cpu), made in the hierarchy that has the
+    controller: cgroup v2 where it is there, else v1 (hybrid hosts). ``limits`` maps each
+    version to (file, value) pairs, the first required, the rest written where the file exists.
+    With ``child``, processes go into a child of it without a limit of its own, as a container's
+    under a pod's or a slice's."""
 
-    def __init__(self, limit: int):
+    def __init__(self, controller: str, limits: dict[int, list[tuple[str, str]]], child: bool = False):
+        self.controller = controller
         self.v2 = False
-        self.path = self._make(limit)
+        self.top = self._make(limits)
+        self.path = self.top
+        if child:
+            self.path = self.top / "inner"
+            self.path.mkdir()
 
     @staticmethod
     def _mounts() -> list[tuple[str, str, str]]:
         return [tuple(line.split()[1:4]) for line in Path("/proc/mounts").read_text().splitlines()]
 
-    def _make(self, limit: int) -> Path:
+    def _make(self, limits: dict[int, list[tuple[str, str]]]) -> Path:
         name = f"mpirt-test-{os.getpid()}-{id(self)}"
-        for mount, fstype, opts in self._mounts():
-            if fstype == "cgroup2" and "memory" in (Path(mount) / "cgroup.controllers").read_text().split():
+        for mount, fstype, _ in self._mounts():
+            if fstype == "cgroup2" and self.controller in (Path(mount) / "cgroup.controllers").read_text().split():
                 root = Path(mount)
-                if "memory" not in (root / "cgroup.subtree_control").read_text().split():
-                    (root / "cgroup.subtree_control").write_text("+memory")
-                cg = root / name
-                cg.mkdir()
+                if self.controller not in (root / "cgroup.subtree_control").read_text().split():
+                    (root / "cgroup.subtree_control").write_text(f"+{self.controller}")
                 self.v2 = True
-                (cg / "memory.max").write_text(str(limit))
-                if (cg / "memory.swap.max").exists():
-                    (cg / "memory.swap.max").write_text("0")
-                return cg
+                return self._limited(root / name, limits[2])
         for mount, fstype, opts in self._mounts():
-            if fstype == "cgroup" and "memory" in opts.split(","):
-                cg = Path(mount) / name
-                cg.mkdir()
-                (cg / "memory.limit_in_bytes").write_text(str(limit))
-                if (cg / "memory.memsw.limit_in_bytes").exists():
-                    (cg / "memory.memsw.limit_in_bytes").write_text(str(limit))
-                return cg
-        raise OSError("no memory cgroup controller mounted")
+            if fstype == "cgroup" and self.controller in opts.split(","):
+                return self._limited(Path(mount) / name, limits[1])
+        raise OSError(f"no {self.controller} cgroup controller mounted")
+
+    @staticmethod
+    def _limited(cg: Path, files: list[tuple[str, str]]) -> Path:
+        cg.mkdir()
+        for i, (file, value) in enumerate(files):
+            if i == 0 or (cg / file).exists():
+                (cg / file).write_text(value)
+        return cg
 
     def wrap(self, argv: list[str]) -> list[str]:
         """``argv`` run inside this cgroup (with all it starts)."""
@@ -102,12 +108,12 @@ class MemoryCgroup:
     def mounted(self, argv: list[str]) -> list[str]:
         """``argv`` with this cgroup's hierarchy mounted at /sys/fs/cgroup, as a container runtime
         does: for a process in a fresh /sys (`ip netns exec` mounts one without cgroups)."""
-        hierarchy = self.path.parent
+        hierarchy = self.top.parent
         if self.v2:
             mount = 'mount -t cgroup2 cgroup2 /sys/fs/cgroup'
         else:
             mount = (f'mount -t tmpfs cgroup /sys/fs/cgroup && mkdir -p /sys/fs/cgroup/{hierarchy.name} && '
-                     f'mount -t cgroup -o memory cgroup /sys/fs/cgroup/{hierarchy.name}')
+                     f'mount -t cgroup -o {self.controller} cgroup /sys/fs/cgroup/{hierarchy.name}')
         return ["sh", "-c", mount + ' && exec "$@"', "sh", *argv]
 
     def close(self) -> None:
@@ -124,28 +130,48 @@ class MemoryCgroup:
                 except ProcessLookupError:
                     pass
             time.sleep(0.1)
-        self.path.rmdir()
+        if self.path != self.top:
+            self.path.rmdir()
+        self.top.rmdir()
+
+
+def _cgroups(controller: str, make):
+    """A fixture's body: cgroups made by ``make`` (which returns a Cgroup), skipped where this
+    process may not make one or move into it (not root, no controller), all removed after."""
+    made: list[Cgroup] = []
+
+    def made_one(*args, **kw) -> Cgroup:
+        try:
+            cg = make(*args, **kw)
+        except OSError as e:
+            pytest.skip(f"cannot make a {controller} cgroup here: {e}")
+        made.append(cg)
+        moved = subprocess.run(cg.wrap(["true"]), capture_output=True, text=True)
+        if moved.returncode != 0:
+            pytest.skip(f"cannot move a process into a {controller} cgroup here: {moved.stderr.strip()}")
+        return cg
+
+    yield made_one
+    for cg in made:
+        cg.close()
 
 
 @pytest.fixture
 def memory_cgroup():
-    """Makes memory-limited cgroups (bytes); skips where this process may not (not root, no controller)."""
-    made: list[MemoryCgroup] = []
+    """Makes memory-limited cgroups (bytes; no swap): the pod's container for the OOM tests."""
+    yield from _cgroups("memory", lambda limit: Cgroup("memory", {
+        2: [("memory.max", str(limit)), ("memory.swap.max", "0")],
+        1: [("memory.limit_in_bytes", str(limit)), ("memory.memsw.limit_in_bytes", str(limit))]}))
 
-    def make(limit: int) -> MemoryCgroup:
-        try:
-            cg = MemoryCgroup(limit)
-        except OSError as e:
-            pytest.skip(f"cannot make a memory cgroup here: {e}")
-        made.append(cg)
-        moved = subprocess.run(cg.wrap(["true"]), capture_output=True, text=True)
-        if moved.returncode != 0:
-            pytest.skip(f"cannot move a process into a memory cgroup here: {moved.stderr.strip()}")
-        return cg
 
-    yield make
-    for cg in made:
-        cg.close()
+@pytest.fixture
+def cpu_cgroup():
+    """Makes CPU-limited cgroups (a quota in CPUs, e.g. 0.5), each holding its processes in a
+    child: the quota sits above them, as a pod's resources.limits.cpu above its container."""
+    period = 100000
+    yield from _cgroups("cpu", lambda cpus: Cgroup("cpu", {
+        2: [("cpu.max", f"{int(cpus * period)} {period}")],
+        1: [("cpu.cfs_period_us", str(period)), ("cpu.cfs_quota_us", str(int(cpus * period)))]}, child=True))
 
 
 @pytest.fixture

@@ -356,8 +356,10 @@ void Bench::print_header() const {
               o_.device == Device::cuda ? ("cuda (" + cuda::describe() + ")").c_str() : "cpu");
   std::printf("# staging: %s\n", staging_note(o_.device).c_str());
   if (o_.shared_buffers) std::printf("# buffers: shared by the ranks of a node (-R): shm reduces them in place\n");
-  std::printf("# world size %d on %d node(s), %d rank(s) on this node | dtype %s | op %s | check %d\n", w_.size,
-              w_.layout.node_count, w_.layout.local_size, dtype_name(o_.dtype), op_name(o_.op), o_.check);
+  std::printf("# world size %d on %d node(s), %d rank(s) and %ld CPU(s) on this node%s | dtype %s | op %s | check %d\n",
+              w_.size, w_.layout.node_count, w_.layout.local_size, node_cpus(),
+              w_.layout.oversubscribed ? " (oversubscribed: the core's waits yield)" : "", dtype_name(o_.dtype),
+              op_name(o_.op), o_.check);
   std::string algos;
   for (Algo a : o_.algos) algos += std::string(algos.empty() ? "" : " ") + algorithm(a).name;
   std::printf("# algorithms: %s | sizes %zu..%zu B factor %g | iters %s warmup %s\n", algos.c_str(), o_.minbytes,
@@ -457,12 +459,14 @@ void Bench::write_json(const std::map<std::string, double>& avg_busbw, long long
     << "  \"device\": " << json_str(o_.device == Device::cuda ? "cuda" : "cpu")
     << ",\n  \"staging\": " << json_str(staging_note(o_.device)) << ",\n"
     << "  \"world\": {\"size\": " << w_.size << ", \"nodes\": " << w_.layout.node_count
-    << ", \"ranks_per_node\": " << w_.layout.local_size << "},\n"
+    << ", \"ranks_per_node\": " << w_.layout.local_size << ", \"cpus_per_node\": " << node_cpus()
+    << ", \"oversubscribed\": " << (w_.layout.oversubscribed ? "true" : "false") << "},\n"
     << "  \"config\": {\"dtype\": " << json_str(dtype_name(o_.dtype)) << ", \"op\": " << json_str(op_name(o_.op))
     << ", \"minbytes\": " << o_.minbytes << ", \"maxbytes\": " << o_.maxbytes << ", \"factor\": " << json_num(o_.factor)
     << ", \"iters\": " << (o_.iters > 0 ? std::to_string(o_.iters) : "null")
     << ", \"warmup\": " << (o_.warmup >= 0 ? std::to_string(o_.warmup) : "null") << ", \"check\": " << o_.check
     << ", \"min_busbw_gbs\": " << json_num(o_.min_busbw)
+    << ", \"timeout_s\": " << (o_.timeout > 0 ? json_num(o_.timeout) : "null")
     << ", \"shared_buffers\": " << (o_.shared_buffers ? "true" : "false") << "},\n"
     << "  \"settings\": {\"shm_chunk_bytes\": " << st.shm_chunk << ", \"ring_segment_bytes\": " << st.ring_segment
     << ", \"ring_wait_us\": " << st.ring_wait_us

@@ -1,6 +1,7 @@
 #include "comm_state.hpp"
 
 #include <sched.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -163,26 +164,78 @@ ShmStores::Class& size_class(ShmStores& s, size_t bytes) {
   return s.classes[k];
 }
 
-// The CPUs of this node: those online, capped by a CPU quota on the container's cgroup (v2
-// cpu.max or v1 cpu.cfs_quota_us; Kubernetes resources.limits.cpu), not by this rank's own
-// affinity mask, which a binding narrows to its share. launcher/detect/cpus.py reads the whole
-// cgroup tree for the launcher; the container's own cgroup is the common case.
-long node_cpus() {
-  long n = sysconf(_SC_NPROCESSORS_ONLN);
+bool is_dir(const std::string& path) {
+  struct stat st;
+  return stat(path.c_str(), &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+// CPUs the quota set on cgroup directory `dir` allows (v2 cpu.max, v1 cpu.cfs_quota_us over
+// cpu.cfs_period_us); -1 where it sets none.
+double dir_quota(const std::string& dir, bool v1) {
   long quota = -1, period = 0;
-  std::ifstream v2("/sys/fs/cgroup/cpu.max");
-  std::string q;
-  if (v2 >> q >> period) {
-    if (q != "max") quota = std::atol(q.c_str());
+  if (v1) {
+    std::ifstream qf(dir + "/cpu.cfs_quota_us"), pf(dir + "/cpu.cfs_period_us");
+    if (!(qf >> quota && pf >> period)) return -1;
   } else {
-    std::ifstream qf("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"), pf("/sys/fs/cgroup/cpu/cpu.cfs_period_us");
-    if (!(qf >> quota && pf >> period)) quota = -1;
+    std::ifstream f(dir + "/cpu.max");
+    std::string q;
+    if (!(f >> q >> period) || q == "max") return -1;
+    quota = std::atol(q.c_str());
   }
-  if (quota > 0 && period > 0) n = std::min(n, std::max(1L, quota / period));
-  return n;
+  return quota > 0 && period > 0 ? static_cast<double>(quota) / static_cast<double>(period) : -1;
+}
+
+// The smallest CPU quota on the way up this process's cgroup tree (-1: none), found as
+// launcher/detect/cpus.py finds it: the path from /proc/self/cgroup (a v1 cpu hierarchy wins
+// on a hybrid host), its directory and every ancestor up to the mount's root (a pod's or a
+// slice's quota may sit above the process's own cgroup); directories that do not exist (a
+// host's path seen from inside a container) are left out, the mount's root stays.
+double cgroup_cpu_quota() {
+  std::ifstream in("/proc/self/cgroup");
+  std::string line, v1_hierarchy, path;
+  bool v1 = false, found = false;
+  while (std::getline(in, line)) {
+    const size_t a = line.find(':'), b = a == std::string::npos ? a : line.find(':', a + 1);
+    if (b == std::string::npos) continue;
+    const std::string id = line.substr(0, a), controllers = line.substr(a + 1, b - a - 1);
+    if (("," + controllers + ",").find(",cpu,") != std::string::npos) {
+      v1 = found = true;
+      v1_hierarchy = controllers;
+      path = line.substr(b + 1);
+    } else if (id == "0" && controllers.empty() && !v1) {
+      found = true;
+      path = line.substr(b + 1);
+    }
+  }
+  if (!found) return -1;
+  std::string base = "/sys/fs/cgroup";
+  if (v1) base += is_dir(base + "/" + v1_hierarchy) ? "/" + v1_hierarchy : "/cpu";
+  std::string here = base + path;
+  double least = -1;
+  for (;;) {
+    while (here.size() > base.size() && here.back() == '/') here.pop_back();
+    if (is_dir(here)) {
+      const double q = dir_quota(here, v1);
+      if (q > 0 && (least < 0 || q < least)) least = q;
+    }
+    if (here.size() <= base.size()) break;
+    here.resize(here.rfind('/'));
+  }
+  return least;
 }
 
 }  // namespace
+
+// The CPUs of this node: those online, capped by the CPU quota of this process's cgroup tree
+// (Kubernetes resources.limits.cpu), rounded down and at least 1 (a quota of 1.5 keeps one
+// CPU busy and the next half-idle), not by this rank's own affinity mask, which a binding
+// narrows to its share.
+long node_cpus() {
+  long n = sysconf(_SC_NPROCESSORS_ONLN);
+  const double quota = cgroup_cpu_quota();
+  if (quota > 0) n = std::min(n, std::max(1L, static_cast<long>(quota)));
+  return n;
+}
 
 double ShmStores::Class::cost(int streaming) const {
   const double* r = recent[streaming];

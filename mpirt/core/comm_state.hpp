@@ -92,6 +92,10 @@ struct CommState {
 };
 
 CommState& comm_state(MPI_Comm comm);
+// The CPUs the ranks of this node share: those online, capped by the smallest CPU quota up
+// this process's cgroup tree (the container's, a pod's, a slice's). More ranks than these on
+// any node makes a communicator's layout oversubscribed: the core's waits then yield.
+long node_cpus();
 // Frees every cached state (shared windows, private communicators) while MPI is fully up.
 // Call it before MPI_Finalize: MPICH 4.0 hangs in MPI_Finalize when a shared window is freed
 // from the attribute callback that otherwise cleans up there. Collective, in the same order

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from launcher.detect.cpus import budget
+
 pytestmark = pytest.mark.mpi
 
 PERF = "mpirt-allreduce-perf"
@@ -25,6 +27,9 @@ def test_json_rows_follow_the_nccl_tests_formulas(mpiexec, np_, tmp_path):
     doc = json.loads(out.read_text())
     assert doc["schema"] == "mpirt.bench.allreduce/1"
     assert doc["world"]["size"] == np_
+    assert doc["config"]["timeout_s"] is None  # -T not given
+    cpus = budget(affinity=os.cpu_count()).count  # the launcher's count, which the core's must match
+    assert (doc["world"]["cpus_per_node"], doc["world"]["oversubscribed"]) == (cpus, np_ > cpus)
     sizes = sorted({r["size"] for r in doc["results"]})
     assert sizes == [8, 64, 512, 4096, 32768]
     assert {(r["algo"], r["mode"]) for r in doc["results"]} == {
@@ -216,6 +221,30 @@ def rank_pid(mark: str, rank: int, timeout: float = 30) -> int:
                 return int(d.name)
         time.sleep(0.1)
     raise AssertionError(f"no rank {rank} of the job found")
+
+
+def test_a_cpu_quota_above_the_ranks_cgroup_makes_the_node_oversubscribed(mpiexec, cpu_cgroup, tmp_path):
+    """The core counts a node's CPUs as the launcher does (launcher.detect.cpus): those online,
+    capped by the smallest quota up the cgroup tree, here a parent's above the ranks' own
+    cgroup (a pod's limit above its container's). Two ranks on half a CPU are oversubscribed
+    (the core's waits yield instead of spinning), and the benchmark says so."""
+    import sys
+
+    cg = cpu_cgroup(0.5)
+    out = tmp_path / "r.json"
+    proc = subprocess.run(cg.wrap(mpiexec.argv(2) + [PERF, "-b", "8", "-e", "8", "-a", "mpi", "-n", "5", "-w", "1",
+                                                     "-T", "60", "-J", str(out)]), capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(out.read_text())
+    world = doc["world"]
+    assert doc["config"]["timeout_s"] == 60  # a run that -T watched and let finish
+    assert world["cpus_per_node"] == 1 and world["oversubscribed"] is True, world
+    assert "2 rank(s) and 1 CPU(s) on this node (oversubscribed: the core's waits yield)" in proc.stdout
+    launcher = subprocess.run(cg.wrap([sys.executable, "-c", "import os; from launcher.detect import cpus; "
+                                       "print(cpus.budget(affinity=os.cpu_count()).count)"]),
+                              capture_output=True, text=True, timeout=60)
+    assert launcher.stdout.strip() == "1", launcher.stderr
 
 
 def test_only_rank_0_prints(mpiexec):
