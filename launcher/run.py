@@ -284,6 +284,19 @@ _OUTPUT_FIXES = (
      r"NCCL's \2 number \1 waited past torch.distributed's timeout: a rank was slow or never came to it; the "
      "first failure of another kind, a stall report, or `mpirt where` while a job waits names that rank and its "
      "line; a long pause on purpose (evaluation or saving on one rank) needs timeout= in init_process_group"),
+    (re.compile(r"no socket interface found"),
+     "NCCL found no network interface to use: NCCL_SOCKET_IFNAME names none this host has. mpirt launch sets it "
+     "to the interface that routes to the other hosts (mpirt env --explain shows it); a value you set wins over "
+     "that: name an interface every host has (eth matches eth0, eth1, ...; =eth0 that one only), or leave it unset"),
+    (re.compile(r"Unable to find address for: (\S+)"),
+     r"Gloo found no address on \1, the interface GLOO_SOCKET_IFNAME names. mpirt launch sets it to the interface "
+     "that routes to the other hosts (mpirt env --explain shows it); a value you set wins over that: name an "
+     "interface every host has, or leave it unset"),
+    (re.compile(r"Gloo connectFullMesh failed"),
+     "Gloo's ranks could not connect: each takes its address from GLOO_SOCKET_IFNAME, else from its host name, "
+     "which must not resolve to 127.x (an /etc/hosts line of 127.0.1.1). mpirt launch sets GLOO_SOCKET_IFNAME to "
+     "the interface that routes to the other hosts (mpirt env --explain shows it); a value you set wins over "
+     "that: name an interface every host has, or leave it unset"),
     (re.compile(r"NCCL.*unhandled system error"),
      "NCCL failed in a system call: rerun with --profile debug (NCCL_DEBUG=INFO) to see which; in a pod it is "
      "most often /dev/shm too small or the locked-memory limit for RDMA (mpirt doctor checks both)"),

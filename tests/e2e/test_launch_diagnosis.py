@@ -131,6 +131,18 @@ def test_a_rank_that_dies_without_a_record_shows_its_last_words():
                                    "    loading shard 7"]
 
 
+def test_a_gloo_interface_of_the_users_that_the_host_lacks_is_named_with_the_fix():
+    """What the user set wins over the launcher's defaults, and so can be wrong: torch's own
+    error for it comes with what to do."""
+    code = ("import torch, torch.distributed as dist; dist.init_process_group('gloo'); "
+            "dist.all_reduce(torch.ones(1))")
+    proc = launch("-np", "2", "--env", "GLOO_SOCKET_IFNAME=nope0", "--", sys.executable, "-m", "mpirt", "-c", code)
+    assert proc.returncode == 1, proc.stderr
+    cause = proc.stderr[proc.stderr.index("mpirt: job failed"):]
+    assert "Unable to find address for: nope0" in cause
+    assert "\n  fix: Gloo found no address on nope0, the interface GLOO_SOCKET_IFNAME names. mpirt launch" in cause, cause
+
+
 def test_unbuffered_prints_of_several_values_stay_whole_lines():
     """PYTHONUNBUFFERED=1 (set in many images) makes print() write each value apart."""
     import os

@@ -43,11 +43,19 @@ KNOWN_FAILURES = [
     ("torch.distributed.DistBackendError", "[Rank 2] Watchdog caught collective operation timeout: WorkNCCL(SeqNum="
      "808, OpType=ALLREDUCE, NumelIn=9801523, NumelOut=9801523, Timeout(ms)=600000) ran for 600061 milliseconds "
      "before timing out.", "NCCL's ALLREDUCE number 808 waited past torch.distributed's timeout"),
+    ("torch.distributed.DistBackendError", "NCCL error in: ../torch/csrc/distributed/c10d/ProcessGroupNCCL.cpp:1970, "
+     "internal error - please report this issue to the NCCL developers, NCCL version 2.21.5\nncclInternalError: "
+     "Internal check failed.\nLast error:\nBootstrap : no socket interface found",
+     "NCCL found no network interface to use: NCCL_SOCKET_IFNAME names none this host has"),
+    ("RuntimeError", "[../third_party/gloo/gloo/transport/tcp/pair.cc:144] Gloo connectFullMesh failed with "
+     "[../third_party/gloo/gloo/transport/tcp/pair.cc:144] no error",
+     "Gloo's ranks could not connect: each takes its address from GLOO_SOCKET_IFNAME"),
 ]
 
 
 @pytest.mark.parametrize("exception,message,fix", KNOWN_FAILURES, ids=["cuda-oom", "nccl-system-error",
-                         "ddp-unused-parameters", "missing-module", "nccl-duplicate-gpu", "nccl-watchdog-timeout"])
+                         "ddp-unused-parameters", "missing-module", "nccl-duplicate-gpu", "nccl-watchdog-timeout",
+                         "nccl-no-interface", "gloo-no-connection"])
 def test_a_known_failure_in_a_record_comes_with_its_fix(tmp_path, exception, message, fix):
     errors.write(errors.record("exception", exception, message, f"Traceback...\n{exception}: {message}\n", rank=1),
                  str(tmp_path))
