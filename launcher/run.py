@@ -267,9 +267,11 @@ _OUTPUT_FIXES = (
     (re.compile(r"No module named '([\w.]+)'"),
      r"the ranks' Python cannot import \1: install it into the image every host runs (pip install in the "
      "Containerfile), or add its directory with mpirt launch --env PYTHONPATH=DIR"),
-    (re.compile(r"failed to extend /dev/shm|No space left on device.*/dev/shm|/dev/shm.*No space left"),
-     "/dev/shm is full (a container gets 64 MiB): mount an emptyDir with medium: Memory at /dev/shm, sizeLimit "
-     "1Gi or more, on every replica (mpirt doctor shows its size)"),
+    (re.compile(r"failed to extend /dev/shm|No space left on device.*/dev/shm|/dev/shm.*No space left|"
+                r"unable to allocate shared memory\(shm\)|out of shared memory"),
+     "/dev/shm is full (a container gets 64 MiB; NCCL and DataLoader workers pass data through it): mount an "
+     "emptyDir with medium: Memory at /dev/shm, sizeLimit 1Gi or more, on every replica (mpirt doctor shows its "
+     "size)"),
     (re.compile(r"CUDA out of memory"),
      "the GPU's memory is full: a smaller per-rank batch (with gradient accumulation to keep the global batch), "
      "bf16, or PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True against fragmentation"),

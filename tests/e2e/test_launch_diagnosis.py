@@ -118,6 +118,24 @@ def test_no_writable_temporary_directory_is_said_with_the_fix():
     assert "Traceback" not in proc.stderr
 
 
+def test_dataloader_workers_on_a_containers_small_dev_shm_are_named_with_the_fix():
+    """A container's /dev/shm (64 MiB unless an emptyDir replaces it; 1 MiB here, a tmpfs in a
+    mount namespace of its own) is too small for the batches DataLoader workers hand over."""
+    code = ("import torch\nfrom torch.utils.data import DataLoader\n"
+            "for x in DataLoader([torch.ones(1 << 20)] * 2, num_workers=1): pass\n")
+    small = 'mount -t tmpfs -o size=1m tmpfs /dev/shm || exit 97; exec "$@"'
+    proc = launch("-np", "2", "--", sys.executable, "-m", "mpirt", "-c", code,
+                  wrap=lambda argv: ["unshare", "-m", "sh", "-c", small, "sh", sys.executable, "-m", "launcher.cli",
+                                     *argv[1:]])
+    if proc.returncode == 97 or "unshare: " in proc.stderr:
+        pytest.skip(f"cannot mount a small /dev/shm in a mount namespace here: {proc.stderr.strip()}")
+    assert proc.returncode == 1, proc.stderr
+    cause = proc.stderr[proc.stderr.index("mpirt: job failed"):]
+    assert "DataLoader worker" in cause
+    assert "\n  fix: /dev/shm is full (a container gets 64 MiB; NCCL and DataLoader workers pass data through it)" \
+        in cause, cause
+
+
 def test_a_rank_that_dies_without_a_record_shows_its_last_words():
     """A native crash: no Python exception, only a signal; what the rank printed before it is the
     clue (Open MPI's own backtrace of the signal is left out)."""

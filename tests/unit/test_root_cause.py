@@ -93,7 +93,8 @@ def test_a_program_that_called_sys_exit_is_named_with_its_code_line_and_last_out
 def test_a_full_dev_shm_in_a_ranks_last_words_comes_with_its_fix(tmp_path):
     said = {"3": ["misc/shmutils.cc:72 NCCL WARN Error: failed to extend /dev/shm/nccl-0aNhQB to 9637892 bytes"]}
     text = root_cause(1, str(tmp_path), [OMPI_EXIT.replace("],2]", "],3]")], ranks=said)
-    assert "fix: /dev/shm is full (a container gets 64 MiB): mount an emptyDir with medium: Memory" in text
+    assert ("fix: /dev/shm is full (a container gets 64 MiB; NCCL and DataLoader workers pass data through it): "
+            "mount an emptyDir with medium: Memory") in text
     assert "fix:" not in root_cause(1, str(tmp_path), [OMPI_EXIT], ranks={"2": ["step 7 loss 0.1"]})
 
 
