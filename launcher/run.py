@@ -286,6 +286,9 @@ _OUTPUT_FIXES = (
      r"NCCL's \2 number \1 waited past torch.distributed's timeout: a rank was slow or never came to it; the "
      "first failure of another kind, a stall report, or `mpirt where` while a job waits names that rank and its "
      "line; a long pause on purpose (evaluation or saving on one rank) needs timeout= in init_process_group"),
+    (re.compile(r"failed to listen on any local network address\. port: (\d+).*EADDRINUSE"),
+     r"MASTER_PORT \1 is taken on rank 0's host (by another job, or one still ending): leave MASTER_PORT unset, and "
+     "mpirt launch picks a free port for each job, or set another"),
     (re.compile(r"no socket interface found"),
      "NCCL found no network interface to use: NCCL_SOCKET_IFNAME names none this host has. mpirt launch sets it "
      "to the interface that routes to the other hosts (mpirt env --explain shows it); a value you set wins over "

@@ -118,6 +118,20 @@ def test_no_writable_temporary_directory_is_said_with_the_fix():
     assert "Traceback" not in proc.stderr
 
 
+def test_a_master_port_of_the_users_that_is_taken_is_named_with_the_fix():
+    code = ("import torch, torch.distributed as dist; dist.init_process_group('gloo'); "
+            "dist.all_reduce(torch.ones(1))")
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = launch("-np", "2", "--env", f"MASTER_PORT={port}", "--", sys.executable, "-m", "mpirt", "-c", code)
+    assert proc.returncode == 1, proc.stderr
+    cause = proc.stderr[proc.stderr.index("mpirt: job failed"):]
+    assert f"\n  fix: MASTER_PORT {port} is taken on rank 0's host (by another job, or one still ending): leave " \
+           "MASTER_PORT unset, and mpirt launch picks a free port" in cause, cause
+
+
 def test_dataloader_workers_on_a_containers_small_dev_shm_are_named_with_the_fix():
     """A container's /dev/shm (64 MiB unless an emptyDir replaces it; 1 MiB here, a tmpfs in a
     mount namespace of its own) is too small for the batches DataLoader workers hand over."""
