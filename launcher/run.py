@@ -275,6 +275,13 @@ _OUTPUT_FIXES = (
     (re.compile(r"CUDA out of memory"),
      "the GPU's memory is full: a smaller per-rank batch (with gradient accumulation to keep the global batch), "
      "bf16, or PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True against fragmentation"),
+    (re.compile(r"no kernel image is available for execution on the device"),
+     "this torch has no kernels for this GPU's architecture (torch.cuda.get_arch_list() lists those it has): "
+     "install a torch built for it (the newest GPUs need a wheel of a recent CUDA) into the image"),
+    (re.compile(r"NVIDIA driver on your system is too old|CUDA driver version is insufficient"),
+     "the NVIDIA driver this container sees is older than this CUDA build needs, or none is mounted: a pod gets "
+     "the node's driver when it requests a GPU (resources.limits nvidia.com/gpu) and NVIDIA_VISIBLE_DEVICES is not "
+     "blank; else use a torch whose CUDA the node's driver supports (nvidia-smi shows its version)"),
     (re.compile(r"Expected to have finished reduction in the prior iteration"),
      "DistributedDataParallel found parameters that got no gradient: pass find_unused_parameters=True, or use "
      "mpirt.data_parallel, which reduces such parameters without being told"),

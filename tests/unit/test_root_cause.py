@@ -47,6 +47,12 @@ KNOWN_FAILURES = [
      "internal error - please report this issue to the NCCL developers, NCCL version 2.21.5\nncclInternalError: "
      "Internal check failed.\nLast error:\nBootstrap : no socket interface found",
      "NCCL found no network interface to use: NCCL_SOCKET_IFNAME names none this host has"),
+    ("torch.AcceleratorError", "CUDA error: no kernel image is available for execution on the device\nCUDA kernel "
+     "errors might be asynchronously reported at some other API call, so the stacktrace below might be incorrect.",
+     "this torch has no kernels for this GPU's architecture"),
+    ("RuntimeError", "The NVIDIA driver on your system is too old (found version 11040). Please update your GPU "
+     "driver by downloading and installing a new version from the URL: http://www.nvidia.com/Download/index.aspx",
+     "the NVIDIA driver this container sees is older than this CUDA build needs, or none is mounted"),
     ("RuntimeError", "[../third_party/gloo/gloo/transport/tcp/pair.cc:144] Gloo connectFullMesh failed with "
      "[../third_party/gloo/gloo/transport/tcp/pair.cc:144] no error",
      "Gloo's ranks could not connect: each takes its address from GLOO_SOCKET_IFNAME"),
@@ -55,7 +61,8 @@ KNOWN_FAILURES = [
 
 @pytest.mark.parametrize("exception,message,fix", KNOWN_FAILURES, ids=["cuda-oom", "nccl-system-error",
                          "ddp-unused-parameters", "missing-module", "nccl-duplicate-gpu", "nccl-watchdog-timeout",
-                         "nccl-no-interface", "gloo-no-connection"])
+                         "cuda-no-kernel-image", "cuda-driver-too-old", "nccl-no-interface",
+                         "gloo-no-connection"])
 def test_a_known_failure_in_a_record_comes_with_its_fix(tmp_path, exception, message, fix):
     errors.write(errors.record("exception", exception, message, f"Traceback...\n{exception}: {message}\n", rank=1),
                  str(tmp_path))
