@@ -272,6 +272,10 @@ _OUTPUT_FIXES = (
      "/dev/shm is full (a container gets 64 MiB; NCCL and DataLoader workers pass data through it): mount an "
      "emptyDir with medium: Memory at /dev/shm, sizeLimit 1Gi or more, on every replica (mpirt doctor shows its "
      "size)"),
+    (re.compile(r"Too many open files|received 0 items of ancdata"),
+     "the rank ran out of file descriptors (DataLoader workers hand each tensor over as one): raise the "
+     "container's open-files limit (ulimit -n; the container runtime's default ulimits), or call "
+     "torch.multiprocessing.set_sharing_strategy('file_system') in the script"),
     (re.compile(r"CUDA out of memory"),
      "the GPU's memory is full: a smaller per-rank batch (with gradient accumulation to keep the global batch), "
      "bf16, or PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True against fragmentation"),

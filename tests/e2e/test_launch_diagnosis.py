@@ -118,6 +118,26 @@ def test_no_writable_temporary_directory_is_said_with_the_fix():
     assert "Traceback" not in proc.stderr
 
 
+def test_dataloader_batches_past_the_open_files_limit_are_named_with_the_fix():
+    """A container's open-files limit (128 here, the rank's soft limit; its DataLoader worker
+    keeps the hard one) against a batch of 300 tensors, which a worker hands over as a file
+    descriptor each: the rank gets torch's classic "received 0 items of ancdata"."""
+    code = ("import resource, torch\nfrom torch.utils.data import DataLoader\n"
+            "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (128, hard))\n"
+            "class Batches(torch.utils.data.Dataset):\n"
+            "    def __len__(self): return 4\n"
+            "    def __getitem__(self, i): return [torch.ones(4) for _ in range(300)]\n"
+            "def roomy(_): resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))\n"
+            "for x in DataLoader(Batches(), batch_size=None, num_workers=1, worker_init_fn=roomy): pass\n")
+    proc = launch("-np", "2", "--", sys.executable, "-m", "mpirt", "-c", code, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    cause = proc.stderr[proc.stderr.index("mpirt: job failed"):]
+    assert "received 0 items of ancdata" in cause
+    assert "\n  fix: the rank ran out of file descriptors (DataLoader workers hand each tensor over as one)" in cause, \
+        cause
+
+
 def test_a_master_port_of_the_users_that_is_taken_is_named_with_the_fix():
     code = ("import torch, torch.distributed as dist; dist.init_process_group('gloo'); "
             "dist.all_reduce(torch.ones(1))")
