@@ -108,6 +108,40 @@ def exit_code(returncode: int) -> int:
     return 128 - returncode if returncode < 0 else returncode
 
 
+# A launcher killed outright (SIGKILL: no handler runs; outside a pod, whose end takes all with
+# it) must take the job along. This sentinel, a one-thread Python the launcher starts beside
+# mpirun, asks the kernel for SIGTERM when its parent dies (PR_SET_PDEATHSIG), and then gives
+# mpirun's process group one SIGTERM: mpirun's own teardown, which stops the ranks. Set on
+# mpirun itself, the signal came once per mpirun thread, and Open MPI 4 takes a second SIGTERM
+# as "exit now", leaving its ranks running.
+_SENTINEL = """
+import ctypes, os, signal, sys
+group, parent = int(sys.argv[1]), int(sys.argv[2])
+def stop(*_):
+    try:
+        os.killpg(group, signal.SIGTERM)
+    except OSError:
+        pass
+    os._exit(0)
+signal.signal(signal.SIGTERM, stop)
+ctypes.CDLL(None).prctl(1, signal.SIGTERM, 0, 0, 0)
+if os.getppid() != parent:
+    stop()
+while True:
+    signal.pause()
+"""
+
+
+def _sentinel(proc: subprocess.Popen) -> subprocess.Popen | None:
+    """The sentinel over ``proc`` (mpirun, a process group leader); None where none can start."""
+    try:
+        return subprocess.Popen([sys.executable, "-I", "-S", "-c", _SENTINEL, str(proc.pid), str(os.getpid())],
+                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                start_new_session=True)
+    except OSError:
+        return None
+
+
 def _signame(num: int) -> str:
     try:
         return f" ({signal.Signals(num).name})"
@@ -154,6 +188,7 @@ def supervise(argv: list[str], env: dict[str, str], grace_s: float, log_dir: str
 
     heard = Heard(log_dir, show, timestamps, tag, on_fatal)  # the log directory made before anything starts
     proc = subprocess.Popen(argv, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    sentinel = _sentinel(proc)
     relays = [Relay(src, dst, heard) for src, dst in ((proc.stdout, sys.stdout.buffer),
                                                        (proc.stderr, sys.stderr.buffer))]
     for r in relays:
@@ -228,6 +263,9 @@ def supervise(argv: list[str], env: dict[str, str], grace_s: float, log_dir: str
             signal.signal(s, handler)
         if proc.poll() is None:
             _kill_group(proc)
+        if sentinel:
+            sentinel.kill()
+            sentinel.wait()
         heard.close()
 
 
@@ -406,8 +444,11 @@ def report(code: int, error_dir: str, stopped_by: int = 0, tail: list[str] = (),
            raised: list[str] = ()) -> tuple[int, str]:
     """Say how the job ended: (the launcher's exit status, 128 + signal when stopped, 124 at
     the time limit; the message). ``time_limit_s``: given when the job ran past it; ``where``:
-    then, where the ranks were (``mpirt.stacks.summary``)."""
+    then, where the ranks were (``mpirt.stacks.summary``), and the fix for what the ranks'
+    last words say where they name a known failure."""
     places = "".join(["\n  where the ranks were when it was stopped:"] + [f"\n    {w}" for w in where]) if where else ""
+    # a job that hung may have said why before it did (a DataLoader worker out of file descriptors)
+    places += _fixes([line for last in (ranks or {}).values() for line in last])
     if time_limit_s:
         text = (f"mpirt: job stopped: it ran past its time limit (--time-limit {time_limit_s:g} s); mpirun exited "
                 f"{code}. A stall report above names the ranks that stopped progressing, if any did")

@@ -138,6 +138,63 @@ def test_dataloader_batches_past_the_open_files_limit_are_named_with_the_fix():
         cause
 
 
+def test_a_job_that_hangs_after_saying_why_gets_the_fix_when_stopped():
+    """A DataLoader worker out of file descriptors prints its error and its rank waits for the
+    batch for ever: the report at the time limit names where each rank was and the fix."""
+    code = ("import resource, torch\nfrom torch.utils.data import DataLoader\n"
+            "resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))\n"
+            "class Batches(torch.utils.data.Dataset):\n"
+            "    def __len__(self): return 4\n"
+            "    def __getitem__(self, i): return [torch.ones(4) for _ in range(300)]\n"
+            "for x in DataLoader(Batches(), batch_size=None, num_workers=1): pass\n")
+    proc = launch("-np", "2", "--time-limit", "15", "--", sys.executable, "-m", "mpirt", "-c", code, timeout=120)
+    assert proc.returncode == 124, proc.stderr
+    report = proc.stderr[proc.stderr.index("mpirt: job stopped: it ran past its time limit"):]
+    assert "\n  where the ranks were when it was stopped:\n" in report
+    assert "\n  fix: the rank ran out of file descriptors (DataLoader workers hand each tensor over as one)" in report, \
+        report
+
+
+def test_a_job_whose_launcher_is_killed_ends_with_it():
+    """SIGKILL to mpirt launch, which no handler sees (outside a pod, whose end would take the
+    job with it): the kernel gives mpirun SIGTERM, and mpirun stops the ranks, instead of a job
+    going on without its launcher."""
+    import time
+    import uuid
+
+    mark = uuid.uuid4().hex
+    proc = subprocess.Popen(["mpirt", "launch", "-np", "2", "--", sys.executable, "-c",
+                             "import time; print('up', flush=True); time.sleep(600)"],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "MPIRT_TEST_MARK": mark})
+    try:
+        assert sorted(proc.stdout.readline().strip() for _ in range(2)) == ["[0] up", "[1] up"]
+        job = marked(mark) - {proc.pid}
+        assert len(job) >= 3, job  # mpirun and two ranks
+        proc.kill()
+        deadline = time.monotonic() + 30
+        while marked(mark) & job and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not marked(mark) & job, "the job outlived its launcher"
+    finally:
+        proc.kill()
+        for pid in marked(mark):
+            os.kill(pid, signal.SIGKILL)
+
+
+def marked(mark: str) -> set[int]:
+    """The processes whose environment carries MPIRT_TEST_MARK=``mark`` (zombies left out)."""
+    found = set()
+    for d in Path("/proc").iterdir():
+        try:
+            if f"MPIRT_TEST_MARK={mark}".encode() in (d / "environ").read_bytes().split(b"\0") and \
+                    (d / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                found.add(int(d.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
 def test_a_master_port_of_the_users_that_is_taken_is_named_with_the_fix():
     code = ("import torch, torch.distributed as dist; dist.init_process_group('gloo'); "
             "dist.all_reduce(torch.ones(1))")
