@@ -448,15 +448,16 @@ def report(code: int, error_dir: str, stopped_by: int = 0, tail: list[str] = (),
     last words say where they name a known failure."""
     places = "".join(["\n  where the ranks were when it was stopped:"] + [f"\n    {w}" for w in where]) if where else ""
     # a job that hung may have said why before it did (a DataLoader worker out of file descriptors)
-    places += _fixes([line for last in (ranks or {}).values() for line in last])
+    said = _fixes([line for last in (ranks or {}).values() for line in last])
     if time_limit_s:
         text = (f"mpirt: job stopped: it ran past its time limit (--time-limit {time_limit_s:g} s); mpirun exited "
                 f"{code}. A stall report above names the ranks that stopped progressing, if any did")
-        text += places or " (run the program under python -m mpirt to learn where each rank was when it was stopped)"
+        text += (places or " (run the program under python -m mpirt to learn where each rank was when it was "
+                 "stopped)") + said
         code = TIME_LIMIT_EXIT
     elif stopped_by:
         text = (f"mpirt: stopped by {signal.Signals(stopped_by).name} (forwarded to the ranks); mpirun exited {code}"
-                + places)
+                + places + said)
         code = 128 + stopped_by
     elif code != 0:
         text = root_cause(code, error_dir, tail, oom=oom, ranks=ranks, raised=raised)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from launcher.run import exit_code, root_cause
+from launcher.run import exit_code, report, root_cause
 from mpirt import errors
 
 
@@ -471,3 +471,20 @@ def test_only_whole_records_are_read_from_a_hosts_output():
     assert errors.parse_many(text) == [rec]
     assert errors.parse_many("") == [] and errors.parse_many("Permission denied\n") == []
     assert errors.parse_many(json.dumps([rec])) == [] and errors.parse_many(json.dumps({**rec, "rank": -1})) == []
+
+
+def test_a_stopped_job_gets_the_fix_for_what_its_ranks_said_last(tmp_path, capsys):
+    """A job that hung after saying why (a DataLoader worker out of file descriptors) and was
+    stopped at its time limit, or by a signal; a job whose ranks said nothing known gets none."""
+    said = {"1": ["OSError: [Errno 24] Too many open files"]}
+    code, text = report(143, str(tmp_path), time_limit_s=60, ranks=said)
+    assert code == 124 and "(run the program under python -m mpirt to learn where each rank was" in text
+    assert text.endswith("\n  fix: the rank ran out of file descriptors (DataLoader workers hand each tensor over as "
+                         "one): raise the container's open-files limit (ulimit -n; the container runtime's default "
+                         "ulimits), or call torch.multiprocessing.set_sharing_strategy('file_system') in the script")
+    code, text = report(143, str(tmp_path), stopped_by=15, ranks=said, where=["ranks 0-1 (w0): x.py:3 in <module>"])
+    assert code == 143 and "where the ranks were when it was stopped:\n    ranks 0-1 (w0): x.py:3 in <module>\n  fix: " \
+        "the rank ran out of file descriptors" in text
+    assert "fix:" not in report(143, str(tmp_path), stopped_by=15, ranks={"0": ["step 7 loss 0.1"]})[1]
+    capsys.readouterr()
+
