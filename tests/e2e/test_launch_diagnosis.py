@@ -118,19 +118,28 @@ def test_no_writable_temporary_directory_is_said_with_the_fix():
     assert "Traceback" not in proc.stderr
 
 
-def test_dataloader_batches_past_the_open_files_limit_are_named_with_the_fix():
-    """A container's open-files limit (128 here, the rank's soft limit; its DataLoader worker
-    keeps the hard one) against a batch of 300 tensors, which a worker hands over as a file
-    descriptor each: the rank gets torch's classic "received 0 items of ancdata"."""
-    code = ("import resource, torch\nfrom torch.utils.data import DataLoader\n"
+def batches_of_300(roomy_worker: bool) -> str:
+    """A rank's code: a DataLoader worker hands over batches of 300 tensors (a file descriptor
+    each) under an open-files limit of 128. With ``roomy_worker`` the worker keeps the hard
+    limit and the rank fails to take a batch; else the worker fails to send one, and the rank
+    waits for it for ever."""
+    return ("import resource, torch\nfrom torch.utils.data import DataLoader\n"
             "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
-            "resource.setrlimit(resource.RLIMIT_NOFILE, (128, hard))\n"
+            f"resource.setrlimit(resource.RLIMIT_NOFILE, (128, {'hard' if roomy_worker else '128'}))\n"
             "class Batches(torch.utils.data.Dataset):\n"
             "    def __len__(self): return 4\n"
             "    def __getitem__(self, i): return [torch.ones(4) for _ in range(300)]\n"
             "def roomy(_): resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))\n"
-            "for x in DataLoader(Batches(), batch_size=None, num_workers=1, worker_init_fn=roomy): pass\n")
-    proc = launch("-np", "2", "--", sys.executable, "-m", "mpirt", "-c", code, timeout=120)
+            f"for x in DataLoader(Batches(), batch_size=None, num_workers=1, "
+            f"worker_init_fn={'roomy' if roomy_worker else 'None'}): pass\n")
+
+
+def test_dataloader_batches_past_the_open_files_limit_are_named_with_the_fix():
+    """A container's open-files limit (128 here, the rank's soft limit; its DataLoader worker
+    keeps the hard one) against a batch of 300 tensors, which a worker hands over as a file
+    descriptor each: the rank gets torch's classic "received 0 items of ancdata"."""
+    proc = launch("-np", "2", "--", sys.executable, "-m", "mpirt", "-c", batches_of_300(roomy_worker=True),
+                  timeout=120)
     assert proc.returncode == 1, proc.stderr
     cause = proc.stderr[proc.stderr.index("mpirt: job failed"):]
     assert "received 0 items of ancdata" in cause
@@ -141,13 +150,8 @@ def test_dataloader_batches_past_the_open_files_limit_are_named_with_the_fix():
 def test_a_job_that_hangs_after_saying_why_gets_the_fix_when_stopped():
     """A DataLoader worker out of file descriptors prints its error and its rank waits for the
     batch for ever: the report at the time limit names where each rank was and the fix."""
-    code = ("import resource, torch\nfrom torch.utils.data import DataLoader\n"
-            "resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))\n"
-            "class Batches(torch.utils.data.Dataset):\n"
-            "    def __len__(self): return 4\n"
-            "    def __getitem__(self, i): return [torch.ones(4) for _ in range(300)]\n"
-            "for x in DataLoader(Batches(), batch_size=None, num_workers=1): pass\n")
-    proc = launch("-np", "2", "--time-limit", "15", "--", sys.executable, "-m", "mpirt", "-c", code, timeout=120)
+    proc = launch("-np", "2", "--time-limit", "15", "--", sys.executable, "-m", "mpirt", "-c",
+                  batches_of_300(roomy_worker=False), timeout=120)
     assert proc.returncode == 124, proc.stderr
     report = proc.stderr[proc.stderr.index("mpirt: job stopped: it ran past its time limit"):]
     assert "\n  where the ranks were when it was stopped:\n" in report
