@@ -118,6 +118,9 @@ def test_no_writable_temporary_directory_is_said_with_the_fix():
     assert "Traceback" not in proc.stderr
 
 
+FD_FIX = "\n  fix: the rank ran out of file descriptors (DataLoader workers hand each tensor over as one)"
+
+
 def batches_of_300(roomy_worker: bool) -> str:
     """A rank's code: a DataLoader worker hands over batches of 300 tensors (a file descriptor
     each) under an open-files limit of 128. With ``roomy_worker`` the worker keeps the hard
@@ -143,8 +146,7 @@ def test_dataloader_batches_past_the_open_files_limit_are_named_with_the_fix():
     assert proc.returncode == 1, proc.stderr
     cause = proc.stderr[proc.stderr.index("mpirt: job failed"):]
     assert "received 0 items of ancdata" in cause
-    assert "\n  fix: the rank ran out of file descriptors (DataLoader workers hand each tensor over as one)" in cause, \
-        cause
+    assert FD_FIX in cause, cause
 
 
 def test_a_job_that_hangs_after_saying_why_gets_the_fix_when_stopped():
@@ -155,8 +157,7 @@ def test_a_job_that_hangs_after_saying_why_gets_the_fix_when_stopped():
     assert proc.returncode == 124, proc.stderr
     report = proc.stderr[proc.stderr.index("mpirt: job stopped: it ran past its time limit"):]
     assert "\n  where the ranks were when it was stopped:\n" in report
-    assert "\n  fix: the rank ran out of file descriptors (DataLoader workers hand each tensor over as one)" in report, \
-        report
+    assert FD_FIX in report, report
 
 
 def test_a_job_whose_launcher_is_killed_ends_with_it():
