@@ -293,6 +293,9 @@ def from_output(tail: list[str]) -> list[str]:
     return found
 
 
+# The advice every wrong-interface fix ends with: what the launcher set, and that the user's wins.
+_ROUTED = ("to the interface that routes to the other hosts (mpirt env --explain shows it); a value you set wins "
+           "over that: name an interface every host has")
 # What a rank's last words mean, when they say it: (a pattern in them, the fix; \1: its group).
 _OUTPUT_FIXES = (
     (re.compile(r"env:// rendezvous: environment variable RANK expected"),
@@ -340,17 +343,14 @@ _OUTPUT_FIXES = (
      "mpirt launch picks a free port for each job, or set another"),
     (re.compile(r"no socket interface found"),
      "NCCL found no network interface to use: NCCL_SOCKET_IFNAME names none this host has. mpirt launch sets it "
-     "to the interface that routes to the other hosts (mpirt env --explain shows it); a value you set wins over "
-     "that: name an interface every host has (eth matches eth0, eth1, ...; =eth0 that one only), or leave it unset"),
+     + _ROUTED + " (eth matches eth0, eth1, ...; =eth0 that one only), or leave it unset"),
     (re.compile(r"Unable to find address for: (\S+)"),
-     r"Gloo found no address on \1, the interface GLOO_SOCKET_IFNAME names. mpirt launch sets it to the interface "
-     "that routes to the other hosts (mpirt env --explain shows it); a value you set wins over that: name an "
-     "interface every host has, or leave it unset"),
+     r"Gloo found no address on \1, the interface GLOO_SOCKET_IFNAME names. mpirt launch sets it " + _ROUTED +
+     ", or leave it unset"),
     (re.compile(r"Gloo connectFullMesh failed"),
      "Gloo's ranks could not connect: each takes its address from GLOO_SOCKET_IFNAME, else from its host name, "
-     "which must not resolve to 127.x (an /etc/hosts line of 127.0.1.1). mpirt launch sets GLOO_SOCKET_IFNAME to "
-     "the interface that routes to the other hosts (mpirt env --explain shows it); a value you set wins over "
-     "that: name an interface every host has, or leave it unset"),
+     "which must not resolve to 127.x (an /etc/hosts line of 127.0.1.1). mpirt launch sets GLOO_SOCKET_IFNAME " +
+     _ROUTED + ", or leave it unset"),
     (re.compile(r"NCCL.*unhandled system error"),
      "NCCL failed in a system call: rerun with --profile debug (NCCL_DEBUG=INFO) to see which; in a pod it is "
      "most often /dev/shm too small or the locked-memory limit for RDMA (mpirt doctor checks both)"),
