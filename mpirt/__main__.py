@@ -17,6 +17,7 @@ USAGE = "usage: python -m mpirt (SCRIPT | -m MODULE | -c CODE) [ARGS...]"
 # time limit), not a failure. Such a rank does not abort the job: the others may still be
 # writing their part of a checkpoint.
 STOPPED = (130, 143)
+_HANDOVER_S = 0.05  # many GIL switch intervals (5 ms): a thread waiting for the GIL gets it
 
 
 def main(argv: list[str]) -> int:
@@ -26,12 +27,14 @@ def main(argv: list[str]) -> int:
     if argv[0] in ("-m", "-c") and len(argv) < 2:
         print(f"python -m mpirt: {argv[0]} needs an argument\n{USAGE}", file=sys.stderr)
         return 2
+    import atexit
     import os
 
     from mpirt import stacks
     from mpirt.errors import ENV, abort_on_exception, env_rank
     from mpirt.rankenv import torch_env
 
+    atexit.register(_let_threads_finish)  # the first registered runs last, after the program's own
     stacks.arm(os.environ.get(ENV), env_rank())
     add, warnings = torch_env(os.environ)
     os.environ.update(add)
@@ -62,6 +65,19 @@ def main(argv: list[str]) -> int:
     except BaseException as e:  # noqa: BLE001 - any escape must stop every rank
         abort_on_exception(e)
     return 0
+
+
+def _let_threads_finish() -> None:
+    """Give the GIL away for a moment before the interpreter finalizes. A torch.distributed
+    backend thread that just completed a collective still has to drop its Python tensors,
+    for which it takes the GIL; once the interpreter is finalizing, Python ends a thread that
+    asks for the GIL, from inside a C++ destructor: "terminate called without an active
+    exception", SIGABRT, and a whole run reported failed (gloo's threads under DDP: a process
+    group the program's objects hold outlives destroy_process_group)."""
+    if "torch.distributed" in sys.modules:
+        import time
+
+        time.sleep(_HANDOVER_S)
 
 
 if __name__ == "__main__":

@@ -59,6 +59,47 @@ def last_json(text: str) -> dict:
     raise AssertionError(f"no JSON line in output:\n{text}")
 
 
+
+def killed_outright(argv: list[str], ready: int) -> set[int]:
+    """SIGKILL, which no handler sees, to the process started from ``argv`` once it has printed
+    ``ready`` lines (its job is up); the processes of its job still there 30 s later. Its job:
+    what carries its environment, found through a mark only this run's processes have."""
+    import signal
+    import time
+    import uuid
+
+    mark = uuid.uuid4().hex
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env={**os.environ, "MPIRT_TEST_MARK": mark})
+    try:
+        for _ in range(ready):
+            assert proc.stdout.readline(), "the job ended before it was up"
+        job = _marked(mark) - {proc.pid}
+        assert len(job) >= 3, job  # mpirun and two ranks
+        proc.kill()
+        deadline = time.monotonic() + 30
+        while _marked(mark) & job and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return _marked(mark) & job
+    finally:
+        proc.kill()
+        proc.wait()
+        for pid in _marked(mark):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _marked(mark: str) -> set[int]:
+    """The processes whose environment carries MPIRT_TEST_MARK=``mark`` (zombies left out)."""
+    found = set()
+    for d in Path("/proc").iterdir():
+        try:
+            if f"MPIRT_TEST_MARK={mark}".encode() in (d / "environ").read_bytes().split(b"\0") and \
+                    (d / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+                found.add(int(d.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
 class Cgroup:
     """A cgroup with a limit on one controller (memory, cpu), made in the hierarchy that has the
     controller: cgroup v2 where it is there, else v1 (hybrid hosts). ``limits`` maps each

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from launcher.mpi import MpiError, detect, find_mpirun, local_argv_here
+from launcher.run import supervise
 
 EXECUTABLE = "mpirt-allreduce-perf"
 
@@ -51,4 +52,7 @@ def run(config: AllreduceBenchConfig) -> int:
         # This process is the rank: become the harness. A child would lose what the MPI handed
         # the rank (MPICH's Hydra passes its PMI connection as an inherited descriptor).
         os.execv(argv[0], argv)
-    return subprocess.run(argv, check=False).returncode
+    # as `mpirt launch` runs mpirun: SIGTERM and SIGINT passed on to it at once (the ranks have
+    # nothing to save), and a sentinel that ends the job if this process is killed outright,
+    # instead of ranks going on benchmarking unwatched
+    return supervise(argv, dict(os.environ), grace_s=0.0).code

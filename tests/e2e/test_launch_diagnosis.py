@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import killed_outright
+
 pytestmark = [pytest.mark.e2e, pytest.mark.mpi]
 
 HOG = str(Path(__file__).parents[1] / "cluster" / "ranks" / "hog.py")
@@ -161,43 +163,12 @@ def test_a_job_that_hangs_after_saying_why_gets_the_fix_when_stopped():
 
 
 def test_a_job_whose_launcher_is_killed_ends_with_it():
-    """SIGKILL to mpirt launch, which no handler sees (outside a pod, whose end would take the
-    job with it): the kernel gives mpirun SIGTERM, and mpirun stops the ranks, instead of a job
-    going on without its launcher."""
-    import time
-    import uuid
-
-    mark = uuid.uuid4().hex
-    proc = subprocess.Popen(["mpirt", "launch", "-np", "2", "--", sys.executable, "-c",
-                             "import time; print('up', flush=True); time.sleep(600)"],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-                            env={**os.environ, "MPIRT_TEST_MARK": mark})
-    try:
-        assert sorted(proc.stdout.readline().strip() for _ in range(2)) == ["[0] up", "[1] up"]
-        job = marked(mark) - {proc.pid}
-        assert len(job) >= 3, job  # mpirun and two ranks
-        proc.kill()
-        deadline = time.monotonic() + 30
-        while marked(mark) & job and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not marked(mark) & job, "the job outlived its launcher"
-    finally:
-        proc.kill()
-        for pid in marked(mark):
-            os.kill(pid, signal.SIGKILL)
-
-
-def marked(mark: str) -> set[int]:
-    """The processes whose environment carries MPIRT_TEST_MARK=``mark`` (zombies left out)."""
-    found = set()
-    for d in Path("/proc").iterdir():
-        try:
-            if f"MPIRT_TEST_MARK={mark}".encode() in (d / "environ").read_bytes().split(b"\0") and \
-                    (d / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
-                found.add(int(d.name))
-        except (OSError, ValueError, IndexError):
-            continue
-    return found
+    """SIGKILL to mpirt launch (outside a pod, whose end would take the job with it): the
+    kernel gives mpirun SIGTERM, and mpirun stops the ranks, instead of a job going on without
+    its launcher."""
+    program = "import time; print('up', flush=True); time.sleep(600)"
+    left = killed_outright(["mpirt", "launch", "-np", "2", "--", sys.executable, "-c", program], ready=2)
+    assert not left, "the job outlived its launcher"
 
 
 def test_a_master_port_of_the_users_that_is_taken_is_named_with_the_fix():

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import killed_outright
 from launcher.detect.cpus import budget
 
 pytestmark = pytest.mark.mpi
@@ -296,6 +297,13 @@ def test_cli_wrapper_starts_local_ranks(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert json.loads(out.read_text())["world"]["size"] == 2
 
+
+
+def test_cli_wrapper_killed_outright_ends_its_ranks():
+    """`mpirt bench allreduce --np` runs mpirun as `mpirt launch` does: killed outright, it takes
+    the benchmark's ranks along instead of leaving them measuring unwatched."""
+    argv = ["mpirt", "bench", "allreduce", "--np", "2", "-b", "64M", "-e", "64M", "-n", "100000", "-a", "ring"]
+    assert not killed_outright(argv, ready=1), "the benchmark's ranks outlived mpirt bench allreduce"
 
 def test_cli_wrapper_passes_bad_input_through():
     proc = subprocess.run(["mpirt", "bench", "allreduce", "-e", "12Q"], capture_output=True, text=True, timeout=60)
