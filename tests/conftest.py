@@ -60,32 +60,37 @@ def last_json(text: str) -> dict:
 
 
 
-def killed_outright(argv: list[str], ready: int) -> set[int]:
-    """SIGKILL, which no handler sees, to the process started from ``argv`` once it has printed
-    ``ready`` lines (its job is up); the processes of its job still there 30 s later. Its job:
-    what carries its environment, found through a mark only this run's processes have."""
+def killed_outright(argv: list[str], up: int) -> set[int]:
+    """SIGKILL, which no handler sees, to the process started from ``argv`` once ``up`` processes
+    of its job run; those of its job still there 30 s later. Its job: what carries its
+    environment, found through a mark only this run's processes have."""
     import signal
     import time
     import uuid
 
     mark = uuid.uuid4().hex
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={**os.environ, "MPIRT_TEST_MARK": mark})
     try:
-        for _ in range(ready):
-            assert proc.stdout.readline(), "the job ended before it was up"
-        job = _marked(mark) - {proc.pid}
-        assert len(job) >= 3, job  # mpirun and two ranks
-        proc.kill()
-        deadline = time.monotonic() + 30
-        while _marked(mark) & job and time.monotonic() < deadline:
-            time.sleep(0.2)
-        return _marked(mark) & job
-    finally:
+        deadline = time.monotonic() + 60
+        while len(_marked(mark) - {proc.pid}) < up:
+            assert proc.poll() is None, "the job ended before it was up"
+            assert time.monotonic() < deadline, f"fewer than {up} processes of the job after 60 s"
+            time.sleep(0.1)
+        time.sleep(1)  # the ranks into their work
         proc.kill()
         proc.wait()
+        deadline = time.monotonic() + 30
+        while _marked(mark) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return _marked(mark)
+    finally:
+        proc.kill()
         for pid in _marked(mark):
-            os.kill(pid, signal.SIGKILL)
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
 
 
 def _marked(mark: str) -> set[int]:

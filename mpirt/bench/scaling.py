@@ -12,9 +12,12 @@ since on a cluster rank 0 runs on another host than this driver.
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -154,6 +157,19 @@ def json_in(output: str, wanted) -> dict:
     raise ScalingError("no result in the ranks' output")
 
 
+_PR_SET_PDEATHSIG = 1
+_prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: the child only calls it
+
+
+def _die_with(driver: int) -> None:
+    """In a child, before it runs: SIGTERM from the kernel when ``driver`` (this process, single
+    threaded) dies, a kill -9 included, so that `mpirt launch` stops its job (its own SIGTERM
+    handling) instead of benchmarking on unwatched."""
+    _prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != driver:  # it died before the request
+        os._exit(1)
+
+
 class Runner:
     """Starts one command on n ranks through `mpirt launch`, and says how long it took."""
 
@@ -183,7 +199,7 @@ class Runner:
         t0 = time.monotonic()
         try:
             proc = subprocess.run(self.argv(n, command), capture_output=True, text=True, check=False,
-                                  timeout=self.cfg.timeout_s)
+                                  timeout=self.cfg.timeout_s, preexec_fn=functools.partial(_die_with, os.getpid()))
         except subprocess.TimeoutExpired as e:
             raise ScalingError(f"{what} at {n} ranks ran past --timeout {self.cfg.timeout_s:g} s") from e
         if proc.returncode != 0:

@@ -11,6 +11,7 @@ import sys
 import pytest
 from PIL import Image
 
+from conftest import killed_outright
 from mpirt.bench import schema
 from mpirt.bench.scaling import (Placement, ScalingConfig, ScalingError, check, check_gpus, collective_rows,
                                  json_in, train_rows, world_sizes)
@@ -162,3 +163,13 @@ def test_small_real_sweep_at_1_2_and_4_ranks(tmp_path):
     same = subprocess.run([sys.executable, "-m", "launcher.cli", "bench", "compare", str(out), str(out)],
                           capture_output=True, text=True, timeout=60)
     assert same.returncode == 0 and "0 regression(s)" in same.stdout
+
+
+@pytest.mark.mpi
+def test_a_sweep_killed_outright_takes_its_job_along(tmp_path):
+    """SIGKILL to `mpirt bench scaling` (no handler runs): the kernel tells the `mpirt launch` it
+    started (SIGTERM), which stops mpirun and the ranks, instead of a sweep going on unwatched."""
+    argv = [sys.executable, "-m", "launcher.cli", "bench", "scaling", "--out", str(tmp_path / "r.json"), "--max-np",
+            "2", "--parts", "collective", "--repeats", "1", "-b", "64M", "-e", "64M", "-n", "100000", "--algos", "ring"]
+    assert not killed_outright(argv, up=5), "the sweep's job outlived mpirt bench scaling"  # launch, sentinel, mpirun, 2 ranks
+    assert not (tmp_path / "r.json").exists()

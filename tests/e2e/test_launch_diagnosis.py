@@ -167,7 +167,7 @@ def test_a_job_whose_launcher_is_killed_ends_with_it():
     kernel gives mpirun SIGTERM, and mpirun stops the ranks, instead of a job going on without
     its launcher."""
     program = "import time; print('up', flush=True); time.sleep(600)"
-    left = killed_outright(["mpirt", "launch", "-np", "2", "--", sys.executable, "-c", program], ready=2)
+    left = killed_outright(["mpirt", "launch", "-np", "2", "--", sys.executable, "-c", program], up=4)
     assert not left, "the job outlived its launcher"
 
 

@@ -303,7 +303,7 @@ def test_cli_wrapper_killed_outright_ends_its_ranks():
     """`mpirt bench allreduce --np` runs mpirun as `mpirt launch` does: killed outright, it takes
     the benchmark's ranks along instead of leaving them measuring unwatched."""
     argv = ["mpirt", "bench", "allreduce", "--np", "2", "-b", "64M", "-e", "64M", "-n", "100000", "-a", "ring"]
-    assert not killed_outright(argv, ready=1), "the benchmark's ranks outlived mpirt bench allreduce"
+    assert not killed_outright(argv, up=4), "the benchmark's ranks outlived mpirt bench allreduce"
 
 def test_cli_wrapper_passes_bad_input_through():
     proc = subprocess.run(["mpirt", "bench", "allreduce", "-e", "12Q"], capture_output=True, text=True, timeout=60)
