@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from launcher.guard import split
+
 
 class MpiError(RuntimeError):
     """An MPI installation problem, with the fix in the message."""
@@ -260,12 +262,22 @@ def check_command(command: list[str]) -> None:
 
 
 def check_local_program(command: list[str], path: str | None) -> None:
-    """Local ranks run ``command[0]`` through this PATH: a typo or a missing file is said here,
-    once, rather than by every rank mpirun fails to start (Open MPI 4 then exits 131 or 132,
-    which read like signals)."""
+    """Local ranks run ``command[0]`` through this PATH, in this directory: a typo or a missing
+    file (the program, or a Python command line's script) is said here, once, rather than by
+    every rank (Open MPI 4 exits 131 or 132 for a program it cannot start, which read like
+    signals; every rank's Python says it cannot open the script)."""
     if shutil.which(command[0], path=path) is None:
         where = "is not an executable file" if os.sep in command[0] else f"is not on PATH ({path or ''})"
         raise ValueError(f"cannot run {command[0]!r}: it {where}; check the name, or give its full path")
+    parts = split(command)
+    if not parts:
+        return
+    at = len(parts[0]) + (2 if parts[1][:2] == ["-m", "mpirt"] else 0)  # python -m mpirt SCRIPT: the guard's
+    script = command[at] if at < len(command) and command[at] not in ("-m", "-c") else None
+    if script and not os.path.exists(script):  # a directory or zip file with __main__ runs too
+        here = "" if os.path.isabs(script) else f" in {os.getcwd()}, where the ranks start"
+        raise ValueError(f"the ranks' Python has no script to run: there is no {script!r}{here}; check the "
+                         "name, or give its full path")
 
 
 def rank_tag(impl: MpiImpl) -> re.Pattern[bytes]:

@@ -380,6 +380,20 @@ def test_a_local_program_that_cannot_run_is_said_before_mpirun_starts(tmp_path, 
     assert "mpirun" not in proc.stderr
 
 
+
+def test_a_local_python_script_that_is_not_there_is_said_before_mpirun_starts(tmp_path):
+    """Not every rank's Python saying it cannot open the file, with a root cause after them."""
+    (tmp_path / "train.py").write_text("print('hi')\n")
+    for script, says in (("trian.py", f"there is no 'trian.py' in {tmp_path}, where the ranks start"),
+                         (str(tmp_path / "x" / "train.py"), f"there is no '{tmp_path}/x/train.py';")):
+        proc = subprocess.run([sys.executable, "-m", "launcher.cli", "launch", "-np", "2", "--", "python3", "-u",
+                               script, "x"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+        assert proc.returncode == 2
+        assert f"the ranks' Python has no script to run: {says}" in proc.stderr and "mpirun" not in proc.stderr
+    proc = subprocess.run([sys.executable, "-m", "launcher.cli", "launch", "-np", "1", "--no-tag-output", "--",
+                           "python3", "train.py"], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout == "hi\n", proc.stderr
+
 def test_out_of_memory_comes_before_the_records_it_caused(tmp_path):
     errors.write(errors.record("exception", "RuntimeError", "peer gone", "", rank=0), str(tmp_path))
     text = root_cause(137, str(tmp_path), [OMPI_SIGNAL], oom=["the kernel's OOM killer killed 1 process on w1"])
